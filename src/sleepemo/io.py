@@ -1,0 +1,87 @@
+"""Atomic file writing: an artefact is either complete on disk or absent.
+
+Every writer in the package goes through :func:`atomic_path`, which hands out a temporary
+path in the destination folder and renames it over the destination only when the block
+finishes without an exception. A killed process leaves at most a ``.tmp-*`` file behind,
+never a truncated artefact.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path; on success rename it to ``dest``.
+
+    Parameters
+    ----------
+    dest : path
+        Final location. Its parent folder is created.
+    overwrite : bool
+        If False and ``dest`` exists, raise ``FileExistsError`` before writing anything.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if not overwrite and dest.exists():
+        raise FileExistsError(f"{dest} exists and is never overwritten")
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{dest.name}-", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        if not overwrite and dest.exists():
+            raise FileExistsError(f"{dest} appeared while writing; not overwritten")
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text(dest: str | os.PathLike, text: str, overwrite: bool = True) -> Path:
+    """Write ``text`` to ``dest`` atomically."""
+    with atomic_path(dest, overwrite=overwrite) as tmp:
+        tmp.write_text(text)
+    return Path(dest)
+
+
+def write_json(dest: str | os.PathLike, obj: Any, overwrite: bool = True) -> Path:
+    """Write ``obj`` as indented JSON atomically."""
+    return write_text(dest, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n",
+                      overwrite=overwrite)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def write_npy(dest: str | os.PathLike, arr: np.ndarray) -> Path:
+    """Save one array atomically (``.npy``)."""
+    with atomic_path(dest) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, arr)
+    return Path(dest)
+
+
+def write_npz(dest: str | os.PathLike, **arrays: np.ndarray) -> Path:
+    """Save several arrays atomically (``.npz``, uncompressed)."""
+    with atomic_path(dest) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    return Path(dest)
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
