@@ -1,0 +1,108 @@
+"""Typed run configuration: one YAML profile per scale (``configs/<profile>.yaml``).
+
+A profile sets the data scale and what each stage runs; ``--set key.sub=value`` overrides
+single values from the command line (values are parsed as YAML). The resolved config is
+saved beside the artefacts it produced.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import COMPETITION_SLUG
+
+REPO = Path(__file__).resolve().parents[2]
+PROFILES_DIR = REPO / "configs"
+PROFILES = ("smoke", "quick", "full")
+
+
+@dataclass
+class DataConfig:
+    dir: str | None = None            # a data folder; None: Kaggle download or synthetic
+    input_dir: str = "input"
+    slug: str = COMPETITION_SLUG
+    synthetic_scale: float = 1.0
+    synthetic_seed: int = 0
+
+
+@dataclass
+class BaselinesConfig:
+    models: list[str] = field(default_factory=lambda: [
+        "constant", "shuffled", "starter", "second_place", "riemann"])
+    params: dict[str, dict] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    profile: str = "quick"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def section(self, name: str) -> dict:
+        return dataclasses.asdict(getattr(self, name))
+
+
+def _build(cls, values: dict, where: str):
+    """Instantiate a (nested) dataclass from a dict, rejecting unknown keys."""
+    if not isinstance(values, dict):
+        raise ValueError(f"config '{where}' must be a mapping, got {values!r}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"unknown config key(s) {unknown} in '{where or 'top level'}'; "
+                         f"known: {sorted(known)}")
+    kwargs = {}
+    for name, value in values.items():
+        ftype = known[name].type
+        sub = {"DataConfig": DataConfig, "BaselinesConfig": BaselinesConfig}.get(ftype)
+        kwargs[name] = _build(sub, value, f"{where}.{name}".strip(".")) if sub else value
+    return cls(**kwargs)
+
+
+def _set(d: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        d = d.setdefault(k, {})
+    d[keys[-1]] = value
+
+
+def validate(cfg: Config) -> Config:
+    from .models import REGISTRY
+
+    if cfg.profile not in PROFILES:
+        raise ValueError(f"profile must be one of {PROFILES}, not {cfg.profile!r}")
+    bad = [m for m in cfg.baselines.models if m not in REGISTRY]
+    if bad:
+        raise ValueError(f"unknown baseline model(s) {bad}; registered: {sorted(REGISTRY)}")
+    if not 0 < float(cfg.data.synthetic_scale) <= 10:
+        raise ValueError("data.synthetic_scale must be in (0, 10]")
+    return cfg
+
+
+def load_config(profile: str = "quick", overrides: list[str] | None = None,
+                path: str | Path | None = None) -> Config:
+    """Load ``configs/<profile>.yaml`` (or ``path``) and apply ``key=value`` overrides."""
+    path = Path(path) if path else PROFILES_DIR / f"{profile}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} not found (profiles: {PROFILES})")
+    values = yaml.safe_load(path.read_text()) or {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value")
+        key, raw = item.split("=", 1)
+        _set(values, key.strip(), yaml.safe_load(raw))
+    return validate(_build(Config, values, ""))
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    from .io import write_text
+
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,109 @@
+"""Leave-one-participant-out folds, written once to ``folds.json`` and read by every stage.
+
+Fold k holds out training participant ``valid[0]``; nothing fitted in that fold may see
+its labels. The file also records the data fingerprint and the order of the out-of-fold
+rows (training participants ascending, each participant's trials as read: emotional file
+first, then neutral), so that a later stage cannot pair predictions with the wrong data.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .data import Dataset, scan
+from .io import file_sha256, read_json, write_json
+
+
+def data_fingerprint(root: str | Path) -> str:
+    """sha256 over every competition file's relative path and content."""
+    train, test = scan(root)
+    files = [f for pair in train.values() for f in pair] + list(test.values())
+    h = hashlib.sha256()
+    for f in sorted(files):
+        h.update(str(f.relative_to(root)).encode())
+        h.update(file_sha256(f).encode())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Folds:
+    """The LOPO split of one dataset."""
+
+    data_root: str
+    data_fingerprint: str
+    train_subjects: tuple[int, ...]
+    test_subjects: tuple[int, ...]
+    n_trials: dict
+    n_times: int
+
+    @property
+    def n_folds(self) -> int:
+        return len(self.train_subjects)
+
+    def held_out(self, k: int) -> int:
+        return self.train_subjects[k]
+
+    def train_of(self, k: int) -> list[int]:
+        return [s for s in self.train_subjects if s != self.held_out(k)]
+
+    def to_json(self) -> dict:
+        return {"data_root": self.data_root, "data_fingerprint": self.data_fingerprint,
+                "train_subjects": list(self.train_subjects),
+                "test_subjects": list(self.test_subjects),
+                "n_trials": {str(k): v for k, v in self.n_trials.items()},
+                "n_times": self.n_times,
+                "folds": [{"fold": k, "valid": [self.held_out(k)], "train": self.train_of(k)}
+                          for k in range(self.n_folds)]}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Folds":
+        folds = cls(d["data_root"], d["data_fingerprint"], tuple(d["train_subjects"]),
+                    tuple(d["test_subjects"]), {int(k): v for k, v in d["n_trials"].items()},
+                    int(d["n_times"]))
+        for f in d["folds"]:  # the file is the authority: refuse one edited inconsistently
+            if f["valid"] != [folds.held_out(f["fold"])] or f["train"] != folds.train_of(
+                    f["fold"]):
+                raise ValueError(f"fold {f['fold']} in folds.json is not leave-one-out")
+        return folds
+
+    def check(self, ds: Dataset) -> None:
+        """Raise if ``ds`` is not the dataset these folds were made for."""
+        got = {s: ds.train[s].n_trials for s in ds.train} | {s: ds.test[s].n_trials
+                                                             for s in ds.test}
+        if got != self.n_trials or ds.n_times != self.n_times:
+            raise ValueError(f"folds.json was made for other data ({self.data_root}); "
+                             "rerun stage 00 with --force or use another --out")
+
+
+def make_folds(ds: Dataset) -> Folds:
+    return Folds(str(ds.root), data_fingerprint(ds.root), tuple(ds.train_ids()),
+                 tuple(ds.test_ids()),
+                 {s: ds.train[s].n_trials for s in ds.train} | {s: ds.test[s].n_trials
+                                                               for s in ds.test},
+                 ds.n_times)
+
+
+def write_folds(ds: Dataset, path: str | Path, force: bool = False) -> tuple[Folds, bool]:
+    """Write ``folds.json`` once. Returns (folds, written).
+
+    An existing file for the same data is kept as it is; one for other data raises unless
+    ``force``.
+    """
+    path = Path(path)
+    new = make_folds(ds)
+    if path.exists() and not force:
+        old = Folds.from_json(read_json(path))
+        if old.data_fingerprint != new.data_fingerprint:
+            raise FileExistsError(f"{path} was made for other data ({old.data_root}); "
+                                  "pass --force to replace it or use another --out")
+        return old, False
+    write_json(path, new.to_json())
+    return new, True
+
+
+def read_folds(path: str | Path) -> Folds:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run src/00_make_folds.py first")
+    return Folds.from_json(read_json(path))
