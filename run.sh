@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# sleepemo: one command for the whole pipeline, one for the tests.
+#
+#   ./run.sh [--profile smoke|quick|full] [--data-dir DIR] [--out DIR] [--set KEY=VALUE]...
+#       set up .venv, get the data (Kaggle with credentials, else synthetic), run every
+#       stage, write and validate the submission, score it when solution.csv exists.
+#   ./run.sh test [PYTEST ARGS]
+#       set up .venv and run the test suite (slow tests excluded unless you ask: -m slow).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+REPO=$PWD
+
+die() { echo "run.sh: $*" >&2; exit 2; }
+
+setup() {
+  if [[ -z "${VIRTUAL_ENV:-}" ]]; then
+    local py=${PYTHON:-}
+    if [[ -z "$py" ]]; then
+      for cand in python3.11 python3 python; do
+        if command -v "$cand" >/dev/null 2>&1; then py=$cand; break; fi
+      done
+    fi
+    [[ -n "$py" ]] || die "no python found; install Python 3.11"
+    "$py" -c 'import sys; sys.exit(sys.version_info[:2] < (3, 11))' \
+      || die "$py is $("$py" --version 2>&1); Python >= 3.11 is needed"
+    if [[ ! -x .venv/bin/python ]]; then
+      echo "== creating .venv with $py"
+      "$py" -m venv .venv
+    fi
+    # shellcheck disable=SC1091
+    source .venv/bin/activate
+  fi
+  local stamp="$VIRTUAL_ENV/.sleepemo-requirements.sha256"
+  local want
+  want=$(python -c 'import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],"rb").read()).hexdigest())' requirements.txt)
+  if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+    echo "== installing requirements into $VIRTUAL_ENV (first run: a few minutes)"
+    python -m pip install --disable-pip-version-check -q -r requirements.txt
+    echo "$want" > "$stamp"
+  fi
+  export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}"
+  export MPLBACKEND=Agg
+}
+
+stage() {  # stage SCRIPT ARGS...: run one stage and report its wall time
+  local script=$1; shift
+  local t0=$SECONDS
+  echo "== $script"
+  python "src/$script" "$@"
+  echo "   $script: $((SECONDS - t0)) s"
+}
+
+run_pipeline() {
+  local profile=quick data_dir="" out="" sets=()
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      --profile) profile=${2:?}; shift 2 ;;
+      --data-dir) data_dir=${2:?}; shift 2 ;;
+      --out) out=${2:?}; shift 2 ;;
+      --set) sets+=(--set "${2:?}"); shift 2 ;;
+      -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+      *) die "unknown option $1 (see ./run.sh --help)" ;;
+    esac
+  done
+  local t0=$SECONDS
+  if [[ -z "$data_dir" ]]; then
+    echo "== data"
+    data_dir=$(python -m sleepemo.cli data --profile "$profile" ${sets[@]+"${sets[@]}"})
+  fi
+  [[ -d "$data_dir" ]] || die "data folder $data_dir not found"
+  out=${out:-$REPO/output/$profile-$(basename "$data_dir")}
+  echo "== data: $data_dir   artefacts: $out   profile: $profile"
+  local common=(--profile "$profile" --data-dir "$data_dir" --out "$out" ${sets[@]+"${sets[@]}"})
+  stage 00_make_folds.py "${common[@]}"
+  stage 01_baselines.py "${common[@]}"
+  stage 07_make_submission.py "${common[@]}"
+  echo "== total wall time: $((SECONDS - t0)) s (after set-up)"
+}
+
+case "${1:-}" in
+  test)
+    shift
+    setup
+    python -m pytest -m "not slow" "$@"
+    ;;
+  *)
+    setup
+    run_pipeline "$@"
+    ;;
+esac
