@@ -2,6 +2,7 @@
 # sleepemo: one command for the whole pipeline, one for the tests.
 #
 #   ./run.sh [--profile smoke|quick|full] [--data-dir DIR] [--out DIR] [--set KEY=VALUE]...
+#            [--submissions DIR]
 #       set up .venv, get the data (Kaggle with credentials, else synthetic), run every
 #       stage, write and validate the submission, score it when solution.csv exists.
 #   ./run.sh test [PYTEST ARGS]
@@ -51,14 +52,15 @@ stage() {  # stage SCRIPT ARGS...: run one stage and report its wall time
 }
 
 run_pipeline() {
-  local profile=quick data_dir="" out="" sets=()
+  local profile=quick data_dir="" out="" sets=() subs=()
   while [[ $# -gt 0 ]]; do
     case "$1" in
       --profile) profile=${2:?}; shift 2 ;;
       --data-dir) data_dir=${2:?}; shift 2 ;;
       --out) out=${2:?}; shift 2 ;;
       --set) sets+=(--set "${2:?}"); shift 2 ;;
-      -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+      --submissions) subs=(--submissions "${2:?}"); shift 2 ;;
+      -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
       *) die "unknown option $1 (see ./run.sh --help)" ;;
     esac
   done
@@ -73,7 +75,7 @@ run_pipeline() {
   local common=(--profile "$profile" --data-dir "$data_dir" --out "$out" ${sets[@]+"${sets[@]}"})
   stage 00_make_folds.py "${common[@]}"
   stage 01_baselines.py "${common[@]}"
-  stage 07_make_submission.py "${common[@]}"
+  stage 07_make_submission.py "${common[@]}" ${subs[@]+"${subs[@]}"}
   echo "== total wall time: $((SECONDS - t0)) s (after set-up)"
 }
 

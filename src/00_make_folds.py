@@ -7,7 +7,7 @@ Writes: <out>/folds.json (one fold per training participant, data fingerprint, r
 The file is written once; later stages read it. Rerunning on the same data keeps it;
 on other data it refuses unless --force.
 """
-from sleepemo.cli import prepare, stage_parser
+from sleepemo.cli import prepare, run, stage_parser
 from sleepemo.folds import write_folds
 
 
@@ -22,4 +22,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

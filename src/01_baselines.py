@@ -9,7 +9,7 @@ oof.npy is (n_train_trials, n_times) in folds.json row order; test.npy is the me
 fold models' test predictions. Finished folds are reused (resume); an unchanged model is
 skipped.
 """
-from sleepemo.cli import prepare, stage_parser
+from sleepemo.cli import prepare, run, stage_parser
 from sleepemo.lopo import run_lopo
 from sleepemo.report import write_report
 
@@ -28,4 +28,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -10,7 +10,7 @@ Writes: submissions/<run>/submission.csv (validated; never overwrites an earlier
 Until the ensemble stage (06) exists, the submitted model is the non-diagnostic model
 with the highest overall LOPO window AUC (--model picks one by name).
 """
-from sleepemo.cli import prepare, stage_parser
+from sleepemo.cli import prepare, run, stage_parser
 from sleepemo.submit import make_submission
 
 
@@ -28,4 +28,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import PROFILES, REPO, Config, load_config, save_config
+from .config import PROFILES, REPO, Config, ConfigError, load_config, save_config
 
 
 def stage_parser(doc: str) -> argparse.ArgumentParser:
@@ -85,6 +85,19 @@ def prepare(args: argparse.Namespace) -> Stage:
     return Stage(cfg, data_dir, out, progress=not args.no_progress)
 
 
+def run(stage_main) -> None:
+    """Run a stage's main(); expected input problems end in one line, not a traceback."""
+    from .data import DataError
+    from .submission import SubmissionError
+
+    try:
+        stage_main()
+    except (DataError, SubmissionError, ConfigError, FileExistsError,
+            FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sleepemo.cli")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -98,4 +111,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run(main)

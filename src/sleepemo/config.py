@@ -20,6 +20,10 @@ PROFILES_DIR = REPO / "configs"
 PROFILES = ("smoke", "quick", "full")
 
 
+class ConfigError(ValueError):
+    """A profile or override is invalid."""
+
+
 @dataclass
 class DataConfig:
     dir: str | None = None            # a data folder; None: Kaggle download or synthetic
@@ -53,11 +57,11 @@ class Config:
 def _build(cls, values: dict, where: str):
     """Instantiate a (nested) dataclass from a dict, rejecting unknown keys."""
     if not isinstance(values, dict):
-        raise ValueError(f"config '{where}' must be a mapping, got {values!r}")
+        raise ConfigError(f"config '{where}' must be a mapping, got {values!r}")
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise ValueError(f"unknown config key(s) {unknown} in '{where or 'top level'}'; "
+        raise ConfigError(f"unknown config key(s) {unknown} in '{where or 'top level'}'; "
                          f"known: {sorted(known)}")
     kwargs = {}
     for name, value in values.items():
@@ -78,12 +82,12 @@ def validate(cfg: Config) -> Config:
     from .models import REGISTRY
 
     if cfg.profile not in PROFILES:
-        raise ValueError(f"profile must be one of {PROFILES}, not {cfg.profile!r}")
+        raise ConfigError(f"profile must be one of {PROFILES}, not {cfg.profile!r}")
     bad = [m for m in cfg.baselines.models if m not in REGISTRY]
     if bad:
-        raise ValueError(f"unknown baseline model(s) {bad}; registered: {sorted(REGISTRY)}")
+        raise ConfigError(f"unknown baseline model(s) {bad}; registered: {sorted(REGISTRY)}")
     if not 0 < float(cfg.data.synthetic_scale) <= 10:
-        raise ValueError("data.synthetic_scale must be in (0, 10]")
+        raise ConfigError("data.synthetic_scale must be in (0, 10]")
     return cfg
 
 
@@ -92,11 +96,11 @@ def load_config(profile: str = "quick", overrides: list[str] | None = None,
     """Load ``configs/<profile>.yaml`` (or ``path``) and apply ``key=value`` overrides."""
     path = Path(path) if path else PROFILES_DIR / f"{profile}.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"config file {path} not found (profiles: {PROFILES})")
+        raise ConfigError(f"config file {path} not found (profiles: {PROFILES})")
     values = yaml.safe_load(path.read_text()) or {}
     for item in overrides or []:
         if "=" not in item:
-            raise ValueError(f"override {item!r} is not key=value")
+            raise ConfigError(f"override {item!r} is not key=value")
         key, raw = item.split("=", 1)
         _set(values, key.strip(), yaml.safe_load(raw))
     return validate(_build(Config, values, ""))

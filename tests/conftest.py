@@ -1,0 +1,45 @@
+"""Shared fixtures: small synthetic data folders, generated once per test session."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sleepemo import CHANNELS, N_TIMES, SFREQ
+from sleepemo.synth import SynthConfig, generate, write_mat73
+
+
+@pytest.fixture(scope="session")
+def smoke_dir(tmp_path_factory):
+    """Synthetic data at 10 % of the real trial counts (the smoke profile's scale)."""
+    return generate(tmp_path_factory.mktemp("data") / "smoke",
+                    SynthConfig(seed=0, scale=0.1), progress=False)
+
+
+@pytest.fixture(scope="session")
+def medium_dir(tmp_path_factory):
+    """Synthetic data at 30 % of the real counts: enough trials for score checks."""
+    return generate(tmp_path_factory.mktemp("data") / "medium",
+                    SynthConfig(seed=1, scale=0.3), progress=False)
+
+
+def random_trials(n_trials=6, n_chans=len(CHANNELS), n_times=N_TIMES, seed=0):
+    return np.random.default_rng(seed).standard_normal((n_trials, n_chans, n_times))
+
+
+@pytest.fixture
+def make_folder(tmp_path):
+    """Build a tiny data folder: make_folder(train={2: (3, 4)}, test={1: 5}) -> root."""
+
+    def make(train=None, test=None, root=None, **kw):
+        root = root or tmp_path / "data"
+        times = np.arange(N_TIMES) / SFREQ
+        for sid, (n_emo, n_neu) in (train or {2: (3, 4), 3: (4, 3)}).items():
+            for cls, n in (("sleep_emo", n_emo), ("sleep_neu", n_neu)):
+                write_mat73(root / "training" / cls / f"S_{sid}_cleaned.mat",
+                            random_trials(n, seed=sid * 10 + n), times, **kw)
+        for sid, n in (test or {1: 5}).items():
+            write_mat73(root / "testing" / f"test_subject_{sid}.mat",
+                        random_trials(n, seed=sid), times, **kw)
+        return root
+
+    return make

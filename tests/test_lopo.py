@@ -1,0 +1,127 @@
+"""LOPO folds and runner: no held-out label reaches a fitted object; resume; leakage alarm."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sleepemo import models
+from sleepemo.data import load_dataset
+from sleepemo.folds import make_folds, read_folds, write_folds
+from sleepemo.lopo import oof_labels, run_lopo
+from sleepemo.models.baselines import BaselineModel, SecondPlace
+from sleepemo.report import score_oof
+
+
+@pytest.fixture(scope="module")
+def smoke(smoke_dir):
+    ds = load_dataset(smoke_dir, progress=False)
+    return ds, make_folds(ds)
+
+
+def test_one_fold_per_training_participant(smoke, tmp_path):
+    ds, _ = smoke
+    folds, written = write_folds(ds, tmp_path / "folds.json")
+    assert written and folds.n_folds == 14
+    assert [folds.held_out(k) for k in range(14)] == ds.train_ids()
+    for k in range(14):
+        assert folds.held_out(k) not in folds.train_of(k)
+        assert len(folds.train_of(k)) == 13
+    again, written = write_folds(ds, tmp_path / "folds.json")  # written once, then kept
+    assert not written and again == read_folds(tmp_path / "folds.json")
+
+
+def test_folds_refuse_other_data(smoke, tmp_path, make_folder):
+    ds, _ = smoke
+    write_folds(ds, tmp_path / "folds.json")
+    other = load_dataset(make_folder(), progress=False)
+    with pytest.raises(FileExistsError, match="made for other data"):
+        write_folds(other, tmp_path / "folds.json")
+    with pytest.raises(ValueError, match="made for other data"):
+        read_folds(tmp_path / "folds.json").check(other)
+
+
+class Spy(BaselineModel):
+    """Features = each trial's first sample (a unique tag); records what fit() sees."""
+
+    calls: list = []
+
+    def transform(self, X, sfreq):
+        return X[:, 0, :1].astype(np.float64)
+
+    def fit(self, feats, labels):
+        Spy.calls.append((np.concatenate(feats).ravel(), np.concatenate(labels)))
+        return self
+
+    def predict_proba(self, feats):
+        return np.full(len(feats), 0.5)
+
+
+def test_no_held_out_label_reaches_fit(smoke, tmp_path, monkeypatch):
+    ds, folds = smoke
+    monkeypatch.setitem(models.REGISTRY, "spy", Spy)
+    Spy.calls = []
+    run_lopo("spy", ds, folds, tmp_path / "spy", progress=False, log=lambda m: None)
+    assert len(Spy.calls) == folds.n_folds
+    for k, (tags, labels) in enumerate(Spy.calls):
+        held = ds.train[folds.held_out(k)]
+        assert not np.isin(held.X[:, 0, 0], tags).any(), f"fold {k} saw held-out trials"
+        expected = sum(ds.train[s].n_trials for s in folds.train_of(k))
+        assert len(tags) == len(labels) == expected
+        test_tags = np.concatenate([t.X[:, 0, 0] for t in ds.test.values()])
+        assert not np.isin(test_tags, tags).any(), f"fold {k} saw test trials"
+
+
+def test_oof_and_test_shapes(smoke, tmp_path):
+    ds, folds = smoke
+    res = run_lopo("constant", ds, folds, tmp_path / "c", progress=False, log=lambda m: None)
+    n_train = sum(s.n_trials for s in ds.train.values())
+    n_test = sum(s.n_trials for s in ds.test.values())
+    assert res.oof.shape == (n_train, 200) and res.test.shape == (n_test, 200)
+    assert oof_labels(ds, folds).shape == (n_train,)
+    assert score_oof(res.oof, ds, folds).score == 0.5
+
+
+def test_killed_run_resumes_with_the_same_result(smoke, tmp_path, monkeypatch):
+    ds, folds = smoke
+    quiet = dict(progress=False, log=lambda m: None)
+    full = run_lopo("second_place", ds, folds, tmp_path / "full", **quiet)
+
+    n_fits = []
+    original = SecondPlace.fit
+
+    def killed_after_four(self, feats, labels):
+        n_fits.append(1)
+        if len(n_fits) == 5:
+            raise KeyboardInterrupt  # as if the process were stopped in fold 4
+        return original(self, feats, labels)
+
+    monkeypatch.setattr(SecondPlace, "fit", killed_after_four)
+    with pytest.raises(KeyboardInterrupt):
+        run_lopo("second_place", ds, folds, tmp_path / "resumed", **quiet)
+    assert sorted(p.name for p in (tmp_path / "resumed").glob("fold*.npz")) == \
+        [f"fold{k}.npz" for k in range(4)]
+    assert not (tmp_path / "resumed" / "oof.npy").exists()
+
+    n_fits.clear()
+    monkeypatch.setattr(SecondPlace, "fit", lambda self, f, y: (n_fits.append(1),
+                                                                original(self, f, y))[1])
+    resumed = run_lopo("second_place", ds, folds, tmp_path / "resumed", **quiet)
+    assert len(n_fits) == folds.n_folds - 4  # the four finished folds were not refitted
+    np.testing.assert_array_equal(resumed.oof, full.oof)
+    np.testing.assert_array_equal(resumed.test, full.test)
+
+    n_fits.clear()  # unchanged inputs and config: the whole model is skipped
+    run_lopo("second_place", ds, folds, tmp_path / "resumed", **quiet)
+    assert n_fits == []
+
+
+@pytest.mark.parametrize("base", ["second_place", "starter"])
+def test_label_shuffled_run_scores_about_chance(medium_dir, tmp_path, base):
+    """Leakage alarm: labels permuted within each training participant -> about 0.5."""
+    ds = load_dataset(medium_dir, progress=False)
+    folds = make_folds(ds)
+    res = run_lopo("shuffled", ds, folds, tmp_path / base, params={"base": base},
+                   progress=False, log=lambda m: None)
+    score = score_oof(res.oof, ds, folds).score
+    print(f"shuffled {base}: {score:.4f}")
+    assert abs(score - 0.5) <= 0.03, f"shuffled {base} scored {score:.4f}"

@@ -1,0 +1,96 @@
+"""End to end: ./run.sh on smoke-size synthetic data, as a user runs it."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sleepemo.config import load_config
+from sleepemo.submission import validate_submission
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_sh(*args, cwd=REPO):
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    proc = subprocess.run([str(REPO / "run.sh"), *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def smoke_run(smoke_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    out = run_sh("--profile", "smoke", "--data-dir", smoke_dir, "--out", tmp / "out",
+                  "--submissions", tmp / "subs")
+    return tmp, out
+
+
+def _submission(stdout: str) -> Path:
+    return Path(re.search(r"submission: (\S+submission\.csv)", stdout).group(1))
+
+
+def test_run_writes_a_valid_submission_and_report(smoke_run, smoke_dir):
+    tmp, stdout = smoke_run
+    sub = _submission(stdout)
+    from sleepemo.data import load_dataset
+    ds = load_dataset(smoke_dir, progress=False)
+    validate_submission(sub, {s: (t.n_trials, 200) for s, t in ds.test.items()})
+    assert (tmp / "subs" / "latest.csv").read_bytes() == sub.read_bytes()
+    table = pd.read_csv(tmp / "out" / "lopo.csv", index_col="model")
+    assert set(table.index) == set(load_config("smoke").baselines.models)
+    assert [c for c in table.columns if c.startswith("S")] == \
+        [f"S{s}" for s in ds.train_ids()]
+    for f in ("lopo_curves.png", "lopo_bars.png", "folds.json", "config.yaml"):
+        assert (tmp / "out" / f).stat().st_size > 0
+    for f in ("lopo.csv", "lopo_curves.png", "summary.json"):
+        assert (sub.parent / f).is_file()
+    chosen = re.search(r"submitted model: (\w+)", stdout).group(1)
+    best = table[~table.diagnostic].overall.idxmax()
+    assert chosen == best
+
+
+def test_metric_cli_prints_the_summary_score(smoke_run, smoke_dir):
+    _, stdout = smoke_run
+    summary_line = re.search(r"^window AUC: .*$", stdout, re.M).group(0)
+    proc = subprocess.run([sys.executable, "-m", "sleepemo.metric", str(_submission(stdout)),
+                           str(smoke_dir / "solution.csv")], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(REPO / "src")))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == summary_line
+
+
+def test_rerun_skips_reproduces_and_keeps_earlier_submissions(smoke_run, smoke_dir):
+    tmp, first = smoke_run
+    table = (tmp / "out" / "lopo.csv").read_text()
+    second = run_sh("--profile", "smoke", "--data-dir", smoke_dir, "--out", tmp / "out",
+                    "--submissions", tmp / "subs")
+    assert "unchanged, reusing" in second
+    assert (tmp / "out" / "lopo.csv").read_text() == table
+    a, b = _submission(first), _submission(second)
+    assert a != b and a.is_file() and b.is_file()
+    assert a.read_bytes() == b.read_bytes()
+    # from scratch in a new folder: the same rows of the table
+    fresh = tmp / "fresh"
+    run_sh("--profile", "smoke", "--data-dir", smoke_dir, "--out", fresh, "--submissions",
+           tmp / "subs2", "--set", "baselines.models=[shuffled,starter]")
+    old = pd.read_csv(tmp / "out" / "lopo.csv", index_col="model")
+    new = pd.read_csv(fresh / "lopo.csv", index_col="model")
+    pd.testing.assert_frame_equal(new, old.loc[new.index])
+
+
+def test_bad_data_folder_fails_with_a_clear_message(tmp_path):
+    (tmp_path / "training").mkdir()
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    proc = subprocess.run([str(REPO / "run.sh"), "--profile", "smoke", "--data-dir",
+                           str(tmp_path), "--out", str(tmp_path / "out")], cwd=REPO, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert f"error: {tmp_path / 'testing'}: missing folder 'testing/'" in proc.stderr
+    assert "Traceback" not in proc.stderr
