@@ -36,3 +36,17 @@ def test_bad_config_is_refused(override, message):
 def test_unknown_model_name():
     with pytest.raises(KeyError, match="unknown model 'nope'"):
         make_model("nope")
+
+
+def test_data_folder_resolution_order(tmp_path, make_folder):
+    from sleepemo.cli import resolve_data_dir
+
+    cfg = load_config("smoke", [f"data.kaggle_input={tmp_path / 'kaggle'}",
+                                f"data.input_dir={tmp_path / 'input'}"])
+    logs = []
+    # a data folder given on the command line wins
+    assert resolve_data_dir(cfg, "given", log=logs.append) == type(tmp_path)("given")
+    # a Kaggle kernel's mounted competition data comes next
+    mounted = make_folder(root=tmp_path / "kaggle" / cfg.data.slug / "extra")
+    assert resolve_data_dir(cfg, log=logs.append) == mounted
+    assert logs[-1] == f"using the competition data mounted at {mounted}"

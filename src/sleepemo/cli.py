@@ -36,12 +36,17 @@ def synthetic_dir(cfg: Config) -> Path:
 
 
 def resolve_data_dir(cfg: Config, data_dir: str | None = None, log=print) -> Path:
-    """The data folder: given, configured, real in input/, downloaded, or synthetic."""
+    """The data folder, first found of: given, configured, mounted in a Kaggle kernel,
+    real in ``input/<slug>/``, downloaded with Kaggle credentials, built-in synthetic."""
     from . import synth
-    from .download import get_data
+    from .download import find_data_root, get_data
 
     if data_dir or cfg.data.dir:
         return Path(data_dir or cfg.data.dir)
+    kernel = Path(cfg.data.kaggle_input) / cfg.data.slug
+    if kernel.is_dir() and (root := find_data_root(kernel)) is not None:
+        log(f"using the competition data mounted at {root}")
+        return root
 
     def make_synthetic() -> Path:
         out = synthetic_dir(cfg)

@@ -26,8 +26,9 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    dir: str | None = None            # a data folder; None: Kaggle download or synthetic
+    dir: str | None = None            # a data folder; None: found, downloaded or synthetic
     input_dir: str = "input"
+    kaggle_input: str = "/kaggle/input"  # where a Kaggle kernel mounts competition data
     slug: str = COMPETITION_SLUG
     synthetic_scale: float = 1.0
     synthetic_seed: int = 0

@@ -156,7 +156,8 @@ def write_report(out: str | Path, ds, folds) -> tuple[pd.DataFrame, dict, dict]:
     results, diagnostic, paths = collect(out, ds, folds)
     if not results:
         raise FileNotFoundError(f"no model results under {out}: run the stages first")
-    table = lopo_table(results, ds.sfreq, diagnostic)
+    table = lopo_table(results, ds.sfreq, diagnostic).sort_values(
+        ["diagnostic", "overall"], ascending=[True, False], kind="stable")
     write_table(table, Path(out) / "lopo.csv")
     plot_curves(results, ds.sfreq, Path(out) / "lopo_curves.png")
     plot_bars(table, Path(out) / "lopo_bars.png")
