@@ -199,3 +199,17 @@ def test_cli_rejects_malformed_expected(tmp_path, capsys):
         main(["validate", str(good), "--expected", "1:3"])
     assert info.value.code == 2
     assert "SUBJECT:N_TRIALS:N_TIMES" in capsys.readouterr().err
+
+
+def test_cli_reads_expected_shapes_from_the_data_folder(make_folder, tmp_path, capsys):
+    root = make_folder(test={1: 5, 7: 3})
+    good = tmp_path / "good.csv"
+    build_submission({1: np.full(5, 0.3), 7: np.full(3, 0.6)}, n_times=200).to_csv(
+        good, index=False)
+    assert main(["validate", str(good), "--data-dir", str(root)]) == 0
+    assert capsys.readouterr().out.strip() == "valid: 1600 rows, 2 participants"
+    short = tmp_path / "short.csv"
+    build_submission({1: np.full(4, 0.3), 7: np.full(3, 0.6)}, n_times=200).to_csv(
+        short, index=False)
+    assert main(["validate", str(short), "--data-dir", str(root)]) == 1
+    assert "missing" in capsys.readouterr().err

@@ -159,6 +159,6 @@ def write_report(out: str | Path, ds, folds) -> tuple[pd.DataFrame, dict, dict]:
     table = lopo_table(results, ds.sfreq, diagnostic).sort_values(
         ["diagnostic", "overall"], ascending=[True, False], kind="stable")
     write_table(table, Path(out) / "lopo.csv")
-    plot_curves(results, ds.sfreq, Path(out) / "lopo_curves.png")
+    plot_curves({m: results[m] for m in table.index}, ds.sfreq, Path(out) / "lopo_curves.png")
     plot_bars(table, Path(out) / "lopo_bars.png")
     return table, results, paths

@@ -6,6 +6,7 @@ participant's test file) and ``prediction`` = P(emotional) in [0, 1].
 
 Run as a script to check a file::
 
+    python -m sleepemo.submission validate SUBMISSION.csv --data-dir DATA
     python -m sleepemo.submission validate SUBMISSION.csv --expected 1:372:200 ...
 """
 from __future__ import annotations
@@ -318,8 +319,16 @@ def _parse_expected(text: str) -> tuple[int, int, int]:
     return subject, n_trials, n_times
 
 
+def expected_from_data(data_dir: str | os.PathLike) -> dict[int, tuple[int, int]]:
+    """Subject -> (n_trials, n_times) of every test file in a data folder."""
+    from sleepemo.data import read_mat, scan
+
+    _, test = scan(data_dir)
+    return {s: read_mat(path).X.shape[::2] for s, path in test.items()}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``validate SUBMISSION.csv --expected S:N:T [--expected ...]``.
+    """Command line: ``validate SUBMISSION.csv (--data-dir DIR | --expected S:N:T ...)``.
 
     Returns
     -------
@@ -332,12 +341,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     validate = commands.add_parser("validate", help="check a submission file")
     validate.add_argument("submission", help="CSV with header id,prediction")
-    validate.add_argument("--expected", type=_parse_expected, action="append", required=True,
-                          metavar="SUBJECT:N_TRIALS:N_TIMES",
-                          help="one per participant, e.g. 1:372:200")
+    source = validate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data-dir", help="data folder: expected shapes from its testing/")
+    source.add_argument("--expected", type=_parse_expected, action="append",
+                        metavar="SUBJECT:N_TRIALS:N_TIMES",
+                        help="one per participant, e.g. 1:372:200")
     args = parser.parse_args(argv)
     expected: dict[int, tuple[int, int]] = {}
-    for subject, n_trials, n_times in args.expected:
+    if args.data_dir:
+        try:
+            expected = expected_from_data(args.data_dir)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    for subject, n_trials, n_times in args.expected or []:
         if subject in expected:
             parser.error(f"subject {subject} given twice in --expected")
         expected[subject] = (n_trials, n_times)
