@@ -75,6 +75,7 @@ run_pipeline() {
   local common=(--profile "$profile" --data-dir "$data_dir" --out "$out" ${sets[@]+"${sets[@]}"})
   stage 00_make_folds.py "${common[@]}"
   stage 01_baselines.py "${common[@]}"
+  stage 02_pretrain_mae.py "${common[@]}"
   stage 07_make_submission.py "${common[@]}" ${subs[@]+"${subs[@]}"}
   echo "== total wall time: $((SECONDS - t0)) s (after set-up)"
 }

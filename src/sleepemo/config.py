@@ -42,11 +42,38 @@ class BaselinesConfig:
 
 
 @dataclass
+class MAEConfig:
+    """Stage 02: band features and masked-autoencoder pre-training (``models/mae.py``)."""
+    bands: list = field(default_factory=lambda: [[0.5, 4.0], [4.0, 8.0], [8.0, 12.0],
+                                                 [12.0, 16.0], [16.0, 30.0]])
+    feature: str = "log_envelope"      # or log_power
+    d_model: int = 16
+    n_heads: int = 4
+    ffn: int = 128
+    n_layers: int = 3
+    channel_embedding: bool = True
+    mask_ratio: float = 0.4
+    epochs: int = 8
+    seqs_per_epoch: int | None = 9600   # channel-sequences drawn per epoch; None = all
+    batch_size: int = 64               # small batches, many steps: a 20 k-parameter model
+    lr: float = 0.01                   # learns to fill gaps in ~1 k steps at this rate
+    weight_decay: float = 0.05
+    warmup_epochs: float = 0.5
+    n_val_subjects: int = 2            # training participants kept out of pre-training
+    eval_seqs: int = 4000              # masked sequences for the reconstruction report
+    probe_window: list = field(default_factory=lambda: [70, 130])
+    probe_C: float = 0.01
+    device: str = "auto"               # auto = cuda when present, else cpu
+    num_threads: int | None = None     # torch CPU threads; None = torch's default
+
+
+@dataclass
 class Config:
     profile: str = "quick"
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+    mae: MAEConfig = field(default_factory=MAEConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -67,7 +94,8 @@ def _build(cls, values: dict, where: str):
     kwargs = {}
     for name, value in values.items():
         ftype = known[name].type
-        sub = {"DataConfig": DataConfig, "BaselinesConfig": BaselinesConfig}.get(ftype)
+        sub = {"DataConfig": DataConfig, "BaselinesConfig": BaselinesConfig,
+               "MAEConfig": MAEConfig}.get(ftype)
         kwargs[name] = _build(sub, value, f"{where}.{name}".strip(".")) if sub else value
     return cls(**kwargs)
 
@@ -89,6 +117,18 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"unknown baseline model(s) {bad}; registered: {sorted(REGISTRY)}")
     if not 0 < float(cfg.data.synthetic_scale) <= 10:
         raise ConfigError("data.synthetic_scale must be in (0, 10]")
+    m = cfg.mae
+    if not 0 < m.mask_ratio < 1:
+        raise ConfigError("mae.mask_ratio must be in (0, 1)")
+    if m.d_model % m.n_heads:
+        raise ConfigError(f"mae.d_model ({m.d_model}) must be divisible by mae.n_heads "
+                          f"({m.n_heads})")
+    if m.feature not in ("log_envelope", "log_power"):
+        raise ConfigError("mae.feature must be log_envelope or log_power")
+    if any(len(b) != 2 or not 0 < b[0] < b[1] for b in m.bands):
+        raise ConfigError(f"mae.bands must be [low, high] pairs in Hz, got {m.bands}")
+    if m.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError("mae.device must be auto, cpu or cuda")
     return cfg
 
 

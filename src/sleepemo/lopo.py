@@ -73,16 +73,30 @@ def oof_labels(ds: Dataset, folds: Folds) -> np.ndarray:
 
 
 def run_lopo(name: str, ds: Dataset, folds: Folds, out_dir: str | Path, seed: int = 0,
-             params: dict | None = None, progress: bool = True,
-             log=print) -> LopoResult:
-    """Train ``name`` under LOPO and write its out-of-fold and test predictions."""
+             params: dict | None = None, progress: bool = True, log=print,
+             model: str | None = None, features: dict | None = None,
+             feature_key: str | None = None) -> LopoResult:
+    """Train a registered model under LOPO and write its out-of-fold and test predictions.
+
+    Parameters
+    ----------
+    name : str
+        Name of the result (folder, table row); also the registry key unless ``model``.
+    features : dict or callable returning one, optional
+        Participant -> precomputed label-free features (e.g. encoder embeddings), used
+        instead of the model's ``transform``; a callable is only called when there is
+        work to do. ``feature_key`` must then identify them (it enters the fingerprint).
+    """
     from tqdm.auto import tqdm
 
     folds.check(ds)
     params = dict(params or {})
+    model_key = model or name
+    if features is not None and not feature_key:
+        raise ValueError("precomputed features need a feature_key for the fingerprint")
     out_dir = Path(out_dir)
-    fp = fingerprint(model=name, params=params, seed=seed, data=folds.data_fingerprint,
-                     code=code_hash())
+    fp = fingerprint(model=model_key, params=params, seed=seed, data=folds.data_fingerprint,
+                     code=code_hash(), features=feature_key)
     meta_path = out_dir / "meta.json"
     if meta_path.is_file() and read_json(meta_path).get("fingerprint") == fp:
         log(f"{name}: unchanged, reusing {out_dir}")
@@ -92,12 +106,14 @@ def run_lopo(name: str, ds: Dataset, folds: Folds, out_dir: str | Path, seed: in
     t0 = time.perf_counter()
     n_times = ds.n_times
     subjects = list(folds.train_subjects) + list(folds.test_subjects)
-    model = make_model(name, random_state=seed, **params)
-    feats = {}
-    for s in tqdm(subjects, desc=f"{name}: features", unit="participant",
-                  disable=not progress, leave=False):
+    proto = make_model(model_key, random_state=seed, **params)
+    if callable(features):
+        features = features()
+    feats = dict(features) if features is not None else {}
+    for s in tqdm([s for s in subjects if s not in feats], desc=f"{name}: features",
+                  unit="participant", disable=not progress, leave=False):
         subj = ds.train.get(s) or ds.test[s]
-        feats[s] = model.transform(subj.X, ds.sfreq)
+        feats[s] = proto.transform(subj.X, ds.sfreq)
 
     oof_parts, test_parts = {}, []
     for k in tqdm(range(folds.n_folds), desc=f"{name}: LOPO folds", unit="fold",
@@ -111,7 +127,7 @@ def run_lopo(name: str, ds: Dataset, folds: Folds, out_dir: str | Path, seed: in
                     continue
         train = folds.train_of(k)
         # seed per fold so a resumed fold is identical to an uninterrupted one
-        m = make_model(name, random_state=seed * 1000 + k, **params)
+        m = make_model(model_key, random_state=seed * 1000 + k, **params)
         m.fit([feats[s] for s in train], [ds.train[s].y for s in train])
         oof = _as_2d(m.predict_proba(feats[held]), ds.train[held].n_trials, n_times)
         test = np.concatenate([_as_2d(m.predict_proba(feats[s]), ds.test[s].n_trials,
@@ -124,8 +140,8 @@ def run_lopo(name: str, ds: Dataset, folds: Folds, out_dir: str | Path, seed: in
     test = np.mean(test_parts, axis=0).astype(np.float32)
     write_npy(out_dir / "oof.npy", oof)
     write_npy(out_dir / "test.npy", test)
-    meta = {"model": name, "params": params, "seed": seed, "fingerprint": fp,
-            "diagnostic": bool(model.diagnostic), "test_predictions": "mean of fold models",
+    meta = {"model": name, "registry": model_key, "params": params, "seed": seed, "fingerprint": fp,
+            "diagnostic": bool(proto.diagnostic), "test_predictions": "mean of fold models",
             "seconds": round(time.perf_counter() - t0, 2)}
     write_json(meta_path, meta)
     return LopoResult(name, oof, test, meta)

@@ -1,7 +1,7 @@
 """Model registry: name -> class. Stages look models up here, never with if/elif."""
 from __future__ import annotations
 
-from .baselines import Constant, RiemannTS, SecondPlace, Shuffled, Starter
+from .baselines import Constant, LinearProbe, RiemannTS, SecondPlace, Shuffled, Starter
 
 REGISTRY = {
     "constant": Constant,
@@ -9,6 +9,7 @@ REGISTRY = {
     "starter": Starter,
     "second_place": SecondPlace,
     "riemann": RiemannTS,
+    "linear_probe": LinearProbe,
 }
 
 

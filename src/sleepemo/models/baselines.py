@@ -182,3 +182,29 @@ class Shuffled(BaselineModel):
 
     def predict_proba(self, feats):
         return self.model.predict_proba(feats)
+
+
+class LinearProbe(BaselineModel):
+    """Logistic regression on precomputed per-trial features (stage 02's probes).
+
+    The features (e.g. frozen encoder embeddings or band features averaged over
+    350-650 ms) are z-scored per participant before they reach this model; it
+    standardises them over the training participants, fits an L2 logistic regression and
+    gives one probability per trial (broadcast).
+    """
+
+    def __init__(self, random_state=0, C=0.01):
+        super().__init__(random_state)
+        self.C = float(C)
+
+    def transform(self, X, sfreq):
+        raise NotImplementedError("LinearProbe works on precomputed features only")
+
+    def fit(self, feats, labels):
+        self.pipe_ = make_pipeline(StandardScaler(), LogisticRegression(
+            C=self.C, max_iter=2000, random_state=self.random_state))
+        self.pipe_.fit(np.concatenate(feats), np.concatenate(labels))
+        return self
+
+    def predict_proba(self, feats):
+        return self.pipe_.predict_proba(feats)[:, 1]

@@ -1,0 +1,135 @@
+"""Masked autoencoder over one channel's band-feature sequence (stage 02).
+
+A sequence is one channel of one trial: 200 timepoints x 5 band features. The encoder
+(:class:`ChannelEncoder`) is exactly the architecture of a stage-03 channel expert, so its
+weights initialise the experts: linear 5 -> d, a learned positional embedding (initialised
+with the sinusoidal encoding, so that "nearby in time" is easy to learn), an optional
+learned channel embedding, ``n_layers`` timm Transformer blocks (pre-norm, multi-head
+self-attention over all timepoints, i.e. bidirectional), final LayerNorm.
+
+Pre-training replaces a random 40 % of the timepoints of every sequence by a learned mask
+token *after* the input projection (the encoder still sees every position, so context on
+both sides is used) and reconstructs the band features there with a linear head; the
+loss is the mean squared error on the masked points only.
+
+**One shared encoder over all channels, with a learned channel embedding** (not one
+encoder per channel): every channel-sequence is a training example for the same weights,
+16 times the data per parameter, which matters with about 12 k trials; the channel
+embedding lets the encoder still treat channels differently. Stage 03 copies the shared
+encoder into 16 experts (each with its channel's embedding), which then diverge.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from timm.layers import trunc_normal_
+from timm.models.vision_transformer import Block
+from torch import nn
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    n_bands: int = 5
+    n_times: int = 200
+    d_model: int = 16
+    n_heads: int = 4
+    ffn: int = 128
+    n_layers: int = 3
+    n_chans: int = 16          # size of the channel embedding; 0 = none
+    dropout: float = 0.0
+
+
+class ChannelEncoder(nn.Module):
+    """Per-channel Transformer encoder.
+
+    Input (batch, n_times, n_bands) -> output (batch, n_times, d_model).
+    """
+
+    def __init__(self, cfg: EncoderConfig = EncoderConfig()):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.embed = nn.Linear(cfg.n_bands, d)
+        self.pos = nn.Parameter(torch.zeros(1, cfg.n_times, d))
+        self.chan = nn.Embedding(cfg.n_chans, d) if cfg.n_chans else None
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.blocks = nn.ModuleList([
+            Block(dim=d, num_heads=cfg.n_heads, mlp_ratio=cfg.ffn / d, qkv_bias=True,
+                  proj_drop=cfg.dropout, attn_drop=cfg.dropout)
+            for _ in range(cfg.n_layers)])
+        self.norm = nn.LayerNorm(d)
+        with torch.no_grad():  # learned, but starting from the sinusoidal encoding
+            self.pos.copy_(sinusoidal_positions(cfg.n_times, d)[None])
+        trunc_normal_(self.mask_token, std=0.02)
+        if self.chan is not None:
+            trunc_normal_(self.chan.weight, std=0.02)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                chan: torch.Tensor | None = None) -> torch.Tensor:
+        """
+        Parameters
+        ----------
+        x : tensor, shape (batch, n_times, n_bands)
+        mask : bool tensor, shape (batch, n_times), optional
+            True where the input is hidden (replaced by the mask token).
+        chan : long tensor, shape (batch,), optional
+            Channel index of each sequence (for the channel embedding).
+        """
+        h = self.embed(x)
+        if mask is not None:
+            h = torch.where(mask[..., None], self.mask_token.to(h.dtype), h)
+        h = h + self.pos
+        if self.chan is not None and chan is not None:
+            h = h + self.chan(chan)[:, None, :]
+        for block in self.blocks:
+            h = block(h)
+        return self.norm(h)
+
+
+class MaskedAutoencoder(nn.Module):
+    """:class:`ChannelEncoder` plus a linear reconstruction head."""
+
+    def __init__(self, cfg: EncoderConfig = EncoderConfig()):
+        super().__init__()
+        self.encoder = ChannelEncoder(cfg)
+        self.head = nn.Linear(cfg.d_model, cfg.n_bands)
+
+    def forward(self, x, mask, chan=None) -> torch.Tensor:
+        """Reconstruction, shape (batch, n_times, n_bands)."""
+        return self.head(self.encoder(x, mask, chan))
+
+    def loss(self, x, mask, chan=None) -> torch.Tensor:
+        """Mean squared error over the masked points only."""
+        err = (self(x, mask, chan) - x) ** 2
+        return err.mean(-1)[mask].mean()
+
+
+def sinusoidal_positions(n_times: int, d_model: int) -> torch.Tensor:
+    """The Transformer's sine/cosine positional encoding, shape (n_times, d_model)."""
+    pos = torch.arange(n_times, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32)
+                     * (-math.log(10_000.0) / d_model))
+    enc = torch.zeros(n_times, d_model)
+    enc[:, 0::2] = torch.sin(pos * freq)
+    enc[:, 1::2] = torch.cos(pos * freq[: d_model // 2])
+    return enc
+
+
+def random_mask(batch: int, n_times: int, ratio: float,
+                generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """Bool mask (batch, n_times) hiding exactly ``round(ratio * n_times)`` random
+    timepoints of every sequence."""
+    n_mask = int(round(ratio * n_times))
+    if not 0 < n_mask < n_times:
+        raise ValueError(f"mask ratio {ratio} hides {n_mask} of {n_times} timepoints")
+    noise = torch.rand(batch, n_times, generator=generator)
+    idx = noise.argsort(dim=1)[:, :n_mask]
+    mask = torch.zeros(batch, n_times, dtype=torch.bool)
+    mask.scatter_(1, idx, True)
+    return mask.to(device) if device is not None else mask
+
+
+def n_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
