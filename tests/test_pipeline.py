@@ -1,6 +1,7 @@
 """End to end: ./run.sh on smoke-size synthetic data, as a user runs it."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -44,7 +45,12 @@ def test_run_writes_a_valid_submission_and_report(smoke_run, smoke_dir):
     validate_submission(sub, {s: (t.n_trials, 200) for s, t in ds.test.items()})
     assert (tmp / "subs" / "latest.csv").read_bytes() == sub.read_bytes()
     table = pd.read_csv(tmp / "out" / "lopo.csv", index_col="model")
-    assert set(table.index) == set(load_config("smoke").baselines.models)
+    assert set(table.index) == set(load_config("smoke").baselines.models) | {
+        "mae_probe", "band_probe"}
+    metrics = json.loads((tmp / "out" / "02_mae" / "metrics.json").read_text())
+    assert metrics["linear_probe_lopo_window_auc"]["mae_probe"] == pytest.approx(
+        table.loc["mae_probe", "overall"], abs=1e-4)
+    assert (tmp / "out" / "02_mae" / "encoder.pt").is_file()
     assert [c for c in table.columns if c.startswith("S")] == \
         [f"S{s}" for s in ds.train_ids()]
     for f in ("lopo_curves.png", "lopo_bars.png", "folds.json", "config.yaml"):

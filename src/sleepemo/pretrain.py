@@ -8,6 +8,7 @@ anywhere in this module, so one encoder serves every LOPO fold.
 Artefacts under ``<out>/02_mae/``::
 
     ckpt/last.pt      model, optimiser, scheduler, epoch, history (every epoch, atomic)
+    ckpt/config.json  the resolved stage config, seed and fingerprint of the checkpoint
     encoder.pt        the trained encoder's state dict (what stage 03 loads)
     run.json          resolved stage config, seed, fingerprint, validation participants
     metrics.json      reconstruction errors, probe scores, throughput, wall time
@@ -64,7 +65,10 @@ class Sequences:
     def get(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Band features (batch, n_times, n_bands) and channel ids (batch,)."""
         idx = self.index[rows]
-        x = np.stack([self.feats[p][t, c] for p, t, c in idx]).astype(np.float32)
+        x = np.empty((len(idx),) + self.feats[0].shape[2:], dtype=np.float32)
+        for p in np.unique(idx[:, 0]):
+            sel = idx[:, 0] == p
+            x[sel] = self.feats[p][idx[sel, 1], idx[sel, 2]]
         return torch.from_numpy(x), torch.from_numpy(idx[:, 2].astype(np.int64))
 
 
@@ -90,6 +94,9 @@ def train_mae(cfg: MAEConfig, train_seqs: Sequences, val_seqs: Sequences, enc_cf
                               warmup_t=int(cfg.warmup_epochs * steps),
                               warmup_lr_init=cfg.lr * 0.01, t_in_epochs=False)
     ckpt = run_dir / "ckpt" / "last.pt"
+    write_json(ckpt.parent / "config.json", {"mae": dataclasses.asdict(cfg), "seed": seed,
+                                             "encoder": dataclasses.asdict(enc_cfg),
+                                             "fingerprint": run_fp})
     start, history = 0, []
     if ckpt.is_file():
         state = torch.load(ckpt, map_location=dev, weights_only=True)
