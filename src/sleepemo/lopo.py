@@ -123,7 +123,8 @@ def run_lopo(name: str, ds: Dataset, folds: Folds, out_dir: str | Path, seed: in
         if path.is_file():
             with np.load(path) as z:
                 if str(z["fingerprint"]) == fp:
-                    oof_parts[held], _ = z["oof"], test_parts.append(z["test"])
+                    oof_parts[held] = z["oof"]
+                    test_parts.append(z["test"])
                     continue
         train = folds.train_of(k)
         # seed per fold so a resumed fold is identical to an uninterrupted one
