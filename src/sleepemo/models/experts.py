@@ -1,0 +1,124 @@
+"""Channel experts (stage 03): one small Transformer per EEG channel, run as one batch.
+
+An expert is the stage-02 :class:`~sleepemo.models.mae.ChannelEncoder` (without the
+channel embedding: each expert belongs to one channel, so its channel's embedding is
+folded into its positional embedding at initialisation) plus two linear heads on the
+encoder output: a per-timepoint logit, and a trial logit from the mean over a window.
+
+The 16 experts have identical architectures, so their parameters are stacked along a
+leading "expert" axis (:func:`torch.func.stack_module_state`) and evaluated in one
+vectorised call (:func:`torch.func.vmap` over :func:`torch.func.functional_call`); the
+functional form is also what first-order MAML needs (parameters as plain tensors that
+can be adapted and differentiated without touching the modules). Attention is computed
+with plain matrix products in the experts because PyTorch's fused CPU attention kernel
+has no vmap batching rule (it would silently fall back to a loop).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Mapping
+
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from .mae import ChannelEncoder, EncoderConfig
+
+
+class Expert(nn.Module):
+    """Encoder + per-timepoint head + trial head.
+
+    Input (batch, n_times, n_bands) -> (time logits (batch, n_times), trial logit (batch,)).
+    """
+
+    def __init__(self, cfg: EncoderConfig = EncoderConfig(), window: tuple[int, int] = (70, 130)):
+        super().__init__()
+        self.encoder = ChannelEncoder(dataclasses.replace(cfg, n_chans=0))
+        for block in self.encoder.blocks:
+            block.attn.fused_attn = False  # vmap-friendly attention (see module docstring)
+        self.time_head = nn.Linear(cfg.d_model, 1)
+        self.trial_head = nn.Linear(cfg.d_model, 1)
+        self.window = tuple(window)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encoder(x)
+        time_logit = self.time_head(h)[..., 0]
+        trial_logit = self.trial_head(h[:, self.window[0]:self.window[1]].mean(1))[..., 0]
+        return time_logit, trial_logit
+
+
+def make_experts(n_experts: int, cfg: EncoderConfig = EncoderConfig(),
+                 encoder_state: Mapping[str, torch.Tensor] | None = None,
+                 window: tuple[int, int] = (70, 130), seed: int = 0) -> list[Expert]:
+    """``n_experts`` experts; with ``encoder_state`` (a stage-02 encoder's state dict)
+    every expert starts from the pre-trained encoder, expert c with channel c's embedding
+    added to its positional embedding. Heads start from a seeded random init."""
+    torch.manual_seed(seed)
+    experts = [Expert(cfg, window) for _ in range(n_experts)]
+    if encoder_state is not None:
+        shared = {k: v for k, v in encoder_state.items() if not k.startswith("chan.")}
+        chan = encoder_state.get("chan.weight")
+        if chan is not None and chan.shape[0] != n_experts:
+            raise ValueError(f"encoder has {chan.shape[0]} channel embeddings, "
+                             f"not {n_experts}")
+        for c, expert in enumerate(experts):
+            expert.encoder.load_state_dict(shared)
+            if chan is not None:
+                with torch.no_grad():
+                    expert.encoder.pos += chan[c]
+    return experts
+
+
+class ExpertBank:
+    """The experts' parameters stacked on a leading axis, evaluated with ``vmap``.
+
+    Attributes
+    ----------
+    params : dict of str -> tensor, shape (n_experts, ...)
+        Leaf tensors with ``requires_grad``: the meta-parameters.
+    """
+
+    def __init__(self, experts: list[Expert]):
+        self.n_experts = len(experts)
+        params, buffers = stack_module_state(experts)
+        self.params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+        self.buffers = buffers
+        self._base = copy.deepcopy(experts[0]).to("meta")
+
+    def _one(self, params, buffers, x):
+        return functional_call(self._base, (params, buffers), (x,))
+
+    def __call__(self, x: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None):
+        """All experts on their channels.
+
+        Parameters
+        ----------
+        x : tensor, shape (batch, n_experts, n_times, n_bands)
+            Channel c goes to expert c.
+        params : dict, optional
+            Parameters to use instead of ``self.params`` (e.g. adapted ones).
+
+        Returns
+        -------
+        time_logits : tensor, shape (n_experts, batch, n_times)
+        trial_logits : tensor, shape (n_experts, batch)
+        """
+        return vmap(self._one, in_dims=(0, 0, 1))(params if params is not None
+                                                   else self.params, self.buffers, x)
+
+    def experts(self) -> list[Expert]:
+        """Materialise the current parameters as separate modules (e.g. to save)."""
+        out = []
+        for i in range(self.n_experts):
+            e = copy.deepcopy(self._base).to_empty(device="cpu")
+            e.load_state_dict({k: v[i].detach().clone() for k, v in self.params.items()}
+                              | {k: v[i].clone() for k, v in self.buffers.items()})
+            out.append(e)
+        return out
+
+
+def loop_forward(experts: list[Expert], x: torch.Tensor):
+    """Reference: the same computation as :class:`ExpertBank` with a Python loop."""
+    outs = [e(x[:, c]) for c, e in enumerate(experts)]
+    return torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
