@@ -277,11 +277,9 @@ def run_stage(stage, log=print) -> dict:
     val_seqs = Sequences([feats[s] for s in val])
     if finished(run_dir, run_fp):
         log(f"MAE: unchanged, reusing {run_dir / 'encoder.pt'}")
-        model = MaskedAutoencoder(enc_cfg)
-        model.encoder = load_encoder(run_dir, enc_cfg)
-        model.head.load_state_dict({k[len("head."):]: v for k, v in torch.load(
-            run_dir / "ckpt" / "last.pt", map_location="cpu", weights_only=True
-        )["model"].items() if k.startswith("head.")})
+        model = MaskedAutoencoder(enc_cfg)  # the last checkpoint holds the final weights
+        model.load_state_dict(torch.load(run_dir / "ckpt" / "last.pt", map_location="cpu",
+                                         weights_only=True)["model"])
         model = model.to(device_of(cfg))
         history = read_json(run_dir / "run.json")["history"]
     else:

@@ -44,12 +44,13 @@ def make_submission(stage, model: str | None = None, submissions: str | Path | N
     test = np.load(paths[name] / "test.npy")
     preds = split_by_subject(test, folds.test_subjects, folds.n_trials)
     df = build_submission(preds)
-    validate_submission(df, {s: (ds.test[s].n_trials, ds.n_times) for s in ds.test})
+    expected = {s: (ds.test[s].n_trials, ds.n_times) for s in ds.test}
+    validate_submission(df, expected)
 
     root = Path(submissions) if submissions else REPO / "submissions"
     run = _run_dir(root, run_name or time.strftime(f"%Y%m%d-%H%M%S-{stage.cfg.profile}-{name}"))
     path = write_submission(df, run)
-    validate_submission(path, {s: (ds.test[s].n_trials, ds.n_times) for s in ds.test})
+    validate_submission(path, expected)  # the file as written, not just the table
     for f in ("lopo.csv", "lopo_curves.png", "lopo_bars.png", "config.yaml"):
         shutil.copyfile(stage.out / f, run / f)
 
