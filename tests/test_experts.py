@@ -81,3 +81,21 @@ def test_fomaml_init_adapts_faster_than_random_init_on_new_tasks():
     assert meta_loss < 0.5 * random_loss, (meta_loss, random_loss)
     # and the meta-update really moved the parameters
     assert not torch.allclose(meta["0.weight"], init["0.weight"])
+
+
+def test_folded_forward_matches_the_experts():
+    from sleepemo.models.experts import folded_forward
+
+    experts = make_experts(16, encoder_state=ChannelEncoder(EncoderConfig()).state_dict(),
+                           seed=2)
+    bank = ExpertBank(experts)
+    x = torch.randn(5, 16, 200, 5)
+    tf, rf = folded_forward(bank.params, x, n_heads=4)
+    tl, rl = loop_forward(experts, x)
+    torch.testing.assert_close(tf, tl, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(rf, rl, rtol=1e-4, atol=1e-4)
+    g = torch.func.grad(lambda p: folded_forward(p, x, 4)[1].sum())(bank.params)
+    (loop_forward(experts, x)[1].sum()).backward()
+    torch.testing.assert_close(g["encoder.blocks.2.mlp.fc2.weight"][3],
+                               experts[3].encoder.blocks[2].mlp.fc2.weight.grad,
+                               rtol=1e-3, atol=1e-5)

@@ -20,6 +20,7 @@ import dataclasses
 from typing import Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
@@ -116,6 +117,52 @@ class ExpertBank:
                               | {k: v[i].clone() for k, v in self.buffers.items()})
             out.append(e)
         return out
+
+
+def folded_forward(params: Mapping[str, torch.Tensor], x: torch.Tensor, n_heads: int,
+                   window: tuple[int, int] = (70, 130)):
+    """The experts' forward pass written out on the stacked parameters, experts folded
+    into the batch so that attention runs in PyTorch's fused kernel.
+
+    The same computation as :class:`Expert` (timm blocks: pre-norm attention and GELU MLP,
+    final LayerNorm, two heads) for parameters stacked on a leading expert axis, as
+    :class:`ExpertBank` holds them; differentiable with ``torch.func.grad``.
+
+    Parameters
+    ----------
+    x : tensor, shape (batch, n_experts, n_times, n_bands)
+
+    Returns
+    -------
+    time_logits (n_experts, batch, n_times), trial_logits (n_experts, batch)
+    """
+    def norm(h, key):
+        return F.layer_norm(h, h.shape[-1:]) * params[key + ".weight"][:, None, None] + \
+            params[key + ".bias"][:, None, None]
+
+    def linear(h, key):
+        return torch.einsum("ebtd,eod->ebto", h, params[key + ".weight"]) + \
+            params[key + ".bias"][:, None, None]
+
+    x = x.transpose(0, 1)
+    h = linear(x, "encoder.embed") + params["encoder.pos"][:, None, 0]
+    n_exp, batch, n_times, d = h.shape
+    n_layers = len({k.split(".")[2] for k in params if k.startswith("encoder.blocks.")})
+    for i in range(n_layers):
+        b = f"encoder.blocks.{i}"
+        qkv = linear(norm(h, f"{b}.norm1"), f"{b}.attn.qkv").reshape(
+            n_exp * batch, n_times, 3, n_heads, d // n_heads).permute(2, 0, 3, 1, 4)
+        att = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        h = h + linear(att.transpose(1, 2).reshape(n_exp, batch, n_times, d),
+                       f"{b}.attn.proj")
+        h = h + linear(F.gelu(linear(norm(h, f"{b}.norm2"), f"{b}.mlp.fc1")),
+                       f"{b}.mlp.fc2")
+    h = norm(h, "encoder.norm")
+    time_logit = linear(h, "time_head")[..., 0]
+    pooled = h[:, :, window[0]:window[1]].mean(2)
+    trial_logit = torch.einsum("ebd,eod->ebo", pooled, params["trial_head.weight"])[..., 0] \
+        + params["trial_head.bias"]
+    return time_logit, trial_logit
 
 
 def loop_forward(experts: list[Expert], x: torch.Tensor):
