@@ -41,6 +41,9 @@ def measure(profile: str, steps: int, device: str) -> dict:
     from sleepemo.models.mae import MaskedAutoencoder, random_mask
     from sleepemo.pretrain import encoder_config
 
+    from sleepemo.pretrain import flush_denormals
+
+    flush_denormals()  # as the stage does
     cfg = load_config(profile, [f"mae.device={device}"]).mae
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))

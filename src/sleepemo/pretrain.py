@@ -33,6 +33,17 @@ from .lopo import code_hash, fingerprint
 from .models.mae import EncoderConfig, MaskedAutoencoder, n_parameters, random_mask
 
 
+def flush_denormals() -> bool:
+    """Treat denormal floats as zero on the CPU (FTZ/DAZ); returns whether supported.
+
+    Once the encoder has learned peaked attention, the backward pass of PyTorch's fused
+    CPU attention meets many denormal numbers and a training step took twice as long
+    (0.166 s against 0.079 s per batch of 64, measured). Threads inherit the setting when
+    they are created, so this must run before torch starts its worker threads.
+    """
+    return torch.set_flush_denormal(True)
+
+
 def device_of(cfg: MAEConfig) -> torch.device:
     if cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -258,6 +269,7 @@ def run_stage(stage, log=print) -> dict:
     from .lopo import run_lopo
 
     cfg, seed = stage.cfg.mae, stage.cfg.seed
+    flush_denormals()  # first, before torch creates its thread pool
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     t_start = time.perf_counter()
