@@ -78,9 +78,6 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def section(self, name: str) -> dict:
-        return dataclasses.asdict(getattr(self, name))
-
 
 def _build(cls, values: dict, where: str):
     """Instantiate a (nested) dataclass from a dict, rejecting unknown keys."""

@@ -118,6 +118,10 @@ class Dataset:
     def n_chans(self) -> int:
         return len(self.ch_names)
 
+    def subject(self, sid: int) -> Subject:
+        """A training or test participant by id."""
+        return self.train[sid] if sid in self.train else self.test[sid]
+
     def train_ids(self) -> list[int]:
         return sorted(self.train)
 
@@ -442,18 +446,16 @@ def load_dataset(root: str | Path, subjects: Iterable[int] | None = None,
 def load_solution(path: str | Path, dataset: Dataset | None = None) -> dict[int, np.ndarray]:
     """Read ``solution.csv`` (``subject,trial,label``) into participant -> labels.
 
-    With ``dataset`` given, checks that it covers exactly the test trials.
+    Parsing and row checks are :func:`sleepemo.metric.read_solution`'s; with ``dataset``
+    given, also checks that the file covers exactly the test trials.
     """
-    import pandas as pd
+    from .metric import read_solution
 
     path = Path(path)
     try:
-        df = pd.read_csv(path)
-    except Exception as exc:
+        df = read_solution(path)
+    except (OSError, ValueError) as exc:
         raise DataError(path, f"cannot read solution file ({exc})") from exc
-    missing = {"subject", "trial", "label"} - set(df.columns)
-    if missing:
-        raise DataError(path, f"missing columns {sorted(missing)}")
     out = {}
     for sid, g in df.sort_values(["subject", "trial"]).groupby("subject"):
         trials = g["trial"].to_numpy()

@@ -69,19 +69,19 @@ class Folds:
 
     def check(self, ds: Dataset) -> None:
         """Raise if ``ds`` is not the dataset these folds were made for."""
-        got = {s: ds.train[s].n_trials for s in ds.train} | {s: ds.test[s].n_trials
-                                                             for s in ds.test}
-        if got != self.n_trials or ds.n_times != self.n_times:
+        if trial_counts(ds) != self.n_trials or ds.n_times != self.n_times:
             raise ValueError(f"folds.json was made for other data ({self.data_root}); "
                              "rerun stage 00 with --force or use another --out")
 
 
+def trial_counts(ds: Dataset) -> dict[int, int]:
+    """Participant -> number of trials, training and test participants alike."""
+    return {s: ds.subject(s).n_trials for s in ds.train_ids() + ds.test_ids()}
+
+
 def make_folds(ds: Dataset) -> Folds:
     return Folds(str(ds.root), data_fingerprint(ds.root), tuple(ds.train_ids()),
-                 tuple(ds.test_ids()),
-                 {s: ds.train[s].n_trials for s in ds.train} | {s: ds.test[s].n_trials
-                                                               for s in ds.test},
-                 ds.n_times)
+                 tuple(ds.test_ids()), trial_counts(ds), ds.n_times)
 
 
 def write_folds(ds: Dataset, path: str | Path, force: bool = False) -> tuple[Folds, bool]:

@@ -112,8 +112,7 @@ def run_lopo(name: str, ds: Dataset, folds: Folds, out_dir: str | Path, seed: in
     feats = dict(features) if features is not None else {}
     for s in tqdm([s for s in subjects if s not in feats], desc=f"{name}: features",
                   unit="participant", disable=not progress, leave=False):
-        subj = ds.train.get(s) or ds.test[s]
-        feats[s] = proto.transform(subj.X, ds.sfreq)
+        feats[s] = proto.transform(ds.subject(s).X, ds.sfreq)
 
     oof_parts, test_parts = {}, []
     for k in tqdm(range(folds.n_folds), desc=f"{name}: LOPO folds", unit="fold",

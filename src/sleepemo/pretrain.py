@@ -276,7 +276,7 @@ def run_stage(stage, log=print) -> dict:
     ds = stage.dataset()
     folds = stage.folds(ds)
     subjects = list(folds.train_subjects) + list(folds.test_subjects)
-    trials = {s: (ds.train.get(s) or ds.test[s]).X for s in subjects}
+    trials = {s: ds.subject(s).X for s in subjects}
     cache = BandFeatureCache(stage.out / "cache" / "band_features", folds.data_fingerprint,
                              cfg.bands, cfg.feature).build(trials, ds.sfreq, stage.progress)
     feats = {s: cache.load(s) for s in subjects}
