@@ -13,7 +13,7 @@ expert's gradient then depends on its own loss only).
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch.func import grad, grad_and_value
@@ -21,13 +21,18 @@ from torch.func import grad, grad_and_value
 Params = Mapping[str, torch.Tensor]
 
 
-def adapt(loss_fn: Callable, params: Params, batch, steps: int, lr: float) -> dict:
-    """``steps`` SGD steps on ``batch`` from ``params``; returns new (detached) tensors."""
+def sgd(loss_fn: Callable, params: Params, batches: Iterable, lr: float) -> dict:
+    """One plain SGD step per batch from ``params``; returns new (detached) tensors."""
     fast = {k: v.detach() for k, v in params.items()}
-    for _ in range(steps):
+    for batch in batches:
         g = grad(loss_fn)(fast, batch)
         fast = {k: fast[k] - lr * g[k] for k in fast}
     return fast
+
+
+def adapt(loss_fn: Callable, params: Params, batch, steps: int, lr: float) -> dict:
+    """``steps`` SGD steps on ``batch`` from ``params``; returns new (detached) tensors."""
+    return sgd(loss_fn, params, [batch] * steps, lr)
 
 
 def fomaml_step(loss_fn: Callable, params: Params, optimizer: torch.optim.Optimizer,
