@@ -67,6 +67,42 @@ class MAEConfig:
     num_threads: int | None = None     # torch CPU threads; None = torch's default
 
 
+EXPERT_VARIANTS = {  # name -> (initialisation, training)
+    "mae_fomaml": ("mae", "fomaml"),          # (a) the design: MAE init + meta-learning
+    "mae_supervised": ("mae", "supervised"),  # (b) no meta-learning, same compute
+    "random_fomaml": ("random", "fomaml"),    # (c) no pre-training
+}
+
+
+@dataclass
+class ExpertsConfig:
+    """Stage 03: 16 channel experts meta-learned with first-order MAML under LOPO."""
+    variants: list[str] = field(default_factory=lambda: list(EXPERT_VARIANTS))
+    tta_variants: list[str] = field(default_factory=lambda: ["mae_fomaml"])
+                                       # also reported after unsupervised test-time
+                                       # adaptation (MAE loss; MAE-initialised only)
+    shuffle_labels: bool = False       # leakage alarm: labels permuted within participant
+    stride: int = 4                    # timepoints averaged into one token (1 = none)
+    meta_steps: int = 15               # outer updates per fold
+    tasks_per_step: int = 4            # participants per meta-batch
+    n_support: int = 16                # trials per support split (half per class)
+    n_query: int = 16                  # trials per query split (half per class)
+    inner_steps: int = 3
+    inner_lr: float = 0.05             # plain SGD in the inner loop
+    outer_lr: float = 0.003            # Adam on the meta-parameters (and for supervised)
+    time_loss_weight: float = 1.0      # per-timepoint BCE weight next to the trial BCE
+    weight_trials: int = 64            # trials per training participant for the weights
+                                       # of the 16-expert combination (fitted in fold)
+    tta_steps: int = 5                 # SGD steps of the MAE loss on a participant's trials
+    tta_trials: int = 32
+    tta_lr: float = 0.01
+    window: list = field(default_factory=lambda: [70, 130])  # trial-head window (samples)
+    batching: str = "folded"           # folded | vmap | loop (see models/experts.py)
+    predict_batch: int = 256
+    device: str = "auto"
+    num_threads: int | None = None
+
+
 @dataclass
 class Config:
     profile: str = "quick"
@@ -74,6 +110,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     mae: MAEConfig = field(default_factory=MAEConfig)
+    experts: ExpertsConfig = field(default_factory=ExpertsConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -92,7 +129,7 @@ def _build(cls, values: dict, where: str):
     for name, value in values.items():
         ftype = known[name].type
         sub = {"DataConfig": DataConfig, "BaselinesConfig": BaselinesConfig,
-               "MAEConfig": MAEConfig}.get(ftype)
+               "MAEConfig": MAEConfig, "ExpertsConfig": ExpertsConfig}.get(ftype)
         kwargs[name] = _build(sub, value, f"{where}.{name}".strip(".")) if sub else value
     return cls(**kwargs)
 
@@ -126,6 +163,29 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"mae.bands must be [low, high] pairs in Hz, got {m.bands}")
     if m.device not in ("auto", "cpu", "cuda"):
         raise ConfigError("mae.device must be auto, cpu or cuda")
+    e = cfg.experts
+    bad = [v for v in e.variants if v not in EXPERT_VARIANTS]
+    if bad:
+        raise ConfigError(f"unknown experts variant(s) {bad}; known: {list(EXPERT_VARIANTS)}")
+    bad = [v for v in e.tta_variants if v not in e.variants or EXPERT_VARIANTS[v][0] != "mae"]
+    if bad:
+        raise ConfigError(f"experts.tta_variants {bad}: test-time adaptation needs an "
+                          "MAE-initialised variant listed in experts.variants")
+    if e.batching not in ("folded", "vmap", "loop"):
+        raise ConfigError("experts.batching must be folded, vmap or loop")
+    if e.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError("experts.device must be auto, cpu or cuda")
+    for key in ("n_support", "n_query", "weight_trials"):
+        if getattr(e, key) < 2 or getattr(e, key) % 2:
+            raise ConfigError(f"experts.{key} must be an even number >= 2 (half per class)")
+    for key in ("stride", "meta_steps", "tasks_per_step", "inner_steps", "tta_trials",
+                "predict_batch"):
+        if getattr(e, key) < 1:
+            raise ConfigError(f"experts.{key} must be >= 1")
+    if e.tta_steps < 0:
+        raise ConfigError("experts.tta_steps must be >= 0")
+    if len(e.window) != 2 or not 0 <= e.window[0] < e.window[1]:
+        raise ConfigError(f"experts.window must be [start, stop) in samples, got {e.window}")
     return cfg
 
 

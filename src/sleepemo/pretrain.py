@@ -10,6 +10,7 @@ Artefacts under ``<out>/02_mae/``::
     ckpt/last.pt      model, optimiser, scheduler, epoch, history (every epoch, atomic)
     ckpt/config.json  the resolved stage config, seed and fingerprint of the checkpoint
     encoder.pt        the trained encoder's state dict (what stage 03 loads)
+    mae_head.pt       the reconstruction head (stage 03's test-time adaptation uses it)
     run.json          resolved stage config, seed, fingerprint, validation participants
     metrics.json      reconstruction errors, probe scores, throughput, wall time
     mae_probe/, band_probe/   LOPO linear probes (oof.npy, test.npy, meta.json)
@@ -248,16 +249,30 @@ def load_encoder(run_dir: Path, enc_cfg: EncoderConfig):
     return enc
 
 
-def finished(run_dir: Path, run_fp: str) -> bool:
-    meta = Path(run_dir) / "run.json"
-    return (Path(run_dir) / "encoder.pt").is_file() and meta.is_file() and \
-        read_json(meta).get("fingerprint") == run_fp
+def finished(run_dir: Path, run_fp: str | None = None) -> bool:
+    """Whether ``run_dir`` holds a finished stage-02 run (of fingerprint ``run_fp``)."""
+    run_dir = Path(run_dir)
+    meta = run_dir / "run.json"
+    return (run_dir / "encoder.pt").is_file() and (run_dir / "mae_head.pt").is_file() \
+        and meta.is_file() and (run_fp is None or read_json(meta).get("fingerprint") == run_fp)
 
 
 def save_encoder(model: MaskedAutoencoder, run_dir: Path, run_info: dict) -> None:
-    with atomic_path(Path(run_dir) / "encoder.pt") as tmp:
-        torch.save(model.encoder.state_dict(), tmp)
+    for name, module in (("encoder.pt", model.encoder), ("mae_head.pt", model.head)):
+        with atomic_path(Path(run_dir) / name) as tmp:
+            torch.save(module.state_dict(), tmp)
     write_json(Path(run_dir) / "run.json", run_info)
+
+
+def load_mae_weights(run_dir: Path) -> tuple[dict, dict, dict]:
+    """(encoder state, reconstruction-head state, run.json) of a finished stage-02 run."""
+    run_dir = Path(run_dir)
+    if not finished(run_dir):
+        raise FileNotFoundError(f"no finished stage-02 encoder in {run_dir} (encoder.pt, "
+                                f"mae_head.pt, run.json): run src/02_pretrain_mae.py first")
+    enc, head = (torch.load(run_dir / name, map_location="cpu", weights_only=True)
+                 for name in ("encoder.pt", "mae_head.pt"))
+    return enc, head, read_json(run_dir / "run.json")
 
 
 def run_stage(stage, log=print) -> dict:
