@@ -1,8 +1,11 @@
 """Stage 03 building blocks: experts batched with vmap, and FOMAML on a known toy problem."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
+import numpy as np
+import pytest
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -15,8 +18,9 @@ from sleepemo.models.mae import ChannelEncoder, EncoderConfig, n_parameters
 def test_expert_size_and_mae_initialisation():
     enc = ChannelEncoder(EncoderConfig())
     experts = make_experts(16, encoder_state=enc.state_dict())
-    # the encoder without channel embedding (19,520) + two heads of 16 + 1
-    assert n_parameters(experts[0]) == 19520 + 2 * 17
+    # the encoder without channel embedding (19,520) + two heads of 16 + 1 + the
+    # reconstruction head 16 x 5 + 5
+    assert n_parameters(experts[0]) == 19520 + 2 * 17 + 85
     for c in (0, 7, 15):
         torch.testing.assert_close(experts[c].encoder.blocks[1].mlp.fc1.weight,
                                    enc.blocks[1].mlp.fc1.weight)
@@ -28,7 +32,7 @@ def test_vmap_and_loop_give_the_same_outputs_and_gradients():
     experts = make_experts(16, seed=1)
     bank = ExpertBank(experts)
     x = torch.randn(6, 16, 200, 5)
-    (tv, rv), (tl, rl) = bank(x), loop_forward(experts, x)
+    (tv, rv, _), (tl, rl, _) = bank(x), loop_forward(experts, x)
     assert tv.shape == (16, 6, 200) and rv.shape == (16, 6)
     torch.testing.assert_close(tv, tl, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(rv, rl, rtol=1e-5, atol=1e-5)
@@ -90,12 +94,202 @@ def test_folded_forward_matches_the_experts():
                            seed=2)
     bank = ExpertBank(experts)
     x = torch.randn(5, 16, 200, 5)
-    tf, rf = folded_forward(bank.params, x, n_heads=4)
-    tl, rl = loop_forward(experts, x)
-    torch.testing.assert_close(tf, tl, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(rf, rl, rtol=1e-4, atol=1e-4)
+    mask = torch.rand(5, 16, 200) < 0.4
+    for m in (None, mask):
+        folded = folded_forward(bank.params, x, n_heads=4, mask=m)
+        looped = loop_forward(experts, x, m)
+        vmapped = bank(x, mask=m)
+        for f, l, v in zip(folded, looped, vmapped):
+            torch.testing.assert_close(f, l, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(v, l, rtol=1e-4, atol=1e-4)
     g = torch.func.grad(lambda p: folded_forward(p, x, 4)[1].sum())(bank.params)
     (loop_forward(experts, x)[1].sum()).backward()
     torch.testing.assert_close(g["encoder.blocks.2.mlp.fc2.weight"][3],
                                experts[3].encoder.blocks[2].mlp.fc2.weight.grad,
                                rtol=1e-3, atol=1e-5)
+
+
+def test_pooled_experts_embed_a_pooled_token_as_the_mean_of_its_timepoints():
+    from sleepemo.models.experts import pool_time, token_window
+
+    enc = ChannelEncoder(EncoderConfig())
+    experts = make_experts(16, EncoderConfig(n_times=50), enc.state_dict(), window=(17, 33))
+    x = torch.randn(3, 200, 5)
+    with torch.no_grad():  # input projection + position (+ channel 4) before the blocks
+        full = enc.embed(x) + enc.pos + enc.chan.weight[4]
+        pooled = experts[4].encoder.embed(pool_time(x, 4)) + experts[4].encoder.pos
+    torch.testing.assert_close(pooled, pool_time(full, 4), rtol=1e-5, atol=1e-5)
+    assert token_window((70, 130), 4) == (17, 33)
+    with pytest.raises(ValueError, match="does not divide"):
+        pool_time(x, 3)
+
+
+def test_support_and_query_are_disjoint_and_class_balanced():
+    from sleepemo.metatrain import support_query
+
+    y = np.array([0] * 30 + [1] * 11)
+    sup, qry = support_query(y, 8, 8, np.random.default_rng(0))
+    assert set(sup).isdisjoint(qry)
+    assert (y[sup] == 1).sum() == 4 and (y[qry] == 0).sum() == 4
+
+
+# ---------------------------------------------------------------- the stage on data
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Stage runs set torch's (process-wide) thread count from the profile."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def _stage(out, data_dir, **experts):
+    """A stage-03 context on ``data_dir`` with a (random) stage-02 MAE in ``out``."""
+    from sleepemo.cli import Stage
+    from sleepemo.config import load_config
+    from sleepemo.data import load_dataset
+    from sleepemo.features import BandFeatureCache
+    from sleepemo.folds import write_folds
+    from sleepemo.models.mae import MaskedAutoencoder
+    from sleepemo.pretrain import encoder_config, save_encoder
+
+    sets = [f"experts.{k}={v}" for k, v in experts.items()]
+    cfg = load_config("smoke", sets)
+    ds = load_dataset(data_dir, progress=False)
+    folds, _ = write_folds(ds, out / "folds.json")
+    enc_cfg = encoder_config(cfg.mae, ds.n_times, ds.n_chans)
+    torch.manual_seed(0)
+    key = BandFeatureCache(out / "cache" / "band_features", folds.data_fingerprint,
+                           cfg.mae.bands, cfg.mae.feature).key
+    save_encoder(MaskedAutoencoder(enc_cfg), out / "02_mae", {
+        "fingerprint": "random-mae-for-tests", "encoder": dataclasses.asdict(enc_cfg),
+        "band_cache": key})
+    return Stage(cfg, data_dir, out, progress=False), ds, folds
+
+
+@pytest.fixture(scope="module")
+def smoke_stage(smoke_dir, tmp_path_factory):
+    from sleepemo.metatrain import run_stage
+
+    stage, ds, folds = _stage(tmp_path_factory.mktemp("experts"), smoke_dir)
+    metrics = run_stage(stage, log=lambda m: None)
+    return stage, ds, folds, metrics
+
+
+def test_stage_writes_predictions_scores_and_topomap(smoke_stage):
+    from sleepemo.report import score_oof
+
+    stage, ds, folds, metrics = smoke_stage
+    run = stage.out / "03_experts"
+    n_train = sum(folds.n_trials[s] for s in folds.train_subjects)
+    n_test = sum(ds.test[s].n_trials for s in folds.test_subjects)
+    for name in ("experts_mae_fomaml", "experts_mae_fomaml_tta"):
+        oof, test = np.load(run / name / "oof.npy"), np.load(run / name / "test.npy")
+        assert oof.shape == (n_train, 200) and test.shape == (n_test, 200)
+        assert np.load(run / name / "oof_experts.npy").shape == (n_train, 16)
+        assert 0 < oof.min() and oof.max() < 1 and np.isfinite(test).all()
+        assert metrics["lopo_window_auc"][name] == score_oof(oof, ds, folds).score
+        assert len(metrics["expert_auc_by_channel"][name]) == 16
+    # the adapted weights are not the zero-shot ones, and the MAE loss went down
+    zs, tta = (np.load(run / n / "oof.npy") for n in ("experts_mae_fomaml",
+                                                       "experts_mae_fomaml_tta"))
+    assert not np.array_equal(zs, tta)
+    with np.load(run / "experts_mae_fomaml_tta" / "fold0.npz") as z:
+        before, after = z["tta_mae_loss"].T
+    assert (after < before).all()
+    assert (run / "expert_topomap.png").stat().st_size > 0
+    table = (stage.out / "lopo.csv").read_text()
+    assert "experts_mae_fomaml_tta" in table
+
+
+def test_killed_stage_resumes_from_fold_checkpoints(smoke_stage, monkeypatch):
+    from sleepemo import metatrain
+
+    stage, ds, folds, _ = smoke_stage
+    run = stage.out / "03_experts" / "experts_mae_fomaml"
+    before = np.load(run / "oof.npy")
+    (run / "fold3.npz").unlink()  # as if killed after fold 3's checkpoint was written
+    (run / "meta.json").unlink()
+    monkeypatch.setattr(metatrain.ExpertTrainer, "train", lambda *a, **k: pytest.fail(
+        "a fold with a checkpoint was trained again"))
+    metatrain.run_stage(stage, log=lambda m: None)
+    np.testing.assert_array_equal(np.load(run / "oof.npy"), before)
+    # and a finished, unchanged stage does no fold work at all
+    monkeypatch.setattr(metatrain, "run_fold", lambda *a, **k: pytest.fail("recomputed"))
+    logs = []
+    metatrain.run_stage(stage, log=logs.append)
+    assert any("unchanged, reusing" in m for m in logs)
+
+
+@pytest.mark.parametrize("variant", ["mae_fomaml", "mae_supervised", "random_fomaml"])
+def test_held_out_labels_never_reach_the_fitted_experts(smoke_dir, tmp_path, variant):
+    """Fold 0 with the held-out participant's labels flipped gives bit-identical
+    predictions, and a label dict that includes the held-out participant is refused."""
+    from sleepemo.metatrain import ExpertTrainer, fold_labels, run_fold
+    from sleepemo.features import BandFeatureCache
+    from sleepemo.models.experts import pool_time
+    from sleepemo.pretrain import load_mae_weights
+
+    stage, ds, folds = _stage(tmp_path, smoke_dir, variants=f"[{variant}]",
+                              tta_variants="[mae_fomaml]" if variant == "mae_fomaml" else "[]")
+    cfg = stage.cfg
+    torch.set_num_threads(1)
+    subjects = list(folds.train_subjects) + list(folds.test_subjects)
+    cache = BandFeatureCache(stage.out / "cache" / "band_features", folds.data_fingerprint,
+                             cfg.mae.bands).build({s: ds.subject(s).X for s in subjects},
+                                                  ds.sfreq, False)
+    feats = {s: pool_time(np.asarray(cache.load(s), np.float32), 8) for s in subjects}
+    enc, head, info = load_mae_weights(stage.out / "02_mae")
+    trainer = ExpertTrainer(cfg.experts, feats, EncoderConfig(**{**info["encoder"],
+                                                                 "n_times": 25}),
+                            (enc, head), 200, torch.device("cpu"))
+    held = folds.held_out(0)
+
+    def fold0():
+        return run_fold(trainer, variant, 0, held, folds.test_subjects,
+                        fold_labels(ds, folds, 0, False, 0), 0, 0.4)
+
+    first = fold0()
+    subj = ds.train[held]
+    ds.train[held] = dataclasses.replace(subj, y=(1 - subj.y).astype(subj.y.dtype))
+    try:
+        second = fold0()
+    finally:
+        ds.train[held] = subj
+    for kind in ("zero_shot", "tta"):
+        if first[kind] is None:
+            assert variant != "mae_fomaml"
+            continue
+        for key, arr in first[kind].items():
+            np.testing.assert_array_equal(np.asarray(second[kind][key]), np.asarray(arr))
+    np.testing.assert_array_equal(first["losses"], second["losses"])
+    assert len(first["losses"]) == (2 if variant.endswith("fomaml") else 2 * 2 * 4)
+    leaky = fold_labels(ds, folds, 0, False, 0) | {held: subj.y}
+    with pytest.raises(ValueError, match="held out"):
+        run_fold(trainer, variant, 0, held, folds.test_subjects, leaky, 0, 0.4)
+
+
+def test_label_shuffled_stage_scores_about_chance(medium_dir, tmp_path):
+    """Leakage alarm for the whole stage: labels permuted within each training
+    participant -> the zero-shot and adapted predictions score about 0.5."""
+    from sleepemo.io import read_json
+    from sleepemo.metatrain import run_stage
+
+    stage, ds, folds = _stage(tmp_path, medium_dir, shuffle_labels="true")
+    metrics = run_stage(stage, log=lambda m: None)
+    scores = metrics["lopo_window_auc"]
+    print("shuffled experts:", scores)
+    assert set(scores) == {"experts_mae_fomaml_shuffled", "experts_mae_fomaml_tta_shuffled"}
+    for name, score in scores.items():
+        assert abs(score - 0.5) <= 0.03, f"{name} scored {score:.4f}"
+        assert read_json(tmp_path / "03_experts" / name / "meta.json")["diagnostic"]
+
+
+def test_experts_config_is_checked():
+    from sleepemo.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="tta_variants"):
+        load_config("smoke", ["experts.tta_variants=[random_fomaml]"])
+    with pytest.raises(ConfigError, match="unknown experts variant"):
+        load_config("smoke", ["experts.variants=[maml2]"])
+    with pytest.raises(ConfigError, match="even"):
+        load_config("smoke", ["experts.n_support=7"])

@@ -46,7 +46,11 @@ def test_run_writes_a_valid_submission_and_report(smoke_run, smoke_dir):
     assert (tmp / "subs" / "latest.csv").read_bytes() == sub.read_bytes()
     table = pd.read_csv(tmp / "out" / "lopo.csv", index_col="model")
     assert set(table.index) == set(load_config("smoke").baselines.models) | {
-        "mae_probe", "band_probe"}
+        "mae_probe", "band_probe", "experts_mae_fomaml", "experts_mae_fomaml_tta"}
+    experts = json.loads((tmp / "out" / "03_experts" / "metrics.json").read_text())
+    assert experts["lopo_window_auc"]["experts_mae_fomaml"] == pytest.approx(
+        table.loc["experts_mae_fomaml", "overall"], abs=1e-4)
+    assert (tmp / "out" / "03_experts" / "expert_topomap.png").stat().st_size > 0
     metrics = json.loads((tmp / "out" / "02_mae" / "metrics.json").read_text())
     assert metrics["linear_probe_lopo_window_auc"]["mae_probe"] == pytest.approx(
         table.loc["mae_probe", "overall"], abs=1e-4)
