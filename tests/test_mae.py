@@ -116,7 +116,8 @@ def folds_out(smoke_dir, tmp_path_factory):
 
 def test_killed_run_resumes_to_the_uninterrupted_result(smoke_dir, folds_out):
     straight, killed = folds_out
-    args = ["--set", "mae.epochs=4", "--set", "mae.seqs_per_epoch=1536"]
+    # all 200 timepoints per sequence: epochs long enough to be killed in between
+    args = ["--set", "mae.epochs=4", "--set", "mae.seqs_per_epoch=1536", "--set", "mae.stride=1"]
     p = _stage(args, straight, smoke_dir)
     log = p.communicate(timeout=600)[0]
     assert p.returncode == 0, log
@@ -137,7 +138,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(smoke_dir, folds_out):
     assert p.returncode == 0, log
     assert f"resuming after epoch {state['epoch'] + 1} of 4" in log
     from sleepemo.pretrain import load_encoder
-    enc = load_encoder(straight / "02_mae", EncoderConfig())
+    enc = load_encoder(straight / "02_mae")
+    assert enc.pos.shape == (1, 200, 16)
     a = torch.load(straight / "02_mae" / "encoder.pt", weights_only=True)
     torch.testing.assert_close(enc.state_dict()["pos"], a["pos"])
     b = torch.load(killed / "02_mae" / "encoder.pt", weights_only=True)

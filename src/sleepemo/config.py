@@ -47,6 +47,7 @@ class MAEConfig:
     bands: list = field(default_factory=lambda: [[0.5, 4.0], [4.0, 8.0], [8.0, 12.0],
                                                  [12.0, 16.0], [16.0, 30.0]])
     feature: str = "log_envelope"      # or log_power
+    stride: int = 1                    # timepoints averaged into one token (1: all 200)
     d_model: int = 16
     n_heads: int = 4
     ffn: int = 128
@@ -82,7 +83,7 @@ class ExpertsConfig:
                                        # also reported after unsupervised test-time
                                        # adaptation (MAE loss; MAE-initialised only)
     shuffle_labels: bool = False       # leakage alarm: labels permuted within participant
-    stride: int = 4                    # timepoints averaged into one token (1 = none)
+    stride: int = 1                    # timepoints per token; a multiple of mae.stride
     meta_steps: int = 15               # outer updates per fold
     tasks_per_step: int = 4            # participants per meta-batch
     n_support: int = 16                # trials per support split (half per class)
@@ -163,6 +164,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"mae.bands must be [low, high] pairs in Hz, got {m.bands}")
     if m.device not in ("auto", "cpu", "cuda"):
         raise ConfigError("mae.device must be auto, cpu or cuda")
+    if m.stride < 1 or cfg.experts.stride < 1 or cfg.experts.stride % m.stride:
+        raise ConfigError(f"experts.stride ({cfg.experts.stride}) must be a multiple of "
+                          f"mae.stride ({m.stride}) so that pre-trained positions pool")
     e = cfg.experts
     bad = [v for v in e.variants if v not in EXPERT_VARIANTS]
     if bad:
@@ -178,7 +182,7 @@ def validate(cfg: Config) -> Config:
     for key in ("n_support", "n_query", "weight_trials"):
         if getattr(e, key) < 2 or getattr(e, key) % 2:
             raise ConfigError(f"experts.{key} must be an even number >= 2 (half per class)")
-    for key in ("stride", "meta_steps", "tasks_per_step", "inner_steps", "tta_trials",
+    for key in ("meta_steps", "tasks_per_step", "inner_steps", "tta_trials",
                 "predict_batch"):
         if getattr(e, key) < 1:
             raise ConfigError(f"experts.{key} must be >= 1")

@@ -105,6 +105,22 @@ def band_features(X: np.ndarray, sfreq: float, bands=BANDS, kind: str = "log_env
     return out
 
 
+def pool_time(x, stride: int):
+    """Average ``stride`` consecutive timepoints of axis -2: (..., n_times, n_bands) ->
+    (..., n_times // stride, n_bands). Works on numpy arrays and tensors."""
+    if stride == 1:
+        return x
+    n_times = x.shape[-2]
+    if n_times % stride:
+        raise ValueError(f"stride {stride} does not divide the {n_times} timepoints")
+    return x.reshape(*x.shape[:-2], n_times // stride, stride, x.shape[-1]).mean(-2)
+
+
+def token_window(window: tuple[int, int], stride: int) -> tuple[int, int]:
+    """A window in samples as the tokens that overlap it."""
+    return window[0] // stride, -(-window[1] // stride)
+
+
 class BandFeatureCache:
     """Band features of every participant, computed once and kept as memory-mapped .npy.
 

@@ -28,9 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import MAEConfig
+from .config import ConfigError, MAEConfig
 from .io import atomic_path, read_json, write_json
 from .lopo import code_hash, fingerprint
+from .features import pool_time, token_window
 from .models.mae import EncoderConfig, MaskedAutoencoder, n_parameters, random_mask
 
 
@@ -52,19 +53,26 @@ def device_of(cfg: MAEConfig) -> torch.device:
 
 
 def encoder_config(cfg: MAEConfig, n_times: int, n_chans: int) -> EncoderConfig:
-    return EncoderConfig(n_bands=len(cfg.bands), n_times=n_times, d_model=cfg.d_model,
+    """The encoder for ``n_times`` samples pooled into tokens of ``cfg.stride``."""
+    if n_times % cfg.stride:
+        raise ConfigError(f"mae.stride {cfg.stride} does not divide the {n_times} samples "
+                          "of a trial")
+    return EncoderConfig(n_bands=len(cfg.bands), n_times=n_times // cfg.stride,
+                         d_model=cfg.d_model,
                          n_heads=cfg.n_heads, ffn=cfg.ffn, n_layers=cfg.n_layers,
                          n_chans=n_chans if cfg.channel_embedding else 0)
 
 
 class Sequences:
-    """Channel-sequences of several participants' cached band features.
+    """Channel-sequences of several participants' cached band features, pooled into
+    tokens of ``stride`` timepoints.
 
     Row i of ``index`` is (participant position, trial, channel).
     """
 
-    def __init__(self, feats: list[np.ndarray]):
+    def __init__(self, feats: list[np.ndarray], stride: int = 1):
         self.feats = feats
+        self.stride = stride
         n_chans = feats[0].shape[1]
         rows = [np.stack(np.meshgrid([p], np.arange(len(f)), np.arange(n_chans),
                                      indexing="ij"), -1).reshape(-1, 3)
@@ -75,13 +83,14 @@ class Sequences:
         return len(self.index)
 
     def get(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Band features (batch, n_times, n_bands) and channel ids (batch,)."""
+        """Band features (batch, n_tokens, n_bands) and channel ids (batch,)."""
         idx = self.index[rows]
         x = np.empty((len(idx),) + self.feats[0].shape[2:], dtype=np.float32)
         for p in np.unique(idx[:, 0]):
             sel = idx[:, 0] == p
             x[sel] = self.feats[p][idx[sel, 1], idx[sel, 2]]
-        return torch.from_numpy(x), torch.from_numpy(idx[:, 2].astype(np.int64))
+        return torch.from_numpy(pool_time(x, self.stride)), \
+            torch.from_numpy(idx[:, 2].astype(np.int64))
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
@@ -198,15 +207,18 @@ def reconstruction_report(model: MaskedAutoencoder, seqs: Sequences, ratio: floa
                                                       "sequences": int(len(rows))}
 
 
-def embed_trials(encoder, feats: np.ndarray, window: tuple[int, int], batch: int = 1024
-                 ) -> np.ndarray:
-    """Encoder output (no masking) averaged over ``window``, channels concatenated.
+def embed_trials(encoder, feats: np.ndarray, window: tuple[int, int], batch: int = 1024,
+                 stride: int = 1) -> np.ndarray:
+    """Encoder output (no masking) averaged over ``window`` (samples; the tokens that
+    overlap it when ``stride`` timepoints are pooled per token), channels concatenated.
 
     feats (n_trials, n_chans, n_times, n_bands) -> (n_trials, n_chans * d_model).
     """
     dev = next(encoder.parameters()).device
     n_trials, n_chans = feats.shape[:2]
-    flat = np.asarray(feats, dtype=np.float32).reshape(n_trials * n_chans, *feats.shape[2:])
+    flat = pool_time(np.asarray(feats, dtype=np.float32), stride)
+    flat = flat.reshape(n_trials * n_chans, *flat.shape[2:])
+    window = token_window(window, stride)
     chans = np.tile(np.arange(n_chans), n_trials)
     out = []
     encoder.eval()
@@ -239,11 +251,11 @@ def describe(model: MaskedAutoencoder) -> dict:
             "mae_parameters": n_parameters(model)}
 
 
-def load_encoder(run_dir: Path, enc_cfg: EncoderConfig):
-    """The trained encoder of a finished stage-02 run (weights only)."""
+def load_encoder(run_dir: Path):
+    """The trained encoder of a finished stage-02 run (its config from ``run.json``)."""
     from .models.mae import ChannelEncoder
 
-    enc = ChannelEncoder(enc_cfg)
+    enc = ChannelEncoder(EncoderConfig(**read_json(Path(run_dir) / "run.json")["encoder"]))
     enc.load_state_dict(torch.load(Path(run_dir) / "encoder.pt", map_location="cpu",
                                    weights_only=True))
     return enc
@@ -301,7 +313,7 @@ def run_stage(stage, log=print) -> dict:
     enc_cfg = encoder_config(cfg, ds.n_times, ds.n_chans)
     run_dir = stage.out / "02_mae"
     run_fp = run_fingerprint(cfg, folds.data_fingerprint, seed, val)
-    val_seqs = Sequences([feats[s] for s in val])
+    val_seqs = Sequences([feats[s] for s in val], cfg.stride)
     if finished(run_dir, run_fp):
         log(f"MAE: unchanged, reusing {run_dir / 'encoder.pt'}")
         model = MaskedAutoencoder(enc_cfg)  # the last checkpoint holds the final weights
@@ -310,7 +322,7 @@ def run_stage(stage, log=print) -> dict:
         model = model.to(device_of(cfg))
         history = read_json(run_dir / "run.json")["history"]
     else:
-        model = train_mae(cfg, Sequences([feats[s] for s in pre]), val_seqs, enc_cfg,
+        model = train_mae(cfg, Sequences([feats[s] for s in pre], cfg.stride), val_seqs, enc_cfg,
                           run_dir, seed, run_fp, stage.progress, log)
         history = model.history
         save_encoder(model, run_dir, {
@@ -325,7 +337,8 @@ def run_stage(stage, log=print) -> dict:
                  log=log, model="linear_probe")
 
     def embeddings():
-        return {s: zscore_trials(embed_trials(model.encoder, feats[s], w)) for s in subjects}
+        return {s: zscore_trials(embed_trials(model.encoder, feats[s], w, stride=cfg.stride))
+                for s in subjects}
 
     def band_means():
         return {s: zscore_trials(np.asarray(feats[s][:, :, w[0]:w[1]]).mean(2).reshape(

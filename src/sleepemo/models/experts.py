@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from ..features import pool_time, token_window  # noqa: F401  (re-exported)
 from .mae import ChannelEncoder, EncoderConfig
 
 
@@ -57,22 +58,6 @@ class Expert(nn.Module):
         time_logit = self.time_head(h)[..., 0]
         trial_logit = self.trial_head(h[:, self.window[0]:self.window[1]].mean(1))[..., 0]
         return time_logit, trial_logit, self.recon_head(h)
-
-
-def pool_time(x, stride: int):
-    """Average ``stride`` consecutive timepoints of axis -2: (..., n_times, n_bands) ->
-    (..., n_times // stride, n_bands). Works on numpy arrays and tensors."""
-    if stride == 1:
-        return x
-    n_times = x.shape[-2]
-    if n_times % stride:
-        raise ValueError(f"stride {stride} does not divide the {n_times} timepoints")
-    return x.reshape(*x.shape[:-2], n_times // stride, stride, x.shape[-1]).mean(-2)
-
-
-def token_window(window: tuple[int, int], stride: int) -> tuple[int, int]:
-    """A window in samples as the tokens that overlap it."""
-    return window[0] // stride, -(-window[1] // stride)
 
 
 def make_experts(n_experts: int, cfg: EncoderConfig = EncoderConfig(),
