@@ -444,7 +444,8 @@ def run_stage(stage, log=print) -> dict:
                             tta=name == tta)
             scores[name] = score_oof(res["oof"], ds, folds).score
             expert_auc[name] = per_expert_auc(res["oof_experts"], ds, folds).tolist()
-    plot_topomaps(expert_auc, ds.ch_names, run_dir / "expert_topomap.png")
+    if plot_topomaps(expert_auc, ds.ch_names, run_dir / "expert_topomap.png") is None:
+        log(f"no topomap: channels {list(ds.ch_names)} are not all in the 10-20 template")
     metrics = {
         "lopo_window_auc": scores,
         "expert_auc_by_channel": {n: dict(zip(ds.ch_names, a)) for n, a in expert_auc.items()},
