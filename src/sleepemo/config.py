@@ -98,7 +98,8 @@ class ExpertsConfig:
     tta_trials: int = 32
     tta_lr: float = 0.01
     window: list = field(default_factory=lambda: [70, 130])  # trial-head window (samples)
-    batching: str = "folded"           # folded | vmap | loop (see models/experts.py)
+    batching: str = "vmap"             # vmap | folded | loop: the same function; speed
+                                       # by bench/bench_experts.py (folded for 200 tokens)
     predict_batch: int = 256
     device: str = "auto"
     num_threads: int | None = None
