@@ -54,11 +54,11 @@ def measure(profile: str, steps: int, device: str) -> dict:
     model = MaskedAutoencoder(enc).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(cfg.batch_size, 200, len(cfg.bands), generator=g).to(dev)
+    x = torch.randn(cfg.batch_size, enc.n_times, len(cfg.bands), generator=g).to(dev)
     c = torch.randint(0, 16, (cfg.batch_size,), generator=g).to(dev)
     times = []
     for i in range(3 + steps):
-        mask = random_mask(cfg.batch_size, 200, cfg.mask_ratio, g).to(dev)
+        mask = random_mask(cfg.batch_size, enc.n_times, cfg.mask_ratio, g).to(dev)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -76,7 +76,8 @@ def measure(profile: str, steps: int, device: str) -> dict:
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
     return {"profile": profile, "device": str(dev), "threads": torch.get_num_threads(),
-            "batch_size": cfg.batch_size, "median_step_s": round(step, 4),
+            "batch_size": cfg.batch_size, "tokens": enc.n_times,
+            "median_step_s": round(step, 4),
             "seqs_per_second": round(cfg.batch_size / step, 1),
             "peak_memory_mb": round(peak, 1), "steps": steps}
 
@@ -100,11 +101,13 @@ def main() -> None:
     dest = REPO / "bench" / "results" / f"mae-{rows[0]['device']}.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(rows, indent=2) + "\n")
-    print("| profile | device | threads | batch | median step (s) | sequences/s | peak memory (MB) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| profile | device | threads | tokens | batch | median step (s) | sequences/s | "
+          "peak memory (MB) |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['profile']} | {r['device']} | {r['threads']} | {r['batch_size']} | "
-              f"{r['median_step_s']} | {r['seqs_per_second']} | {r['peak_memory_mb']} |")
+        print(f"| {r['profile']} | {r['device']} | {r['threads']} | {r['tokens']} | "
+              f"{r['batch_size']} | {r['median_step_s']} | {r['seqs_per_second']} | "
+              f"{r['peak_memory_mb']} |")
     if len(rows) > 1:
         print(f"\nthroughput ratio {rows[1]['profile']}/{rows[0]['profile']}: "
               f"{rows[1]['seqs_per_second'] / rows[0]['seqs_per_second']:.2f}")
