@@ -196,6 +196,8 @@ def test_stage_writes_predictions_scores_and_topomap(smoke_stage):
     with np.load(run / "experts_mae_fomaml_tta" / "fold0.npz") as z:
         before, after = z["tta_mae_loss"].T
     assert (after < before).all()
+    mean = metrics["tta_mae_loss_on_masked_tokens"]["experts_mae_fomaml_tta"]
+    assert mean["after"] < mean["before"]
     assert (run / "expert_topomap.png").stat().st_size > 0
     table = (stage.out / "lopo.csv").read_text()
     assert "experts_mae_fomaml_tta" in table

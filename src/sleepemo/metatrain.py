@@ -437,20 +437,23 @@ def run_stage(stage, log=print) -> dict:
         bar.refresh()
     bar.close()
 
-    scores, expert_auc = {}, {}
+    scores, expert_auc, tta_loss = {}, {}, {}
     for v, zs, tta, tfp, pfp in jobs:
         for name in (zs, tta):
             if not name:
                 continue
-            res = _assemble(run_dir / name, name, v, ds, folds, cfg, seed, pfp,
-                            tta=name == tta)
+            res, meta = _assemble(run_dir / name, name, v, ds, folds, cfg, seed, pfp,
+                                  tta=name == tta)
             scores[name] = score_oof(res["oof"], ds, folds).score
             expert_auc[name] = per_expert_auc(res["oof_experts"], ds, folds).tolist()
+            if "tta_mae_loss_mean" in meta:
+                tta_loss[name] = meta["tta_mae_loss_mean"]
     if plot_topomaps(expert_auc, ds.ch_names, run_dir / "expert_topomap.png") is None:
         log(f"no topomap: channels {list(ds.ch_names)} are not all in the 10-20 template")
     metrics = {
         "lopo_window_auc": scores,
         "expert_auc_by_channel": {n: dict(zip(ds.ch_names, a)) for n, a in expert_auc.items()},
+        "tta_mae_loss_on_masked_tokens": tta_loss,
         "parameters_per_expert": n_parameters(trainer.bank.experts()[0]),
         "parameters_all_experts": sum(v.numel() for v in trainer.bank.params.values()),
         "tokens_per_sequence": enc_cfg.n_times, "stride": cfg.stride,
@@ -472,12 +475,13 @@ def _npz_fp(path: Path) -> str | None:
 
 
 def _assemble(folder: Path, name: str, variant: str, ds, folds, cfg: ExpertsConfig,
-              seed: int, fp: str, tta: bool) -> dict:
-    """Fold files -> oof (folds.json row order) and test (mean of the fold models)."""
+              seed: int, fp: str, tta: bool) -> tuple[dict, dict]:
+    """Fold files -> oof (folds.json row order) and test (mean of the fold models);
+    returns the arrays and the written ``meta.json``."""
     meta_path = folder / "meta.json"
     keys = ("oof", "oof_trial", "oof_experts", "test", "test_trial")
-    if meta_path.is_file() and read_json(meta_path).get("fingerprint") == fp:
-        return {k: np.load(folder / f"{k}.npy") for k in keys}
+    if meta_path.is_file() and (meta := read_json(meta_path)).get("fingerprint") == fp:
+        return {k: np.load(folder / f"{k}.npy") for k in keys}, meta
     parts = {}
     for k in range(folds.n_folds):
         with np.load(folder / f"fold{k}.npz") as z:
@@ -488,14 +492,18 @@ def _assemble(folder: Path, name: str, variant: str, ds, folds, cfg: ExpertsConf
         out[key] = np.mean([p[key] for p in parts.values()], axis=0).astype(np.float32)
     for key, arr in out.items():
         write_npy(folder / f"{key}.npy", arr)
-    write_json(meta_path, {
-        "model": name, "registry": "experts", "variant": variant,
-        "init_and_training": list(EXPERT_VARIANTS[variant]),
-        "test_time_adaptation": tta, "params": dataclasses.asdict(cfg), "seed": seed,
-        "fingerprint": fp, "diagnostic": bool(cfg.shuffle_labels),
-        "test_predictions": "mean of fold models",
-        "weights_by_fold": {f"S{s}": parts[s]["weights"].round(4).tolist() for s in parts}})
-    return out
+    meta = {"model": name, "registry": "experts", "variant": variant,
+            "init_and_training": list(EXPERT_VARIANTS[variant]),
+            "test_time_adaptation": tta, "params": dataclasses.asdict(cfg), "seed": seed,
+            "fingerprint": fp, "diagnostic": bool(cfg.shuffle_labels),
+            "test_predictions": "mean of fold models",
+            "weights_by_fold": {f"S{s}": parts[s]["weights"].round(4).tolist()
+                                for s in parts}}
+    if tta:  # label-free evidence that the adaptation changed the weights
+        before, after = np.concatenate([p["tta_mae_loss"] for p in parts.values()]).mean(0)
+        meta["tta_mae_loss_mean"] = {"before": float(before), "after": float(after)}
+    write_json(meta_path, meta)
+    return out, meta
 
 
 def per_expert_auc(oof_experts: np.ndarray, ds, folds) -> np.ndarray:
