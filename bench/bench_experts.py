@@ -14,7 +14,8 @@ loss (per-timepoint and trial BCE):
 - ``folded``: the experts' forward written out on the stacked parameters with the experts
   folded into the batch, so that attention runs in the fused kernel.
 
-Gradients are checked to agree before timing. Defaults are the quick profile's stage-03
+It also times what the stage does most besides training: predicting ``--predict-trials``
+trials without gradients, 256 per call. Gradients are checked to agree before timing. Defaults are the quick profile's stage-03
 settings (16 trials per split, 3 tasks, 200 samples pooled by 4 into 50 tokens); the
 median over ``--repeats`` meta-steps and the ratios come from one run.
 """
@@ -46,6 +47,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16, help="trials per support/query batch")
     ap.add_argument("--tasks", type=int, default=3, help="tasks per meta-batch")
     ap.add_argument("--stride", type=int, default=4, help="timepoints pooled per token")
+    ap.add_argument("--predict-trials", type=int, default=768,
+                    help="trials predicted (no gradients) in the prediction timing")
     args = ap.parse_args()
     n_tokens = 200 // args.stride
     window = token_window((70, 130), args.stride)
@@ -73,9 +76,23 @@ def main() -> None:
             fomaml_step(fn, params, opt, tasks)
             times.append(time.perf_counter() - t0)
         rows[name] = float(np.median(times))
+    # prediction as the stage does it: no gradients, 256 trials per call
+    x = torch.randn(args.predict_trials, 16, n_tokens, 5, generator=g)
+    pred = {}
+    for name in fns:
+        forward = make_forward(bank, name, 4, window)
+        times = []
+        for _ in range(args.repeats + 1):
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                for i in range(0, len(x), 256):
+                    forward(bank.params, x[i:i + 256])
+            times.append(time.perf_counter() - t0)
+        pred[name] = float(np.median(times[1:]))
     result = {"threads": torch.get_num_threads(), "batch": args.batch, "tasks": args.tasks,
               "inner_steps": 3, "stride": args.stride, "tokens": n_tokens,
               "median_meta_step_s": rows,
+              "predict_trials": args.predict_trials, "median_predict_s": pred,
               "loop_over_vmap": rows["loop"] / rows["vmap"],
               "folded_over_vmap": rows["folded"] / rows["vmap"],
               "max_grad_difference": err}
@@ -89,6 +106,8 @@ def main() -> None:
           f"{rows['folded']:.3f} s   loop/vmap = {result['loop_over_vmap']:.2f}   "
           f"folded/vmap = {result['folded_over_vmap']:.2f}   "
           f"(max gradient difference to the loop {err:.1e})")
+    print(f"predicting {args.predict_trials} trials without gradients: " + "   ".join(
+        f"{n}: {t:.3f} s" for n, t in pred.items()))
     print(f"wrote {dest.relative_to(REPO)}")
 
 

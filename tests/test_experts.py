@@ -88,6 +88,7 @@ def test_fomaml_init_adapts_faster_than_random_init_on_new_tasks():
 
 
 def test_folded_forward_matches_the_experts():
+    from sleepemo.metatrain import make_forward
     from sleepemo.models.experts import folded_forward
 
     experts = make_experts(16, encoder_state=ChannelEncoder(EncoderConfig()).state_dict(),
@@ -96,12 +97,11 @@ def test_folded_forward_matches_the_experts():
     x = torch.randn(5, 16, 200, 5)
     mask = torch.rand(5, 16, 200) < 0.4
     for m in (None, mask):
-        folded = folded_forward(bank.params, x, n_heads=4, mask=m)
         looped = loop_forward(experts, x, m)
-        vmapped = bank(x, mask=m)
-        for f, l, v in zip(folded, looped, vmapped):
-            torch.testing.assert_close(f, l, rtol=1e-4, atol=1e-4)
-            torch.testing.assert_close(v, l, rtol=1e-4, atol=1e-4)
+        for name in ("folded", "vmap", "loop"):  # the stage's three batchings
+            out = make_forward(bank, name, 4, (70, 130))(bank.params, x, m)
+            for o, ref in zip(out, looped):
+                torch.testing.assert_close(o, ref, rtol=1e-4, atol=1e-4)
     g = torch.func.grad(lambda p: folded_forward(p, x, 4)[1].sum())(bank.params)
     (loop_forward(experts, x)[1].sum()).backward()
     torch.testing.assert_close(g["encoder.blocks.2.mlp.fc2.weight"][3],

@@ -98,8 +98,9 @@ class ExpertsConfig:
     tta_trials: int = 32
     tta_lr: float = 0.01
     window: list = field(default_factory=lambda: [70, 130])  # trial-head window (samples)
-    batching: str = "vmap"             # vmap | folded | loop: the same function; speed
-                                       # by bench/bench_experts.py (folded for 200 tokens)
+    batching: str = "folded"           # folded | vmap | loop: the same function; speed
+    predict_batching: str = "loop"     # measured by bench/bench_experts.py (training
+                                       # steps / prediction without gradients)
     predict_batch: int = 256
     device: str = "auto"
     num_threads: int | None = None
@@ -176,8 +177,9 @@ def validate(cfg: Config) -> Config:
     if bad:
         raise ConfigError(f"experts.tta_variants {bad}: test-time adaptation needs an "
                           "MAE-initialised variant listed in experts.variants")
-    if e.batching not in ("folded", "vmap", "loop"):
-        raise ConfigError("experts.batching must be folded, vmap or loop")
+    for key in ("batching", "predict_batching"):
+        if getattr(e, key) not in ("folded", "vmap", "loop"):
+            raise ConfigError(f"experts.{key} must be folded, vmap or loop")
     if e.device not in ("auto", "cpu", "cuda"):
         raise ConfigError("experts.device must be auto, cpu or cuda")
     for key in ("n_support", "n_query", "weight_trials"):

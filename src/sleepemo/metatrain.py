@@ -51,7 +51,8 @@ from .models.mae import EncoderConfig, n_parameters, random_mask
 STAGE_DIR = "03_experts"
 # fields that do not change the trained weights (only predictions or speed)
 _PREDICTION_ONLY = ("tta_steps", "tta_trials", "tta_lr", "weight_trials")
-_NEITHER = ("variants", "tta_variants", "predict_batch", "batching", "device", "num_threads")
+_NEITHER = ("variants", "tta_variants", "predict_batch", "batching", "predict_batching",
+            "device", "num_threads")
 
 
 # ------------------------------------------------------------------ batched experts
@@ -148,6 +149,8 @@ class ExpertTrainer:
         self.n_experts = n_chans
         self.bank = ExpertBank(make_experts(n_chans, enc_cfg, window=self.window))
         self.forward = make_forward(self.bank, cfg.batching, enc_cfg.n_heads, self.window)
+        self.forward_no_grad = make_forward(self.bank, cfg.predict_batching, enc_cfg.n_heads,
+                                            self.window)
         self.cls_loss = classification_loss(self.forward, cfg.time_loss_weight)
         self.rec_loss = reconstruction_loss(self.forward)
 
@@ -217,7 +220,7 @@ class ExpertTrainer:
         times, trials = [], []
         b = self.cfg.predict_batch
         for i in range(0, len(x), b):
-            t, r, _ = self.forward(params, torch.from_numpy(
+            t, r, _ = self.forward_no_grad(params, torch.from_numpy(
                 np.ascontiguousarray(x[i:i + b])).to(self.dev))
             times.append(t.cpu().numpy())
             trials.append(r.cpu().numpy())
@@ -458,7 +461,8 @@ def run_stage(stage, log=print) -> dict:
         "parameters_all_experts": sum(v.numel() for v in trainer.bank.params.values()),
         "tokens_per_sequence": enc_cfg.n_times, "stride": cfg.stride,
         "median_fold_seconds": {v: float(np.median(s)) for v, s in fold_seconds.items() if s},
-        "batching": cfg.batching, "device": str(dev), "torch_threads": torch.get_num_threads(),
+        "batching": cfg.batching, "predict_batching": cfg.predict_batching,
+        "device": str(dev), "torch_threads": torch.get_num_threads(),
         "labels_shuffled": cfg.shuffle_labels,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "stage_seconds": round(time.perf_counter() - t_start, 1)}
