@@ -59,9 +59,9 @@ _NEITHER = ("variants", "tta_variants", "predict_batch", "batching", "predict_ba
 def make_forward(bank: ExpertBank, batching: str, n_heads: int, window: tuple[int, int]):
     """``forward(params, x, mask=None) -> (time, trial, reconstruction)`` for all experts
     on stacked parameters: ``vmap`` over ``functional_call``, ``folded`` (experts folded
-    into the batch, fused attention: 3.8 times faster than vmap at 200 tokens on a CPU,
-    equal at 50) or ``loop`` (the reference; see ``bench/bench_experts.py``). All three
-    compute the same function (tested)."""
+    into the batch, fused attention) or ``loop`` (one expert after another). All three
+    compute the same function (tested); which is fastest depends on tokens, gradients
+    and device (``bench/bench_experts.py``, README)."""
     if batching == "folded":
         return lambda p, x, mask=None: folded_forward(p, x, n_heads, window, mask)
     if batching == "vmap":
