@@ -15,9 +15,10 @@ loss (per-timepoint and trial BCE):
   folded into the batch, so that attention runs in the fused kernel.
 
 It also times what the stage does most besides training: predicting ``--predict-trials``
-trials without gradients, 256 per call. Gradients are checked to agree before timing. Defaults are the quick profile's stage-03
-settings (16 trials per split, 3 tasks, 200 samples pooled by 4 into 50 tokens); the
-median over ``--repeats`` meta-steps and the ratios come from one run.
+trials without gradients, 256 per call. Gradients are checked to agree before timing.
+Defaults are the quick profile's stage-03 settings (16 trials per split, 3 tasks, 200
+samples pooled by 4 into 50 tokens); the median over ``--repeats`` meta-steps and the
+ratios come from one run.
 """
 from __future__ import annotations
 
@@ -60,8 +61,8 @@ def main() -> None:
 
     tasks = [(batch(), batch()) for _ in range(args.tasks)]
     bank = ExpertBank(make_experts(16, EncoderConfig(n_times=n_tokens), window=window))
-    fns = {name: classification_loss(make_forward(bank, name, 4, window))
-           for name in ("vmap", "loop", "folded")}
+    forwards = {name: make_forward(bank, name, 4, window) for name in ("vmap", "loop", "folded")}
+    fns = {name: classification_loss(forward) for name, forward in forwards.items()}
     grads = {name: torch.func.grad(fn)(bank.params, tasks[0][0]) for name, fn in fns.items()}
     err = max(float((grads[n][k] - grads["loop"][k]).detach().abs().max())
               for n in ("vmap", "folded") for k in grads[n])
@@ -79,8 +80,7 @@ def main() -> None:
     # prediction as the stage does it: no gradients, 256 trials per call
     x = torch.randn(args.predict_trials, 16, n_tokens, 5, generator=g)
     pred = {}
-    for name in fns:
-        forward = make_forward(bank, name, 4, window)
+    for name, forward in forwards.items():
         times = []
         for _ in range(args.repeats + 1):
             t0 = time.perf_counter()

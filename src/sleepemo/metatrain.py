@@ -46,7 +46,7 @@ from .lopo import code_hash, fingerprint
 from .meta import fomaml_step, sgd
 from .models.experts import (ExpertBank, folded_forward, make_experts, pool_time,
                              stacked_loop_forward, token_window)
-from .models.mae import EncoderConfig, n_parameters, random_mask
+from .models.mae import EncoderConfig, random_mask
 
 STAGE_DIR = "03_experts"
 # fields that do not change the trained weights (only predictions or speed)
@@ -457,7 +457,7 @@ def run_stage(stage, log=print) -> dict:
         "lopo_window_auc": scores,
         "expert_auc_by_channel": {n: dict(zip(ds.ch_names, a)) for n, a in expert_auc.items()},
         "tta_mae_loss_on_masked_tokens": tta_loss,
-        "parameters_per_expert": n_parameters(trainer.bank.experts()[0]),
+        "parameters_per_expert": sum(v[0].numel() for v in trainer.bank.params.values()),
         "parameters_all_experts": sum(v.numel() for v in trainer.bank.params.values()),
         "tokens_per_sequence": enc_cfg.n_times, "stride": cfg.stride,
         "median_fold_seconds": {v: float(np.median(s)) for v, s in fold_seconds.items() if s},
@@ -512,13 +512,12 @@ def _assemble(folder: Path, name: str, variant: str, ds, folds, cfg: ExpertsConf
 
 def per_expert_auc(oof_experts: np.ndarray, ds, folds) -> np.ndarray:
     """Each expert's out-of-fold trial-level AUC, per participant, averaged."""
-    from sklearn.metrics import roc_auc_score
-
+    from .metric import per_timepoint_auc
     from .report import split_by_subject
 
     parts = split_by_subject(oof_experts, folds.train_subjects, folds.n_trials)
-    return np.mean([[roc_auc_score(ds.train[s].y, parts[s][:, c])
-                     for c in range(oof_experts.shape[1])] for s in folds.train_subjects], 0)
+    return np.mean([per_timepoint_auc(ds.train[s].y, parts[s])  # a column per expert
+                    for s in folds.train_subjects], 0)
 
 
 def plot_topomaps(values: dict[str, list], ch_names, path: Path) -> Path | None:

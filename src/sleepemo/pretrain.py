@@ -255,9 +255,9 @@ def load_encoder(run_dir: Path):
     """The trained encoder of a finished stage-02 run (its config from ``run.json``)."""
     from .models.mae import ChannelEncoder
 
-    enc = ChannelEncoder(EncoderConfig(**read_json(Path(run_dir) / "run.json")["encoder"]))
-    enc.load_state_dict(torch.load(Path(run_dir) / "encoder.pt", map_location="cpu",
-                                   weights_only=True))
+    state, _, info = load_mae_weights(run_dir)
+    enc = ChannelEncoder(EncoderConfig(**info["encoder"]))
+    enc.load_state_dict(state)
     return enc
 
 
