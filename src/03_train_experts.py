@@ -7,29 +7,16 @@ Reads:  <data-dir>, <out>/folds.json, <out>/cache/band_features/ (built if missi
         the profile's `experts:` section
 Writes: <out>/03_experts/experts_<variant>[_tta]/  per fold: fold<k>.pt (trained experts,
             resume point) and fold<k>.npz; then oof.npy, test.npy (per timepoint),
-            oof_trial.npy, test_trial.npy, oof_experts.npy, meta.json
-        <out>/03_experts/metrics.json, expert_topomap.png
-        <out>/lopo.csv and pictures, updated with the expert rows
+            oof_trial.npy, test_trial.npy, oof_experts.npy, score.json, meta.json
+            (results of the predictions contract)
+        <out>/03_experts/{metrics.json, evidence.md, expert_topomap.png}
 
 Held-out and test participants are predicted zero-shot, and (`_tta` rows) after
 unsupervised test-time adaptation with the MAE loss on their own trials; never with
 their labels. `--set experts.shuffle_labels=true` runs the label-shuffled check.
 """
-import json
-
-from sleepemo.cli import prepare, run, stage_parser
-from sleepemo.metatrain import run_stage
-
-
-def main() -> None:
-    stage = prepare(stage_parser(__doc__).parse_args())
-    m = run_stage(stage)
-    print("experts LOPO window AUC:", json.dumps({k: round(v, 4) for k, v in
-                                                  m["lopo_window_auc"].items()}))
-    print(f"{m['parameters_per_expert']} parameters per expert, "
-          f"{m['parameters_all_experts']} in all; stage {m['stage_seconds']} s")
-    print(f"wrote {stage.out / '03_experts' / 'metrics.json'}")
-
+from sleepemo import stage
+from sleepemo.stages import train_experts
 
 if __name__ == "__main__":
-    run(main)
+    stage.main("experts", __doc__, train_experts.run)

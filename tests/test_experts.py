@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from sleepemo.meta import adapt, fomaml_step
+from sleepemo.fomaml import adapt, fomaml_step
 from sleepemo.models.experts import ExpertBank, loop_forward, make_experts
 from sleepemo.models.mae import ChannelEncoder, EncoderConfig, n_parameters
 
@@ -88,8 +89,7 @@ def test_fomaml_init_adapts_faster_than_random_init_on_new_tasks():
 
 
 def test_folded_forward_matches_the_experts():
-    from sleepemo.metatrain import make_forward
-    from sleepemo.models.experts import folded_forward
+    from sleepemo.models.experts import folded_forward, make_forward
 
     experts = make_experts(16, encoder_state=ChannelEncoder(EncoderConfig()).state_dict(),
                            seed=2)
@@ -125,7 +125,7 @@ def test_pooled_experts_embed_a_pooled_token_as_the_mean_of_its_timepoints():
 
 
 def test_support_and_query_are_disjoint_and_class_balanced():
-    from sleepemo.metatrain import support_query
+    from sleepemo.stages.train_experts import support_query
 
     y = np.array([0] * 30 + [1] * 11)
     sup, qry = support_query(y, 8, 8, np.random.default_rng(0))
@@ -144,13 +144,12 @@ def _restore_torch_threads():
 
 def _stage(out, data_dir, **experts):
     """A stage-03 context on ``data_dir`` with a (random) stage-02 MAE in ``out``."""
-    from sleepemo.cli import Stage
     from sleepemo.config import load_config
     from sleepemo.data import load_dataset
     from sleepemo.features import BandFeatureCache
     from sleepemo.folds import write_folds
-    from sleepemo.models.mae import MaskedAutoencoder
-    from sleepemo.pretrain import encoder_config, save_encoder
+    from sleepemo.models.mae import MaskedAutoencoder, encoder_config, save_encoder
+    from sleepemo.stage import open_stage, stage_dir
 
     sets = [f"experts.{k}={v}" for k, v in experts.items()]
     cfg = load_config("smoke", sets)
@@ -160,23 +159,24 @@ def _stage(out, data_dir, **experts):
     torch.manual_seed(0)
     key = BandFeatureCache(out / "cache" / "band_features", folds.data_fingerprint,
                            cfg.mae.bands, cfg.mae.feature).key
-    save_encoder(MaskedAutoencoder(enc_cfg), out / "02_mae", {
+    save_encoder(MaskedAutoencoder(enc_cfg), stage_dir(out, "mae"), {
         "fingerprint": "random-mae-for-tests", "encoder": dataclasses.asdict(enc_cfg),
         "band_cache": key})
-    return Stage(cfg, data_dir, out, progress=False), ds, folds
+    return open_stage("experts", cfg, data_dir, out, progress=False,
+                      log=lambda m: None), ds, folds
 
 
 @pytest.fixture(scope="module")
 def smoke_stage(smoke_dir, tmp_path_factory):
-    from sleepemo.metatrain import run_stage
+    from sleepemo.stages import train_experts
 
     stage, ds, folds = _stage(tmp_path_factory.mktemp("experts"), smoke_dir)
-    metrics = run_stage(stage, log=lambda m: None)
+    metrics = stage.run(train_experts.run).metrics
     return stage, ds, folds, metrics
 
 
 def test_stage_writes_predictions_scores_and_topomap(smoke_stage):
-    from sleepemo.report import score_oof
+    from sleepemo.artefacts import results, score_oof
 
     stage, ds, folds, metrics = smoke_stage
     run = stage.out / "03_experts"
@@ -199,26 +199,32 @@ def test_stage_writes_predictions_scores_and_topomap(smoke_stage):
     mean = metrics["tta_mae_loss_on_masked_tokens"]["experts_mae_fomaml_tta"]
     assert mean["after"] < mean["before"]
     assert (run / "expert_topomap.png").stat().st_size > 0
-    table = (stage.out / "lopo.csv").read_text()
-    assert "experts_mae_fomaml_tta" in table
+    # the results are listed through the contract, the stage's own files beside them
+    assert [r.name for r in results(stage.out, "experts")] == ["experts_mae_fomaml",
+                                                               "experts_mae_fomaml_tta"]
+    assert not (stage.out / "lopo.csv").exists()  # the run's table belongs to the report
+    evidence = (run / "evidence.md").read_text()
+    assert "experts_mae_fomaml_tta" in evidence and "expert_topomap.png" in evidence
+    assert json.loads((run / "metrics.json").read_text())["stage_seconds"] > 0
 
 
 def test_killed_stage_resumes_from_fold_checkpoints(smoke_stage, monkeypatch):
-    from sleepemo import metatrain
+    from sleepemo.stages import train_experts
 
     stage, ds, folds, _ = smoke_stage
     run = stage.out / "03_experts" / "experts_mae_fomaml"
     before = np.load(run / "oof.npy")
     (run / "fold3.npz").unlink()  # as if killed after fold 3's checkpoint was written
     (run / "meta.json").unlink()
-    monkeypatch.setattr(metatrain.ExpertTrainer, "train", lambda *a, **k: pytest.fail(
+    monkeypatch.setattr(train_experts.ExpertTrainer, "train", lambda *a, **k: pytest.fail(
         "a fold with a checkpoint was trained again"))
-    metatrain.run_stage(stage, log=lambda m: None)
+    stage.run(train_experts.run)
     np.testing.assert_array_equal(np.load(run / "oof.npy"), before)
     # and a finished, unchanged stage does no fold work at all
-    monkeypatch.setattr(metatrain, "run_fold", lambda *a, **k: pytest.fail("recomputed"))
+    monkeypatch.setattr(train_experts, "run_fold", lambda *a, **k: pytest.fail("recomputed"))
     logs = []
-    metatrain.run_stage(stage, log=logs.append)
+    monkeypatch.setattr(stage, "log", logs.append)
+    stage.run(train_experts.run)
     assert any("unchanged, reusing" in m for m in logs)
 
 
@@ -226,10 +232,10 @@ def test_killed_stage_resumes_from_fold_checkpoints(smoke_stage, monkeypatch):
 def test_held_out_labels_never_reach_the_fitted_experts(smoke_dir, tmp_path, variant):
     """Fold 0 with the held-out participant's labels flipped gives bit-identical
     predictions, and a label dict that includes the held-out participant is refused."""
-    from sleepemo.metatrain import ExpertTrainer, fold_labels, run_fold
     from sleepemo.features import BandFeatureCache
     from sleepemo.models.experts import pool_time
-    from sleepemo.pretrain import load_mae_weights
+    from sleepemo.models.mae import load_mae_weights
+    from sleepemo.stages.train_experts import ExpertTrainer, fold_labels, run_fold
 
     stage, ds, folds = _stage(tmp_path, smoke_dir, variants=f"[{variant}]",
                               tta_variants="[mae_fomaml]" if variant == "mae_fomaml" else "[]")
@@ -274,10 +280,10 @@ def test_label_shuffled_stage_scores_about_chance(medium_dir, tmp_path):
     """Leakage alarm for the whole stage: labels permuted within each training
     participant -> the zero-shot and adapted predictions score about 0.5."""
     from sleepemo.io import read_json
-    from sleepemo.metatrain import run_stage
+    from sleepemo.stages import train_experts
 
     stage, ds, folds = _stage(tmp_path, medium_dir, shuffle_labels="true")
-    metrics = run_stage(stage, log=lambda m: None)
+    metrics = stage.run(train_experts.run).metrics
     scores = metrics["lopo_window_auc"]
     print("shuffled experts:", scores)
     assert set(scores) == {"experts_mae_fomaml_shuffled", "experts_mae_fomaml_tta_shuffled"}

@@ -7,9 +7,9 @@ import pytest
 from sleepemo import models
 from sleepemo.data import load_dataset
 from sleepemo.folds import make_folds, read_folds, write_folds
-from sleepemo.lopo import oof_labels, run_lopo
+from sleepemo.artefacts import score_oof
+from sleepemo.lopo import run_lopo
 from sleepemo.models.baselines import BaselineModel, SecondPlace
-from sleepemo.report import score_oof
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_no_held_out_label_reaches_fit(smoke, tmp_path, monkeypatch):
     ds, folds = smoke
     monkeypatch.setitem(models.REGISTRY, "spy", Spy)
     Spy.calls = []
-    run_lopo("spy", ds, folds, tmp_path / "spy", progress=False, log=lambda m: None)
+    run_lopo("spy", ds, folds, tmp_path, "baselines", progress=False, log=lambda m: None)
     assert len(Spy.calls) == folds.n_folds
     for k, (tags, labels) in enumerate(Spy.calls):
         held = ds.train[folds.held_out(k)]
@@ -73,18 +73,20 @@ def test_no_held_out_label_reaches_fit(smoke, tmp_path, monkeypatch):
 
 def test_oof_and_test_shapes(smoke, tmp_path):
     ds, folds = smoke
-    res = run_lopo("constant", ds, folds, tmp_path / "c", progress=False, log=lambda m: None)
+    res = run_lopo("constant", ds, folds, tmp_path, "baselines", progress=False,
+                   log=lambda m: None)
     n_train = sum(s.n_trials for s in ds.train.values())
     n_test = sum(s.n_trials for s in ds.test.values())
     assert res.oof.shape == (n_train, 200) and res.test.shape == (n_test, 200)
-    assert oof_labels(ds, folds).shape == (n_train,)
-    assert score_oof(res.oof, ds, folds).score == 0.5
+    assert res.folder == tmp_path / "01_baselines" / "constant"
+    assert res.meta["arrays"] == ["oof", "test"] and res.meta["diagnostic"]
+    assert score_oof(res.oof, ds, folds).score == 0.5 == res.score()[0].score
 
 
 def test_killed_run_resumes_with_the_same_result(smoke, tmp_path, monkeypatch):
     ds, folds = smoke
     quiet = dict(progress=False, log=lambda m: None)
-    full = run_lopo("second_place", ds, folds, tmp_path / "full", **quiet)
+    full = run_lopo("second_place", ds, folds, tmp_path / "full", "baselines", **quiet)
 
     n_fits = []
     original = SecondPlace.fit
@@ -97,21 +99,22 @@ def test_killed_run_resumes_with_the_same_result(smoke, tmp_path, monkeypatch):
 
     monkeypatch.setattr(SecondPlace, "fit", killed_after_four)
     with pytest.raises(KeyboardInterrupt):
-        run_lopo("second_place", ds, folds, tmp_path / "resumed", **quiet)
-    assert sorted(p.name for p in (tmp_path / "resumed").glob("fold*.npz")) == \
+        run_lopo("second_place", ds, folds, tmp_path / "resumed", "baselines", **quiet)
+    folder = tmp_path / "resumed" / "01_baselines" / "second_place"
+    assert sorted(p.name for p in folder.glob("fold*.npz")) == \
         [f"fold{k}.npz" for k in range(4)]
-    assert not (tmp_path / "resumed" / "oof.npy").exists()
+    assert not (folder / "oof.npy").exists() and not (folder / "meta.json").exists()
 
     n_fits.clear()
     monkeypatch.setattr(SecondPlace, "fit", lambda self, f, y: (n_fits.append(1),
                                                                 original(self, f, y))[1])
-    resumed = run_lopo("second_place", ds, folds, tmp_path / "resumed", **quiet)
+    resumed = run_lopo("second_place", ds, folds, tmp_path / "resumed", "baselines", **quiet)
     assert len(n_fits) == folds.n_folds - 4  # the four finished folds were not refitted
     np.testing.assert_array_equal(resumed.oof, full.oof)
     np.testing.assert_array_equal(resumed.test, full.test)
 
     n_fits.clear()  # unchanged inputs and config: the whole model is skipped
-    run_lopo("second_place", ds, folds, tmp_path / "resumed", **quiet)
+    run_lopo("second_place", ds, folds, tmp_path / "resumed", "baselines", **quiet)
     assert n_fits == []
 
 
@@ -120,7 +123,7 @@ def test_label_shuffled_run_scores_about_chance(medium_dir, tmp_path, base):
     """Leakage alarm: labels permuted within each training participant -> about 0.5."""
     ds = load_dataset(medium_dir, progress=False)
     folds = make_folds(ds)
-    res = run_lopo("shuffled", ds, folds, tmp_path / base, params={"base": base},
+    res = run_lopo("shuffled", ds, folds, tmp_path / base, "baselines", params={"base": base},
                    progress=False, log=lambda m: None)
     score = score_oof(res.oof, ds, folds).score
     print(f"shuffled {base}: {score:.4f}")

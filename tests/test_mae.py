@@ -137,7 +137,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(smoke_dir, folds_out):
     log = p.communicate(timeout=600)[0]
     assert p.returncode == 0, log
     assert f"resuming after epoch {state['epoch'] + 1} of 4" in log
-    from sleepemo.pretrain import load_encoder
+    from sleepemo.models.mae import load_encoder
     enc = load_encoder(straight / "02_mae")
     assert enc.pos.shape == (1, 200, 16)
     a = torch.load(straight / "02_mae" / "encoder.pt", weights_only=True)

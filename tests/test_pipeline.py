@@ -47,6 +47,9 @@ def test_run_writes_a_valid_submission_and_report(smoke_run, smoke_dir):
     table = pd.read_csv(tmp / "out" / "lopo.csv", index_col="model")
     assert set(table.index) == set(load_config("smoke").baselines.models) | {
         "mae_probe", "band_probe", "experts_mae_fomaml", "experts_mae_fomaml_tta"}
+    chosen = re.search(r"submitted model: (\w+)", stdout).group(1)
+    best = table[~table.diagnostic].overall.idxmax()
+    assert chosen == best
     experts = json.loads((tmp / "out" / "03_experts" / "metrics.json").read_text())
     assert experts["lopo_window_auc"]["experts_mae_fomaml"] == pytest.approx(
         table.loc["experts_mae_fomaml", "overall"], abs=1e-4)
@@ -57,13 +60,18 @@ def test_run_writes_a_valid_submission_and_report(smoke_run, smoke_dir):
     assert (tmp / "out" / "02_mae" / "encoder.pt").is_file()
     assert [c for c in table.columns if c.startswith("S")] == \
         [f"S{s}" for s in ds.train_ids()]
-    for f in ("lopo_curves.png", "lopo_bars.png", "folds.json", "config.yaml"):
+    for f in ("lopo_curves.png", "lopo_bars.png", "folds.json", "config.yaml", "report.md"):
         assert (tmp / "out" / f).stat().st_size > 0
-    for f in ("lopo.csv", "lopo_curves.png", "summary.json"):
+    for f in ("lopo.csv", "lopo_curves.png", "summary.json", "report.md",
+              "03_experts/expert_topomap.png"):
         assert (sub.parent / f).is_file()
-    chosen = re.search(r"submitted model: (\w+)", stdout).group(1)
-    best = table[~table.diagnostic].overall.idxmax()
-    assert chosen == best
+    # the generated report: the table, every stage's evidence and run times
+    report = (sub.parent / "report.md").read_text()
+    for heading in ("## LOPO window AUC", "## Stage 00", "## Stage 01", "## Stage 02",
+                    "## Stage 03", "## Stage 07", "## Run times"):
+        assert heading in report, heading
+    assert f"| {best} | " in report and "(03_experts/expert_topomap.png)" in report
+    assert table.loc[best, "stage"] in ("baselines", "mae", "experts")
 
 
 def test_metric_cli_prints_the_summary_score(smoke_run, smoke_dir):

@@ -3,10 +3,18 @@
 A profile sets the data scale and what each stage runs; ``--set key.sub=value`` overrides
 single values from the command line (values are parsed as YAML). The resolved config is
 saved beside the artefacts it produced.
+
+**Adding a stage's section** is one dataclass and one line: write a dataclass whose fields
+are :func:`setting`\\ s (each declares what it ``affects``) with a ``validate(self, cfg)``
+method, and add it as a field of :class:`Config`. Loading, unknown-key errors, overrides
+and validation find it from there. :func:`fields_affecting` lists the fields of a section
+that change trained weights (or predictions) for fingerprints, so no stage keeps its own
+list of fields to ignore.
 """
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,9 +27,44 @@ REPO = Path(__file__).resolve().parents[2]
 PROFILES_DIR = REPO / "configs"
 PROFILES = ("smoke", "quick", "full")
 
+#: What a setting changes, from most to least: the trained weights (and so everything
+#: after them), only the predictions or reports made with trained weights, or nothing that
+#: is computed (speed, device, which variants run).
+AFFECTS = ("weights", "predictions", "nothing")
+
 
 class ConfigError(ValueError):
     """A profile or override is invalid."""
+
+
+def setting(default: Any = dataclasses.MISSING, *, affects: str = "weights",
+            factory: typing.Callable | None = None, help: str = ""):
+    """A config field that declares what it ``affects`` (one of :data:`AFFECTS`)."""
+    if affects not in AFFECTS:
+        raise ValueError(f"affects must be one of {AFFECTS}, not {affects!r}")
+    meta = {"affects": affects, "help": help}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def fields_affecting(section, *kinds: str) -> dict:
+    """``{name: value}`` of the section's fields whose ``affects`` is one of ``kinds``
+    (fields declared without :func:`setting` count as ``weights``)."""
+    bad = set(kinds) - set(AFFECTS)
+    if bad:
+        raise ValueError(f"unknown kinds {sorted(bad)}; known: {AFFECTS}")
+    return {f.name: dataclasses.asdict(section)[f.name] for f in dataclasses.fields(section)
+            if f.metadata.get("affects", "weights") in kinds}
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _check_device(value: str, key: str) -> None:
+    _check(value in ("auto", "cpu", "cuda"), f"{key} must be auto, cpu or cuda")
 
 
 @dataclass
@@ -33,77 +76,127 @@ class DataConfig:
     synthetic_scale: float = 1.0
     synthetic_seed: int = 0
 
+    def validate(self, cfg: "Config") -> None:
+        _check(0 < float(self.synthetic_scale) <= 10, "data.synthetic_scale must be in (0, 10]")
+
 
 @dataclass
 class BaselinesConfig:
-    models: list[str] = field(default_factory=lambda: [
-        "constant", "shuffled", "starter", "second_place", "riemann"])
+    """Stage 01: models of the registry (``sleepemo.models``) run under LOPO."""
+    models: list[str] = setting(factory=lambda: [
+        "constant", "shuffled", "starter", "second_place", "riemann"], affects="nothing")
     params: dict[str, dict] = field(default_factory=dict)
+
+    def validate(self, cfg: "Config") -> None:
+        from .models import REGISTRY
+
+        bad = [m for m in self.models if m not in REGISTRY]
+        _check(not bad, f"unknown baseline model(s) {bad}; registered: {sorted(REGISTRY)}")
 
 
 @dataclass
 class MAEConfig:
     """Stage 02: band features and masked-autoencoder pre-training (``models/mae.py``)."""
-    bands: list = field(default_factory=lambda: [[0.5, 4.0], [4.0, 8.0], [8.0, 12.0],
-                                                 [12.0, 16.0], [16.0, 30.0]])
-    feature: str = "log_envelope"      # or log_power
-    stride: int = 1                    # timepoints averaged into one token (1: all 200)
-    d_model: int = 16
-    n_heads: int = 4
-    ffn: int = 128
-    n_layers: int = 3
-    channel_embedding: bool = True
-    mask_ratio: float = 0.4
-    epochs: int = 8
-    seqs_per_epoch: int | None = 9600   # channel-sequences drawn per epoch; None = all
-    batch_size: int = 64               # small batches, many steps: a 20 k-parameter model
-    lr: float = 0.01                   # learns to fill gaps in ~1 k steps at this rate
-    weight_decay: float = 0.05
-    warmup_epochs: float = 0.5
-    n_val_subjects: int = 2            # training participants kept out of pre-training
-    eval_seqs: int = 4000              # masked sequences for the reconstruction report
-    probe_window: list = field(default_factory=lambda: [70, 130])
-    probe_C: float = 0.01
-    device: str = "auto"               # auto = cuda when present, else cpu
-    num_threads: int | None = None     # torch CPU threads; None = torch's default
+    bands: list = setting(factory=lambda: [[0.5, 4.0], [4.0, 8.0], [8.0, 12.0],
+                                           [12.0, 16.0], [16.0, 30.0]])
+    feature: str = setting("log_envelope")     # or log_power
+    stride: int = setting(1)                   # timepoints averaged into one token (1: all 200)
+    d_model: int = setting(16)
+    n_heads: int = setting(4)
+    ffn: int = setting(128)
+    n_layers: int = setting(3)
+    channel_embedding: bool = setting(True)
+    mask_ratio: float = setting(0.4)
+    epochs: int = setting(8)
+    seqs_per_epoch: int | None = setting(9600)  # channel-sequences drawn per epoch; None = all
+    batch_size: int = setting(64)              # small batches, many steps: a 20 k-parameter
+    lr: float = setting(0.01)                  # model learns to fill gaps in ~1 k steps here
+    weight_decay: float = setting(0.05)
+    warmup_epochs: float = setting(0.5)
+    n_val_subjects: int = setting(2)           # training participants kept out of pre-training
+    eval_seqs: int = setting(4000, affects="nothing")  # masked sequences for the report
+    probe_window: list = setting(factory=lambda: [70, 130], affects="predictions")
+    probe_C: float = setting(0.01, affects="predictions")
+    device: str = setting("auto", affects="nothing")   # auto = cuda when present, else cpu
+    num_threads: int | None = setting(None, affects="nothing")  # None = torch's default
 
-
-EXPERT_VARIANTS = {  # name -> (initialisation, training)
-    "mae_fomaml": ("mae", "fomaml"),          # (a) the design: MAE init + meta-learning
-    "mae_supervised": ("mae", "supervised"),  # (b) no meta-learning, same compute
-    "random_fomaml": ("random", "fomaml"),    # (c) no pre-training
-}
+    def validate(self, cfg: "Config") -> None:
+        _check(0 < self.mask_ratio < 1, "mae.mask_ratio must be in (0, 1)")
+        _check(self.d_model % self.n_heads == 0, f"mae.d_model ({self.d_model}) must be "
+               f"divisible by mae.n_heads ({self.n_heads})")
+        _check(self.feature in ("log_envelope", "log_power"),
+               "mae.feature must be log_envelope or log_power")
+        _check(all(len(b) == 2 and 0 < b[0] < b[1] for b in self.bands),
+               f"mae.bands must be [low, high] pairs in Hz, got {self.bands}")
+        _check_device(self.device, "mae.device")
+        _check(self.stride >= 1, "mae.stride must be >= 1")
 
 
 @dataclass
 class ExpertsConfig:
     """Stage 03: 16 channel experts meta-learned with first-order MAML under LOPO."""
-    variants: list[str] = field(default_factory=lambda: list(EXPERT_VARIANTS))
-    tta_variants: list[str] = field(default_factory=lambda: ["mae_fomaml"])
-                                       # also reported after unsupervised test-time
-                                       # adaptation (MAE loss; MAE-initialised only)
-    shuffle_labels: bool = False       # leakage alarm: labels permuted within participant
-    stride: int = 1                    # timepoints per token; a multiple of mae.stride
-    meta_steps: int = 15               # outer updates per fold
-    tasks_per_step: int = 4            # participants per meta-batch
-    n_support: int = 16                # trials per support split (half per class)
-    n_query: int = 16                  # trials per query split (half per class)
-    inner_steps: int = 3
-    inner_lr: float = 0.05             # plain SGD in the inner loop
-    outer_lr: float = 0.003            # Adam on the meta-parameters (and for supervised)
-    time_loss_weight: float = 1.0      # per-timepoint BCE weight next to the trial BCE
-    weight_trials: int = 64            # trials per training participant for the weights
-                                       # of the 16-expert combination (fitted in fold)
-    tta_steps: int = 5                 # SGD steps of the MAE loss on a participant's trials
-    tta_trials: int = 32
-    tta_lr: float = 0.01
-    window: list = field(default_factory=lambda: [70, 130])  # trial-head window (samples)
-    batching: str = "folded"           # folded | vmap | loop: the same function; speed
-    predict_batching: str = "loop"     # measured by bench/bench_experts.py (training
-                                       # steps / prediction without gradients)
-    predict_batch: int = 256
-    device: str = "auto"
-    num_threads: int | None = None
+
+    #: variant name -> (initialisation, training)
+    VARIANTS: typing.ClassVar[dict[str, tuple[str, str]]] = {
+        "mae_fomaml": ("mae", "fomaml"),          # (a) the design: MAE init + meta-learning
+        "mae_supervised": ("mae", "supervised"),  # (b) no meta-learning, same compute
+        "random_fomaml": ("random", "fomaml"),    # (c) no pre-training
+    }
+
+    variants: list[str] = setting(factory=lambda: list(ExpertsConfig.VARIANTS),
+                                  affects="nothing")
+    tta_variants: list[str] = setting(factory=lambda: ["mae_fomaml"], affects="nothing",
+                                      help="also reported after unsupervised test-time "
+                                           "adaptation (MAE loss; MAE-initialised only)")
+    shuffle_labels: bool = setting(False)  # leakage alarm: labels permuted within participant
+    stride: int = setting(1)               # timepoints per token; a multiple of mae.stride
+    meta_steps: int = setting(15)          # outer updates per fold
+    tasks_per_step: int = setting(4)       # participants per meta-batch
+    n_support: int = setting(16)           # trials per support split (half per class)
+    n_query: int = setting(16)             # trials per query split (half per class)
+    inner_steps: int = setting(3)
+    inner_lr: float = setting(0.05)        # plain SGD in the inner loop
+    outer_lr: float = setting(0.003)       # Adam on the meta-parameters (and supervised)
+    time_loss_weight: float = setting(1.0)  # per-timepoint BCE weight next to the trial BCE
+    weight_trials: int = setting(64, affects="predictions",
+                                 help="trials per training participant for the weights of "
+                                      "the 16-expert combination (fitted in the fold)")
+    tta_steps: int = setting(5, affects="predictions")  # SGD steps of the MAE loss
+    tta_trials: int = setting(32, affects="predictions")
+    tta_lr: float = setting(0.01, affects="predictions")
+    window: list = setting(factory=lambda: [70, 130])  # trial-head window (samples)
+    batching: str = setting("folded", affects="nothing",
+                            help="folded | vmap | loop: the same function; speed measured "
+                                 "by bench/bench_experts.py (training steps)")
+    predict_batching: str = setting("loop", affects="nothing",
+                                    help="the same choice for prediction without gradients")
+    predict_batch: int = setting(256, affects="nothing")
+    device: str = setting("auto", affects="nothing")
+    num_threads: int | None = setting(None, affects="nothing")
+
+    def validate(self, cfg: "Config") -> None:
+        known = self.VARIANTS
+        bad = [v for v in self.variants if v not in known]
+        _check(not bad, f"unknown experts variant(s) {bad}; known: {list(known)}")
+        bad = [v for v in self.tta_variants if v not in self.variants or known[v][0] != "mae"]
+        _check(not bad, f"experts.tta_variants {bad}: test-time adaptation needs an "
+               "MAE-initialised variant listed in experts.variants")
+        _check(self.stride >= 1 and self.stride % cfg.mae.stride == 0,
+               f"experts.stride ({self.stride}) must be a multiple of mae.stride "
+               f"({cfg.mae.stride}) so that pre-trained positions pool")
+        for key in ("batching", "predict_batching"):
+            _check(getattr(self, key) in ("folded", "vmap", "loop"),
+                   f"experts.{key} must be folded, vmap or loop")
+        _check_device(self.device, "experts.device")
+        for key in ("n_support", "n_query", "weight_trials"):
+            _check(getattr(self, key) >= 2 and getattr(self, key) % 2 == 0,
+                   f"experts.{key} must be an even number >= 2 (half per class)")
+        for key in ("meta_steps", "tasks_per_step", "inner_steps", "tta_trials",
+                    "predict_batch"):
+            _check(getattr(self, key) >= 1, f"experts.{key} must be >= 1")
+        _check(self.tta_steps >= 0, "experts.tta_steps must be >= 0")
+        _check(len(self.window) == 2 and 0 <= self.window[0] < self.window[1],
+               f"experts.window must be [start, stop) in samples, got {self.window}")
 
 
 @dataclass
@@ -118,22 +211,34 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def sections(self) -> dict:
+        """Section name -> section object (every dataclass-valued field)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if dataclasses.is_dataclass(getattr(self, f.name))}
+
+    def validate(self) -> "Config":
+        _check(self.profile in PROFILES,
+               f"profile must be one of {PROFILES}, not {self.profile!r}")
+        for section in self.sections().values():
+            section.validate(self)
+        return self
+
 
 def _build(cls, values: dict, where: str):
     """Instantiate a (nested) dataclass from a dict, rejecting unknown keys."""
     if not isinstance(values, dict):
         raise ConfigError(f"config '{where}' must be a mapping, got {values!r}")
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(known))
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"unknown config key(s) {unknown} in '{where or 'top level'}'; "
                          f"known: {sorted(known)}")
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():
-        ftype = known[name].type
-        sub = {"DataConfig": DataConfig, "BaselinesConfig": BaselinesConfig,
-               "MAEConfig": MAEConfig, "ExpertsConfig": ExpertsConfig}.get(ftype)
-        kwargs[name] = _build(sub, value, f"{where}.{name}".strip(".")) if sub else value
+        sub = hints[name]
+        kwargs[name] = (_build(sub, value, f"{where}.{name}".strip("."))
+                        if dataclasses.is_dataclass(sub) else value)
     return cls(**kwargs)
 
 
@@ -145,55 +250,7 @@ def _set(d: dict, dotted: str, value: Any) -> None:
 
 
 def validate(cfg: Config) -> Config:
-    from .models import REGISTRY
-
-    if cfg.profile not in PROFILES:
-        raise ConfigError(f"profile must be one of {PROFILES}, not {cfg.profile!r}")
-    bad = [m for m in cfg.baselines.models if m not in REGISTRY]
-    if bad:
-        raise ConfigError(f"unknown baseline model(s) {bad}; registered: {sorted(REGISTRY)}")
-    if not 0 < float(cfg.data.synthetic_scale) <= 10:
-        raise ConfigError("data.synthetic_scale must be in (0, 10]")
-    m = cfg.mae
-    if not 0 < m.mask_ratio < 1:
-        raise ConfigError("mae.mask_ratio must be in (0, 1)")
-    if m.d_model % m.n_heads:
-        raise ConfigError(f"mae.d_model ({m.d_model}) must be divisible by mae.n_heads "
-                          f"({m.n_heads})")
-    if m.feature not in ("log_envelope", "log_power"):
-        raise ConfigError("mae.feature must be log_envelope or log_power")
-    if any(len(b) != 2 or not 0 < b[0] < b[1] for b in m.bands):
-        raise ConfigError(f"mae.bands must be [low, high] pairs in Hz, got {m.bands}")
-    if m.device not in ("auto", "cpu", "cuda"):
-        raise ConfigError("mae.device must be auto, cpu or cuda")
-    if m.stride < 1 or cfg.experts.stride < 1 or cfg.experts.stride % m.stride:
-        raise ConfigError(f"experts.stride ({cfg.experts.stride}) must be a multiple of "
-                          f"mae.stride ({m.stride}) so that pre-trained positions pool")
-    e = cfg.experts
-    bad = [v for v in e.variants if v not in EXPERT_VARIANTS]
-    if bad:
-        raise ConfigError(f"unknown experts variant(s) {bad}; known: {list(EXPERT_VARIANTS)}")
-    bad = [v for v in e.tta_variants if v not in e.variants or EXPERT_VARIANTS[v][0] != "mae"]
-    if bad:
-        raise ConfigError(f"experts.tta_variants {bad}: test-time adaptation needs an "
-                          "MAE-initialised variant listed in experts.variants")
-    for key in ("batching", "predict_batching"):
-        if getattr(e, key) not in ("folded", "vmap", "loop"):
-            raise ConfigError(f"experts.{key} must be folded, vmap or loop")
-    if e.device not in ("auto", "cpu", "cuda"):
-        raise ConfigError("experts.device must be auto, cpu or cuda")
-    for key in ("n_support", "n_query", "weight_trials"):
-        if getattr(e, key) < 2 or getattr(e, key) % 2:
-            raise ConfigError(f"experts.{key} must be an even number >= 2 (half per class)")
-    for key in ("meta_steps", "tasks_per_step", "inner_steps", "tta_trials",
-                "predict_batch"):
-        if getattr(e, key) < 1:
-            raise ConfigError(f"experts.{key} must be >= 1")
-    if e.tta_steps < 0:
-        raise ConfigError("experts.tta_steps must be >= 0")
-    if len(e.window) != 2 or not 0 <= e.window[0] < e.window[1]:
-        raise ConfigError(f"experts.window must be [start, stop) in samples, got {e.window}")
-    return cfg
+    return cfg.validate()
 
 
 def load_config(profile: str = "quick", overrides: list[str] | None = None,
@@ -208,7 +265,7 @@ def load_config(profile: str = "quick", overrides: list[str] | None = None,
             raise ConfigError(f"override {item!r} is not key=value")
         key, raw = item.split("=", 1)
         _set(values, key.strip(), yaml.safe_load(raw))
-    return validate(_build(Config, values, ""))
+    return _build(Config, values, "").validate()
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

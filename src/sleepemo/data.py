@@ -1,6 +1,6 @@
 """Reader for the competition files.
 
-Layout (see ``shared/competition.md``)::
+Layout (the competition's, ``docs/method.md``)::
 
     <root>/training/sleep_emo/S_<id>_cleaned.mat   emotional trials of participant <id>
     <root>/training/sleep_neu/S_<id>_cleaned.mat   neutral trials (same file name!)
@@ -408,7 +408,7 @@ def load_dataset(root: str | Path, subjects: Iterable[int] | None = None,
     progress : bool
         Show a progress bar.
     """
-    from tqdm.auto import tqdm
+    from .progress import bar
 
     root = Path(root)
     train_files, test_files = scan(root)
@@ -419,8 +419,8 @@ def load_dataset(root: str | Path, subjects: Iterable[int] | None = None,
         jobs = [j for j in jobs if j[1] in wanted]
     ref: Recording | None = None
     train, test = {}, {}
-    for split, sid, files in tqdm(jobs, desc="reading .mat files", unit="participant",
-                                  disable=not progress):
+    for split, sid, files in bar(jobs, desc="reading .mat files", unit="participant",
+                                 enabled=progress):
         recs = [read_mat(p) for p in files]
         for rec in recs:
             ref = ref or rec

@@ -152,6 +152,17 @@ class BandFeatureCache:
         self.dir = self.root / self.key
         self.settings = settings
 
+    @classmethod
+    def for_run(cls, out, ds, folds, bands=BANDS, kind: str = "log_envelope",
+                progress: bool = True) -> "BandFeatureCache":
+        """The run's cache (``<out>/cache/band_features``) of every training and test
+        participant of ``folds``, built where missing."""
+        from pathlib import Path
+
+        subjects = list(folds.train_subjects) + list(folds.test_subjects)
+        cache = cls(Path(out) / "cache" / "band_features", folds.data_fingerprint, bands, kind)
+        return cache.build({s: ds.subject(s).X for s in subjects}, ds.sfreq, progress)
+
     def path(self, subject: int):
         return self.dir / f"S{subject}.npy"
 
@@ -159,16 +170,15 @@ class BandFeatureCache:
         """Compute the missing participants' features (``subjects``: id -> trials array)."""
         import shutil
 
-        from tqdm.auto import tqdm
-
         from .io import write_json, write_npy
+        from .progress import bar
 
         if self.root.is_dir():
             for stale in self.root.iterdir():
                 if stale.is_dir() and stale.name != self.key:
                     shutil.rmtree(stale)
         todo = [s for s in subjects if not self.path(s).is_file()]
-        for s in tqdm(todo, desc="band features", unit="participant", disable=not progress):
+        for s in bar(todo, desc="band features", unit="participant", enabled=progress):
             write_npy(self.path(s), band_features(subjects[s], sfreq, self.bands, self.kind,
                                                   self.order))
         write_json(self.dir / "settings.json", self.settings)

@@ -47,6 +47,19 @@ class Folds:
     def train_of(self, k: int) -> list[int]:
         return [s for s in self.train_subjects if s != self.held_out(k)]
 
+    def split_rows(self, pred, which: str = "train") -> dict:
+        """Cut an array whose rows follow this file's order (training participants for
+        ``which='train'``, test participants for ``'test'``) into participant blocks."""
+        subjects = {"train": self.train_subjects, "test": self.test_subjects}[which]
+        out, start = {}, 0
+        for s in subjects:
+            out[s] = pred[start:start + self.n_trials[s]]
+            start += self.n_trials[s]
+        if start != len(pred):
+            raise ValueError(f"{len(pred)} prediction rows but the {which} participants "
+                             f"have {start}")
+        return out
+
     def to_json(self) -> dict:
         return {"data_root": self.data_root, "data_fingerprint": self.data_fingerprint,
                 "train_subjects": list(self.train_subjects),

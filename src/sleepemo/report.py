@@ -1,47 +1,54 @@
-"""LOPO score table and pictures from out-of-fold predictions.
+"""The run's report: LOPO score table, pictures and a Markdown report, from the results.
 
-``lopo.csv``: one row per model; ``overall`` is the competition metric over all held-out
-participants (their per-timepoint AUC curves averaged, then windowed), ``window_ms`` the
-run it chose, ``diagnostic`` whether the model is a reference that is never submitted,
-and one column per participant (``S<id>``): that participant's AUC averaged over the
-model's overall scoring window (over all timepoints when the model has no window). A
-value below 0.5 means the model ranks that person's trials the wrong way round. (Windowing
-each participant's own curve instead would pick that person's luckiest run: biased up.)
+``write_report(out)`` is the one writer of the run-level files (stage 07 calls it;
+``python -m sleepemo.report <out>`` does it by hand). It scores nothing again: every result
+carries its own score (``score.json``, written by :mod:`sleepemo.artefacts` when the result
+was assembled), so the table is a merge, and stages running in parallel never race on it.
+
+Files written into ``<out>``:
+
+- ``lopo.csv``: one row per result. ``overall`` is the competition metric over all
+  held-out participants (their per-timepoint AUC curves averaged, then windowed),
+  ``window_ms`` the run it chose, ``diagnostic`` whether the model is a reference that is
+  never submitted, and one column per participant (``S<id>``): that participant's AUC
+  averaged over the model's overall scoring window (over all timepoints when the model has
+  no window). A value below 0.5 means the model ranks that person's trials the wrong way
+  round. (Windowing each participant's own curve instead would pick that person's luckiest
+  run: biased up.)
+- ``lopo_curves.png`` (per-timepoint AUC, scoring window shaded), ``lopo_bars.png``
+  (per participant);
+- ``report.md``: the table, the pictures, each stage's evidence (``<NN_stage>/evidence.md``)
+  and the run times and peak memory of every stage (``<NN_stage>/metrics.json``).
 """
 from __future__ import annotations
 
+import argparse
+import re
+import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .io import atomic_path
-from .metric import WindowAUC, window_auc
+from .io import atomic_path, read_json, write_text
+
+REPORT_FILES = ("report.md", "lopo.csv", "lopo_curves.png", "lopo_bars.png")
 
 
-def split_by_subject(pred: np.ndarray, subjects, n_trials: dict) -> dict:
-    """Cut an (n_rows, n_times) array in folds.json row order into participant blocks."""
-    out, start = {}, 0
-    for s in subjects:
-        out[s] = pred[start:start + n_trials[s]]
-        start += n_trials[s]
-    if start != len(pred):
-        raise ValueError(f"{len(pred)} prediction rows but the participants have {start}")
-    return out
+# ------------------------------------------------------------------ tables
+def lopo_table(scores: dict, sfreq: float, diagnostic: dict[str, bool] | None = None,
+               stages: dict[str, str] | None = None) -> pd.DataFrame:
+    """Model x participant table of window AUCs (see the module docstring).
 
-
-def score_oof(oof: np.ndarray, ds, folds) -> WindowAUC:
-    """Window AUC of out-of-fold predictions against the training labels."""
-    preds = split_by_subject(oof, folds.train_subjects, folds.n_trials)
-    return window_auc({s: ds.train[s].y for s in folds.train_subjects}, preds, ds.sfreq)
-
-
-def lopo_table(results: dict[str, WindowAUC], sfreq: float,
-               diagnostic: dict[str, bool] | None = None) -> pd.DataFrame:
-    """Model x participant table of window AUCs (see module docstring)."""
+    ``scores``: label -> :class:`~sleepemo.metric.WindowAUC`.
+    """
     rows = []
-    for name, res in results.items():
-        row = {"model": name, "overall": round(res.score, 4)}
+    for name, res in scores.items():
+        row = {"model": name}
+        if stages is not None:
+            row["stage"] = stages[name]
+        row["overall"] = round(res.score, 4)
         if res.window is None:
             row["window_ms"] = ""
         else:
@@ -55,28 +62,78 @@ def lopo_table(results: dict[str, WindowAUC], sfreq: float,
     return pd.DataFrame(rows).set_index("model")
 
 
+def sort_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Submittable models first, best first."""
+    return table.sort_values(["diagnostic", "overall"], ascending=[True, False],
+                             kind="stable")
+
+
+def results_table(listed) -> tuple[pd.DataFrame, dict, float]:
+    """The sorted table of :class:`~sleepemo.artefacts.Result` objects, their scores
+    (label -> WindowAUC) and the sampling rate."""
+    scores, sfreq = {}, None
+    for r in listed:
+        scores[r.label], sfreq = r.score()
+    table = lopo_table(scores, sfreq, {r.label: r.diagnostic for r in listed},
+                       {r.label: r.stage for r in listed})
+    return sort_table(table), scores, sfreq
+
+
+def to_markdown(table: pd.DataFrame, bold_overall: bool = True) -> str:
+    """A score table as a Markdown table."""
+    cols = ["model"] + list(table.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for name, row in table.iterrows():
+        cells = [str(name)]
+        for c in table.columns:
+            v = row[c]
+            if c == "overall":
+                v = f"**{v:.4f}**" if bold_overall and not row.get("diagnostic") else f"{v:.4f}"
+            elif isinstance(v, float):
+                v = f"{v:.3f}"
+            cells.append(str(v) if v != "" else "none")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_table(table: pd.DataFrame, path: str | Path) -> Path:
     with atomic_path(path) as tmp:
         table.to_csv(tmp)
     return Path(path)
 
 
-def plot_curves(results: dict[str, WindowAUC], sfreq: float, path: str | Path,
-                title: str = "LOPO: mean per-timepoint AUC") -> Path:
-    """One panel per model: participant-mean AUC curve, the scoring window shaded."""
+# ------------------------------------------------------------------ pictures
+def save_figure(fig, path) -> Path:
+    """Save a matplotlib figure atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format=Path(path).suffix.lstrip(".") or "png")
+    plt.close(fig)
+    return Path(path)
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = len(results)
+    return plt
+
+
+def plot_curves(scores: dict, sfreq: float, path: str | Path,
+                title: str = "LOPO: mean per-timepoint AUC") -> Path:
+    """One panel per model: participant-mean AUC curve, the scoring window shaded."""
+    plt = _pyplot()
+    n = len(scores)
     ncol = min(3, n)
     nrow = int(np.ceil(n / ncol))
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 2.8 * nrow), sharey=True,
                              squeeze=False)
-    lo = min(min(r.curve.min() for r in results.values()), 0.45)
-    hi = max(max(r.curve.max() for r in results.values()), 0.55)
-    for ax, (name, res) in zip(axes.flat, results.items()):
+    lo = min(min(r.curve.min() for r in scores.values()), 0.45)
+    hi = max(max(r.curve.max() for r in scores.values()), 0.55)
+    for ax, (name, res) in zip(axes.flat, scores.items()):
         t = 1000 * np.arange(res.curve.size) / sfreq
         for curve in res.per_subject.values():
             ax.plot(t, curve, color="0.8", lw=0.5)
@@ -94,16 +151,12 @@ def plot_curves(results: dict[str, WindowAUC], sfreq: float, path: str | Path,
         ax.set_visible(False)
     fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_bars(table: pd.DataFrame, path: str | Path) -> Path:
     """Per-participant window AUC, one group of bars per participant."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     cols = [c for c in table.columns if c.startswith("S") and c[1:].isdigit()]
     fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(cols) + 2), 3.2))
     width = 0.8 / len(table)
@@ -117,48 +170,171 @@ def plot_bars(table: pd.DataFrame, path: str | Path) -> Path:
     ax.set_title("LOPO: held-out participants")
     ax.legend(fontsize=7, ncol=3)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig, path) -> Path:
-    import matplotlib.pyplot as plt
+def plot_topomaps(values: dict[str, list], ch_names, path: Path,
+                  title: str = "Channel experts: out-of-fold AUC per channel",
+                  label: str = "LOPO trial AUC of the expert") -> Path | None:
+    """One scalp map of a per-channel value around 0.5 per result (MNE, template 10-20
+    positions); None if there is nothing to draw or the channels have no positions."""
+    plt = _pyplot()
+    import mne
 
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format=Path(path).suffix.lstrip(".") or "png")
-    plt.close(fig)
-    return Path(path)
+    from .montage import montage
 
-
-def collect(out: str | Path, ds, folds) -> tuple[dict, dict, dict]:
-    """Score every model any stage has written under ``out/<NN_stage>/<model>/``.
-
-    Returns
-    -------
-    results : dict  name -> WindowAUC of its out-of-fold predictions
-    diagnostic : dict  name -> bool
-    paths : dict  name -> model folder (holding oof.npy, test.npy, meta.json)
-    """
-    from .io import read_json
-
-    results, diagnostic, paths = {}, {}, {}
-    for meta_path in sorted(Path(out).glob("[0-9][0-9]_*/*/meta.json")):
-        folder = meta_path.parent
-        meta = read_json(meta_path)
-        oof = np.load(folder / "oof.npy")
-        results[meta["model"]] = score_oof(oof, ds, folds)
-        diagnostic[meta["model"]] = bool(meta.get("diagnostic", False))
-        paths[meta["model"]] = folder
-    return results, diagnostic, paths
+    if not values:
+        return None
+    try:
+        info = mne.create_info(list(ch_names), 100.0, "eeg")
+        info.set_montage(montage())
+    except ValueError:  # channels without template positions (e.g. generic names)
+        return None
+    span = max(0.02, max(abs(np.asarray(v) - 0.5).max() for v in values.values()))
+    fig, axes = plt.subplots(1, len(values), figsize=(3.0 * len(values), 3.2), squeeze=False)
+    for ax, (name, v) in zip(axes[0], values.items()):
+        im, _ = mne.viz.plot_topomap(np.asarray(v), info, axes=ax, show=False, cmap="RdBu_r",
+                                     vlim=(0.5 - span, 0.5 + span), names=list(ch_names))
+        ax.set_title(name.replace("experts_", ""), fontsize=9)
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.7, label=label)
+    fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)
 
 
-def write_report(out: str | Path, ds, folds) -> tuple[pd.DataFrame, dict, dict]:
-    """Write ``lopo.csv``, ``lopo_curves.png`` and ``lopo_bars.png`` into ``out``."""
-    results, diagnostic, paths = collect(out, ds, folds)
-    if not results:
+# ------------------------------------------------------------------ the report
+_IMAGE = re.compile(r"(!\[[^\]]*\]\()([^)\s]+)(\))")
+
+
+def _rebase_images(markdown: str, prefix: str) -> str:
+    """Make relative image links of a stage's evidence relative to the run folder."""
+    return _IMAGE.sub(lambda m: m.group(1) + (m.group(2) if "://" in m.group(2) or
+                                              m.group(2).startswith("/") else
+                                              f"{prefix}/{m.group(2)}") + m.group(3),
+                      markdown)
+
+
+def _git_commit() -> str | None:
+    import subprocess
+
+    from .config import REPO
+
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def run_times(out: Path, extra: dict | None = None) -> list[dict]:
+    """Each stage's wall time and peak memory, from its ``metrics.json``."""
+    from .stage import STAGES
+
+    rows = []
+    for s in STAGES:
+        path = out / s.folder / "metrics.json"
+        m = (extra or {}).get(s.name) or (read_json(path) if path.is_file() else None)
+        if m:
+            rows.append({"stage": f"{s.number} {s.name}", "seconds": m.get("stage_seconds"),
+                         "peak_rss_mb": m.get("peak_rss_mb"),
+                         "threads": m.get("torch_threads", ""), "device": m.get("device", "")})
+    return rows
+
+
+def render(out: Path, table: pd.DataFrame, extra_times: dict | None = None) -> str:
+    """The Markdown report of the run in ``out``."""
+    from .stage import STAGES
+
+    cfg_path = out / "config.yaml"
+    profile = ""
+    if cfg_path.is_file():
+        import yaml
+
+        cfg = yaml.safe_load(cfg_path.read_text()) or {}
+        profile = f"profile `{cfg.get('profile')}`, seed {cfg.get('seed')}"
+    commit = _git_commit()
+    lines = ["# sleepemo run report", "",
+             f"Generated {time.strftime('%Y-%m-%d %H:%M')} by `sleepemo.report` from the "
+             f"artefacts in `{out.name}/` ({profile}"
+             + (f", code {commit}" if commit else "") + ").", "",
+             "## LOPO window AUC", "",
+             "Out-of-fold predictions of every result, one fold per training participant. "
+             "`overall` is the competition metric over the held-out participants; `S<id>` "
+             "is that participant's AUC averaged over the model's window. Diagnostic rows "
+             "(leakage alarms, references) are never submitted.", "",
+             to_markdown(table), "",
+             "![LOPO curves](lopo_curves.png)", "", "![LOPO per participant](lopo_bars.png)",
+             ""]
+    for s in STAGES:
+        path = out / s.folder / "evidence.md"
+        if path.is_file():
+            lines += [f"## Stage {s.number}: {s.title}", "",
+                      _rebase_images(path.read_text().strip(), s.folder), ""]
+    times = run_times(out, extra_times)
+    if times:
+        lines += ["## Run times", "",
+                  "Inside each stage's process (data loading included, Python start-up "
+                  "and set-up not).", "",
+                  "| stage | wall time (s) | peak memory (MB) | torch threads | device |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['stage']} | {r['seconds']} | {r['peak_rss_mb']} | {r['threads']} "
+                  f"| {r['device']} |" for r in times]
+        total = sum(r["seconds"] or 0 for r in times)
+        lines += [f"| all | {total:.1f} | | | |", ""]
+    return "\n".join(lines)
+
+
+def write_report(out: str | Path, extra_times: dict | None = None
+                 ) -> tuple[pd.DataFrame, list]:
+    """Write ``lopo.csv``, the pictures and ``report.md`` into ``out``; returns the
+    table and the results (see the module docstring)."""
+    from .artefacts import results
+
+    out = Path(out)
+    listed = results(out)
+    if not listed:
         raise FileNotFoundError(f"no model results under {out}: run the stages first")
-    table = lopo_table(results, ds.sfreq, diagnostic).sort_values(
-        ["diagnostic", "overall"], ascending=[True, False], kind="stable")
-    write_table(table, Path(out) / "lopo.csv")
-    plot_curves({m: results[m] for m in table.index}, ds.sfreq, Path(out) / "lopo_curves.png")
-    plot_bars(table, Path(out) / "lopo_bars.png")
-    return table, results, paths
+    table, scores, sfreq = results_table(listed)
+    write_table(table, out / "lopo.csv")
+    plot_curves({m: scores[m] for m in table.index}, sfreq, out / "lopo_curves.png")
+    plot_bars(table, out / "lopo_bars.png")
+    write_text(out / "report.md", render(out, table, extra_times))
+    return table, listed
+
+
+def copy_report(out: str | Path, dest: str | Path) -> list[Path]:
+    """Copy the report and every picture it links to into ``dest`` (same relative
+    paths), e.g. beside a submission or into ``docs/results/``."""
+    out, dest = Path(out), Path(dest)
+    text = (out / "report.md").read_text()
+    files = list(REPORT_FILES) + [m.group(2) for m in _IMAGE.finditer(text)
+                                  if "://" not in m.group(2)]
+    copied = []
+    for rel in dict.fromkeys(files):
+        src = out / rel
+        if src.is_file():
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, target)
+            copied.append(target)
+    return copied
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m sleepemo.report",
+                                 description="write lopo.csv, pictures and report.md of a "
+                                             "run folder from its results")
+    ap.add_argument("out", help="the run's artefact folder (output/<profile>-<data>)")
+    ap.add_argument("--copy-to", help="also copy the report and its pictures here")
+    args = ap.parse_args(argv)
+    table, _ = write_report(args.out)
+    print(table.drop(columns="diagnostic").to_string())
+    print(f"wrote {Path(args.out) / 'report.md'}")
+    if args.copy_to:
+        copy_report(args.out, args.copy_to)
+        print(f"copied the report to {args.copy_to}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

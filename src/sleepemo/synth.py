@@ -2,7 +2,7 @@
 
 The pipeline must always run, also without Kaggle credentials, so this module writes a
 data folder with the real layout, file format, participant ids, trial counts, channel
-order and sampling rate (``shared/competition.md``). Its signals are a plausible model of
+order and sampling rate (``docs/competition.md``). Its signals are a plausible model of
 NREM sleep EEG after a sound cue; nothing in the project is tuned to it.
 
 Generative model, per participant p and trial i (µV, 200 Hz, generated from -0.5 s to
@@ -235,7 +235,7 @@ def generate(out: str | Path, cfg: SynthConfig = SynthConfig(), progress: bool =
     run leaves nothing that looks complete. An existing folder made with the same
     settings is reused; a folder made with other settings raises unless ``force``.
     """
-    from tqdm.auto import tqdm
+    from .progress import bar
 
     out = Path(out)
     meta_path = out / "synth.json"
@@ -261,7 +261,7 @@ def generate(out: str | Path, cfg: SynthConfig = SynthConfig(), progress: bool =
             [1] * n_up + [-1] * (len(TRAIN_COUNTS) - n_up))))
         signs.update({s: 1 if rng0.random() < cfg.p_up else -1 for s in sorted(TEST_COUNTS)})
         truth, solution = {}, []
-        for sid in tqdm(subjects, desc="synthetic participants", disable=not progress):
+        for sid in bar(subjects, desc="synthetic participants", enabled=progress):
             rng = np.random.default_rng(seeds[sid])
             part = _Participant(rng, pos, cfg, int(signs[sid]))
             truth[sid] = {"sign": part.sign, "individual": part.individual,

@@ -1,4 +1,4 @@
-"""Baselines every stage is measured against (``shared/method.md``, "Baselines").
+"""Baselines every stage is measured against (``docs/method.md``, "Baselines").
 
 Each model has three steps, so that LOPO can be run without leakage:
 

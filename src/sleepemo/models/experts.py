@@ -140,6 +140,13 @@ class ExpertBank:
                         in_dims=(0, 0, 1))(params, self.buffers, x)
         return vmap(self._one, in_dims=(0, 0, 1, 1))(params, self.buffers, x, mask)
 
+    def loop(self, x: torch.Tensor, params: Mapping[str, torch.Tensor] | None = None,
+             mask: torch.Tensor | None = None):
+        """The same as calling the bank, with a Python loop over the experts
+        (:func:`stacked_loop_forward`)."""
+        return stacked_loop_forward(self._base, params if params is not None else self.params,
+                                    self.buffers, x, mask)
+
     def experts(self) -> list[Expert]:
         """Materialise the current parameters as separate modules (e.g. to save)."""
         out = []
@@ -219,3 +226,48 @@ def stacked_loop_forward(base: Expert, params: Mapping[str, torch.Tensor],
                             (x[:, c], None if mask is None else mask[:, c]))
             for c in range(x.shape[1])]
     return tuple(torch.stack([o[i] for o in outs]) for i in range(3))
+
+
+# ------------------------------------------------------------------ choosing a forward
+BATCHINGS = ("folded", "vmap", "loop")
+
+
+def make_forward(bank: ExpertBank, batching: str, n_heads: int, window: tuple[int, int]):
+    """``forward(params, x, mask=None) -> (time, trial, reconstruction)`` for all experts
+    on stacked parameters: ``vmap`` over ``functional_call``, ``folded`` (experts folded
+    into the batch, fused attention) or ``loop`` (one expert after another). All three
+    compute the same function (tested); which is fastest depends on tokens, gradients
+    and device (``bench/bench_experts.py``, ``docs/benchmarks.md``)."""
+    if batching == "folded":
+        return lambda p, x, mask=None: folded_forward(p, x, n_heads, window, mask)
+    if batching == "vmap":
+        return lambda p, x, mask=None: bank(x, p, mask)
+    if batching == "loop":
+        return lambda p, x, mask=None: bank.loop(x, p, mask)
+    raise ValueError(f"unknown batching {batching!r}; known: {BATCHINGS}")
+
+
+# ------------------------------------------------------------------ losses
+def classification_loss(forward, time_weight: float = 1.0):
+    """``loss(params, (x, y))``: per-timepoint and trial BCE, summed over experts (each
+    expert's gradient comes from its own loss only)."""
+    bce = F.binary_cross_entropy_with_logits
+
+    def loss(params, batch):
+        x, y = batch
+        t, r, _ = forward(params, x)
+        return t.shape[0] * (time_weight * bce(t, y[None, :, None].expand_as(t))
+                             + bce(r, y[None].expand_as(r)))
+    return loss
+
+
+def reconstruction_loss(forward):
+    """``loss(params, (x, mask))``: the MAE loss (masked tokens only), summed over
+    experts. No labels."""
+    def loss(params, batch):
+        x, mask = batch
+        _, _, rec = forward(params, x, mask)
+        err = ((rec - x.transpose(0, 1)) ** 2).mean(-1)
+        m = mask.transpose(0, 1).to(err.dtype)
+        return (err * m).sum() / m.sum() * err.shape[0]
+    return loss

@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
+
+from ..io import atomic_path, read_json, write_json
 
 
 @dataclass(frozen=True)
@@ -133,3 +136,84 @@ def random_mask(batch: int, n_times: int, ratio: float,
 
 def n_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def encoder_config(cfg, n_times: int, n_chans: int) -> EncoderConfig:
+    """The encoder that a ``mae:`` config section describes, for trials of ``n_times``
+    samples pooled into tokens of ``cfg.stride`` samples and ``n_chans`` channels."""
+    from ..config import ConfigError
+
+    if n_times % cfg.stride:
+        raise ConfigError(f"mae.stride {cfg.stride} does not divide the {n_times} samples "
+                          "of a trial")
+    return EncoderConfig(n_bands=len(cfg.bands), n_times=n_times // cfg.stride,
+                         d_model=cfg.d_model, n_heads=cfg.n_heads, ffn=cfg.ffn,
+                         n_layers=cfg.n_layers,
+                         n_chans=n_chans if cfg.channel_embedding else 0)
+
+
+def embed_trials(encoder: ChannelEncoder, feats, window: tuple[int, int], batch: int = 1024,
+                 stride: int = 1):
+    """Encoder output (no masking) averaged over ``window`` (samples; the tokens that
+    overlap it when ``stride`` timepoints are pooled per token), channels concatenated.
+
+    feats (n_trials, n_chans, n_times, n_bands) -> (n_trials, n_chans * d_model), numpy.
+    """
+    import numpy as np
+
+    from ..features import pool_time, token_window
+
+    dev = next(encoder.parameters()).device
+    n_trials, n_chans = feats.shape[:2]
+    flat = pool_time(np.asarray(feats, dtype=np.float32), stride)
+    flat = flat.reshape(n_trials * n_chans, *flat.shape[2:])
+    window = token_window(window, stride)
+    chans = np.tile(np.arange(n_chans), n_trials)
+    out = []
+    encoder.eval()
+    with torch.no_grad():
+        for i in range(0, len(flat), batch):
+            h = encoder(torch.tensor(flat[i:i + batch], device=dev), None,
+                        torch.tensor(chans[i:i + batch], device=dev))
+            out.append(h[:, window[0]:window[1]].mean(1).cpu().numpy())
+    return np.concatenate(out).reshape(n_trials, -1)
+
+
+# ------------------------------------------------------------------ saved encoders
+#: The files of a trained MAE in its folder (stage 02 writes them into ``02_mae/``).
+ENCODER_FILES = ("encoder.pt", "mae_head.pt", "run.json")
+
+
+def save_encoder(model: MaskedAutoencoder, folder: str | Path, run_info: dict) -> None:
+    """Write the encoder and reconstruction-head weights and ``run.json`` (which must
+    hold ``encoder``: the :class:`EncoderConfig` as a dict, and ``fingerprint``)."""
+    for name, module in (("encoder.pt", model.encoder), ("mae_head.pt", model.head)):
+        with atomic_path(Path(folder) / name) as tmp:
+            torch.save(module.state_dict(), tmp)
+    write_json(Path(folder) / "run.json", run_info)
+
+
+def encoder_saved(folder: str | Path, fingerprint: str | None = None) -> bool:
+    """Whether ``folder`` holds a saved MAE (of ``fingerprint``, if given)."""
+    folder = Path(folder)
+    return all((folder / f).is_file() for f in ENCODER_FILES) and (
+        fingerprint is None or read_json(folder / "run.json").get("fingerprint") == fingerprint)
+
+
+def load_mae_weights(folder: str | Path) -> tuple[dict, dict, dict]:
+    """(encoder state, reconstruction-head state, run.json) of a saved MAE."""
+    folder = Path(folder)
+    if not encoder_saved(folder):
+        raise FileNotFoundError(f"no trained MAE in {folder} ({', '.join(ENCODER_FILES)}): "
+                                "run src/02_pretrain_mae.py first")
+    enc, head = (torch.load(folder / name, map_location="cpu", weights_only=True)
+                 for name in ENCODER_FILES[:2])
+    return enc, head, read_json(folder / "run.json")
+
+
+def load_encoder(folder: str | Path) -> ChannelEncoder:
+    """The saved encoder, built from the config in its ``run.json``."""
+    state, _, info = load_mae_weights(folder)
+    enc = ChannelEncoder(EncoderConfig(**info["encoder"]))
+    enc.load_state_dict(state)
+    return enc

@@ -1,4 +1,4 @@
-"""First-order MAML (FOMAML) on functional parameters (stage 03).
+"""First-order MAML (FOMAML) on functional parameters (used by stage 03).
 
 A *task* is one training participant: a support batch to adapt on and a query batch to
 judge the adapted weights. For each task of a meta-batch the meta-parameters are copied,

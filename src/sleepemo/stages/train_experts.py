@@ -1,8 +1,8 @@
-"""Stage 03 logic: 16 channel experts meta-learned with first-order MAML, under LOPO.
+"""Stage 03: 16 channel experts meta-learned with first-order MAML, under LOPO.
 
 In fold k the experts are trained on the fold's training participants only; a *task* is
 one of those participants (class-balanced support and query splits of its trials, see
-:func:`sleepemo.meta.fomaml_step`). The held-out participant and the test participants
+:func:`sleepemo.fomaml.fomaml_step`). The held-out participant and the test participants
 have no labels here: they are predicted **zero-shot** from the trained weights, and, for
 ``experts.tta_variants`` (MAE-initialised), also after **unsupervised test-time
 adaptation** (a few SGD steps of the MAE reconstruction loss on that participant's own
@@ -17,16 +17,17 @@ class-balanced batches, as many gradient evaluations as FOMAML), ``random_fomaml
 (no pre-training). ``experts.shuffle_labels`` permutes labels within each training
 participant (a leakage alarm: must score about 0.5).
 
-Artefacts under ``<out>/03_experts/``::
+Stage 02's encoder is read from ``<out>/02_mae/`` with
+:func:`sleepemo.models.mae.load_mae_weights`. Artefacts under ``<out>/03_experts/``::
 
     <name>/fold<k>.pt     the fold's trained parameters (stacked over experts); a killed
                           run does not train a fold again once this exists
     <name>/fold<k>.npz    oof, test (per timepoint), oof_trial, test_trial, oof_experts
                           (each expert's held-out trial logit), weights, train_auc,
                           losses, fingerprint
-    <name>/oof.npy, test.npy (what lopo.csv and stage 07 read), oof_trial.npy,
-           test_trial.npy, oof_experts.npy, meta.json
-    metrics.json          scores, per-channel expert AUC, timing, parameter counts
+    <name>/oof.npy, test.npy, oof_trial.npy, test_trial.npy, oof_experts.npy,
+           score.json, meta.json   (a result of the predictions contract)
+    metrics.json, evidence.md   scores, per-channel expert AUC, timing, parameter counts
     expert_topomap.png    per-channel expert AUC on the scalp (MNE)
 """
 from __future__ import annotations
@@ -40,60 +41,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import EXPERT_VARIANTS, ConfigError, ExpertsConfig
-from .io import atomic_path, read_json, write_json, write_npy, write_npz
-from .lopo import code_hash, fingerprint
-from .meta import fomaml_step, sgd
-from .models.experts import (ExpertBank, folded_forward, make_experts, pool_time,
-                             stacked_loop_forward, token_window)
-from .models.mae import EncoderConfig, random_mask
+from ..artefacts import Result, ResultWriter, code_hash, fingerprint
+from ..config import ConfigError, ExpertsConfig, fields_affecting
+from ..features import BandFeatureCache, pool_time, token_window
+from ..fomaml import fomaml_step, sgd
+from ..io import atomic_path
+from ..metric import per_timepoint_auc
+from ..models.experts import (ExpertBank, classification_loss, make_experts, make_forward,
+                              reconstruction_loss)
+from ..models.mae import EncoderConfig, encoder_config, load_mae_weights, random_mask
+from ..progress import bar
+from ..report import plot_topomaps
+from ..stage import Stage, StageOutput, stage_dir
 
-STAGE_DIR = "03_experts"
-# fields that do not change the trained weights (only predictions or speed)
-_PREDICTION_ONLY = ("tta_steps", "tta_trials", "tta_lr", "weight_trials")
-_NEITHER = ("variants", "tta_variants", "predict_batch", "batching", "predict_batching",
-            "device", "num_threads")
-
-
-# ------------------------------------------------------------------ batched experts
-def make_forward(bank: ExpertBank, batching: str, n_heads: int, window: tuple[int, int]):
-    """``forward(params, x, mask=None) -> (time, trial, reconstruction)`` for all experts
-    on stacked parameters: ``vmap`` over ``functional_call``, ``folded`` (experts folded
-    into the batch, fused attention) or ``loop`` (one expert after another). All three
-    compute the same function (tested); which is fastest depends on tokens, gradients
-    and device (``bench/bench_experts.py``, README)."""
-    if batching == "folded":
-        return lambda p, x, mask=None: folded_forward(p, x, n_heads, window, mask)
-    if batching == "vmap":
-        return lambda p, x, mask=None: bank(x, p, mask)
-    if batching == "loop":
-        return lambda p, x, mask=None: stacked_loop_forward(bank._base, p, bank.buffers, x,
-                                                            mask)
-    raise ValueError(f"unknown batching {batching!r}")
-
-
-def classification_loss(forward, time_weight: float = 1.0):
-    """Per-timepoint and trial BCE, summed over experts (each expert's gradient comes
-    from its own loss only)."""
-    bce = F.binary_cross_entropy_with_logits
-
-    def loss(params, batch):
-        x, y = batch
-        t, r, _ = forward(params, x)
-        return t.shape[0] * (time_weight * bce(t, y[None, :, None].expand_as(t))
-                             + bce(r, y[None].expand_as(r)))
-    return loss
-
-
-def reconstruction_loss(forward):
-    """The MAE loss (masked tokens only), summed over experts. No labels."""
-    def loss(params, batch):
-        x, mask = batch
-        _, _, rec = forward(params, x, mask)
-        err = ((rec - x.transpose(0, 1)) ** 2).mean(-1)
-        m = mask.transpose(0, 1).to(err.dtype)
-        return (err * m).sum() / m.sum() * err.shape[0]
-    return loss
+VARIANTS = ExpertsConfig.VARIANTS
 
 
 # ------------------------------------------------------------------ sampling
@@ -230,8 +191,6 @@ class ExpertTrainer:
                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Combination weights from the training participants (see module docstring);
         returns (weights, per-expert AUC on the training participants)."""
-        from .metric import per_timepoint_auc
-
         picks = {s: balanced(labels[s], self.cfg.weight_trials, rng) for s in sorted(labels)}
         _, r = self.predict(params, np.concatenate([self.feats[s][i] for s, i in picks.items()]))
         parts = np.split(r.T, np.cumsum([len(i) for i in picks.values()])[:-1])
@@ -314,8 +273,8 @@ def run_fold(trainer: ExpertTrainer, variant: str, k: int, held: int, test_subje
     if held in labels:
         raise ValueError(f"participant {held} is held out in fold {k}: its labels must not "
                          "reach the training")
-    init, method = EXPERT_VARIANTS[variant]
-    vid = list(EXPERT_VARIANTS).index(variant)
+    init, method = VARIANTS[variant]
+    vid = list(VARIANTS).index(variant)
     params = _load_params(ckpt, train_fp, trainer.dev) if ckpt else None
     losses = np.zeros(0)
     if params is None:
@@ -354,196 +313,173 @@ def run_fold(trainer: ExpertTrainer, variant: str, k: int, held: int, test_subje
 
 def train_fingerprint(cfg: ExpertsConfig, variant: str, seed: int, data_fp: str,
                       band_key: str, mae_fp: str | None) -> str:
-    train_cfg = {k: v for k, v in dataclasses.asdict(cfg).items()
-                 if k not in _PREDICTION_ONLY + _NEITHER}
-    return fingerprint(stage=STAGE_DIR, variant=variant, experts=train_cfg, seed=seed,
-                       data=data_fp, bands=band_key, mae=mae_fp, code=code_hash())
+    """Everything a variant's trained weights depend on (config fields that affect
+    ``weights``, seed, data, band features, the MAE, code)."""
+    return fingerprint(stage="experts", variant=variant,
+                       experts=fields_affecting(cfg, "weights"), seed=seed, data=data_fp,
+                       bands=band_key, mae=mae_fp, code=code_hash())
 
 
-def run_stage(stage, log=print) -> dict:
-    """Everything stage 03 does; returns the metrics it writes to ``metrics.json``."""
-    import resource
+def _mae_init(stage: Stage, cache: BandFeatureCache, n_times: int):
+    """The stage-02 encoder and head, its fingerprint and encoder settings."""
+    enc, head, info = load_mae_weights(stage_dir(stage.out, "mae"))
+    if info.get("band_cache") != cache.key:
+        raise FileNotFoundError(
+            f"{stage_dir(stage.out, 'mae')} was trained on other band features than the "
+            "current mae: settings; run src/02_pretrain_mae.py again")
+    return (enc, head), info["fingerprint"], info["encoder"]
 
-    from tqdm.auto import tqdm
 
-    from .features import BandFeatureCache
-    from .pretrain import device_of, encoder_config, flush_denormals, load_mae_weights
-    from .report import score_oof, write_report
-
-    flush_denormals()  # first, before torch creates its thread pool (see pretrain)
-    cfg, mcfg, seed = stage.cfg.experts, stage.cfg.mae, stage.cfg.seed
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    t_start = time.perf_counter()
+def run(stage: Stage) -> StageOutput:
+    """Everything stage 03 does (see the module docstring)."""
+    cfg, mcfg, seed, log = stage.cfg.experts, stage.cfg.mae, stage.cfg.seed, stage.log
     ds = stage.dataset()
     folds = stage.folds(ds)
     if ds.n_times % cfg.stride:
         raise ConfigError(f"experts.stride {cfg.stride} does not divide the {ds.n_times} "
                           "samples of a trial")
     subjects = list(folds.train_subjects) + list(folds.test_subjects)
-    cache = BandFeatureCache(stage.out / "cache" / "band_features", folds.data_fingerprint,
-                             mcfg.bands, mcfg.feature).build(
-        {s: ds.subject(s).X for s in subjects}, ds.sfreq, stage.progress)
+    cache = BandFeatureCache.for_run(stage.out, ds, folds, mcfg.bands, mcfg.feature,
+                                     stage.progress)
     feats = {s: pool_time(np.asarray(cache.load(s), dtype=np.float32), cfg.stride)
              for s in subjects}
 
     mae_state, mae_fp = None, None
     enc_values = dataclasses.asdict(encoder_config(mcfg, ds.n_times, ds.n_chans))
-    if any(EXPERT_VARIANTS[v][0] == "mae" for v in cfg.variants):
-        enc, head, info = load_mae_weights(stage.out / "02_mae")
-        if info.get("band_cache") != cache.key:
-            raise FileNotFoundError(
-                f"{stage.out / '02_mae'} was trained on other band features than the "
-                "current mae: settings; run src/02_pretrain_mae.py again")
-        mae_state, mae_fp, enc_values = (enc, head), info["fingerprint"], info["encoder"]
+    if any(VARIANTS[v][0] == "mae" for v in cfg.variants):
+        mae_state, mae_fp, enc_values = _mae_init(stage, cache, ds.n_times)
     enc_cfg = EncoderConfig(**{**enc_values, "n_times": ds.n_times // cfg.stride})
-    dev = device_of(cfg)
-    trainer = ExpertTrainer(cfg, feats, enc_cfg, mae_state, ds.n_times, dev)
-    run_dir = stage.out / STAGE_DIR
+    trainer = ExpertTrainer(cfg, feats, enc_cfg, mae_state, ds.n_times, stage.device)
 
-    jobs = []  # (variant, zero-shot name, tta name, train fp, prediction fp)
+    jobs = []  # (variant, train fingerprint, {"zero_shot": writer, "tta": writer})
     for v in cfg.variants:
         zs, tta = output_names(cfg, v)
         tfp = train_fingerprint(cfg, v, seed, folds.data_fingerprint, cache.key,
-                                mae_fp if EXPERT_VARIANTS[v][0] == "mae" else None)
+                                mae_fp if VARIANTS[v][0] == "mae" else None)
         pfp = fingerprint(train=tfp, tta=uses_tta(cfg, v), mask_ratio=mcfg.mask_ratio,
-                          **{key: getattr(cfg, key) for key in _PREDICTION_ONLY})
-        jobs.append((v, zs, tta, tfp, pfp))
+                          **fields_affecting(cfg, "predictions"))
+        writers = {role: ResultWriter(stage.out, stage.spec.name, name, pfp, folds)
+                   for role, name in (("zero_shot", zs), ("tta", tta)) if name}
+        jobs.append((v, tfp, writers))
 
-    def done(k, zs, tta, pfp):
-        return all(_npz_fp(run_dir / n / f"fold{k}.npz") == pfp for n in (zs, tta) if n)
+    def done(k, writers):
+        return all(w.fold_done(k) for w in writers.values())
 
-    for v, zs, tta, tfp, pfp in jobs:
-        if all(done(k, zs, tta, pfp) for k in range(folds.n_folds)):
-            log(f"{zs}: unchanged, reusing {run_dir / zs}")
-    steps_per_fold = cfg.meta_steps * len(cfg.variants)
-    bar = tqdm(total=folds.n_folds * steps_per_fold, desc="experts: LOPO folds x meta-steps",
-               unit="step", disable=not stage.progress)
+    for v, _, writers in jobs:
+        if all(done(k, writers) for k in range(folds.n_folds)):
+            log(f"{writers['zero_shot'].name}: unchanged, reusing "
+                f"{writers['zero_shot'].folder}")
+    progress = bar(total=folds.n_folds * cfg.meta_steps * len(cfg.variants),
+                   desc="experts: LOPO folds x meta-steps", unit="step",
+                   enabled=stage.progress)
     fold_seconds = {v: [] for v in cfg.variants}
     for k in range(folds.n_folds):
         held = folds.held_out(k)
-        for v, zs, tta, tfp, pfp in jobs:
-            if done(k, zs, tta, pfp):
-                bar.update(cfg.meta_steps)
+        for v, tfp, writers in jobs:
+            if done(k, writers):
+                progress.update(cfg.meta_steps)
                 continue
-            bar.set_postfix(fold=k, held_out=f"S{held}", variant=v)
+            progress.set_postfix(fold=k, held_out=f"S{held}", variant=v)
             t0 = time.perf_counter()
+            zs = writers["zero_shot"]
             res = run_fold(trainer, v, k, held, folds.test_subjects,
                            fold_labels(ds, folds, k, cfg.shuffle_labels, seed), seed,
-                           mcfg.mask_ratio, ckpt=run_dir / zs / f"fold{k}.pt", train_fp=tfp,
-                           progress=lambda: bar.update(1))
+                           mcfg.mask_ratio, ckpt=zs.path(f"fold{k}.pt"), train_fp=tfp,
+                           progress=lambda: progress.update(1))
             fold_seconds[v].append(time.perf_counter() - t0)
-            for name, out in ((zs, res["zero_shot"]), (tta, res["tta"])):
-                if name:
-                    write_npz(run_dir / name / f"fold{k}.npz", **out, losses=res["losses"],
-                              fingerprint=np.array(pfp))
-        bar.refresh()
-    bar.close()
+            for role, writer in writers.items():
+                writer.save_fold(k, **res[role], losses=res["losses"])
+        progress.refresh()
+    progress.close()
 
-    scores, expert_auc, tta_loss = {}, {}, {}
-    for v, zs, tta, tfp, pfp in jobs:
-        for name in (zs, tta):
-            if not name:
-                continue
-            res, meta = _assemble(run_dir / name, name, v, ds, folds, cfg, seed, pfp,
-                                  tta=name == tta)
-            scores[name] = score_oof(res["oof"], ds, folds).score
-            expert_auc[name] = per_expert_auc(res["oof_experts"], ds, folds).tolist()
-            if "tta_mae_loss_mean" in meta:
-                tta_loss[name] = meta["tta_mae_loss_mean"]
-    if plot_topomaps(expert_auc, ds.ch_names, run_dir / "expert_topomap.png") is None:
+    finished: dict[str, tuple[str, Result]] = {}
+    for v, _, writers in jobs:
+        for role, writer in writers.items():
+            finished[writer.name] = (v, writer.finished() or _finish(writer, v, role, ds,
+                                                                     cfg, seed))
+    scores = {n: r.score()[0] for n, (_, r) in finished.items()}
+    expert_auc = {n: per_expert_auc(r.array("oof_experts"), ds, folds).tolist()
+                  for n, (_, r) in finished.items()}
+    tta_loss = {n: r.meta["tta_mae_loss_mean"] for n, (_, r) in finished.items()
+                if "tta_mae_loss_mean" in r.meta}
+    topomap = plot_topomaps(expert_auc, ds.ch_names, stage.dir / "expert_topomap.png")
+    if topomap is None:
         log(f"no topomap: channels {list(ds.ch_names)} are not all in the 10-20 template")
     metrics = {
-        "lopo_window_auc": scores,
+        "lopo_window_auc": {n: s.score for n, s in scores.items()},
+        "window_samples": {n: list(s.window) if s.window else None
+                           for n, s in scores.items()},
+        "variants": {n: [v, *VARIANTS[v], "tta" if r.meta["test_time_adaptation"] else "none"]
+                     for n, (v, r) in finished.items()},
         "expert_auc_by_channel": {n: dict(zip(ds.ch_names, a)) for n, a in expert_auc.items()},
         "tta_mae_loss_on_masked_tokens": tta_loss,
         "parameters_per_expert": sum(v[0].numel() for v in trainer.bank.params.values()),
         "parameters_all_experts": sum(v.numel() for v in trainer.bank.params.values()),
         "tokens_per_sequence": enc_cfg.n_times, "stride": cfg.stride,
+        "meta_steps": cfg.meta_steps,
         "median_fold_seconds": {v: float(np.median(s)) for v, s in fold_seconds.items() if s},
         "batching": cfg.batching, "predict_batching": cfg.predict_batching,
-        "device": str(dev), "torch_threads": torch.get_num_threads(),
-        "labels_shuffled": cfg.shuffle_labels,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "stage_seconds": round(time.perf_counter() - t_start, 1)}
-    write_json(run_dir / "metrics.json", metrics)
-    write_report(stage.out, ds, folds)
-    return metrics
+        "labels_shuffled": cfg.shuffle_labels, "topomap": topomap is not None}
+    summary = ("experts LOPO window AUC: " + ", ".join(
+        f"{n} {s:.4f}" for n, s in metrics["lopo_window_auc"].items()) +
+        f"\n{metrics['parameters_per_expert']} parameters per expert, "
+        f"{metrics['parameters_all_experts']} in all")
+    return StageOutput(metrics, summary, evidence(metrics, ds.sfreq))
 
 
-def _npz_fp(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    with np.load(path) as z:
-        return str(z["fingerprint"])
-
-
-def _assemble(folder: Path, name: str, variant: str, ds, folds, cfg: ExpertsConfig,
-              seed: int, fp: str, tta: bool) -> tuple[dict, dict]:
-    """Fold files -> oof (folds.json row order) and test (mean of the fold models);
-    returns the arrays and the written ``meta.json``."""
-    meta_path = folder / "meta.json"
-    keys = ("oof", "oof_trial", "oof_experts", "test", "test_trial")
-    if meta_path.is_file() and (meta := read_json(meta_path)).get("fingerprint") == fp:
-        return {k: np.load(folder / f"{k}.npy") for k in keys}, meta
-    parts = {}
-    for k in range(folds.n_folds):
-        with np.load(folder / f"fold{k}.npz") as z:
-            parts[folds.held_out(k)] = {key: z[key] for key in z.files}
-    out = {key: np.concatenate([parts[s][key] for s in folds.train_subjects])
-           for key in ("oof", "oof_trial", "oof_experts")}
-    for key in ("test", "test_trial"):
-        out[key] = np.mean([p[key] for p in parts.values()], axis=0).astype(np.float32)
-    for key, arr in out.items():
-        write_npy(folder / f"{key}.npy", arr)
-    meta = {"model": name, "registry": "experts", "variant": variant,
-            "init_and_training": list(EXPERT_VARIANTS[variant]),
-            "test_time_adaptation": tta, "params": dataclasses.asdict(cfg), "seed": seed,
-            "fingerprint": fp, "diagnostic": bool(cfg.shuffle_labels),
-            "test_predictions": "mean of fold models",
+def _finish(writer: ResultWriter, variant: str, role: str, ds, cfg: ExpertsConfig,
+            seed: int) -> Result:
+    """Assemble a variant's result from its fold files, with what stage 03 adds to
+    ``meta.json`` (combination weights per fold, the TTA loss before/after)."""
+    parts = writer.load_parts()
+    tta = role == "tta"
+    meta = {"registry": "experts", "variant": variant,
+            "init_and_training": list(VARIANTS[variant]), "test_time_adaptation": tta,
+            "params": dataclasses.asdict(cfg),
             "weights_by_fold": {f"S{s}": parts[s]["weights"].round(4).tolist()
                                 for s in parts}}
     if tta:  # label-free evidence that the adaptation changed the weights
         before, after = np.concatenate([p["tta_mae_loss"] for p in parts.values()]).mean(0)
         meta["tta_mae_loss_mean"] = {"before": float(before), "after": float(after)}
-    write_json(meta_path, meta)
-    return out, meta
+    return writer.finish(ds, meta=meta, parts=parts, diagnostic=cfg.shuffle_labels,
+                         seed=seed, config=dataclasses.asdict(cfg))
 
 
 def per_expert_auc(oof_experts: np.ndarray, ds, folds) -> np.ndarray:
     """Each expert's out-of-fold trial-level AUC, per participant, averaged."""
-    from .metric import per_timepoint_auc
-    from .report import split_by_subject
-
-    parts = split_by_subject(oof_experts, folds.train_subjects, folds.n_trials)
+    parts = folds.split_rows(oof_experts, "train")
     return np.mean([per_timepoint_auc(ds.train[s].y, parts[s])  # a column per expert
                     for s in folds.train_subjects], 0)
 
 
-def plot_topomaps(values: dict[str, list], ch_names, path: Path) -> Path | None:
-    """One scalp map of per-channel expert AUC per result (MNE, template 10-20 positions)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import mne
-
-    from .montage import montage
-    from .report import _save
-
-    if not values:
-        return None
-    try:
-        info = mne.create_info(list(ch_names), 100.0, "eeg")
-        info.set_montage(montage())
-    except ValueError:  # channels without template positions (e.g. generic names)
-        return None
-    span = max(0.02, max(abs(np.asarray(v) - 0.5).max() for v in values.values()))
-    fig, axes = plt.subplots(1, len(values), figsize=(3.0 * len(values), 3.2), squeeze=False)
-    for ax, (name, v) in zip(axes[0], values.items()):
-        im, _ = mne.viz.plot_topomap(np.asarray(v), info, axes=ax, show=False, cmap="RdBu_r",
-                                     vlim=(0.5 - span, 0.5 + span), names=list(ch_names))
-        ax.set_title(name.replace("experts_", ""), fontsize=9)
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.7, label="LOPO trial AUC of the expert")
-    fig.suptitle("Channel experts: out-of-fold AUC per channel", fontsize=10)
-    return _save(fig, path)
+def evidence(m: dict, sfreq: float) -> str:
+    """Stage 03's section of the run report."""
+    rows = []
+    for name, score in sorted(m["lopo_window_auc"].items(), key=lambda kv: -kv[1]):
+        v, init, training, tta = m["variants"][name]
+        w = m["window_samples"][name]
+        window = f"{1000 * w[0] / sfreq:.0f}-{1000 * (w[1] - 1) / sfreq:.0f}" if w else "none"
+        rows.append(f"| `{name}` | {init} | {training} | {tta} | {score:.4f} | {window} |")
+    lines = [
+        f"16 channel experts ({m['parameters_per_expert']} parameters each, "
+        f"{m['parameters_all_experts']} in all; {m['tokens_per_sequence']} tokens of "
+        f"{m['stride']} samples), {m['meta_steps']} meta-steps per fold and variant"
+        + (", **labels shuffled** (leakage alarm)" if m["labels_shuffled"] else "") + ".",
+        "Held-out and test participants are predicted zero-shot, and (`_tta`) after "
+        "unsupervised test-time adaptation with the MAE loss on their own trials.", "",
+        "| result | init | training | test-time adaptation | LOPO window AUC | window (ms) |",
+        "|---|---|---|---|---|---|", *rows, ""]
+    for name, loss in m["tta_mae_loss_on_masked_tokens"].items():
+        lines.append(f"- `{name}`: masked-token MSE on the participant's own trials "
+                     f"{loss['before']:.3f} before adaptation, {loss['after']:.3f} after.")
+    for name, auc in m["expert_auc_by_channel"].items():
+        best = max(auc, key=auc.get)
+        lines.append(f"- `{name}`: per-channel expert AUC {min(auc.values()):.3f}-"
+                     f"{max(auc.values()):.3f}, best channel {best}.")
+    if m["median_fold_seconds"]:
+        lines.append("- median seconds per fold: " + ", ".join(
+            f"{v} {s:.1f}" for v, s in m["median_fold_seconds"].items()) +
+            f" (training `{m['batching']}`, prediction `{m['predict_batching']}`).")
+    if m["topomap"]:
+        lines += ["", "![per-channel expert AUC](expert_topomap.png)"]
+    return "\n".join(lines)

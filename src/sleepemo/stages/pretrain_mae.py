@@ -1,19 +1,22 @@
-"""Stage 02 logic: masked-autoencoder pre-training on every trial, without labels.
+"""Stage 02: band features and masked-autoencoder pre-training on every trial, no labels.
 
 Training sequences are the channel-sequences of the test participants and of the
 training participants except ``n_val_subjects`` of them, which are kept out so that the
-reconstruction error is measured on people the encoder never saw. No label is read
-anywhere in this module, so one encoder serves every LOPO fold.
+reconstruction error is measured on people the encoder never saw. The encoder never reads
+a label, so one encoder serves every LOPO fold; only the linear probes, fitted inside each
+fold, use the fold's training labels.
 
 Artefacts under ``<out>/02_mae/``::
 
     ckpt/last.pt      model, optimiser, scheduler, epoch, history (every epoch, atomic)
     ckpt/config.json  the resolved stage config, seed and fingerprint of the checkpoint
-    encoder.pt        the trained encoder's state dict (what stage 03 loads)
-    mae_head.pt       the reconstruction head (stage 03's test-time adaptation uses it)
+    encoder.pt        the trained encoder's state dict (stage 03 loads it with
+    mae_head.pt       sleepemo.models.mae.load_mae_weights); the reconstruction head
+                      (stage 03's test-time adaptation uses it)
     run.json          resolved stage config, seed, fingerprint, validation participants
     metrics.json      reconstruction errors, probe scores, throughput, wall time
-    mae_probe/, band_probe/   LOPO linear probes (oof.npy, test.npy, meta.json)
+    evidence.md       the same as tables, for the run's report
+    mae_probe/, band_probe/   LOPO linear probes (results of the predictions contract)
 
 A killed run restarts from ``ckpt/last.pt``: the data order and masks of epoch e come
 from a generator seeded by (seed, e), so the result equals an uninterrupted run's.
@@ -28,39 +31,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import ConfigError, MAEConfig
-from .io import atomic_path, read_json, write_json
-from .lopo import code_hash, fingerprint
-from .features import pool_time, token_window
-from .models.mae import EncoderConfig, MaskedAutoencoder, n_parameters, random_mask
-
-
-def flush_denormals() -> bool:
-    """Treat denormal floats as zero on the CPU (FTZ/DAZ); returns whether supported.
-
-    Once the encoder has learned peaked attention, the backward pass of PyTorch's fused
-    CPU attention meets many denormal numbers and a training step took twice as long
-    (0.166 s against 0.079 s per batch of 64, measured). Threads inherit the setting when
-    they are created, so this must run before torch starts its worker threads.
-    """
-    return torch.set_flush_denormal(True)
-
-
-def device_of(cfg: MAEConfig) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
-
-
-def encoder_config(cfg: MAEConfig, n_times: int, n_chans: int) -> EncoderConfig:
-    """The encoder for ``n_times`` samples pooled into tokens of ``cfg.stride``."""
-    if n_times % cfg.stride:
-        raise ConfigError(f"mae.stride {cfg.stride} does not divide the {n_times} samples "
-                          "of a trial")
-    return EncoderConfig(n_bands=len(cfg.bands), n_times=n_times // cfg.stride,
-                         d_model=cfg.d_model,
-                         n_heads=cfg.n_heads, ffn=cfg.ffn, n_layers=cfg.n_layers,
-                         n_chans=n_chans if cfg.channel_embedding else 0)
+from ..artefacts import code_hash, fingerprint
+from ..config import MAEConfig, fields_affecting
+from ..features import BandFeatureCache, pool_time, zscore_trials
+from ..io import atomic_path, read_json, write_json
+from ..lopo import run_lopo
+from ..models.mae import (EncoderConfig, MaskedAutoencoder, embed_trials, encoder_config,
+                          encoder_saved, n_parameters, random_mask, save_encoder)
+from ..progress import bar
+from ..stage import Stage, StageOutput
 
 
 class Sequences:
@@ -99,13 +78,11 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 
 
 def train_mae(cfg: MAEConfig, train_seqs: Sequences, val_seqs: Sequences, enc_cfg:
-              EncoderConfig, run_dir: Path, seed: int, run_fp: str, progress: bool = True,
-              log=print) -> MaskedAutoencoder:
+              EncoderConfig, run_dir: Path, seed: int, run_fp: str, dev: torch.device,
+              progress: bool = True, log=print) -> MaskedAutoencoder:
     """Train (or resume) the MAE; returns the model with the last epoch's weights."""
     from timm.scheduler import CosineLRScheduler
-    from tqdm.auto import tqdm
 
-    dev = device_of(cfg)
     torch.manual_seed(seed)
     model = MaskedAutoencoder(enc_cfg).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -141,9 +118,9 @@ def train_mae(cfg: MAEConfig, train_seqs: Sequences, val_seqs: Sequences, enc_cf
         rows = torch.randperm(len(train_seqs), generator=g)[:per_epoch].numpy()
         model.train()
         losses, t0 = [], time.perf_counter()
-        bar = tqdm(range(steps), desc=f"MAE epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-                   disable=not progress, leave=False)
-        for step in bar:
+        steps_bar = bar(range(steps), desc=f"MAE epoch {epoch + 1}/{cfg.epochs}",
+                        unit="batch", enabled=progress, leave=False)
+        for step in steps_bar:
             batch = rows[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             x, c = train_seqs.get(batch)
             mask = random_mask(len(x), enc_cfg.n_times, cfg.mask_ratio, g)
@@ -153,7 +130,7 @@ def train_mae(cfg: MAEConfig, train_seqs: Sequences, val_seqs: Sequences, enc_cf
             opt.step()
             sched.step_update(epoch * steps + step + 1)
             losses.append(loss.item())
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+            steps_bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
         seconds = time.perf_counter() - t0
         model.eval()
         with torch.no_grad():
@@ -207,34 +184,8 @@ def reconstruction_report(model: MaskedAutoencoder, seqs: Sequences, ratio: floa
                                                       "sequences": int(len(rows))}
 
 
-def embed_trials(encoder, feats: np.ndarray, window: tuple[int, int], batch: int = 1024,
-                 stride: int = 1) -> np.ndarray:
-    """Encoder output (no masking) averaged over ``window`` (samples; the tokens that
-    overlap it when ``stride`` timepoints are pooled per token), channels concatenated.
-
-    feats (n_trials, n_chans, n_times, n_bands) -> (n_trials, n_chans * d_model).
-    """
-    dev = next(encoder.parameters()).device
-    n_trials, n_chans = feats.shape[:2]
-    flat = pool_time(np.asarray(feats, dtype=np.float32), stride)
-    flat = flat.reshape(n_trials * n_chans, *flat.shape[2:])
-    window = token_window(window, stride)
-    chans = np.tile(np.arange(n_chans), n_trials)
-    out = []
-    encoder.eval()
-    with torch.no_grad():
-        for i in range(0, len(flat), batch):
-            h = encoder(torch.tensor(flat[i:i + batch], device=dev), None,
-                        torch.tensor(chans[i:i + batch], device=dev))
-            out.append(h[:, window[0]:window[1]].mean(1).cpu().numpy())
-    return np.concatenate(out).reshape(n_trials, -1)
-
-
 def run_fingerprint(cfg: MAEConfig, data_fp: str, seed: int, val_subjects) -> str:
-    train_cfg = {k: v for k, v in dataclasses.asdict(cfg).items()
-                 if k not in ("eval_seqs", "probe_window", "probe_C", "device",
-                              "num_threads")}
-    return fingerprint(stage="02_mae", mae=train_cfg, data=data_fp, seed=seed,
+    return fingerprint(stage="mae", mae=fields_affecting(cfg, "weights"), data=data_fp, seed=seed,
                        val=list(val_subjects), code=code_hash())
 
 
@@ -251,79 +202,32 @@ def describe(model: MaskedAutoencoder) -> dict:
             "mae_parameters": n_parameters(model)}
 
 
-def load_encoder(run_dir: Path):
-    """The trained encoder of a finished stage-02 run (its config from ``run.json``)."""
-    from .models.mae import ChannelEncoder
-
-    state, _, info = load_mae_weights(run_dir)
-    enc = ChannelEncoder(EncoderConfig(**info["encoder"]))
-    enc.load_state_dict(state)
-    return enc
-
-
-def finished(run_dir: Path, run_fp: str | None = None) -> bool:
-    """Whether ``run_dir`` holds a finished stage-02 run (of fingerprint ``run_fp``)."""
-    run_dir = Path(run_dir)
-    meta = run_dir / "run.json"
-    return (run_dir / "encoder.pt").is_file() and (run_dir / "mae_head.pt").is_file() \
-        and meta.is_file() and (run_fp is None or read_json(meta).get("fingerprint") == run_fp)
-
-
-def save_encoder(model: MaskedAutoencoder, run_dir: Path, run_info: dict) -> None:
-    for name, module in (("encoder.pt", model.encoder), ("mae_head.pt", model.head)):
-        with atomic_path(Path(run_dir) / name) as tmp:
-            torch.save(module.state_dict(), tmp)
-    write_json(Path(run_dir) / "run.json", run_info)
-
-
-def load_mae_weights(run_dir: Path) -> tuple[dict, dict, dict]:
-    """(encoder state, reconstruction-head state, run.json) of a finished stage-02 run."""
-    run_dir = Path(run_dir)
-    if not finished(run_dir):
-        raise FileNotFoundError(f"no finished stage-02 encoder in {run_dir} (encoder.pt, "
-                                f"mae_head.pt, run.json): run src/02_pretrain_mae.py first")
-    enc, head = (torch.load(run_dir / name, map_location="cpu", weights_only=True)
-                 for name in ("encoder.pt", "mae_head.pt"))
-    return enc, head, read_json(run_dir / "run.json")
-
-
-def run_stage(stage, log=print) -> dict:
-    """Everything stage 02 does; returns the metrics it writes to ``metrics.json``."""
-    import resource
-
-    from .features import BandFeatureCache, zscore_trials
-    from .report import score_oof, write_report
-    from .lopo import run_lopo
-
-    cfg, seed = stage.cfg.mae, stage.cfg.seed
-    flush_denormals()  # first, before torch creates its thread pool
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    t_start = time.perf_counter()
+def run(stage: Stage) -> StageOutput:
+    """Everything stage 02 does (see the module docstring)."""
+    cfg, seed, log = stage.cfg.mae, stage.cfg.seed, stage.log
     ds = stage.dataset()
     folds = stage.folds(ds)
     subjects = list(folds.train_subjects) + list(folds.test_subjects)
-    trials = {s: ds.subject(s).X for s in subjects}
-    cache = BandFeatureCache(stage.out / "cache" / "band_features", folds.data_fingerprint,
-                             cfg.bands, cfg.feature).build(trials, ds.sfreq, stage.progress)
+    cache = BandFeatureCache.for_run(stage.out, ds, folds, cfg.bands, cfg.feature,
+                                     stage.progress)
     feats = {s: cache.load(s) for s in subjects}
 
     val = choose_val_subjects(folds.train_subjects, cfg.n_val_subjects, seed)
     pre = [s for s in subjects if s not in val]
     enc_cfg = encoder_config(cfg, ds.n_times, ds.n_chans)
-    run_dir = stage.out / "02_mae"
+    run_dir, dev = stage.dir, stage.device
     run_fp = run_fingerprint(cfg, folds.data_fingerprint, seed, val)
     val_seqs = Sequences([feats[s] for s in val], cfg.stride)
-    if finished(run_dir, run_fp):
+    if encoder_saved(run_dir, run_fp):
         log(f"MAE: unchanged, reusing {run_dir / 'encoder.pt'}")
         model = MaskedAutoencoder(enc_cfg)  # the last checkpoint holds the final weights
         model.load_state_dict(torch.load(run_dir / "ckpt" / "last.pt", map_location="cpu",
                                          weights_only=True)["model"])
-        model = model.to(device_of(cfg))
+        model = model.to(dev)
         history = read_json(run_dir / "run.json")["history"]
     else:
-        model = train_mae(cfg, Sequences([feats[s] for s in pre], cfg.stride), val_seqs, enc_cfg,
-                          run_dir, seed, run_fp, stage.progress, log)
+        model = train_mae(cfg, Sequences([feats[s] for s in pre], cfg.stride), val_seqs,
+                          enc_cfg, run_dir, seed, run_fp, dev, stage.progress, log)
         history = model.history
         save_encoder(model, run_dir, {
             "fingerprint": run_fp, "seed": seed, "config": dataclasses.asdict(cfg),
@@ -347,9 +251,9 @@ def run_stage(stage, log=print) -> dict:
     probes = {}
     for name, fn, key in (("mae_probe", embeddings, f"{run_fp}:{w}"),
                           ("band_probe", band_means, f"{cache.key}:{w}")):
-        res = run_lopo(name, ds, folds, run_dir / name, features=fn, feature_key=key,
-                       **quiet)
-        probes[name] = score_oof(res.oof, ds, folds).score
+        res = run_lopo(name, ds, folds, stage.out, stage.spec.name, features=fn,
+                       feature_key=key, **quiet)
+        probes[name] = res.score()[0].score
 
     speeds = [h["seqs_per_second"] for h in history]
     metrics = {
@@ -360,11 +264,45 @@ def run_stage(stage, log=print) -> dict:
         "linear_probe_lopo_window_auc": probes,
         "probe_window_samples": list(w),
         "training_seqs_per_second_median": float(np.median(speeds)) if speeds else None,
-        "history": history, "device": str(device_of(cfg)),
-        "torch_threads": torch.get_num_threads(),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "stage_seconds": round(time.perf_counter() - t_start, 1),
+        "history": history, "tokens_per_sequence": enc_cfg.n_times, "stride": cfg.stride,
         **describe(model)}
-    write_json(run_dir / "metrics.json", metrics)
-    write_report(stage.out, ds, folds)
-    return metrics
+    summary = (f"masked-point MSE on held-out participants {val}: MAE {recon['mae']:.4f}"
+               f" | band mean {recon['band_mean']:.4f} | linear interpolation "
+               f"{recon['linear_interpolation']:.4f}\nlinear probe LOPO window AUC: " +
+               ", ".join(f"{k} {v:.4f}" for k, v in probes.items()))
+    return StageOutput(metrics, summary, evidence(metrics, cfg))
+
+
+def evidence(m: dict, cfg: MAEConfig) -> str:
+    """Stage 02's section of the run report."""
+    r = m["reconstruction_mse_on_held_out_participants"]
+    h = m["history"]
+    w = m["probe_window_samples"]
+    last = h[-1] if h else {}
+    return "\n".join([
+        f"Masked autoencoder over one channel's band-feature sequence "
+        f"({m['tokens_per_sequence']} tokens of {m['stride']} samples x {len(cfg.bands)} "
+        f"bands), {m['encoder_parameters']} encoder parameters, {len(h)} epochs, "
+        f"trained without labels on every participant except "
+        f"{', '.join(f'S{s}' for s in m['val_subjects'])}.",
+        "",
+        f"Masked-token reconstruction error on those held-out participants "
+        f"({r['sequences']} sequences, {r['masked_points']} masked tokens, the same for all "
+        f"three; features are z-scored, so 1.0 is their variance):",
+        "",
+        "| predictor of a masked token | MSE |", "|---|---|",
+        f"| MAE | **{r['mae']:.4f}** |",
+        f"| linear interpolation between the nearest visible tokens | "
+        f"{r['linear_interpolation']:.4f} |",
+        f"| the band's mean over the sequence's visible tokens | {r['band_mean']:.4f} |",
+        "",
+        f"Linear probes under LOPO (per-participant z-scored features averaged over samples "
+        f"{w[0]}-{w[1]}, L2 logistic regression fitted inside each fold, broadcast):",
+        "",
+        "| features | LOPO window AUC |", "|---|---|",
+        *[f"| `{k}` | {v:.4f} |" for k, v in m["linear_probe_lopo_window_auc"].items()],
+        "",
+        f"Training: last epoch train loss {last.get('train_loss', float('nan')):.4f}, "
+        f"validation loss {last.get('val_loss', float('nan')):.4f}; median throughput "
+        f"{m['training_seqs_per_second_median'] or 0:.0f} sequences/s.",
+    ])

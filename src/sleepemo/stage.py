@@ -1,0 +1,258 @@
+"""The stage runner: stage names and folders, and the work every stage does around its own.
+
+Every ``src/NN_*.py`` script is ``stage.main(<name>, __doc__, <body>)``:
+
+- **opening** (:func:`open_stage`): load and validate the config (profile, ``--set``),
+  resolve the data folder and the artefact folder ``<out>``, save the resolved config,
+  and for stages that run PyTorch flush denormal floats to zero (before torch starts its
+  threads), set the thread count and choose the device from the stage's config section;
+- the stage's **body** (a function ``body(stage) -> StageOutput`` of its module in
+  :mod:`sleepemo.stages`), which writes its results through :mod:`sleepemo.artefacts`;
+- **closing** (:meth:`Stage.run`): wall time, peak memory, threads and device are added to
+  the body's metrics and written to ``<out>/<folder>/metrics.json``; the body's evidence
+  (Markdown) to ``<out>/<folder>/evidence.md``; the summary is printed.
+
+Each stage writes only inside its own folder. The run's score table and report are written
+by one owner, :func:`sleepemo.report.write_report` (stage 07, or
+``python -m sleepemo.report <out>``), from the scores each result carries.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .config import PROFILES, REPO, Config, ConfigError, load_config, save_config
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage of the pipeline."""
+
+    number: str           # "03"
+    name: str             # "experts": how code and artefacts name the stage
+    script: str           # "03_train_experts.py" in src/
+    section: str | None   # its config section (device, num_threads), if any
+    torch: bool           # opens with the PyTorch set-up
+    title: str
+
+    @property
+    def folder(self) -> str:
+        """Its folder under the run's artefact folder, e.g. ``03_experts``."""
+        return f"{self.number}_{self.name}"
+
+
+#: The pipeline in order. Adding a stage: a line here, a config section, a module in
+#: sleepemo/stages/, a script in src/ and a line in run.sh (docs/extending.md).
+STAGES: tuple[StageSpec, ...] = (
+    StageSpec("00", "folds", "00_make_folds.py", None, False, "LOPO folds"),
+    StageSpec("01", "baselines", "01_baselines.py", "baselines", False, "Baselines"),
+    StageSpec("02", "mae", "02_pretrain_mae.py", "mae", True,
+              "Band features and masked-autoencoder pre-training"),
+    StageSpec("03", "experts", "03_train_experts.py", "experts", True,
+              "Channel experts meta-learned with FOMAML"),
+    StageSpec("04", "fusion", "04_fusion.py", None, True, "Spatiotemporal fusion"),
+    StageSpec("05", "rl_heads", "05_rl_heads.py", None, True, "Reinforcement-learning heads"),
+    StageSpec("06", "ensemble", "06_ensemble.py", None, False, "Optuna ensemble"),
+    StageSpec("07", "submission", "07_make_submission.py", None, False, "Submission"),
+)
+
+
+def spec(name: str) -> StageSpec:
+    """A stage by name (``experts``), number (``03``) or folder (``03_experts``)."""
+    for s in STAGES:
+        if name in (s.name, s.number, s.folder):
+            return s
+    raise KeyError(f"unknown stage {name!r}; stages: {[s.name for s in STAGES]}")
+
+
+def stage_dir(out: str | Path, name: str) -> Path:
+    """``<out>/<NN_name>``: the folder of a stage's artefacts."""
+    return Path(out) / spec(name).folder
+
+
+def flush_denormals() -> bool:
+    """Treat denormal floats as zero on the CPU (FTZ/DAZ); returns whether supported.
+
+    Once the MAE encoder has learned peaked attention, the backward pass of PyTorch's
+    fused CPU attention meets many denormal numbers and a training step took twice as long
+    (0.166 s against 0.079 s per batch of 64, measured). Threads inherit the setting when
+    they are created, so this must run before torch starts its worker threads: the stage
+    runner does it first thing for every PyTorch stage.
+    """
+    import torch
+
+    return torch.set_flush_denormal(True)
+
+
+def choose_device(setting: str = "auto"):
+    """``auto`` -> CUDA when present, else the CPU; otherwise the named device."""
+    import torch
+
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+@dataclass
+class StageOutput:
+    """What a stage's body returns: metrics (to ``metrics.json``), a summary (printed)
+    and evidence (Markdown for the run's report)."""
+
+    metrics: dict = field(default_factory=dict)
+    summary: str = ""
+    evidence: str = ""
+
+
+@dataclass
+class Stage:
+    """What a stage's body works with."""
+
+    cfg: Config
+    data_dir: Path
+    out: Path
+    spec: StageSpec
+    progress: bool = True
+    log: Callable[[str], None] = print
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def dir(self) -> Path:
+        """This stage's folder, ``<out>/<NN_name>``."""
+        return self.out / self.spec.folder
+
+    @property
+    def section(self):
+        """This stage's config section (None if it has none)."""
+        return getattr(self.cfg, self.spec.section) if self.spec.section else None
+
+    @property
+    def device(self):
+        return choose_device(getattr(self.section, "device", "auto"))
+
+    def dataset(self):
+        from .data import load_dataset
+
+        return load_dataset(self.data_dir, progress=self.progress)
+
+    def folds(self, ds=None):
+        from .folds import read_folds
+
+        folds = read_folds(self.out / "folds.json")
+        if ds is not None:
+            folds.check(ds)
+        return folds
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+    def write_evidence(self, markdown: str) -> None:
+        """This stage's section of the run report (``<folder>/evidence.md``)."""
+        from .io import write_text
+
+        write_text(self.dir / "evidence.md", markdown.rstrip() + "\n")
+
+    def run(self, body: Callable[["Stage"], StageOutput]) -> StageOutput:
+        """Run the stage's body, then the closing work (see the module docstring)."""
+        from .io import write_json
+
+        output = body(self)
+        metrics = dict(output.metrics)
+        metrics.update(stage=self.spec.name, stage_seconds=round(self.seconds(), 1),
+                       peak_rss_mb=peak_rss_mb(), profile=self.cfg.profile,
+                       seed=self.cfg.seed)
+        if self.spec.torch:
+            import torch
+
+            metrics.update(torch_threads=torch.get_num_threads(), device=str(self.device))
+        output.metrics = metrics
+        write_json(self.dir / "metrics.json", metrics)
+        if output.evidence:
+            self.write_evidence(output.evidence)
+        return output
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def open_stage(name: str, cfg: Config, data_dir: str | Path, out: str | Path,
+               progress: bool = True, log: Callable[[str], None] = print) -> Stage:
+    """The opening work of stage ``name`` (see the module docstring)."""
+    s = spec(name)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    stage = Stage(cfg, Path(data_dir), out, s, progress, log)
+    if s.torch:
+        import torch
+
+        flush_denormals()  # first, before torch creates its thread pool
+        threads = getattr(stage.section, "num_threads", None)
+        if threads:
+            torch.set_num_threads(threads)
+    return stage
+
+
+# ------------------------------------------------------------------ scripts
+def stage_parser(doc: str) -> argparse.ArgumentParser:
+    """Arguments every stage accepts."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.
+                                 RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", choices=PROFILES, default="quick")
+    ap.add_argument("--data-dir", help="data folder with training/ and testing/ "
+                                       "(default: real data if present, else synthetic)")
+    ap.add_argument("--out", help="artefact folder (default output/<profile>-<data name>)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    metavar="KEY=VALUE", help="override a config value, e.g. seed=1")
+    ap.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return ap
+
+
+def stage_from_args(name: str, args: argparse.Namespace) -> Stage:
+    """Open stage ``name`` from a script's parsed arguments."""
+    from .cli import resolve_data_dir
+
+    cfg = load_config(args.profile, args.overrides)
+    data_dir = resolve_data_dir(cfg, args.data_dir, log=lambda m: print(m, file=sys.stderr))
+    out = Path(args.out) if args.out else REPO / "output" / f"{cfg.profile}-{data_dir.name}"
+    return open_stage(name, cfg, data_dir, out, progress=not args.no_progress)
+
+
+def guarded(fn: Callable[[], object]) -> None:
+    """Run ``fn``; expected input problems end in one line and exit code 2, not a
+    traceback."""
+    from .data import DataError
+    from .submission import SubmissionError
+
+    try:
+        fn()
+    except (DataError, SubmissionError, ConfigError, FileExistsError,
+            FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def main(name: str, doc: str, body: Callable[..., StageOutput],
+         add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
+    """A stage script: parse the arguments, open, run ``body``, close, print the summary.
+
+    ``body(stage)``, or ``body(stage, args)`` when the script adds arguments.
+    """
+    ap = stage_parser(doc)
+    if add_arguments:
+        add_arguments(ap)
+    args = ap.parse_args()
+
+    def go():
+        stage = stage_from_args(name, args)
+        output = stage.run((lambda s: body(s, args)) if add_arguments else body)
+        if output.summary:
+            print(output.summary)
+
+    guarded(go)

@@ -1,0 +1,99 @@
+"""Stage 07: the run's report and the submission, from the best model by LOPO score.
+
+The run-level report (``lopo.csv``, pictures, ``report.md``) is written here, by its one
+owner (:func:`sleepemo.report.write_report`), from the results every stage left through
+the predictions contract. The submitted model is the non-diagnostic result with the
+highest overall LOPO window AUC (or ``--model``); its ``test`` array becomes the
+competition CSV, which is validated as a table and again as the file written.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from ..artefacts import results
+from ..config import REPO
+from ..io import write_json
+from ..metric import format_report, score_files
+from ..report import copy_report, results_table, write_report
+from ..stage import Stage, StageOutput
+from ..submission import build_submission, validate_submission, write_submission
+
+
+def choose_model(table, requested: str | None = None) -> str:
+    """The requested model, else the non-diagnostic one with the best overall LOPO score."""
+    if requested:
+        if requested not in table.index:
+            raise KeyError(f"model {requested!r} has no results; have {list(table.index)}")
+        return requested
+    candidates = table[~table["diagnostic"].astype(bool)]
+    if candidates.empty:
+        raise ValueError("no non-diagnostic model has results to submit")
+    return str(candidates["overall"].astype(float).idxmax())
+
+
+def _run_dir(root: Path, name: str) -> Path:
+    """A run folder that does not exist yet (suffix -2, -3, ... if needed)."""
+    path, i = root / name, 2
+    while path.exists():
+        path, i = root / f"{name}-{i}", i + 1
+    return path
+
+
+def run(stage: Stage, model: str | None = None, submissions: str | Path | None = None,
+        run_name: str | None = None) -> StageOutput:
+    """Write the report and ``submissions/<run>/submission.csv``; return the summary."""
+    ds = stage.dataset()
+    folds = stage.folds(ds)
+    listed = results(stage.out)
+    if not listed:
+        raise FileNotFoundError(f"no model results under {stage.out}: run the stages first")
+    table = results_table(listed)[0]
+    name = choose_model(table, model)
+    result = next(r for r in listed if r.label == name)
+    preds = folds.split_rows(result.test, "test")
+    df = build_submission(preds)
+    expected = {s: (ds.test[s].n_trials, ds.n_times) for s in ds.test}
+    validate_submission(df, expected)
+
+    root = Path(submissions) if submissions else REPO / "submissions"
+    run_dir = _run_dir(root, run_name or time.strftime(
+        f"%Y%m%d-%H%M%S-{stage.cfg.profile}-{name.replace('/', '-')}"))
+    path = write_submission(df, run_dir)
+    validate_submission(path, expected)  # the file as written, not just the table
+
+    summary = {"model": name, "stage": result.stage,
+               "lopo_window_auc": float(table.loc[name, "overall"]),
+               "submission": str(path), "rows": int(len(df)), "data_dir": str(ds.root),
+               "artefacts": str(stage.out), "profile": stage.cfg.profile}
+    lines = ["LOPO window AUC (held-out training participants; overall = competition "
+             "metric over all of them)",
+             table.drop(columns="diagnostic").to_string(), "",
+             f"submitted model: {name} (LOPO {summary['lopo_window_auc']:.4f})",
+             f"submission: {path} ({len(df)} rows, validated); copied to "
+             f"{root / 'latest.csv'}",
+             f"report: {stage.out / 'report.md'} (copied beside the submission)"]
+    evidence = [f"Submitted `{name}` (stage {result.stage}, LOPO window AUC "
+                f"{summary['lopo_window_auc']:.4f}), the best non-diagnostic result: "
+                f"{len(df)} rows, validated."]
+    if ds.solution is not None:
+        res = score_files(path, ds.solution, sfreq=ds.sfreq)
+        summary["local_leaderboard"] = res.score
+        lines += [f"local leaderboard (scored against {ds.solution}):",
+                  format_report(res, ds.sfreq)]
+        evidence.append(f"Scored against `solution.csv` beside the data (local "
+                        f"leaderboard): **{res.score:.5f}**.")
+    else:
+        lines.append("no solution.csv beside the data: submit the file to Kaggle to score it")
+        evidence.append("No `solution.csv` beside the data: the test set is unscored here.")
+    summary["text"] = "\n".join(lines)
+    write_json(run_dir / "summary.json", summary, overwrite=False)
+    # the report last, so that it holds this stage's evidence and (almost all) its time
+    stage.write_evidence("\n".join(evidence))
+    write_report(stage.out, extra_times={
+        stage.spec.name: {"stage_seconds": round(stage.seconds(), 1)}})
+    copy_report(stage.out, run_dir)
+    shutil.copyfile(stage.out / "config.yaml", run_dir / "config.yaml")
+    return StageOutput({k: v for k, v in summary.items() if k != "text"}, summary["text"],
+                       "\n".join(evidence))
