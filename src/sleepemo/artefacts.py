@@ -23,8 +23,9 @@ of a run, in stage order) and :func:`find`. Results are keyed by (stage, name): 
 may use the same name, both are listed, neither overwrites the other, and a bare name that
 two stages use is refused as ambiguous (``stage/name`` picks one).
 
-:func:`fingerprint` and :func:`code_hash` are the one resume helper: a fold or result whose
-stored fingerprint equals the current one is reused, otherwise recomputed.
+:func:`fingerprint` and :func:`code_hash` are the one resume helper: a fold, result or
+checkpoint (:func:`save_checkpoint`, :func:`load_checkpoint`) whose stored fingerprint
+equals the current one is reused, otherwise recomputed.
 """
 from __future__ import annotations
 
@@ -68,6 +69,28 @@ def stored_fingerprint(path: str | Path) -> str | None:
         return read_json(path).get("fingerprint")
     with np.load(path) as z:
         return str(z["fingerprint"]) if "fingerprint" in z.files else None
+
+
+def save_checkpoint(path: str | Path, state: dict, fp: str) -> None:
+    """Save a PyTorch checkpoint (a dict of tensors and plain values) atomically, with
+    the fingerprint it belongs to."""
+    import torch
+
+    from .io import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save({**state, "fingerprint": fp}, tmp)
+
+
+def load_checkpoint(path: str | Path, fp: str, device="cpu") -> dict | None:
+    """The checkpoint at ``path`` if it exists and carries fingerprint ``fp``, else None
+    (loaded with ``weights_only=True``)."""
+    import torch
+
+    if not Path(path).is_file():
+        return None
+    state = torch.load(path, map_location=device, weights_only=True)
+    return state if state.get("fingerprint") == fp else None
 
 
 # ------------------------------------------------------------------ scoring

@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..artefacts import code_hash, fingerprint
+from ..artefacts import code_hash, fingerprint, load_checkpoint, save_checkpoint
 from ..config import MAEConfig, fields_affecting
 from ..features import BandFeatureCache, pool_time, zscore_trials
-from ..io import atomic_path, read_json, write_json
+from ..io import read_json, write_json
 from ..lopo import run_lopo
 from ..models.mae import (EncoderConfig, MaskedAutoencoder, embed_trials, encoder_config,
                           encoder_saved, n_parameters, random_mask, save_encoder)
@@ -72,11 +72,6 @@ class Sequences:
             torch.from_numpy(idx[:, 2].astype(np.int64))
 
 
-def _save_checkpoint(path: Path, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
 def train_mae(cfg: MAEConfig, train_seqs: Sequences, val_seqs: Sequences, enc_cfg:
               EncoderConfig, run_dir: Path, seed: int, run_fp: str, dev: torch.device,
               progress: bool = True, log=print) -> MaskedAutoencoder:
@@ -96,16 +91,15 @@ def train_mae(cfg: MAEConfig, train_seqs: Sequences, val_seqs: Sequences, enc_cf
                                              "encoder": dataclasses.asdict(enc_cfg),
                                              "fingerprint": run_fp})
     start, history = 0, []
-    if ckpt.is_file():
-        state = torch.load(ckpt, map_location=dev, weights_only=True)
-        if state["fingerprint"] == run_fp:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            start, history = state["epoch"] + 1, state["history"]
-            log(f"MAE: resuming after epoch {start} of {cfg.epochs} from {ckpt}")
-        else:
-            log(f"MAE: {ckpt} is from another config or data; starting afresh")
+    state = load_checkpoint(ckpt, run_fp, dev)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start, history = state["epoch"] + 1, state["history"]
+        log(f"MAE: resuming after epoch {start} of {cfg.epochs} from {ckpt}")
+    elif ckpt.is_file():
+        log(f"MAE: {ckpt} is from another config or data; starting afresh")
 
     # fixed validation batch: same sequences and masks every epoch
     g_val = torch.Generator().manual_seed(seed * 7919 + 1)
@@ -141,9 +135,9 @@ def train_mae(cfg: MAEConfig, train_seqs: Sequences, val_seqs: Sequences, enc_cf
                         "lr": opt.param_groups[0]["lr"]})
         log(f"MAE epoch {epoch + 1}/{cfg.epochs}: train {history[-1]['train_loss']:.4f} "
             f"val {val:.4f} ({history[-1]['seqs_per_second']:.0f} sequences/s)")
-        _save_checkpoint(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                "scheduler": sched.state_dict(), "epoch": epoch,
-                                "history": history, "fingerprint": run_fp, "seed": seed})
+        save_checkpoint(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                               "scheduler": sched.state_dict(), "epoch": epoch,
+                               "history": history, "seed": seed}, run_fp)
     model.history = history
     return model
 

@@ -41,11 +41,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..artefacts import Result, ResultWriter, code_hash, fingerprint
+from ..artefacts import (Result, ResultWriter, code_hash, fingerprint, load_checkpoint,
+                         save_checkpoint)
 from ..config import ConfigError, ExpertsConfig, fields_affecting
 from ..features import BandFeatureCache, pool_time, token_window
 from ..fomaml import fomaml_step, sgd
-from ..io import atomic_path
 from ..metric import per_timepoint_auc
 from ..models.experts import (ExpertBank, classification_loss, make_experts, make_forward,
                               reconstruction_loss)
@@ -233,18 +233,6 @@ class ExpertTrainer:
 
 
 # ------------------------------------------------------------------ the stage
-def _save_params(path: Path, params: dict, fp: str) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"params": {k: v.cpu() for k, v in params.items()}, "fingerprint": fp}, tmp)
-
-
-def _load_params(path: Path, fp: str, device) -> dict | None:
-    if not path.is_file():
-        return None
-    state = torch.load(path, map_location=device, weights_only=True)
-    return state["params"] if state.get("fingerprint") == fp else None
-
-
 def uses_tta(cfg: ExpertsConfig, variant: str) -> bool:
     return variant in cfg.tta_variants and cfg.tta_steps > 0
 
@@ -275,7 +263,8 @@ def run_fold(trainer: ExpertTrainer, variant: str, k: int, held: int, test_subje
                          "reach the training")
     init, method = VARIANTS[variant]
     vid = list(VARIANTS).index(variant)
-    params = _load_params(ckpt, train_fp, trainer.dev) if ckpt else None
+    params = (load_checkpoint(ckpt, train_fp, trainer.dev) or {}).get("params") \
+        if ckpt else None
     losses = np.zeros(0)
     if params is None:
         # same initialisation seed for every variant of a fold: they differ in training only
@@ -284,7 +273,8 @@ def run_fold(trainer: ExpertTrainer, variant: str, k: int, held: int, test_subje
                             progress)
         params, losses = res.params, res.losses
         if ckpt:
-            _save_params(ckpt, params, train_fp)
+            save_checkpoint(ckpt, {"params": {k: v.cpu() for k, v in params.items()}},
+                            train_fp)
     weights, train_auc = trainer.fit_weights(params, labels,
                                              np.random.default_rng([seed, k, vid, 1]))
 
@@ -320,7 +310,7 @@ def train_fingerprint(cfg: ExpertsConfig, variant: str, seed: int, data_fp: str,
                        bands=band_key, mae=mae_fp, code=code_hash())
 
 
-def _mae_init(stage: Stage, cache: BandFeatureCache, n_times: int):
+def _mae_init(stage: Stage, cache: BandFeatureCache):
     """The stage-02 encoder and head, its fingerprint and encoder settings."""
     enc, head, info = load_mae_weights(stage_dir(stage.out, "mae"))
     if info.get("band_cache") != cache.key:
@@ -347,7 +337,7 @@ def run(stage: Stage) -> StageOutput:
     mae_state, mae_fp = None, None
     enc_values = dataclasses.asdict(encoder_config(mcfg, ds.n_times, ds.n_chans))
     if any(VARIANTS[v][0] == "mae" for v in cfg.variants):
-        mae_state, mae_fp, enc_values = _mae_init(stage, cache, ds.n_times)
+        mae_state, mae_fp, enc_values = _mae_init(stage, cache)
     enc_cfg = EncoderConfig(**{**enc_values, "n_times": ds.n_times // cfg.stride})
     trainer = ExpertTrainer(cfg, feats, enc_cfg, mae_state, ds.n_times, stage.device)
 
