@@ -78,11 +78,11 @@ def stage_dir(out: str | Path, name: str) -> Path:
 def flush_denormals() -> bool:
     """Treat denormal floats as zero on the CPU (FTZ/DAZ); returns whether supported.
 
-    Once the MAE encoder has learned peaked attention, the backward pass of PyTorch's
-    fused CPU attention meets many denormal numbers and a training step took twice as long
-    (0.166 s against 0.079 s per batch of 64, measured). Threads inherit the setting when
-    they are created, so this must run before torch starts its worker threads: the stage
-    runner does it first thing for every PyTorch stage.
+    Once the 200-token MAE encoder had learned peaked attention, the backward pass of
+    PyTorch's fused CPU attention met many denormal numbers and training steps slowed
+    down (docs/benchmarks.md). Threads inherit the setting when they are created, so this
+    must run before torch starts its worker threads: the stage runner does it first thing
+    for every PyTorch stage.
     """
     import torch
 

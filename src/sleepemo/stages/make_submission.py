@@ -17,7 +17,7 @@ from ..config import REPO
 from ..io import write_json
 from ..metric import format_report, score_files
 from ..report import copy_report, results_table, write_report
-from ..stage import Stage, StageOutput
+from ..stage import Stage, StageOutput, peak_rss_mb
 from ..submission import build_submission, validate_submission, write_submission
 
 
@@ -91,8 +91,8 @@ def run(stage: Stage, model: str | None = None, submissions: str | Path | None =
     write_json(run_dir / "summary.json", summary, overwrite=False)
     # the report last, so that it holds this stage's evidence and (almost all) its time
     stage.write_evidence("\n".join(evidence))
-    write_report(stage.out, extra_times={
-        stage.spec.name: {"stage_seconds": round(stage.seconds(), 1)}})
+    write_report(stage.out, extra_times={stage.spec.name: {
+        "stage_seconds": round(stage.seconds(), 1), "peak_rss_mb": peak_rss_mb()}})
     copy_report(stage.out, run_dir)
     shutil.copyfile(stage.out / "config.yaml", run_dir / "config.yaml")
     return StageOutput({k: v for k, v in summary.items() if k != "text"}, summary["text"],
