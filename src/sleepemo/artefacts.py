@@ -194,15 +194,13 @@ def find(out: str | Path, label: str) -> Result:
     """A result by its label, its name (refused if two stages have it) or
     ``stage/name``."""
     listed = results(out)
-    exact = [r for r in listed if r.label == label or f"{r.stage}/{r.name}" == label]
-    if exact:
-        return exact[0]
-    named = [r for r in listed if r.name == label]
-    if len(named) > 1:
-        raise KeyError(f"{label!r} is ambiguous: {[f'{r.stage}/{r.name}' for r in named]}")
-    if not named:
-        raise KeyError(f"no result {label!r} under {out}; have {[r.label for r in listed]}")
-    return named[0]
+    for r in listed:
+        if label in (r.label, f"{r.stage}/{r.name}"):
+            return r
+    named = [f"{r.stage}/{r.name}" for r in listed if r.name == label]
+    if named:  # a bare name is a label unless two stages use it
+        raise KeyError(f"{label!r} is ambiguous: {named}")
+    raise KeyError(f"no result {label!r} under {out}; have {[r.label for r in listed]}")
 
 
 # ------------------------------------------------------------------ writing
@@ -242,9 +240,10 @@ class ResultWriter:
         meta = _read_result(meta_path) if meta_path.is_file() else None
         if meta is None or meta.get("fingerprint") != self.fp:
             return None
-        return self._result(meta)
+        return self._result()
 
-    def _result(self, meta: dict) -> Result:
+    def _result(self) -> Result:
+        """This result as listed (its label depends on the other results of the run)."""
         return next(r for r in results(self.out, self.stage) if r.name == self.name)
 
     def fold_done(self, k: int) -> bool:
@@ -316,4 +315,4 @@ class ResultWriter:
                 "arrays": sorted(assembled), "test_predictions": "mean of fold models",
                 **(meta or {})}
         write_json(self.path("meta.json"), full)
-        return self._result(full)
+        return self._result()

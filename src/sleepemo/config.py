@@ -249,10 +249,6 @@ def _set(d: dict, dotted: str, value: Any) -> None:
     d[keys[-1]] = value
 
 
-def validate(cfg: Config) -> Config:
-    return cfg.validate()
-
-
 def load_config(profile: str = "quick", overrides: list[str] | None = None,
                 path: str | Path | None = None) -> Config:
     """Load ``configs/<profile>.yaml`` (or ``path``) and apply ``key=value`` overrides."""
