@@ -15,9 +15,12 @@ from .config import PROFILES, Config, load_config
 
 
 def synthetic_dir(cfg: Config) -> Path:
+    """``input/synthetic[-<design>][-scale<s>-seed<n>]``; the default theta design has no
+    design part (its folders keep their names)."""
     d = cfg.data
-    name = "synthetic" if (d.synthetic_scale, d.synthetic_seed) == (1.0, 0) else \
-        f"synthetic-scale{d.synthetic_scale:g}-seed{d.synthetic_seed}"
+    name = "synthetic" if d.synthetic_design == "theta" else f"synthetic-{d.synthetic_design}"
+    if (d.synthetic_scale, d.synthetic_seed) != (1.0, 0):
+        name += f"-scale{d.synthetic_scale:g}-seed{d.synthetic_seed}"
     return Path(d.input_dir) / name
 
 
@@ -37,7 +40,8 @@ def resolve_data_dir(cfg: Config, data_dir: str | None = None, log=print) -> Pat
     def make_synthetic() -> Path:
         out = synthetic_dir(cfg)
         return synth.generate(out, synth.SynthConfig(seed=cfg.data.synthetic_seed,
-                                                     scale=cfg.data.synthetic_scale))
+                                                     scale=cfg.data.synthetic_scale,
+                                                     design=cfg.data.synthetic_design))
 
     return Path(get_data(cfg.data.input_dir, cfg.data.slug, synthetic=make_synthetic,
                          log=log))

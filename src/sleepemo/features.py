@@ -105,6 +105,46 @@ def band_features(X: np.ndarray, sfreq: float, bands=BANDS, kind: str = "log_env
     return out
 
 
+#: Default band of the evoked tokens (Hz): the slow, phase-locked part of the response.
+EVOKED_BAND = (0.5, 8.0)
+
+
+def evoked_features(X: np.ndarray, sfreq: float, band=EVOKED_BAND,
+                    order: int = 4) -> np.ndarray:
+    """The low-frequency waveform itself (phase kept), normalised on the participant.
+
+    Band envelopes discard phase, so the cue-locked evoked response is invisible to
+    them; this feature keeps it: zero-phase Butterworth band-pass (MNE), then each
+    channel z-scored with the mean and standard deviation over this participant's trials
+    and timepoints (label-free).
+
+    Returns
+    -------
+    ndarray, shape (n_trials, n_chans, n_times, 1), float32
+    """
+    f = bandpass(X, sfreq, tuple(band), order)
+    mu = f.mean(axis=(0, 2), keepdims=True)
+    sd = f.std(axis=(0, 2), keepdims=True)
+    return ((f - mu) / np.where(sd > 0, sd, 1.0)).astype(np.float32)[..., None]
+
+
+def token_features(X: np.ndarray, sfreq: float, bands=BANDS, kind: str = "log_envelope",
+                   evoked=None, order: int = 4) -> np.ndarray:
+    """Band envelopes (:func:`band_features`) and, with ``evoked`` (a band in Hz), the
+    evoked waveform (:func:`evoked_features`) as one more feature after them.
+
+    Returns
+    -------
+    ndarray, shape (n_trials, n_chans, n_times, len(bands) + (evoked is not None))
+    """
+    parts = [band_features(X, sfreq, bands, kind, order)] if len(bands) else []
+    if evoked is not None:
+        parts.append(evoked_features(X, sfreq, evoked, order))
+    if not parts:
+        raise ValueError("no features asked for: give bands, evoked or both")
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
+
+
 def pool_time(x, stride: int):
     """Average ``stride`` consecutive timepoints of axis -2: (..., n_times, n_bands) ->
     (..., n_times // stride, n_bands). Works on numpy arrays and tensors."""
@@ -122,7 +162,9 @@ def token_window(window: tuple[int, int], stride: int) -> tuple[int, int]:
 
 
 class BandFeatureCache:
-    """Band features of every participant, computed once and kept as memory-mapped .npy.
+    """Token features of every participant (:func:`token_features`: band envelopes, and
+    the evoked waveform when ``evoked`` is a band), computed once and kept as
+    memory-mapped .npy.
 
     The cache folder's name is a hash of the data fingerprint, the feature settings and
     the source of this module: other data or settings (or a changed feature code) get a
@@ -137,16 +179,19 @@ class BandFeatureCache:
     """
 
     def __init__(self, root, data_fingerprint: str, bands=BANDS, kind: str = "log_envelope",
-                 order: int = 4):
+                 order: int = 4, evoked=None):
         import hashlib
         import json
         from pathlib import Path
 
         self.bands = tuple(tuple(float(f) for f in b) for b in bands)
         self.kind, self.order = kind, int(order)
+        self.evoked = None if evoked is None else tuple(float(f) for f in evoked)
         settings = {"bands": self.bands, "kind": kind, "order": self.order,
                     "data": data_fingerprint,
                     "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()}
+        if self.evoked is not None:  # absent otherwise: earlier caches keep their key
+            settings["evoked"] = self.evoked
         self.key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
         self.root = Path(root)
         self.dir = self.root / self.key
@@ -154,13 +199,16 @@ class BandFeatureCache:
 
     @classmethod
     def for_run(cls, out, ds, folds, bands=BANDS, kind: str = "log_envelope",
-                progress: bool = True) -> "BandFeatureCache":
-        """The run's cache (``<out>/cache/band_features``) of every training and test
-        participant of ``folds``, built where missing."""
+                progress: bool = True, evoked=None, name: str = "band_features"
+                ) -> "BandFeatureCache":
+        """The run's cache (``<out>/cache/<name>``) of every training and test
+        participant of ``folds``, built where missing. Caches of other settings under the
+        same ``name`` are removed, so each user of a kind of features has its own name."""
         from pathlib import Path
 
         subjects = list(folds.train_subjects) + list(folds.test_subjects)
-        cache = cls(Path(out) / "cache" / "band_features", folds.data_fingerprint, bands, kind)
+        cache = cls(Path(out) / "cache" / name, folds.data_fingerprint, bands, kind,
+                    evoked=evoked)
         return cache.build({s: ds.subject(s).X for s in subjects}, ds.sfreq, progress)
 
     def path(self, subject: int):
@@ -178,14 +226,14 @@ class BandFeatureCache:
                 if stale.is_dir() and stale.name != self.key:
                     shutil.rmtree(stale)
         todo = [s for s in subjects if not self.path(s).is_file()]
-        for s in bar(todo, desc="band features", unit="participant", enabled=progress):
-            write_npy(self.path(s), band_features(subjects[s], sfreq, self.bands, self.kind,
-                                                  self.order))
+        for s in bar(todo, desc=self.root.name.replace("_", " "), unit="participant", enabled=progress):
+            write_npy(self.path(s), token_features(subjects[s], sfreq, self.bands, self.kind,
+                                                   self.evoked, self.order))
         write_json(self.dir / "settings.json", self.settings)
         return self
 
     def load(self, subject: int) -> np.ndarray:
-        """Memory-mapped features, shape (n_trials, n_chans, n_times, n_bands)."""
+        """Memory-mapped features, shape (n_trials, n_chans, n_times, n_features)."""
         path = self.path(subject)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: band features not built; call build() first")

@@ -15,21 +15,40 @@ Generative model, per participant p and trial i (µV, 200 Hz, generated from -0.
 - slow oscillations (0.5-1.2 Hz, frontal) in about half the trials, random phase;
 - sleep spindles (12-15 Hz, 0.5-1.2 s waxing-waning bursts, centro-parietal) in about a
   third of the trials at random onsets;
-- a cue-evoked response common to both classes: small P2, a K-complex-like negativity
-  around 550 ms and a positivity around 900 ms, fronto-central, trial amplitude varying;
-- an induced theta burst (4-8 Hz, random phase, centred 500 ms, about 100 ms wide) after
-  every cue, amplitude lognormal over trials;
-- the emotional effect: in emotional trials the theta burst's amplitude is multiplied by
-  ``1 + shared + sign_p * individual_p``. ``individual_p`` ~ U(0.15, 0.30) with a sign
-  that differs between participants (8 of the 14 training participants up, 6 down, as
-  reported; test participants up with probability 4/7), ``shared`` (0.05) is the weaker
-  part common to everyone. Within a participant this gives a moderate theta-power effect
-  in 350-650 ms; across participants a small one, as reported for the real data.
+- a cue-evoked (phase-locked) response: small P2, a K-complex-like negativity around
+  550 ms and a positivity around 900 ms, fronto-central, amplitude varying over trials
+  (a ~ N(1, 0.4)) with 30 ms latency jitter;
+- an induced (not phase-locked) theta burst (4-8 Hz, random phase, centred 500 ms, about
+  100 ms wide) after every cue, amplitude lognormal over trials.
+
+Where the emotional effect sits is the ``design``. There are two so that the pipeline is
+checked on more than one kind of effect; nothing in the project is tuned to either.
+
+- ``"theta"`` (the default): in emotional trials the theta burst's amplitude is
+  multiplied by ``1 + shared + sign_p * individual_p``. ``individual_p`` ~ U(0.15, 0.30)
+  with a sign that differs between participants (8 of the 14 training participants up,
+  6 down, as reported; test participants up with probability 4/7), ``shared`` (0.05) is
+  the weaker part common to everyone. Within a participant this gives a moderate
+  theta-power effect in 350-650 ms; across participants a small one, as reported for the
+  real data. The evoked response is the same in both classes.
+- ``"evoked"``: the theta burst is the same in both classes (its power carries nothing);
+  in emotional trials the evoked negativity (~550 ms) and positivity (~900 ms) are
+  multiplied by ``1 + e_p`` with ``e_p`` ~ U(0.30, 0.70) per participant (the same sign
+  for everyone, its size varying) and come ``evoked_shift`` (20 ms) later. Over the
+  trial-to-trial amplitude variability and the background this is a moderate effect
+  within a participant, one that only a model reading the evoked waveform can use; its
+  range was chosen to make it about as strong as the theta design's (at full scale,
+  seed 0, the within-participant AUC of the mean 450-650 ms Cz signal is 0.55-0.69, that
+  of the theta design's theta power 0.54-0.66 in the direction of its sign).
+
+Both designs draw the same random numbers for everything else (``e_p`` comes from a
+separate stream), so with the same seed the neutral trials of the two are identical.
 
 The truth (signs, effect sizes, seed) goes to ``synth.json``; the test labels to
 ``solution.csv`` (``subject,trial,label``), used only for local scoring.
 
-CLI: ``python -m sleepemo.synth --out input/synthetic [--seed 0] [--scale 1.0]``.
+CLI: ``python -m sleepemo.synth --out input/synthetic [--seed 0] [--scale 1.0]
+[--design theta|evoked]``.
 """
 from __future__ import annotations
 
@@ -55,6 +74,8 @@ TRAIN_COUNTS = {2: (269, 278), 3: (351, 334), 4: (400, 371), 5: (250, 311), 6: (
 #: Real test participants and their trial counts.
 TEST_COUNTS = {1: 372, 7: 479, 12: 883}
 GENERATOR_VERSION = 1
+#: Where the emotional effect sits (see the module docstring).
+DESIGNS = ("theta", "evoked")
 _PAD = 100  # samples generated before and after the stored second
 
 
@@ -68,6 +89,13 @@ class SynthConfig:
     p_up: float = 4 / 7
     trial_format: str = "dense"  # "dense" (as the real files) or "cell" (object refs)
     version: int = GENERATOR_VERSION
+    design: str = "theta"       # where the emotional effect sits: DESIGNS
+    evoked_effect: tuple[float, float] = (0.30, 0.70)  # "evoked": e_p ~ U(a, b)
+    evoked_shift: float = 0.02  # "evoked": latency shift (s) of emotional trials, * sign(e_p)
+
+    def __post_init__(self):
+        if self.design not in DESIGNS:
+            raise ValueError(f"design must be one of {DESIGNS}, not {self.design!r}")
 
 
 # --------------------------------------------------------------------------- signals
@@ -92,7 +120,7 @@ class _Participant:
     """Fixed properties of one synthetic participant."""
 
     def __init__(self, rng: np.random.Generator, pos: np.ndarray, cfg: SynthConfig,
-                 sign: int):
+                 sign: int, evoked: float = 0.0):
         n = len(CHANNELS)
         d = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
         kernel = np.exp(-(d ** 2) / (2 * 0.035 ** 2))
@@ -109,7 +137,11 @@ class _Participant:
         self.theta_freq = float(rng.uniform(5.0, 7.0))
         self.sign = sign
         self.individual = float(rng.uniform(*cfg.individual_effect))
-        self.effect = cfg.shared_effect + self.sign * self.individual
+        # drawn in both designs so that every later draw is the same
+        self.effect = cfg.shared_effect + self.sign * self.individual \
+            if cfg.design == "theta" else 0.0
+        self.evoked = evoked if cfg.design == "evoked" else 0.0
+        self.evoked_shift = float(np.sign(self.evoked)) * cfg.evoked_shift
 
     def trials(self, rng: np.random.Generator, y: np.ndarray) -> np.ndarray:
         """Simulate trials; returns (n_trials, n_chans, N_TIMES) in µV (float64)."""
@@ -134,14 +166,16 @@ class _Participant:
         sp = has_sp[:, None] * 15.0 * env * np.sin(2 * np.pi * f_sp * t
                                                     + rng.uniform(0, 2 * np.pi, (n_tr, 1)))
         x += sp[:, None, :] * self.topo_sp[:, None]
-        # cue-evoked response, common to both classes
+        # cue-evoked response; design "evoked": its late components carry the effect
         a = rng.normal(1.0, 0.4, n_tr)[:, None]
         jit = rng.normal(0.0, 0.03, n_tr)[:, None]
+        late = 1.0 + self.evoked * y[:, None]          # exactly 1 and 0 in design "theta"
+        lag = jit + self.evoked_shift * y[:, None]
         erp = (4.0 * np.exp(-((t - 0.2 - jit) ** 2) / (2 * 0.04 ** 2))
-               - 20.0 * np.exp(-((t - 0.55 - jit) ** 2) / (2 * 0.08 ** 2))
-               + 10.0 * np.exp(-((t - 0.9 - jit) ** 2) / (2 * 0.12 ** 2))) * a
+               - 20.0 * late * np.exp(-((t - 0.55 - lag) ** 2) / (2 * 0.08 ** 2))
+               + 10.0 * late * np.exp(-((t - 0.9 - lag) ** 2) / (2 * 0.12 ** 2))) * a
         x += erp[:, None, :] * self.topo_erp[:, None]
-        # induced theta burst; its amplitude carries the emotional effect
+        # induced theta burst; design "theta": its amplitude carries the effect
         amp = 7.0 * rng.lognormal(0.0, 0.35, n_tr) * (1.0 + self.effect * y)
         centre = rng.normal(0.5, 0.03, n_tr)[:, None]
         env = np.exp(-((t - centre) ** 2) / (2 * 0.1 ** 2))
@@ -240,8 +274,10 @@ def generate(out: str | Path, cfg: SynthConfig = SynthConfig(), progress: bool =
     out = Path(out)
     meta_path = out / "synth.json"
     if out.exists():
-        if meta_path.is_file() and json.loads(meta_path.read_text())["config"] == \
-                json.loads(json.dumps(asdict(cfg))):
+        # a key missing from an older synth.json had today's default (same data)
+        made = {**json.loads(json.dumps(asdict(SynthConfig()))),
+                **json.loads(meta_path.read_text())["config"]} if meta_path.is_file() else None
+        if made == json.loads(json.dumps(asdict(cfg))):
             return out
         if not force:
             raise FileExistsError(f"{out} exists and was not made with these settings; "
@@ -260,12 +296,21 @@ def generate(out: str | Path, cfg: SynthConfig = SynthConfig(), progress: bool =
         signs = dict(zip(sorted(TRAIN_COUNTS), rng0.permutation(
             [1] * n_up + [-1] * (len(TRAIN_COUNTS) - n_up))))
         signs.update({s: 1 if rng0.random() < cfg.p_up else -1 for s in sorted(TEST_COUNTS)})
+        # a stream of its own, so that the theta design's draws stay as they were
+        rng_ev = np.random.default_rng(root.spawn(1)[0])
+        evoked = dict(zip(subjects, rng_ev.uniform(*cfg.evoked_effect, len(subjects))))
         truth, solution = {}, []
         for sid in bar(subjects, desc="synthetic participants", enabled=progress):
             rng = np.random.default_rng(seeds[sid])
-            part = _Participant(rng, pos, cfg, int(signs[sid]))
-            truth[sid] = {"sign": part.sign, "individual": part.individual,
-                          "effect": part.effect, "theta_freq": part.theta_freq}
+            part = _Participant(rng, pos, cfg, int(signs[sid]), float(evoked[sid]))
+            if cfg.design == "theta":
+                truth[sid] = {"sign": part.sign, "individual": part.individual,
+                              "effect": part.effect, "theta_freq": part.theta_freq}
+            else:  # the theta burst carries nothing; "effect" is the evoked one
+                truth[sid] = {"sign": int(np.sign(part.evoked)), "effect": part.evoked,
+                              "evoked_effect": part.evoked,
+                              "evoked_shift_ms": 1000 * part.evoked_shift,
+                              "theta_effect": 0.0, "theta_freq": part.theta_freq}
             if sid in TRAIN_COUNTS:
                 n_emo, n_neu = (_count(n, cfg) for n in TRAIN_COUNTS[sid])
                 for cls, lab, n in (("sleep_emo", 1, n_emo), ("sleep_neu", 0, n_neu)):
@@ -300,9 +345,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="multiply every trial count (e.g. 0.05 for a smoke test)")
     ap.add_argument("--format", choices=("dense", "cell"), default="dense",
                     help="store data/trial as a dense array (real files) or a cell")
+    ap.add_argument("--design", choices=DESIGNS, default="theta",
+                    help="where the emotional effect sits: theta-burst power (default) or "
+                         "the evoked response")
     ap.add_argument("--force", action="store_true", help="replace an existing folder")
     args = ap.parse_args(argv)
-    cfg = SynthConfig(seed=args.seed, scale=args.scale, trial_format=args.format)
+    cfg = SynthConfig(seed=args.seed, scale=args.scale, trial_format=args.format,
+                      design=args.design)
     out = generate(args.out, cfg, force=args.force)
     print(out)
     return 0

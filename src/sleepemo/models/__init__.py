@@ -1,7 +1,8 @@
 """Model registry: name -> class. Stages look models up here, never with if/elif."""
 from __future__ import annotations
 
-from .baselines import Constant, LinearProbe, RiemannTS, SecondPlace, Shuffled, Starter
+from .baselines import (Constant, ErpLDA, LinearProbe, RiemannTS, SecondPlace, Shuffled,
+                        Starter, XdawnTS)
 
 REGISTRY = {
     "constant": Constant,
@@ -9,6 +10,8 @@ REGISTRY = {
     "starter": Starter,
     "second_place": SecondPlace,
     "riemann": RiemannTS,
+    "xdawn_ts": XdawnTS,
+    "erp_lda": ErpLDA,
     "linear_probe": LinearProbe,
 }
 

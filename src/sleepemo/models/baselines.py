@@ -156,6 +156,115 @@ class RiemannTS(BaselineModel):
         return self.pipe_.predict_proba(feats)[:, 1]
 
 
+def lowpass_decimate(X: np.ndarray, sfreq: float, band=(0.5, 15.0),
+                     decim: int = 4) -> np.ndarray:
+    """Cue-locked waveform of one participant: zero-phase band-pass, every ``decim``-th
+    sample (200 -> 50 Hz for ``decim=4``). Label-free.
+
+    Returns
+    -------
+    ndarray, shape (n_trials, n_chans, ceil(n_times / decim)), float64
+    """
+    decim = int(decim)
+    if decim < 1 or band[1] >= sfreq / decim / 2:
+        raise ValueError(f"band {tuple(band)} Hz does not fit below the Nyquist frequency "
+                         f"of {sfreq} Hz decimated by {decim}")
+    return F.bandpass(X, sfreq, tuple(band))[..., ::decim]
+
+
+class XdawnTS(BaselineModel):
+    """Evoked response: Xdawn covariances of the 0.5-15 Hz waveform, tangent space, LR.
+
+    Per participant (label-free): band-pass ``band``, decimate by ``decim`` (50 Hz), z-score
+    each channel over its trials and timepoints. Fit: pyriemann ``XdawnCovariances``
+    (``nfilter`` filters per class, class prototypes from the fold's training trials,
+    OAS covariances), optionally each participant's matrices whitened by their own
+    Riemannian mean (``recentre``, label-free, also for the predicted participant),
+    tangent space, standardised, L2 logistic regression; broadcast.
+    """
+
+    def __init__(self, random_state=0, band=(0.5, 15.0), decim=4, nfilter=4,
+                 xdawn_estimator="lwf", recentre=True, C=0.1):
+        super().__init__(random_state)
+        self.band, self.decim, self.nfilter = tuple(band), int(decim), int(nfilter)
+        self.xdawn_estimator, self.recentre, self.C = xdawn_estimator, bool(recentre), float(C)
+
+    def transform(self, X, sfreq):
+        wave = lowpass_decimate(X, sfreq, self.band, self.decim)
+        sd = wave.std(axis=(0, 2), keepdims=True)
+        wave = (wave - wave.mean(axis=(0, 2), keepdims=True)) / np.where(sd > 0, sd, 1.0)
+        return wave.astype(np.float32)
+
+    def _covariances(self, feats):
+        C = self.xdawn_.transform(np.asarray(feats, dtype=np.float64))
+        return F.recentre(C) if self.recentre else C
+
+    def fit(self, feats, labels):
+        from pyriemann.estimation import XdawnCovariances
+        from pyriemann.tangentspace import TangentSpace
+
+        self.xdawn_ = XdawnCovariances(nfilter=self.nfilter, estimator="oas",
+                                       xdawn_estimator=self.xdawn_estimator)
+        self.xdawn_.fit(np.concatenate(feats).astype(np.float64), np.concatenate(labels))
+        self.pipe_ = make_pipeline(
+            TangentSpace(metric="riemann"), StandardScaler(),
+            LogisticRegression(C=self.C, max_iter=2000, random_state=self.random_state))
+        self.pipe_.fit(np.concatenate([self._covariances(f) for f in feats]),
+                       np.concatenate(labels))
+        return self
+
+    def predict_proba(self, feats):
+        return self.pipe_.predict_proba(self._covariances(feats))[:, 1]
+
+
+class ErpLDA(BaselineModel):
+    """Evoked response: shrinkage LDA per timepoint on the 0.5-15 Hz waveform (sliding).
+
+    Per participant (label-free): band-pass ``band``, decimate by ``decim`` (50 Hz),
+    z-score each channel x timepoint across its trials. One shrinkage LDA per decimated
+    timepoint on all channels in a centred window of ``width`` decimated samples (edge
+    padded; 5 = 100 ms), MNE's ``SlidingEstimator``; the probability curve is linearly
+    interpolated back to ``decim`` x the decimated timepoints (a per-timepoint model).
+    """
+
+    def __init__(self, random_state=0, band=(0.5, 15.0), decim=4, width=5):
+        super().__init__(random_state)
+        self.band, self.decim, self.width = tuple(band), int(decim), int(width)
+        if self.width < 1 or self.width % 2 == 0:
+            raise ValueError(f"width must be a positive odd number, not {width}")
+
+    def transform(self, X, sfreq):
+        wave = lowpass_decimate(X, sfreq, self.band, self.decim)
+        return F.zscore_trials(wave).astype(np.float32)
+
+    def windows(self, feats: np.ndarray) -> np.ndarray:
+        """(n, n_chans, n_dec) -> (n, n_chans * width, n_dec): every channel's samples in
+        the centred window around each timepoint (edges repeated), float32."""
+        h = self.width // 2
+        feats = np.asarray(feats, dtype=np.float32)
+        n_dec = feats.shape[-1]
+        padded = np.pad(feats, ((0, 0), (0, 0), (h, h)), mode="edge")
+        win = np.stack([padded[..., o:o + n_dec] for o in range(self.width)], axis=2)
+        return win.reshape(len(feats), -1, n_dec)
+
+    def fit(self, feats, labels):
+        from mne.decoding import SlidingEstimator
+
+        lda = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")
+        self.est_ = SlidingEstimator(lda, n_jobs=1, verbose=False)
+        self.est_.fit(self.windows(np.concatenate(feats)), np.concatenate(labels))
+        return self
+
+    def predict_proba(self, feats):
+        p = self.est_.predict_proba(self.windows(feats))[..., 1]  # (n, n_dec)
+        n_dec = p.shape[1]
+        t = np.arange(n_dec * self.decim) / self.decim  # in decimated samples
+        i0 = np.minimum(np.floor(t).astype(int), n_dec - 1)
+        i1 = np.minimum(i0 + 1, n_dec - 1)
+        frac = (t - i0).astype(np.float32)
+        return p[:, i0] * (1 - frac) + p[:, i1] * frac
+
+
 class Shuffled(BaselineModel):
     """Leakage alarm: another model trained on labels permuted within each participant.
 

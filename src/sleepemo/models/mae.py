@@ -146,7 +146,8 @@ def encoder_config(cfg, n_times: int, n_chans: int) -> EncoderConfig:
     if n_times % cfg.stride:
         raise ConfigError(f"mae.stride {cfg.stride} does not divide the {n_times} samples "
                           "of a trial")
-    return EncoderConfig(n_bands=len(cfg.bands), n_times=n_times // cfg.stride,
+    return EncoderConfig(n_bands=len(cfg.bands) + bool(cfg.evoked_tokens),
+                         n_times=n_times // cfg.stride,
                          d_model=cfg.d_model, n_heads=cfg.n_heads, ffn=cfg.ffn,
                          n_layers=cfg.n_layers,
                          n_chans=n_chans if cfg.channel_embedding else 0)

@@ -203,7 +203,7 @@ def run(stage: Stage) -> StageOutput:
     folds = stage.folds(ds)
     subjects = list(folds.train_subjects) + list(folds.test_subjects)
     cache = BandFeatureCache.for_run(stage.out, ds, folds, cfg.bands, cfg.feature,
-                                     stage.progress)
+                                     stage.progress, evoked=cfg.evoked())
     feats = {s: cache.load(s) for s in subjects}
 
     val = choose_val_subjects(folds.train_subjects, cfg.n_val_subjects, seed)
@@ -276,7 +276,9 @@ def evidence(m: dict, cfg: MAEConfig) -> str:
     return "\n".join([
         f"Masked autoencoder over one channel's band-feature sequence "
         f"({m['tokens_per_sequence']} tokens of {m['stride']} samples x {len(cfg.bands)} "
-        f"bands), {m['encoder_parameters']} encoder parameters, {len(h)} epochs, "
+        f"band envelopes" + (f" + the {cfg.evoked_band[0]:g}-{cfg.evoked_band[1]:g} Hz "
+                             "evoked waveform" if cfg.evoked_tokens else "") +
+        f"), {m['encoder_parameters']} encoder parameters, {len(h)} epochs, "
         f"trained without labels on every participant except "
         f"{', '.join(f'S{s}' for s in m['val_subjects'])}.",
         "",
