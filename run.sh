@@ -77,6 +77,7 @@ run_pipeline() {
   stage 01_baselines.py "${common[@]}"
   stage 02_pretrain_mae.py "${common[@]}"
   stage 03_train_experts.py "${common[@]}"
+  stage 04_fusion.py "${common[@]}"
   stage 07_make_submission.py "${common[@]}" ${subs[@]+"${subs[@]}"}
   echo "== total wall time: $((SECONDS - t0)) s (after set-up)"
 }

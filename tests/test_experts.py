@@ -235,7 +235,7 @@ def test_held_out_labels_never_reach_the_fitted_experts(smoke_dir, tmp_path, var
     from sleepemo.features import BandFeatureCache
     from sleepemo.models.experts import pool_time
     from sleepemo.models.mae import load_mae_weights
-    from sleepemo.stages.train_experts import ExpertTrainer, fold_labels, run_fold
+    from sleepemo.stages.train_experts import ExpertTrainer, run_fold
 
     stage, ds, folds = _stage(tmp_path, smoke_dir, variants=f"[{variant}]",
                               tta_variants="[mae_fomaml]" if variant == "mae_fomaml" else "[]")
@@ -254,7 +254,7 @@ def test_held_out_labels_never_reach_the_fitted_experts(smoke_dir, tmp_path, var
 
     def fold0():
         return run_fold(trainer, variant, 0, held, folds.test_subjects,
-                        fold_labels(ds, folds, 0, False, 0), 0, 0.4)
+                        folds.labels_of(ds, 0), 0, 0.4)
 
     first = fold0()
     subj = ds.train[held]
@@ -271,7 +271,7 @@ def test_held_out_labels_never_reach_the_fitted_experts(smoke_dir, tmp_path, var
             np.testing.assert_array_equal(np.asarray(second[kind][key]), np.asarray(arr))
     np.testing.assert_array_equal(first["losses"], second["losses"])
     assert len(first["losses"]) == (2 if variant.endswith("fomaml") else 2 * 2 * 4)
-    leaky = fold_labels(ds, folds, 0, False, 0) | {held: subj.y}
+    leaky = folds.labels_of(ds, 0) | {held: subj.y}
     with pytest.raises(ValueError, match="held out"):
         run_fold(trainer, variant, 0, held, folds.test_subjects, leaky, 0, 0.4)
 

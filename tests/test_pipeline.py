@@ -45,8 +45,10 @@ def test_run_writes_a_valid_submission_and_report(smoke_run, smoke_dir):
     validate_submission(sub, {s: (t.n_trials, 200) for s, t in ds.test.items()})
     assert (tmp / "subs" / "latest.csv").read_bytes() == sub.read_bytes()
     table = pd.read_csv(tmp / "out" / "lopo.csv", index_col="model")
-    assert set(table.index) == set(load_config("smoke").baselines.models) | {
-        "mae_probe", "band_probe", "experts_mae_fomaml", "experts_mae_fomaml_tta"}
+    cfg = load_config("smoke")
+    assert set(table.index) == set(cfg.baselines.models) | {
+        "mae_probe", "band_probe", "experts_mae_fomaml", "experts_mae_fomaml_tta"} | {
+        f"fusion_{v}" for v in cfg.fusion.variants}
     chosen = re.search(r"submitted model: (\w+)", stdout).group(1)
     best = table[~table.diagnostic].overall.idxmax()
     assert chosen == best

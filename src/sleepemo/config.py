@@ -75,16 +75,20 @@ class DataConfig:
     slug: str = COMPETITION_SLUG
     synthetic_scale: float = 1.0
     synthetic_seed: int = 0
+    synthetic_design: str = "theta"   # where the synthetic effect sits: theta or evoked
 
     def validate(self, cfg: "Config") -> None:
         _check(0 < float(self.synthetic_scale) <= 10, "data.synthetic_scale must be in (0, 10]")
+        _check(self.synthetic_design in ("theta", "evoked"),
+               f"data.synthetic_design must be theta or evoked, not {self.synthetic_design!r}")
 
 
 @dataclass
 class BaselinesConfig:
     """Stage 01: models of the registry (``sleepemo.models``) run under LOPO."""
     models: list[str] = setting(factory=lambda: [
-        "constant", "shuffled", "starter", "second_place", "riemann"], affects="nothing")
+        "constant", "shuffled", "starter", "second_place", "riemann", "xdawn_ts", "erp_lda"],
+        affects="nothing")
     params: dict[str, dict] = field(default_factory=dict)
 
     def validate(self, cfg: "Config") -> None:
@@ -100,6 +104,9 @@ class MAEConfig:
     bands: list = setting(factory=lambda: [[0.5, 4.0], [4.0, 8.0], [8.0, 12.0],
                                            [12.0, 16.0], [16.0, 30.0]])
     feature: str = setting("log_envelope")     # or log_power
+    evoked_tokens: bool = setting(False, help="one more token feature after the band "
+                                  "envelopes: the evoked waveform (phase kept)")
+    evoked_band: list = setting(factory=lambda: [0.5, 8.0])  # Hz, of the evoked tokens
     stride: int = setting(1)                   # timepoints averaged into one token (1: all 200)
     d_model: int = setting(16)
     n_heads: int = setting(4)
@@ -130,6 +137,12 @@ class MAEConfig:
                f"mae.bands must be [low, high] pairs in Hz, got {self.bands}")
         _check_device(self.device, "mae.device")
         _check(self.stride >= 1, "mae.stride must be >= 1")
+        _check(len(self.evoked_band) == 2 and 0 < self.evoked_band[0] < self.evoked_band[1],
+               f"mae.evoked_band must be [low, high] in Hz, got {self.evoked_band}")
+
+    def evoked(self) -> list | None:
+        """The evoked tokens' band when they are on, else None."""
+        return list(self.evoked_band) if self.evoked_tokens else None
 
 
 @dataclass
@@ -200,6 +213,80 @@ class ExpertsConfig:
 
 
 @dataclass
+class FusionConfig:
+    """Stage 04: spatiotemporal fusion of the channels' token sequences, under LOPO."""
+
+    #: variant name -> (inputs, evoked tokens, loss). Inputs: ``experts`` (the fold's
+    #: stage-03 experts' per-token embeddings, frozen), ``mae`` (the stage-02 encoder's,
+    #: frozen), ``raw`` (the band envelopes themselves).
+    VARIANTS: typing.ClassVar[dict[str, tuple[str, bool, str]]] = {
+        "experts": ("experts", True, "bce"),            # the design
+        "experts_pairwise": ("experts", True, "pairwise"),  # loss: within-participant AUC
+        "experts_noevoked": ("experts", False, "bce"),  # without the evoked tokens
+        "mae": ("mae", True, "bce"),                    # no stage 03
+        "raw": ("raw", True, "bce"),                    # no pre-training at all
+    }
+    INPUTS: typing.ClassVar[tuple[str, ...]] = ("experts", "mae", "raw")
+
+    variants: list[str] = setting(factory=lambda: list(FusionConfig.VARIANTS),
+                                  affects="nothing")
+    expert_result: str = setting("experts_mae_fomaml",
+                                 help="the stage-03 result whose fold weights give the "
+                                      "experts' embeddings (fold k uses fold k's experts)")
+    evoked_band: list = setting(factory=lambda: [0.5, 8.0])  # Hz
+    stride: int = setting(8)          # samples per fusion token (a multiple of the inputs')
+    d_model: int = setting(32)
+    n_heads: int = setting(4)
+    n_temporal: int = setting(3)      # dilated convolutions (dilation 1, 2, 4, ...)
+    kernel: int = setting(3)
+    dropout: float = setting(0.1)
+    steps: int = setting(80)          # optimiser steps per fold (early-stopped)
+    eval_every: int = setting(20)     # steps between checks on the inner participants
+    subjects_per_batch: int = setting(4)
+    trials_per_subject: int = setting(16)
+    lr: float = setting(0.003)
+    weight_decay: float = setting(0.01)
+    time_loss_weight: float = setting(1.0)
+    n_inner_val: int = setting(2)     # training participants that early-stop the fold
+    eval_trials: int = setting(256)   # per inner participant, for early stopping
+    train_trials: int = setting(256)  # per training participant and fold, kept at random
+    window: list = setting(factory=lambda: [70, 130])  # trial-head window (samples)
+    shuffle_labels: bool = setting(False)  # leakage alarm: labels permuted within participant
+    predict_batch: int = setting(512, affects="nothing")
+    device: str = setting("auto", affects="nothing")
+    num_threads: int | None = setting(None, affects="nothing")
+
+    def inputs(self) -> list[str]:
+        """The inputs the chosen variants need, in a fixed order."""
+        return [i for i in self.INPUTS if any(self.VARIANTS[v][0] == i for v in self.variants)]
+
+    def validate(self, cfg: "Config") -> None:
+        bad = [v for v in self.variants if v not in self.VARIANTS]
+        _check(not bad, f"unknown fusion variant(s) {bad}; known: {list(self.VARIANTS)}")
+        _check(self.expert_result.startswith("experts_"),
+               f"fusion.expert_result must name a stage-03 result (experts_<variant>), "
+               f"got {self.expert_result!r}")
+        for src, stride in (("mae.stride", cfg.mae.stride),
+                            ("experts.stride", cfg.experts.stride)):
+            _check(self.stride % stride == 0, f"fusion.stride ({self.stride}) must be a "
+                   f"multiple of {src} ({stride}) so that its tokens pool")
+        _check(self.d_model % self.n_heads == 0, f"fusion.d_model ({self.d_model}) must be "
+               f"divisible by fusion.n_heads ({self.n_heads})")
+        _check(len(self.evoked_band) == 2 and 0 < self.evoked_band[0] < self.evoked_band[1],
+               f"fusion.evoked_band must be [low, high] in Hz, got {self.evoked_band}")
+        for key in ("steps", "eval_every", "subjects_per_batch", "trials_per_subject",
+                    "n_temporal", "eval_trials", "train_trials", "predict_batch"):
+            _check(getattr(self, key) >= 1, f"fusion.{key} must be >= 1")
+        _check(self.kernel % 2 == 1, "fusion.kernel must be odd")
+        _check(self.n_inner_val >= 1, "fusion.n_inner_val must be >= 1 (early stopping "
+               "needs participants of its own)")
+        _check(0 <= self.dropout < 1, "fusion.dropout must be in [0, 1)")
+        _check(len(self.window) == 2 and 0 <= self.window[0] < self.window[1],
+               f"fusion.window must be [start, stop) in samples, got {self.window}")
+        _check_device(self.device, "fusion.device")
+
+
+@dataclass
 class Config:
     profile: str = "quick"
     seed: int = 0
@@ -207,6 +294,7 @@ class Config:
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     mae: MAEConfig = field(default_factory=MAEConfig)
     experts: ExpertsConfig = field(default_factory=ExpertsConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

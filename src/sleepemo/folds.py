@@ -60,6 +60,17 @@ class Folds:
                              f"have {start}")
         return out
 
+    def labels_of(self, ds: Dataset, k: int, shuffle: bool = False, seed: int = 0) -> dict:
+        """Labels of fold k's training participants: the only labels fold k may use.
+        ``shuffle`` permutes them within each participant (a leakage alarm)."""
+        import numpy as np
+
+        labels = {s: np.asarray(ds.train[s].y) for s in self.train_of(k)}
+        if shuffle:
+            rng = np.random.default_rng([seed, k, 77])
+            labels = {s: rng.permutation(y) for s, y in labels.items()}
+        return labels
+
     def to_json(self) -> dict:
         return {"data_root": self.data_root, "data_fingerprint": self.data_fingerprint,
                 "train_subjects": list(self.train_subjects),

@@ -175,9 +175,11 @@ def plot_bars(table: pd.DataFrame, path: str | Path) -> Path:
 
 def plot_topomaps(values: dict[str, list], ch_names, path: Path,
                   title: str = "Channel experts: out-of-fold AUC per channel",
-                  label: str = "LOPO trial AUC of the expert") -> Path | None:
-    """One scalp map of a per-channel value around 0.5 per result (MNE, template 10-20
-    positions); None if there is nothing to draw or the channels have no positions."""
+                  label: str = "LOPO trial AUC of the expert", centre: float = 0.5
+                  ) -> Path | None:
+    """One scalp map of a per-channel value around ``centre`` per result (MNE, template
+    10-20 positions); None if there is nothing to draw or the channels have no
+    positions."""
     plt = _pyplot()
     import mne
 
@@ -190,12 +192,13 @@ def plot_topomaps(values: dict[str, list], ch_names, path: Path,
         info.set_montage(montage())
     except ValueError:  # channels without template positions (e.g. generic names)
         return None
-    span = max(0.02, max(abs(np.asarray(v) - 0.5).max() for v in values.values()))
+    span = max(0.02 * centre / 0.5,
+               max(abs(np.asarray(v) - centre).max() for v in values.values()))
     fig, axes = plt.subplots(1, len(values), figsize=(3.0 * len(values), 3.2), squeeze=False)
     for ax, (name, v) in zip(axes[0], values.items()):
         im, _ = mne.viz.plot_topomap(np.asarray(v), info, axes=ax, show=False, cmap="RdBu_r",
-                                     vlim=(0.5 - span, 0.5 + span), names=list(ch_names))
-        ax.set_title(name.replace("experts_", ""), fontsize=9)
+                                     vlim=(centre - span, centre + span), names=list(ch_names))
+        ax.set_title(name.removeprefix("experts_").removeprefix("fusion_"), fontsize=9)
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.7, label=label)
     fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)

@@ -158,25 +158,7 @@ class ExpertBank:
         return out
 
 
-def folded_forward(params: Mapping[str, torch.Tensor], x: torch.Tensor, n_heads: int,
-                   window: tuple[int, int] = (70, 130), mask: torch.Tensor | None = None):
-    """The experts' forward pass written out on the stacked parameters, experts folded
-    into the batch so that attention runs in PyTorch's fused kernel.
-
-    The same computation as :class:`Expert` (timm blocks: pre-norm attention and GELU MLP,
-    final LayerNorm, two heads) for parameters stacked on a leading expert axis, as
-    :class:`ExpertBank` holds them; differentiable with ``torch.func.grad``.
-
-    Parameters
-    ----------
-    x : tensor, shape (batch, n_experts, n_tokens, n_bands)
-    mask : bool tensor, shape (batch, n_experts, n_tokens), optional
-
-    Returns
-    -------
-    time_logits (n_experts, batch, n_tokens), trial_logits (n_experts, batch),
-    reconstruction (n_experts, batch, n_tokens, n_bands)
-    """
+def _stacked_ops(params):
     def norm(h, key):
         return F.layer_norm(h, h.shape[-1:]) * params[key + ".weight"][:, None, None] + \
             params[key + ".bias"][:, None, None]
@@ -184,7 +166,16 @@ def folded_forward(params: Mapping[str, torch.Tensor], x: torch.Tensor, n_heads:
     def linear(h, key):
         return torch.einsum("ebtd,eod->ebto", h, params[key + ".weight"]) + \
             params[key + ".bias"][:, None, None]
+    return norm, linear
 
+
+def folded_encode(params: Mapping[str, torch.Tensor], x: torch.Tensor, n_heads: int,
+                  mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The experts' encoders on stacked parameters, experts folded into the batch so that
+    attention runs in PyTorch's fused kernel: x (batch, n_experts, n_tokens, n_bands) ->
+    per-token embeddings (n_experts, batch, n_tokens, d_model) after the final LayerNorm.
+    ``mask`` (batch, n_experts, n_tokens) replaces tokens by the mask token."""
+    norm, linear = _stacked_ops(params)
     x = x.transpose(0, 1)
     h = linear(x, "encoder.embed")
     if mask is not None:
@@ -202,7 +193,30 @@ def folded_forward(params: Mapping[str, torch.Tensor], x: torch.Tensor, n_heads:
                        f"{b}.attn.proj")
         h = h + linear(F.gelu(linear(norm(h, f"{b}.norm2"), f"{b}.mlp.fc1")),
                        f"{b}.mlp.fc2")
-    h = norm(h, "encoder.norm")
+    return norm(h, "encoder.norm")
+
+
+def folded_forward(params: Mapping[str, torch.Tensor], x: torch.Tensor, n_heads: int,
+                   window: tuple[int, int] = (70, 130), mask: torch.Tensor | None = None):
+    """The experts' forward pass written out on the stacked parameters (the encoders by
+    :func:`folded_encode`, then the heads).
+
+    The same computation as :class:`Expert` (timm blocks: pre-norm attention and GELU MLP,
+    final LayerNorm, two heads) for parameters stacked on a leading expert axis, as
+    :class:`ExpertBank` holds them; differentiable with ``torch.func.grad``.
+
+    Parameters
+    ----------
+    x : tensor, shape (batch, n_experts, n_tokens, n_bands)
+    mask : bool tensor, shape (batch, n_experts, n_tokens), optional
+
+    Returns
+    -------
+    time_logits (n_experts, batch, n_tokens), trial_logits (n_experts, batch),
+    reconstruction (n_experts, batch, n_tokens, n_bands)
+    """
+    _, linear = _stacked_ops(params)
+    h = folded_encode(params, x, n_heads, mask)
     time_logit = linear(h, "time_head")[..., 0]
     pooled = h[:, :, window[0]:window[1]].mean(2)
     trial_logit = torch.einsum("ebd,eod->ebo", pooled, params["trial_head.weight"])[..., 0] \

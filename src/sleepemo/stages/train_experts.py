@@ -244,15 +244,6 @@ def output_names(cfg: ExpertsConfig, variant: str) -> tuple[str, str | None]:
     return f"experts_{variant}{suffix}", (f"experts_{variant}_tta{suffix}" if tta else None)
 
 
-def fold_labels(ds, folds, k: int, shuffle: bool, seed: int) -> dict[int, np.ndarray]:
-    """Labels of fold k's training participants: the only labels fold k may use."""
-    labels = {s: np.asarray(ds.train[s].y) for s in folds.train_of(k)}
-    if shuffle:
-        rng = np.random.default_rng([seed, k, 77])
-        labels = {s: rng.permutation(y) for s, y in labels.items()}
-    return labels
-
-
 def run_fold(trainer: ExpertTrainer, variant: str, k: int, held: int, test_subjects,
              labels: dict, seed: int, mask_ratio: float, ckpt: Path | None = None,
              train_fp: str = "", progress=None) -> dict:
@@ -330,7 +321,7 @@ def run(stage: Stage) -> StageOutput:
                           "samples of a trial")
     subjects = list(folds.train_subjects) + list(folds.test_subjects)
     cache = BandFeatureCache.for_run(stage.out, ds, folds, mcfg.bands, mcfg.feature,
-                                     stage.progress)
+                                     stage.progress, evoked=mcfg.evoked())
     feats = {s: pool_time(np.asarray(cache.load(s), dtype=np.float32), cfg.stride)
              for s in subjects}
 
@@ -373,7 +364,7 @@ def run(stage: Stage) -> StageOutput:
             t0 = time.perf_counter()
             zs = writers["zero_shot"]
             res = run_fold(trainer, v, k, held, folds.test_subjects,
-                           fold_labels(ds, folds, k, cfg.shuffle_labels, seed), seed,
+                           folds.labels_of(ds, k, cfg.shuffle_labels, seed), seed,
                            mcfg.mask_ratio, ckpt=zs.path(f"fold{k}.pt"), train_fp=tfp,
                            progress=lambda: progress.update(1))
             fold_seconds[v].append(time.perf_counter() - t0)

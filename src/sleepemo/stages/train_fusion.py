@@ -1,0 +1,496 @@
+"""Stage 04: spatiotemporal fusion of the channels' token sequences, under LOPO.
+
+The network (:class:`sleepemo.models.fusion.FusionNet`) sees every channel at once:
+electrode-position embeddings, attention across channels per token, attention pooling
+over channels, dilated temporal convolutions, a logit per token (interpolated to every
+timepoint) and a trial logit. What it reads per (channel, token) is the variant's input
+(``fusion.variants``, table rows ``fusion_<variant>[_shuffled]``):
+
+- ``experts``: fold k's stage-03 experts (``fusion.expert_result``, their ``fold<k>.pt``,
+  frozen) give per-token embeddings of every participant; plus the evoked tokens;
+- ``experts_pairwise``: the same, trained with the within-participant pairwise AUC loss;
+- ``experts_noevoked``: the experts' embeddings alone;
+- ``mae``: the frozen stage-02 encoder's embeddings (no stage 03) plus evoked tokens;
+- ``raw``: the band envelopes themselves plus evoked tokens (no pre-training).
+
+The **evoked tokens** are the 0.5-8 Hz waveform of every channel (phase kept), z-scored
+per participant (:func:`sleepemo.features.evoked_features`); every input is z-scored per
+participant and feature on that participant's own trials (label-free).
+
+Fold k trains on the fold's training participants only (:meth:`Folds.labels_of`):
+``fusion.n_inner_val`` of them are set aside to early-stop (the competition metric on
+their trials, every ``fusion.eval_every`` steps); the held-out participant and the test
+participants are only predicted. Test predictions are the mean of the 14 fold models.
+
+Artefacts under ``<out>/04_fusion/``::
+
+    fusion_<variant>/fold<k>.pt   the fold's early-stopped weights (resume point)
+    fusion_<variant>/fold<k>.npz  oof, test, oof_trial, test_trial, oof_attention
+                                  (channel attention per held-out trial), inner-split
+                                  scores, fingerprint
+    fusion_<variant>/{oof,test,oof_trial,test_trial,oof_attention}.npy, score.json,
+                     meta.json    (a result of the predictions contract)
+    metrics.json, evidence.md, fusion_curves.png, channel_attention.png
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..artefacts import (Result, ResultWriter, code_hash, fingerprint, load_checkpoint,
+                         results, save_checkpoint)
+from ..config import ConfigError, FusionConfig, fields_affecting
+from ..features import BandFeatureCache, pool_time
+from ..metric import window_auc
+from ..models.experts import folded_encode
+from ..models.fusion import FusionNet, electrode_positions, fusion_loss
+from ..models.mae import load_mae_weights, load_encoder
+from ..progress import bar
+from ..report import plot_curves, plot_topomaps, results_table, to_markdown
+from ..stage import Stage, StageOutput, stage_dir
+
+VARIANTS = FusionConfig.VARIANTS
+
+
+# ------------------------------------------------------------------ inputs
+def standardise(x: np.ndarray) -> np.ndarray:
+    """Z-score every (channel, feature) over one participant's trials and tokens."""
+    mu = x.mean(axis=(0, 2), keepdims=True)
+    sd = x.std(axis=(0, 2), keepdims=True)
+    return ((x - mu) / np.where(sd > 0, sd, 1.0)).astype(np.float32)
+
+
+def encode_with_experts(params: dict, feats: np.ndarray, n_heads: int,
+                        batch: int = 512) -> np.ndarray:
+    """Per-token embeddings of the 16 experts: (n, C, T, F) -> (n, C, T, d)."""
+    dev = next(iter(params.values())).device
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(feats), batch):
+            h = folded_encode(params, torch.from_numpy(np.ascontiguousarray(
+                feats[i:i + batch], dtype=np.float32)).to(dev), n_heads)
+            out.append(h.transpose(0, 1).cpu().numpy())
+    return np.concatenate(out)
+
+
+def encode_with_mae(encoder, feats: np.ndarray, batch: int = 4096) -> np.ndarray:
+    """Per-token embeddings of the frozen MAE encoder: (n, C, T, F) -> (n, C, T, d)."""
+    n, c = feats.shape[:2]
+    dev = next(encoder.parameters()).device
+    flat = np.ascontiguousarray(feats, dtype=np.float32).reshape(n * c, *feats.shape[2:])
+    chans = torch.from_numpy(np.tile(np.arange(c), n)).to(dev)
+    out = []
+    encoder.eval()
+    with torch.no_grad():
+        for i in range(0, len(flat), batch):
+            out.append(encoder(torch.from_numpy(flat[i:i + batch]).to(dev), None,
+                               chans[i:i + batch]).cpu().numpy())
+    return np.concatenate(out).reshape(n, c, feats.shape[2], -1)
+
+
+class Inputs:
+    """Where every variant's input comes from, built lazily and kept while needed.
+
+    ``get(kind, k)`` -> participant -> (n_trials, n_chans, n_tokens, n_features) at the
+    fusion's token rate, z-scored per participant; ``key(kind)`` identifies it for the
+    fingerprints. Nothing here sees a label.
+    """
+
+    def __init__(self, stage: Stage, ds, folds):
+        self.stage, self.ds, self.folds = stage, ds, folds
+        self.cfg, self.mcfg = stage.cfg.fusion, stage.cfg.mae
+        self.subjects = list(folds.train_subjects) + list(folds.test_subjects)
+        self._band = self._evoked = None
+        self._kept: dict = {}
+
+    @property
+    def band(self) -> BandFeatureCache:
+        """Stage 02/03's token features (the same cache)."""
+        if self._band is None:
+            self._band = BandFeatureCache.for_run(
+                self.stage.out, self.ds, self.folds, self.mcfg.bands, self.mcfg.feature,
+                self.stage.progress, evoked=self.mcfg.evoked())
+        return self._band
+
+    @property
+    def evoked_cache(self) -> BandFeatureCache:
+        if self._evoked is None:
+            self._evoked = BandFeatureCache.for_run(
+                self.stage.out, self.ds, self.folds, (), progress=self.stage.progress,
+                evoked=self.cfg.evoked_band, name="evoked")
+        return self._evoked
+
+    def _pooled(self, cache: BandFeatureCache, s: int, stride: int) -> np.ndarray:
+        return pool_time(np.asarray(cache.load(s), dtype=np.float32), stride)
+
+    def evoked(self) -> dict:
+        if "evoked" not in self._kept:
+            self._kept["evoked"] = {s: self._pooled(self.evoked_cache, s, self.cfg.stride)
+                                    for s in self.subjects}
+        return self._kept["evoked"]
+
+    def expert_result(self) -> Result:
+        name = self.cfg.expert_result
+        found = [r for r in results(self.stage.out, "experts") if r.name == name]
+        if not found:
+            raise FileNotFoundError(
+                f"no finished stage-03 result {name!r} in {stage_dir(self.stage.out, 'experts')}"
+                ": run src/03_train_experts.py first, or leave the experts variants out "
+                "(--set 'fusion.variants=[mae,raw]')")
+        return found[0]
+
+    def key(self, kind: str) -> str:
+        if kind == "experts":
+            return self.expert_result().fingerprint
+        if kind == "mae":
+            return load_mae_weights(stage_dir(self.stage.out, "mae"))[2]["fingerprint"]
+        return self.band.key
+
+    def keep(self, k: int) -> dict:
+        """Fold k's training trials (at most ``fusion.train_trials`` per training
+        participant, a seeded random subset chosen without labels): training draws
+        fewer trials than that, and every trial kept costs an expert embedding."""
+        rng = np.random.default_rng([self.stage.cfg.seed, k, 5])
+        n = self.folds.n_trials
+        return {s: np.sort(rng.choice(n[s], size=min(self.cfg.train_trials, n[s]),
+                                      replace=False)) for s in self.folds.train_of(k)}
+
+    def get(self, kind: str, k: int) -> dict:
+        """The input ``kind`` of every participant for fold ``k``: the kept trials of
+        its training participants (:meth:`keep`), every trial of the others."""
+        keep = self.keep(k)
+        if kind == "experts":
+            if self._kept.get("experts_fold") != k:
+                self._kept.pop("experts", None)
+                self._kept["experts"] = self._experts(k, keep)
+                self._kept["experts_fold"] = k
+            return self._kept["experts"]
+        if kind not in self._kept:
+            self._kept[kind] = self._mae() if kind == "mae" else self._raw()
+        return {s: x[keep[s]] if s in keep else x for s, x in self._kept[kind].items()}
+
+    def _experts(self, k: int, keep: dict) -> dict:
+        res = self.expert_result()
+        path = res.folder / f"fold{k}.pt"
+        state = torch.load(path, map_location="cpu", weights_only=True) \
+            if path.is_file() else None
+        if state is None or "params" not in state:
+            raise FileNotFoundError(f"{path}: fold {k}'s experts are missing; run "
+                                    "src/03_train_experts.py again")
+        params = {n: v.to(self.stage.device) for n, v in state["params"].items()}
+        stride = self.stage.cfg.experts.stride
+        n_heads = self.mcfg.n_heads
+        out = {}
+        for s in bar(self.subjects, desc=f"fold {k}: experts' embeddings",
+                     enabled=self.stage.progress, leave=False):
+            x = self._pooled(self.band, s, stride)
+            if s in keep:  # training participants: only the kept trials are embedded
+                x = x[keep[s]]
+            out[s] = standardise(pool_time(encode_with_experts(params, x, n_heads),
+                                           self.cfg.stride // stride))
+        return out
+
+    def _mae(self) -> dict:
+        folder = stage_dir(self.stage.out, "mae")
+        info = load_mae_weights(folder)[2]
+        if info.get("band_cache") != self.band.key:
+            raise FileNotFoundError(f"{folder} was trained on other band features than the "
+                                    "current mae: settings; run src/02_pretrain_mae.py again")
+        enc = load_encoder(folder).to(self.stage.device)
+        stride = self.mcfg.stride
+        return {s: standardise(pool_time(encode_with_mae(enc, self._pooled(
+            self.band, s, stride)), self.cfg.stride // stride)) for s in self.subjects}
+
+    def _raw(self) -> dict:
+        n_bands = len(self.mcfg.bands)  # without the MAE's evoked tokens, if it has them
+        return {s: standardise(self._pooled(self.band, s, self.cfg.stride)[..., :n_bands])
+                for s in self.subjects}
+
+    def variant(self, v: str, k: int) -> dict:
+        """Variant ``v``'s input of every participant for fold ``k``."""
+        kind, evoked, _ = VARIANTS[v]
+        base = self.get(kind, k)
+        if not evoked:
+            return base
+        keep = self.keep(k)
+        ev = {s: x[keep[s]] if s in keep else x for s, x in self.evoked().items()}
+        return {s: np.concatenate([base[s], ev[s]], axis=-1) for s in self.subjects}
+
+    def labels(self, k: int, shuffle: bool = False) -> dict:
+        """Fold k's training labels (:meth:`Folds.labels_of`) of the kept trials."""
+        keep = self.keep(k)
+        return {s: y[keep[s]] for s, y in self.folds.labels_of(
+            self.ds, k, shuffle, self.stage.cfg.seed).items()}
+
+
+# ------------------------------------------------------------------ one fold
+def _balanced(y: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    out = []
+    for cls in (0, 1):
+        idx = np.flatnonzero(y == cls)
+        out.append(rng.choice(idx, size=n // 2, replace=len(idx) < n // 2))
+    return np.concatenate(out)
+
+
+def predict(model: FusionNet, x: np.ndarray, batch: int = 512):
+    """Token logits (n, T), trial logits (n,) and channel attention (n, T, C)."""
+    model.eval()
+    dev = next(model.parameters()).device
+    if len(x) == 0:
+        t = x.shape[2]
+        return (np.zeros((0, t), np.float32), np.zeros(0, np.float32),
+                np.zeros((0, t, x.shape[1]), np.float32))
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            outs.append([o.cpu().numpy() for o in model(torch.from_numpy(
+                np.ascontiguousarray(x[i:i + batch])).to(dev))])
+    return tuple(np.concatenate([o[j] for o in outs]) for j in range(3))
+
+
+def to_timepoints(token_logits: np.ndarray, n_times: int) -> np.ndarray:
+    """Per-token logits -> probabilities at every timepoint (linear interpolation)."""
+    t = torch.from_numpy(token_logits)[:, None]
+    if t.shape[-1] != n_times:
+        t = F.interpolate(t, size=n_times, mode="linear", align_corners=False)
+    return torch.sigmoid(t[:, 0]).numpy().astype(np.float32)
+
+
+def inner_score(model: FusionNet, inputs: dict, labels: dict, picks: dict,
+                min_run: int) -> float:
+    """The competition metric on the inner participants' token outputs."""
+    pred = {s: predict(model, inputs[s][i])[0] for s, i in picks.items()}
+    return window_auc({s: labels[s][i] for s, i in picks.items()}, pred,
+                      min_run=min_run).score
+
+
+def run_fold(cfg: FusionConfig, variant: str, inputs: dict, labels: dict, held: int,
+             test_subjects, k: int, seed: int, n_times: int, positions=None, ckpt=None,
+             fp: str = "", progress=None, device="cpu") -> dict:
+    """Train fold k's fusion on ``labels`` (the fold's training participants only),
+    early-stopped on an inner split of them, and predict ``held`` and the test
+    participants. Returns the fold's arrays."""
+    if held in labels:
+        raise ValueError(f"participant {held} is held out in fold {k}: its labels must not "
+                         "reach the training")
+    vid = list(VARIANTS).index(variant)
+    rng = np.random.default_rng([seed, k, vid, 4])
+    subjects = sorted(labels)
+    n_val = min(cfg.n_inner_val, len(subjects) - 1)
+    inner = sorted(int(s) for s in rng.choice(subjects, size=n_val, replace=False))
+    train = [s for s in subjects if s not in inner]
+    picks = {s: np.sort(rng.choice(len(labels[s]), size=min(cfg.eval_trials, len(labels[s])),
+                                   replace=False)) for s in inner}
+    n_chans, n_tokens, n_feat = next(iter(inputs.values())).shape[1:]
+    window = (cfg.window[0] // cfg.stride, -(-cfg.window[1] // cfg.stride))
+    torch.manual_seed(seed * 1000 + k)
+    model = FusionNet(n_feat, n_chans, positions, cfg.d_model, cfg.n_heads, cfg.n_temporal,
+                      cfg.kernel, window, cfg.dropout).to(device)
+    min_run = max(1, math.ceil(10 / cfg.stride))
+    state = load_checkpoint(ckpt, fp, device) if ckpt else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        history = state["history"]
+    else:
+        loss_fn = fusion_loss(VARIANTS[variant][2], cfg.time_loss_weight)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        best = (-1.0, 0, copy.deepcopy(model.state_dict()))
+        history = []
+        for step in range(1, cfg.steps + 1):
+            model.train()
+            chosen = rng.choice(train, size=min(cfg.subjects_per_batch, len(train)),
+                                replace=False)
+            idx = [_balanced(labels[s], cfg.trials_per_subject, rng) for s in chosen]
+            x = torch.from_numpy(np.concatenate([inputs[s][i] for s, i in zip(chosen, idx)]))
+            y = torch.from_numpy(np.concatenate([labels[s][i] for s, i in zip(chosen, idx)]
+                                                ).astype(np.float32))
+            groups = torch.repeat_interleave(torch.arange(len(chosen)),
+                                             torch.tensor([len(i) for i in idx]))
+            t, r, _ = model(x.to(device))
+            loss = loss_fn(t, r, y.to(device), groups.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                score = inner_score(model, inputs, labels, picks, min_run)
+                history.append([step, float(loss.item()), score])
+                if score > best[0]:
+                    best = (score, step, copy.deepcopy(model.state_dict()))
+            if progress:
+                progress()
+        model.load_state_dict(best[2])
+        if ckpt:
+            save_checkpoint(ckpt, {"model": model.state_dict(), "history": history}, fp)
+    out = {"history": np.asarray(history, dtype=np.float64), "inner": np.asarray(inner)}
+    for role, subs in (("oof", [held]), ("test", list(test_subjects))):
+        x = np.concatenate([inputs[s] for s in subs]) if subs else \
+            np.zeros((0, n_chans, n_tokens, n_feat), np.float32)
+        tok, trial, att = predict(model, x, cfg.predict_batch)
+        out[role] = to_timepoints(tok, n_times)
+        out[f"{role}_trial"] = (1 / (1 + np.exp(-trial))).astype(np.float32)
+        if role == "oof":
+            out["oof_attention"] = att[:, window[0]:window[1]].mean(1).astype(np.float32)
+    return out
+
+
+# ------------------------------------------------------------------ the stage
+def output_name(cfg: FusionConfig, variant: str) -> str:
+    return f"fusion_{variant}" + ("_shuffled" if cfg.shuffle_labels else "")
+
+
+def run(stage: Stage) -> StageOutput:
+    """Everything stage 04 does (see the module docstring)."""
+    cfg, seed, log = stage.cfg.fusion, stage.cfg.seed, stage.log
+    ds = stage.dataset()
+    folds = stage.folds(ds)
+    if ds.n_times % cfg.stride:
+        raise ConfigError(f"fusion.stride {cfg.stride} does not divide the {ds.n_times} "
+                          "samples of a trial")
+    inputs = Inputs(stage, ds, folds)
+    positions = electrode_positions(ds.ch_names)
+    writers = {}
+    for v in cfg.variants:
+        kind, evoked, _ = VARIANTS[v]
+        fp = fingerprint(stage="fusion", variant=v, spec=VARIANTS[v], seed=seed,
+                         fusion=fields_affecting(cfg, "weights"),
+                         data=folds.data_fingerprint, inputs=inputs.key(kind),
+                         evoked=inputs.evoked_cache.key if evoked else None,
+                         positions=None if positions is None else positions.tolist(),
+                         code=code_hash())
+        writers[v] = ResultWriter(stage.out, stage.spec.name, output_name(cfg, v), fp, folds)
+        if writers[v].finished():
+            log(f"{writers[v].name}: unchanged, reusing {writers[v].folder}")
+
+    progress = bar(total=folds.n_folds * cfg.steps * len(cfg.variants),
+                   desc="fusion: LOPO folds x steps", unit="step", enabled=stage.progress)
+    seconds = {v: [] for v in cfg.variants}
+    for k in range(folds.n_folds):
+        held = folds.held_out(k)
+        labels = inputs.labels(k, cfg.shuffle_labels)
+        for v, writer in writers.items():
+            if writer.fold_done(k):
+                progress.update(cfg.steps)
+                continue
+            progress.set_postfix(fold=k, held_out=f"S{held}", variant=v)
+            t0 = time.perf_counter()
+            arrays = run_fold(cfg, v, inputs.variant(v, k), labels, held, folds.test_subjects,
+                              k, seed, ds.n_times, positions, writer.path(f"fold{k}.pt"),
+                              writer.fp, lambda: progress.update(1), stage.device)
+            writer.save_fold(k, **arrays)
+            seconds[v].append(time.perf_counter() - t0)
+    progress.close()
+
+    finished = {}
+    for v, writer in writers.items():
+        finished[v] = writer.finished() or writer.finish(
+            ds, seed=seed, diagnostic=cfg.shuffle_labels, config=dataclasses.asdict(cfg),
+            meta={"registry": "fusion", "variant": v, "inputs": VARIANTS[v][0],
+                  "evoked_tokens": VARIANTS[v][1], "loss": VARIANTS[v][2],
+                  "inner_best": {f"S{s}": p["history"][:, 2].max().round(4).item()
+                                 for s, p in writer.load_parts().items()}})
+    return _report(stage, ds, folds, finished, seconds, positions)
+
+
+def _report(stage: Stage, ds, folds, finished: dict, seconds: dict, positions
+            ) -> StageOutput:
+    cfg = stage.cfg.fusion
+    listed = results(stage.out)
+    table, scores, sfreq = results_table(listed)
+    names = {v: r.label for v, r in finished.items()}
+    attention = {r.label: r.array("oof_attention").mean(0).tolist()
+                 for r in finished.values()}
+    curves = {n: scores[n] for n in names.values()}
+    best_base = table[(table["stage"] == "baselines") & ~table["diagnostic"]]
+    if len(best_base):
+        curves[f"baseline {best_base.index[0]}"] = scores[best_base.index[0]]
+    plot_curves(curves, sfreq, stage.dir / "fusion_curves.png",
+                title="Fusion: mean per-timepoint AUC of the held-out participants")
+    topomap = plot_topomaps(attention, ds.ch_names, stage.dir / "channel_attention.png",
+                            title="Fusion: channel attention in the trial window "
+                                  "(held-out trials)",
+                            label=f"attention weight (uniform = 1/{ds.n_chans})",
+                            centre=1 / ds.n_chans) if positions is not None else None
+    metrics = {
+        "lopo_window_auc": {n: float(scores[n].score) for n in names.values()},
+        "variants": {names[v]: list(VARIANTS[v]) for v in names},
+        "channel_attention": {n: dict(zip(ds.ch_names, a)) for n, a in attention.items()},
+        "median_fold_seconds": {v: float(np.median(s)) for v, s in seconds.items() if s},
+        "labels_shuffled": cfg.shuffle_labels, "token_samples": cfg.stride,
+        "steps": cfg.steps, "topomap": topomap is not None,
+        "electrode_positions": positions is not None}
+    summary = "fusion LOPO window AUC: " + ", ".join(
+        f"{n} {s:.4f}" for n, s in metrics["lopo_window_auc"].items())
+    return StageOutput(metrics, summary, evidence(table, names, metrics, cfg))
+
+
+def paired(table, a: str, b: str) -> str:
+    """``a`` against ``b`` on the same held-out participants."""
+    cols = [c for c in table.columns if c.startswith("S") and c[1:].isdigit()]
+    d = table.loc[a, cols].to_numpy(float) - table.loc[b, cols].to_numpy(float)
+    return (f"`{a}` {table.loc[a, 'overall']:.4f} vs `{b}` {table.loc[b, 'overall']:.4f}: "
+            f"higher on {int((d > 0).sum())} of {len(d)} held-out participants "
+            f"(mean difference {d.mean():+.4f} in each model's own window)")
+
+
+def evidence(table, names: dict, m: dict, cfg: FusionConfig) -> str:
+    """Stage 04's section of the run report: the table, the verdict, the ablations."""
+    fusion = [n for n in table.index if n in names.values()]
+    submittable = table[~table["diagnostic"]]
+    base = submittable[submittable["stage"] == "baselines"]
+    lines = [
+        f"Fusion of the 16 channels' token sequences ({cfg.stride}-sample tokens; "
+        f"attention across channels with electrode-position embeddings, dilated temporal "
+        f"convolutions; {cfg.steps} steps per fold, early-stopped on {cfg.n_inner_val} of "
+        "the fold's training participants)"
+        + (", **labels shuffled** (leakage alarm)" if cfg.shuffle_labels else "") + ".", "",
+        "| result | input | evoked tokens | loss | LOPO window AUC | window (ms) |",
+        "|---|---|---|---|---|---|"]
+    for n in fusion:
+        kind, evoked, loss = m["variants"][n]
+        lines.append(f"| `{n}` | {kind} | {'yes' if evoked else 'no'} | {loss} | "
+                     f"{table.loc[n, 'overall']:.4f} | {table.loc[n, 'window_ms'] or 'none'} |")
+    lines.append("")
+    if fusion and not cfg.shuffle_labels:
+        best_f = max(fusion, key=lambda n: table.loc[n, "overall"])
+        if len(base):
+            verdict = ("beats" if table.loc[best_f, "overall"] > base["overall"].iloc[0]
+                       else "does **not** beat")
+            lines.append(f"**Verdict:** the best fusion {verdict} the best baseline: "
+                         + paired(table, best_f, base.index[0]) + ".")
+        else:
+            lines.append("**Verdict:** no stage-01 baseline in this run to compare with.")
+        others = [n for n in submittable.index if n not in fusion]
+        if others and (not len(base) or others[0] != base.index[0]):
+            lines.append("The best model of the run outside stage 04: "
+                         + paired(table, best_f, others[0]) + ".")
+        lines += ["", "Ablations:", ""]
+        pairs = [("experts", "mae", "the experts' embeddings against the frozen MAE's "
+                  "(what stage 03 adds)"),
+                 ("experts", "raw", "the experts' embeddings against raw band envelopes "
+                  "(what all pre-training adds)"),
+                 ("mae", "raw", "the MAE's embeddings against raw band envelopes"),
+                 ("experts", "experts_noevoked", "with against without the evoked tokens"),
+                 ("experts_pairwise", "experts", "pairwise AUC loss against BCE")]
+        for a, b, what in pairs:
+            if a in names and b in names:
+                lines.append(f"- {what}: {paired(table, names[a], names[b])}.")
+        mean_rule = [n for n in table.index if table.loc[n, "stage"] == "experts"
+                     and n == cfg.expert_result]
+        if "experts" in names and mean_rule:
+            lines.append("- fusion against the weighted mean of the experts (stage 03's "
+                         f"rule): {paired(table, names['experts'], mean_rule[0])}.")
+    lines += ["", "All results of the run so far:", "",
+              to_markdown(table[["stage", "overall", "window_ms", "diagnostic"]]), ""]
+    if m["median_fold_seconds"]:
+        lines.append("Median seconds per fold: " + ", ".join(
+            f"{v} {s:.1f}" for v, s in m["median_fold_seconds"].items()) + ".")
+    lines += ["", "![per-timepoint AUC](fusion_curves.png)"]
+    if m["topomap"]:
+        lines += ["", "![channel attention](channel_attention.png)"]
+    return "\n".join(lines)

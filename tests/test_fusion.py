@@ -1,0 +1,286 @@
+"""Stage 04: the fusion network, its losses and the stage under LOPO."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sleepemo import CHANNELS
+from sleepemo.config import ConfigError, load_config
+from sleepemo.models.fusion import (FusionNet, electrode_positions, fusion_loss,
+                                    pairwise_auc_loss)
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+# ---------------------------------------------------------------- the network
+@pytest.mark.parametrize("with_positions", [True, False])
+def test_fusion_net_shapes_and_channel_attention(with_positions):
+    pos = electrode_positions(CHANNELS) if with_positions else None
+    torch.manual_seed(0)
+    net = FusionNet(7, 16, pos, d=16, n_heads=2, window=(3, 6))
+    t, r, att = net(torch.randn(5, 16, 10, 7))
+    assert t.shape == (5, 10) and r.shape == (5,) and att.shape == (5, 10, 16)
+    torch.testing.assert_close(att.sum(-1), torch.ones(5, 10))
+    assert (net.xyz is not None) == with_positions
+
+
+def test_electrode_positions_are_template_positions_or_none():
+    pos = electrode_positions(CHANNELS)
+    assert pos.shape == (16, 3) and np.abs(pos).max() == pytest.approx(1.0)
+    # neighbours are closer than opposite sides of the head
+    i = {c: CHANNELS.index(c) for c in ("C3", "Cz", "C4")}
+    d = lambda a, b: np.linalg.norm(pos[i[a]] - pos[i[b]])  # noqa: E731
+    assert d("C3", "Cz") < d("C3", "C4")
+    assert electrode_positions(["EEG1", "EEG2"]) is None
+
+
+def test_pairwise_loss_ranks_within_groups_only():
+    y = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    groups = torch.tensor([0, 0, 1, 1])
+    good = torch.tensor([2.0, -2.0, 0.5, -0.5])
+    bad = -good
+    assert pairwise_auc_loss(good, y, groups) < pairwise_auc_loss(bad, y, groups)
+    # by hand: pairs (0, 1) and (2, 3) only; softplus(-(s_pos - s_neg))
+    want = (torch.nn.functional.softplus(torch.tensor(-4.0)) +
+            torch.nn.functional.softplus(torch.tensor(-1.0))) / 2
+    torch.testing.assert_close(pairwise_auc_loss(good, y, groups), want)
+    # a large gap between groups is not a pair: shifting a whole group changes nothing
+    shifted = good + torch.tensor([0.0, 0.0, 100.0, 100.0])
+    torch.testing.assert_close(pairwise_auc_loss(shifted, y, groups), want)
+    # no group with both classes: zero loss, still differentiable
+    s = torch.zeros(2, requires_grad=True)
+    loss = pairwise_auc_loss(s, torch.tensor([1.0, 0.0]), torch.tensor([0, 1]))
+    loss.backward()
+    assert loss.item() == 0.0
+    with pytest.raises(ValueError, match="unknown fusion loss"):
+        fusion_loss("hinge")
+
+
+def test_fusion_learns_a_class_effect_between_channels():
+    """An effect that only exists as the difference of two channels in some tokens
+    (invisible to each channel alone) is learned and generalises to a new participant."""
+    from sleepemo.stages.train_fusion import run_fold
+
+    rng = np.random.default_rng(0)
+
+    def participant(n=120):
+        y = rng.permutation(np.r_[np.ones(n // 2), np.zeros(n // 2)]).astype(int)
+        shared = rng.standard_normal((n, 1, 25, 1))
+        x = rng.standard_normal((n, 16, 25, 3)).astype(np.float32) * 0.5
+        x[:, :2] += shared.astype(np.float32)          # common to channels 0 and 1
+        x[:, 0, 10:16, 0] += 0.8 * (2 * y[:, None] - 1)  # channel 0 - channel 1 differs
+        x[:, 1, 10:16, 0] -= 0.8 * (2 * y[:, None] - 1)
+        return x, y
+
+    data = {s: participant() for s in range(1, 8)}
+    cfg = load_config("smoke", ["fusion.steps=40", "fusion.eval_every=10",
+                                "fusion.d_model=16", "fusion.n_heads=2"]).fusion
+    labels = {s: data[s][1] for s in (2, 3, 4, 5, 6, 7)}
+    torch.set_num_threads(1)
+    out = run_fold(cfg, "raw", {s: d[0] for s, d in data.items()}, labels, held=1,
+                   test_subjects=[], k=0, seed=0, n_times=200)
+    from sklearn.metrics import roc_auc_score
+
+    auc = roc_auc_score(data[1][1], out["oof_trial"])
+    assert auc > 0.8, auc
+    assert out["oof"].shape == (120, 200) and out["test"].shape == (0, 200)
+    assert out["oof_attention"].shape == (120, 16)
+
+
+def test_fusion_config_is_checked():
+    with pytest.raises(ConfigError, match="unknown fusion variant"):
+        load_config("smoke", ["fusion.variants=[nope]"])
+    with pytest.raises(ConfigError, match="multiple of"):
+        load_config("quick", ["fusion.stride=6"])
+    with pytest.raises(ConfigError, match="n_inner_val"):
+        load_config("smoke", ["fusion.n_inner_val=0"])
+    assert load_config("quick").fusion.inputs() == ["experts", "mae", "raw"]
+
+
+# ---------------------------------------------------------------- the stage on data
+def _stage(out, data_dir, name="fusion", **sets):
+    """A stage context on ``data_dir`` with a (random) stage-02 MAE in ``out``."""
+    from sleepemo.data import load_dataset
+    from sleepemo.features import BandFeatureCache
+    from sleepemo.folds import write_folds
+    from sleepemo.models.mae import MaskedAutoencoder, encoder_config, save_encoder
+    from sleepemo.stage import open_stage, stage_dir
+
+    cfg = load_config("smoke", [f"{k}={v}" for k, v in sets.items()])
+    ds = load_dataset(data_dir, progress=False)
+    folds, _ = write_folds(ds, out / "folds.json")
+    enc_cfg = encoder_config(cfg.mae, ds.n_times, ds.n_chans)
+    torch.manual_seed(0)
+    key = BandFeatureCache(out / "cache" / "band_features", folds.data_fingerprint,
+                           cfg.mae.bands, cfg.mae.feature).key
+    save_encoder(MaskedAutoencoder(enc_cfg), stage_dir(out, "mae"), {
+        "fingerprint": "random-mae-for-tests", "encoder": dataclasses.asdict(enc_cfg),
+        "band_cache": key})
+    return open_stage(name, cfg, data_dir, out, progress=False, log=lambda m: None), ds, folds
+
+
+def _untrained_experts(stage, ds, folds):
+    """A finished stage-03 result whose fold checkpoints hold freshly initialised
+    experts: what stage 04 reads from stage 03, without stage 03's training time."""
+    from sleepemo.artefacts import ResultWriter, save_checkpoint
+    from sleepemo.models.experts import ExpertBank, make_experts
+    from sleepemo.models.mae import encoder_config
+
+    cfg = stage.cfg
+    enc = dataclasses.replace(encoder_config(cfg.mae, ds.n_times, ds.n_chans),
+                              n_times=ds.n_times // cfg.experts.stride)
+    writer = ResultWriter(stage.out, "experts", cfg.fusion.expert_result, "untrained", folds)
+    n_test = sum(ds.test[s].n_trials for s in folds.test_subjects)
+    for k in range(folds.n_folds):
+        bank = ExpertBank(make_experts(ds.n_chans, enc, window=(0, 1), seed=k))
+        save_checkpoint(writer.path(f"fold{k}.pt"), {"params": {
+            n: v.detach() for n, v in bank.params.items()}}, "untrained")
+        writer.save_fold(k, oof=np.full((folds.n_trials[folds.held_out(k)], 200), 0.5,
+                                        np.float32),
+                         test=np.full((n_test, 200), 0.5, np.float32))
+    writer.finish(ds, seed=0)
+
+
+@pytest.fixture(scope="module")
+def fusion_run(smoke_dir, tmp_path_factory):
+    """Stage 04 with four variants on stage-03 experts (untrained: plumbing)."""
+    from sleepemo.stages import train_fusion
+
+    stage, ds, folds = _stage(tmp_path_factory.mktemp("fusion"), smoke_dir, **{
+        "fusion.variants": "[experts, experts_noevoked, experts_pairwise, raw]"})
+    _untrained_experts(stage, ds, folds)
+    metrics = stage.run(train_fusion.run).metrics
+    return stage, ds, folds, metrics
+
+
+def test_stage_writes_every_variant_through_the_contract(fusion_run):
+    from sleepemo.artefacts import results, score_oof
+
+    stage, ds, folds, metrics = fusion_run
+    run = stage.out / "04_fusion"
+    n_train = sum(folds.n_trials[s] for s in folds.train_subjects)
+    n_test = sum(ds.test[s].n_trials for s in folds.test_subjects)
+    names = [f"fusion_{v}" for v in stage.cfg.fusion.variants]
+    assert [r.name for r in results(stage.out, "fusion")] == sorted(names)
+    for name in names:
+        oof, test = np.load(run / name / "oof.npy"), np.load(run / name / "test.npy")
+        assert oof.shape == (n_train, 200) and test.shape == (n_test, 200)
+        assert 0 < oof.min() and oof.max() < 1 and np.isfinite(test).all()
+        assert np.load(run / name / "oof_trial.npy").shape == (n_train,)
+        att = np.load(run / name / "oof_attention.npy")
+        assert att.shape == (n_train, 16)
+        np.testing.assert_allclose(att.sum(1), 1, rtol=1e-5)
+        assert metrics["lopo_window_auc"][name] == score_oof(oof, ds, folds).score
+        with np.load(run / name / "fold0.npz") as z:  # early stopping left a history
+            assert z["history"].shape[1] == 3 and folds.held_out(0) not in z["inner"]
+    # the evoked tokens reach the network: with and without them differ
+    assert not np.array_equal(np.load(run / "fusion_experts" / "oof.npy"),
+                              np.load(run / "fusion_experts_noevoked" / "oof.npy"))
+    evidence = (run / "evidence.md").read_text()
+    assert "**Verdict:**" in evidence and "with against without the evoked tokens" in evidence
+    assert "fusion_curves.png" in evidence and "channel_attention.png" in evidence
+    for png in ("fusion_curves.png", "channel_attention.png"):
+        assert (run / png).stat().st_size > 0
+    assert json.loads((run / "metrics.json").read_text())["stage_seconds"] > 0
+
+
+def test_killed_stage_resumes_from_fold_checkpoints(fusion_run, monkeypatch):
+    from sleepemo.stages import train_fusion
+
+    stage, *_ = fusion_run
+    run = stage.out / "04_fusion" / "fusion_raw"
+    before = np.load(run / "oof.npy")
+    (run / "fold3.npz").unlink()  # as if killed after fold 3's checkpoint was written
+    (run / "meta.json").unlink()
+    monkeypatch.setattr(train_fusion, "fusion_loss", lambda *a, **k: pytest.fail(
+        "a fold with a checkpoint was trained again"))
+    stage.run(train_fusion.run)
+    np.testing.assert_array_equal(np.load(run / "oof.npy"), before)
+    monkeypatch.setattr(train_fusion, "run_fold", lambda *a, **k: pytest.fail("recomputed"))
+    logs = []
+    monkeypatch.setattr(stage, "log", logs.append)
+    stage.run(train_fusion.run)
+    assert sum("unchanged, reusing" in m for m in logs) == len(stage.cfg.fusion.variants)
+
+
+def test_missing_experts_is_a_clear_error(smoke_dir, tmp_path):
+    from sleepemo.stages import train_fusion
+
+    stage, *_ = _stage(tmp_path, smoke_dir)
+    with pytest.raises(FileNotFoundError, match="03_train_experts"):
+        stage.run(train_fusion.run)
+
+
+@pytest.mark.parametrize("variant", ["raw", "experts_pairwise"])
+def test_held_out_labels_never_reach_the_fitted_fusion(fusion_run, variant):
+    """Fold 0 with the held-out participant's labels flipped gives bit-identical
+    outputs, and a label dict that includes the held-out participant is refused."""
+    from sleepemo.stages.train_fusion import Inputs, run_fold
+
+    stage, ds, folds, _ = fusion_run
+    torch.set_num_threads(1)
+    source = Inputs(stage, ds, folds)
+    inputs = source.variant(variant, 0)
+    held = folds.held_out(0)
+    cfg = stage.cfg.fusion
+
+    def fold0():
+        return run_fold(cfg, variant, inputs, source.labels(0), held,
+                        folds.test_subjects, 0, 0, 200)
+
+    first = fold0()
+    subj = ds.train[held]
+    ds.train[held] = dataclasses.replace(subj, y=(1 - subj.y).astype(subj.y.dtype))
+    try:
+        second = fold0()
+    finally:
+        ds.train[held] = subj
+    assert first.keys() == second.keys()
+    for key, arr in first.items():
+        np.testing.assert_array_equal(second[key], arr)
+    leaky = source.labels(0) | {held: subj.y}
+    with pytest.raises(ValueError, match="held out"):
+        run_fold(cfg, variant, inputs, leaky, held, folds.test_subjects, 0, 0, 200)
+
+
+def test_label_shuffled_stage_scores_about_chance(medium_dir, tmp_path):
+    """Leakage alarm for the whole stage: labels permuted within each training
+    participant -> about 0.5 (raw inputs: no stage 03 needed)."""
+    from sleepemo.stages import train_fusion
+
+    stage, *_ = _stage(tmp_path, medium_dir, **{"fusion.shuffle_labels": "true",
+                                                "fusion.variants": "[raw]",
+                                                "fusion.steps": "20",
+                                                "fusion.eval_every": "5"})
+    scores = stage.run(train_fusion.run).metrics["lopo_window_auc"]
+    print("shuffled fusion:", scores)
+    assert set(scores) == {"fusion_raw_shuffled"}
+    assert abs(scores["fusion_raw_shuffled"] - 0.5) <= 0.03
+    meta = json.loads((tmp_path / "04_fusion" / "fusion_raw_shuffled" / "meta.json").read_text())
+    assert meta["diagnostic"]
+
+
+def test_training_participants_keep_a_label_free_subset(smoke_dir, tmp_path):
+    """At most ``fusion.train_trials`` per training participant, the same rows in every
+    input and in the labels; the held-out and test participants keep every trial."""
+    from sleepemo.stages.train_fusion import Inputs
+
+    stage, ds, folds = _stage(tmp_path, smoke_dir, **{"fusion.train_trials": "20"})
+    source = Inputs(stage, ds, folds)
+    keep, x, labels = source.keep(3), source.variant("raw", 3), source.labels(3)
+    assert sorted(keep) == sorted(folds.train_of(3)) == sorted(labels)
+    for s in folds.train_of(3):
+        assert len(keep[s]) == len(x[s]) == len(labels[s]) == 20
+        np.testing.assert_array_equal(labels[s], ds.train[s].y[keep[s]])
+    for s in [folds.held_out(3), *folds.test_subjects]:
+        assert len(x[s]) == ds.subject(s).n_trials
+    assert x[folds.held_out(3)].shape[-1] == len(stage.cfg.mae.bands) + 1  # + evoked
