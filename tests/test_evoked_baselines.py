@@ -24,7 +24,8 @@ def erp_data(n_subjects=6, n_per_class=40, amp=0.35, seed=0):
     an extra bump (``amp`` x a Gaussian at 400 ms, sd 40 ms, on a fixed topography)."""
     rng = np.random.default_rng(seed)
     t = np.arange(N_TIMES) / SFREQ
-    common = np.exp(-0.5 * ((t - 0.2) / 0.05) ** 2) - np.exp(-0.5 * ((t - 0.55) / 0.08) ** 2)
+    common = (np.exp(-0.5 * ((t - 0.2) / 0.05) ** 2)
+              - np.exp(-0.5 * ((t - 0.55) / 0.08) ** 2))
     bump = np.exp(-0.5 * ((t - 0.4) / 0.04) ** 2)
     topo = np.linspace(1.0, -0.5, 16)
     Xs, ys = [], []
@@ -94,7 +95,8 @@ def test_injected_evoked_effect_is_found_and_permuted_labels_score_chance(name, 
     rng = np.random.default_rng(1)
     permuted = [rng.permutation(y) for y in ys]
     chance = score(ys, lopo(name, params, Xs, ys, fit_labels=permuted))
-    assert abs(chance.curve.mean() - 0.5) < 0.05, f"{name} {params}: {chance.curve.mean():.3f}"
+    mean = chance.curve.mean()
+    assert abs(mean - 0.5) < 0.05, f"{name} {params}: {mean:.3f}"
     assert chance.score < 0.6
 
 
@@ -113,4 +115,4 @@ def test_held_out_labels_never_reach_fit(name, params, make_folder, tmp_path):
                                       **quiet).oof)
     np.testing.assert_array_equal(after[3], before[3])
     for s in (2, 4):
-        assert not np.allclose(after[s], before[s]), f"participant {s}: labels had no effect"
+        assert not np.allclose(after[s], before[s]), f"participant {s}: labels ignored"

@@ -1,4 +1,4 @@
-"""docs/extending.md, run as written: a toy model in stage 01 and a toy stage 04."""
+"""docs/extending.md, run as written: a toy model in stage 01 and a toy stage 06."""
 from __future__ import annotations
 
 import re
@@ -26,25 +26,25 @@ def doc_blocks() -> list[str]:
 @pytest.fixture(scope="module")
 def extended(smoke_dir, tmp_path_factory):
     """Run the page's two blocks: register the toy model, run stage 01 with it, run the
-    toy stage 04 and stage 07."""
+    toy stage 06 and stage 07."""
     model_block, stage_block = doc_blocks()
     saved = dict(models.REGISTRY)
     exec(compile(model_block, str(DOC), "exec"), {})
-    fusion = types.ModuleType("toy_fusion")
-    exec(compile(stage_block, str(DOC), "exec"), fusion.__dict__)
+    toy = types.ModuleType("toy_ensemble")
+    exec(compile(stage_block, str(DOC), "exec"), toy.__dict__)
     out = tmp_path_factory.mktemp("extended")
     cfg = load_config("smoke", ["baselines.models=[constant,starter,theta_power]"])
     write_folds(load_dataset(smoke_dir, progress=False), out / "folds.json")
     quiet = dict(progress=False, log=lambda m: None)
     try:
         open_stage("baselines", cfg, smoke_dir, out, **quiet).run(baselines.run)
-        fused = open_stage("fusion", cfg, smoke_dir, out, **quiet).run(fusion.run)
+        fused = open_stage("ensemble", cfg, smoke_dir, out, **quiet).run(toy.run)
         submitted = open_stage("submission", cfg, smoke_dir, out, **quiet).run(
             lambda s: make_submission.run(s, submissions=out / "subs"))
     finally:
         models.REGISTRY.clear()
         models.REGISTRY.update(saved)
-    return out, fusion, fused, submitted, cfg, smoke_dir
+    return out, toy, fused, submitted, cfg, smoke_dir
 
 
 def test_the_page_has_the_two_examples():
@@ -53,22 +53,22 @@ def test_the_page_has_the_two_examples():
     assert "REGISTRY[\"theta_power\"]" in blocks[0] and "ResultWriter" in blocks[1]
 
 
-def test_toy_model_runs_in_stage_01_and_toy_stage_04_reads_it(extended):
+def test_toy_model_runs_in_stage_01_and_toy_stage_06_reads_it(extended):
     out, _, fused, submitted, _, smoke_dir = extended
     listed = {r.label: r for r in results(out)}
     assert {"constant", "starter", "theta_power", "mean_of_baselines"} <= set(listed)
     assert listed["theta_power"].stage == "baselines"
-    fusion = listed["mean_of_baselines"]
-    assert fusion.stage == "fusion" and fusion.folder == out / "04_fusion" / "mean_of_baselines"
-    assert fusion.meta["inputs"] == ["starter", "theta_power"]  # constant is diagnostic
-    # the toy fusion is exactly the mean of its inputs' out-of-fold predictions
-    np.testing.assert_allclose(fusion.oof, (listed["starter"].oof + listed["theta_power"].oof)
+    blend = listed["mean_of_baselines"]
+    assert blend.stage == "ensemble" and blend.folder == out / "06_ensemble" / "mean_of_baselines"
+    assert blend.meta["inputs"] == ["starter", "theta_power"]  # constant is diagnostic
+    # the toy blend is exactly the mean of its inputs' out-of-fold predictions
+    np.testing.assert_allclose(blend.oof, (listed["starter"].oof + listed["theta_power"].oof)
                                / 2, rtol=1e-6)
-    assert fused.metrics["lopo_window_auc"]["mean_of_baselines"] == fusion.score()[0].score
-    assert (out / "04_fusion" / "metrics.json").is_file()
+    assert fused.metrics["lopo_window_auc"]["mean_of_baselines"] == blend.score()[0].score
+    assert (out / "06_ensemble" / "metrics.json").is_file()
     # the report and the submission see every stage's results
     report = (out / "report.md").read_text()
-    assert "| mean_of_baselines | fusion |" in report and "## Stage 04" in report
+    assert "| mean_of_baselines | ensemble |" in report and "## Stage 06" in report
     table = open(out / "lopo.csv").read()
     assert "theta_power" in table and "mean_of_baselines" in table
     best = max((r for r in listed.values() if not r.diagnostic),
@@ -76,10 +76,10 @@ def test_toy_model_runs_in_stage_01_and_toy_stage_04_reads_it(extended):
     assert submitted.metrics["model"] == best.label
 
 
-def test_toy_stage_04_is_skipped_when_nothing_changed(extended):
-    out, fusion, _, _, cfg, smoke_dir = extended
+def test_toy_stage_06_is_skipped_when_nothing_changed(extended):
+    out, toy, _, _, cfg, smoke_dir = extended
     before = find(out, "mean_of_baselines").folder.joinpath("meta.json").stat().st_mtime_ns
-    open_stage("fusion", cfg, smoke_dir, out, progress=False, log=lambda m: None).run(
-        fusion.run)
+    open_stage("ensemble", cfg, smoke_dir, out, progress=False, log=lambda m: None).run(
+        toy.run)
     assert find(out, "mean_of_baselines").folder.joinpath(
         "meta.json").stat().st_mtime_ns == before
