@@ -252,7 +252,7 @@ class FusionConfig:
     train_trials: int = setting(256)  # per training participant and fold, kept at random
     window: list = setting(factory=lambda: [70, 130])  # trial-head window (samples)
     shuffle_labels: bool = setting(False)  # leakage alarm: labels permuted within participant
-    predict_batch: int = setting(512, affects="nothing")
+    predict_batch: int = setting(128, affects="nothing")  # trials per forward pass
     device: str = setting("auto", affects="nothing")
     num_threads: int | None = setting(None, affects="nothing")
 
