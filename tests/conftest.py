@@ -8,6 +8,17 @@ from sleepemo import CHANNELS, N_TIMES, SFREQ
 from sleepemo.synth import SynthConfig, generate, write_mat73
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Stage runs set torch's (process-wide) thread count from the profile: put it back
+    so that one test's profile does not slow the next."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def smoke_dir(tmp_path_factory):
     """Synthetic data at 10 % of the real trial counts (the smoke profile's scale)."""

@@ -134,12 +134,6 @@ def test_support_and_query_are_disjoint_and_class_balanced():
 
 
 # ---------------------------------------------------------------- the stage on data
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    """Stage runs set torch's (process-wide) thread count from the profile."""
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 def _stage(out, data_dir, **experts):

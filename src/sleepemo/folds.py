@@ -11,6 +11,8 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .data import Dataset, scan
 from .io import file_sha256, read_json, write_json
 
@@ -96,6 +98,19 @@ class Folds:
         if trial_counts(ds) != self.n_trials or ds.n_times != self.n_times:
             raise ValueError(f"folds.json was made for other data ({self.data_root}); "
                              "rerun stage 00 with --force or use another --out")
+
+
+def balanced(y: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of ``n // 2`` trials of each class of labels ``y`` (with replacement only
+    if a class has fewer)."""
+    out = []
+    for cls in (0, 1):
+        idx = np.flatnonzero(y == cls)
+        if len(idx) == 0:
+            raise ValueError("a participant without trials of both classes cannot give a "
+                             "class-balanced draw")
+        out.append(rng.choice(idx, size=n // 2, replace=len(idx) < n // 2))
+    return np.concatenate(out)
 
 
 def trial_counts(ds: Dataset) -> dict[int, int]:

@@ -45,6 +45,7 @@ from ..artefacts import (Result, ResultWriter, code_hash, fingerprint, load_chec
                          save_checkpoint)
 from ..config import ConfigError, ExpertsConfig, fields_affecting
 from ..features import BandFeatureCache, pool_time, token_window
+from ..folds import balanced
 from ..fomaml import fomaml_step, sgd
 from ..metric import per_timepoint_auc
 from ..models.experts import (ExpertBank, classification_loss, make_experts, make_forward,
@@ -58,17 +59,6 @@ VARIANTS = ExpertsConfig.VARIANTS
 
 
 # ------------------------------------------------------------------ sampling
-def balanced(y: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n // 2`` trials of each class (with replacement only if a class has fewer)."""
-    out = []
-    for cls in (0, 1):
-        idx = np.flatnonzero(y == cls)
-        if len(idx) == 0:
-            raise ValueError("a participant without trials of both classes cannot form a task")
-        out.append(rng.choice(idx, size=n // 2, replace=len(idx) < n // 2))
-    return np.concatenate(out)
-
-
 def support_query(y: np.ndarray, n_support: int, n_query: int, rng: np.random.Generator
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Disjoint class-balanced support and query trial indices (overlapping only when a
