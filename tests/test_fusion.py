@@ -14,13 +14,6 @@ from sleepemo.models.fusion import (FusionNet, electrode_positions, fusion_loss,
                                     pairwise_auc_loss)
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
 # ---------------------------------------------------------------- the network
 @pytest.mark.parametrize("with_positions", [True, False])
 def test_fusion_net_shapes_and_channel_attention(with_positions):
@@ -96,6 +89,32 @@ def test_fusion_learns_a_class_effect_between_channels():
     assert out["oof_attention"].shape == (120, 16)
 
 
+def test_tuned_fusion_pools_and_zscores_like_the_frozen_path():
+    """Two expert tokens per fusion token: the fine-tuned path's inputs equal the frozen
+    path's (experts' embeddings pooled, z-scored over the participant; extras pooled)."""
+    from sleepemo.features import pool_time
+    from sleepemo.models.experts import ExpertBank, make_experts
+    from sleepemo.models.fusion import TunedFusion
+    from sleepemo.models.mae import EncoderConfig
+    from sleepemo.stages.train_fusion import encode_with_experts, standardise
+
+    rng = np.random.default_rng(0)
+    params = {k: v.detach() for k, v in ExpertBank(make_experts(
+        16, EncoderConfig(n_times=20, n_chans=16), window=(0, 1))).params.items()}
+    x = rng.standard_normal((40, 16, 20, 5)).astype(np.float32)
+    ev = rng.standard_normal((40, 16, 10, 1)).astype(np.float32)
+    model = TunedFusion(params, 4, 5, 2, FusionNet(17, 16))
+    got = model.fusion_inputs(np.concatenate([x, np.repeat(ev, 2, axis=2)], -1), batch=16)
+    want = np.concatenate([standardise(pool_time(encode_with_experts(params, x, 4), 2)), ev],
+                          -1)
+    np.testing.assert_allclose(got, want, atol=2e-4)
+    t, r, att = model(torch.from_numpy(np.concatenate([x, np.repeat(ev, 2, axis=2)], -1)),
+                      torch.arange(40) // 10)
+    assert t.shape == (40, 10) and r.shape == (40,) and att.shape == (40, 10, 16)
+    r.sum().backward()  # the experts are trained through the fusion
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.experts.values())
+
+
 def test_fusion_config_is_checked():
     with pytest.raises(ConfigError, match="unknown fusion variant"):
         load_config("smoke", ["fusion.variants=[nope]"])
@@ -152,11 +171,12 @@ def _untrained_experts(stage, ds, folds):
 
 @pytest.fixture(scope="module")
 def fusion_run(smoke_dir, tmp_path_factory):
-    """Stage 04 with four variants on stage-03 experts (untrained: plumbing)."""
+    """Stage 04 with five variants on stage-03 experts (untrained: plumbing)."""
     from sleepemo.stages import train_fusion
 
     stage, ds, folds = _stage(tmp_path_factory.mktemp("fusion"), smoke_dir, **{
-        "fusion.variants": "[experts, experts_noevoked, experts_pairwise, raw]"})
+        "fusion.variants": "[experts, experts_noevoked, experts_pairwise, experts_finetune, "
+                           "raw]"})
     _untrained_experts(stage, ds, folds)
     metrics = stage.run(train_fusion.run).metrics
     return stage, ds, folds, metrics
@@ -220,7 +240,7 @@ def test_missing_experts_is_a_clear_error(smoke_dir, tmp_path):
         stage.run(train_fusion.run)
 
 
-@pytest.mark.parametrize("variant", ["raw", "experts_pairwise"])
+@pytest.mark.parametrize("variant", ["raw", "experts_pairwise", "experts_finetune"])
 def test_held_out_labels_never_reach_the_fitted_fusion(fusion_run, variant):
     """Fold 0 with the held-out participant's labels flipped gives bit-identical
     outputs, and a label dict that includes the held-out participant is refused."""
@@ -233,9 +253,12 @@ def test_held_out_labels_never_reach_the_fitted_fusion(fusion_run, variant):
     held = folds.held_out(0)
     cfg = stage.cfg.fusion
 
+    experts = source.expert_params(0)
+
     def fold0():
         return run_fold(cfg, variant, inputs, source.labels(0), held,
-                        folds.test_subjects, 0, 0, 200)
+                        folds.test_subjects, 0, 0, 200, experts=experts,
+                        n_heads=stage.cfg.mae.n_heads)
 
     first = fold0()
     subj = ds.train[held]
@@ -249,7 +272,33 @@ def test_held_out_labels_never_reach_the_fitted_fusion(fusion_run, variant):
         np.testing.assert_array_equal(second[key], arr)
     leaky = source.labels(0) | {held: subj.y}
     with pytest.raises(ValueError, match="held out"):
-        run_fold(cfg, variant, inputs, leaky, held, folds.test_subjects, 0, 0, 200)
+        run_fold(cfg, variant, inputs, leaky, held, folds.test_subjects, 0, 0, 200,
+                 experts=experts)
+
+
+def test_fine_tuned_experts_start_as_the_frozen_ones_and_are_trained(fusion_run):
+    """Before training, the fine-tuned path feeds the fusion exactly what the frozen
+    experts variant does (embeddings z-scored per participant, evoked tokens); the
+    stage's fold checkpoints hold experts that moved away from stage 03's."""
+    from sleepemo.models.fusion import TunedFusion
+    from sleepemo.stages.train_fusion import Inputs
+
+    stage, ds, folds, _ = fusion_run
+    source = Inputs(stage, ds, folds)
+    params = source.expert_params(2)
+    frozen = source.variant("experts", 2)
+    raw = source.variant("experts_finetune", 2)
+    d = frozen[folds.held_out(2)].shape[-1]
+    ratio = stage.cfg.fusion.stride // stage.cfg.experts.stride
+    model = TunedFusion(params, stage.cfg.mae.n_heads, len(stage.cfg.mae.bands), ratio,
+                        FusionNet(d, ds.n_chans))
+    for s in (folds.held_out(2), folds.test_subjects[0]):
+        np.testing.assert_allclose(model.fusion_inputs(raw[s]), frozen[s], atol=2e-4)
+    state = torch.load(stage.out / "04_fusion" / "fusion_experts_finetune" / "fold2.pt",
+                       weights_only=True)["model"]
+    moved = [float((state[f"experts.{k.replace('.', '__')}"] - params[k]).abs().max())
+             for k in model.names]
+    assert max(moved) > 1e-4
 
 
 def test_label_shuffled_stage_scores_about_chance(medium_dir, tmp_path):

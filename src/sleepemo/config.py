@@ -223,10 +223,11 @@ class FusionConfig:
         "experts": ("experts", True, "bce"),            # the design
         "experts_pairwise": ("experts", True, "pairwise"),  # loss: within-participant AUC
         "experts_noevoked": ("experts", False, "bce"),  # without the evoked tokens
+        "experts_finetune": ("experts_tuned", True, "bce"),  # experts trained end to end
         "mae": ("mae", True, "bce"),                    # no stage 03
         "raw": ("raw", True, "bce"),                    # no pre-training at all
     }
-    INPUTS: typing.ClassVar[tuple[str, ...]] = ("experts", "mae", "raw")
+    INPUTS: typing.ClassVar[tuple[str, ...]] = ("experts", "experts_tuned", "mae", "raw")
 
     variants: list[str] = setting(factory=lambda: list(FusionConfig.VARIANTS),
                                   affects="nothing")
@@ -245,6 +246,7 @@ class FusionConfig:
     subjects_per_batch: int = setting(4)
     trials_per_subject: int = setting(16)
     lr: float = setting(0.003)
+    finetune_lr_scale: float = setting(0.1)  # experts' lr / fusion's lr (experts_finetune)
     weight_decay: float = setting(0.01)
     time_loss_weight: float = setting(1.0)
     n_inner_val: int = setting(2)     # training participants that early-stop the fold

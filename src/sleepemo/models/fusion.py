@@ -133,3 +133,77 @@ def fusion_loss(kind: str, time_weight: float = 1.0):
     else:
         raise ValueError(f"unknown fusion loss {kind!r}; known: bce, pairwise")
     return loss
+
+
+def zscore_groups(h: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+    """Z-score every (channel, feature) of ``h`` (batch, C, T, F) over the trials and tokens
+    of each group (participant); one group when ``groups`` is None. The torch twin of
+    :func:`sleepemo.stages.train_fusion.standardise`."""
+    def one(x):
+        mu = x.mean((0, 2), keepdim=True)
+        sd = x.std((0, 2), keepdim=True, correction=0)
+        return (x - mu) / torch.where(sd > 0, sd, torch.ones_like(sd))
+
+    if groups is None:
+        return one(h)
+    out = torch.empty_like(h)
+    for g in torch.unique(groups):
+        idx = groups == g
+        out[idx] = one(h[idx])
+    return out
+
+
+class TunedFusion(nn.Module):
+    """The fold's channel experts, fine-tuned end to end, in front of a :class:`FusionNet`.
+
+    Input per trial (n_chans, n_tokens_in, n_in + n_extra): the experts' band features at
+    their own token rate, then extra features already z-scored (the evoked tokens, each
+    repeated ``ratio`` times). The experts' per-token embeddings
+    (:func:`sleepemo.models.experts.folded_encode` on the stacked encoder parameters,
+    trainable) and the extras are averaged ``ratio`` tokens at a time; the embeddings are
+    z-scored per participant (:func:`zscore_groups`: per group in a training batch, over
+    all of a participant's trials in :meth:`fusion_inputs`), as the frozen experts'
+    embeddings are.
+    """
+
+    def __init__(self, params: dict, n_heads: int, n_in: int, ratio: int, fusion: FusionNet):
+        super().__init__()
+        self.names = sorted(k for k in params  # (no masking here: no mask token)
+                            if k.startswith("encoder.") and k != "encoder.mask_token")
+        self.experts = nn.ParameterDict({k.replace(".", "__"): nn.Parameter(
+            params[k].detach().clone().float()) for k in self.names})
+        self.n_heads, self.n_in, self.ratio = n_heads, n_in, ratio
+        self.fusion = fusion
+
+    def _pool(self, h: torch.Tensor) -> torch.Tensor:
+        b, c, t, f = h.shape
+        return h.reshape(b, c, t // self.ratio, self.ratio, f).mean(3)
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled expert embeddings (not yet z-scored) and pooled extras."""
+        from .experts import folded_encode
+
+        params = {k: self.experts[k.replace(".", "__")] for k in self.names}
+        h = folded_encode(params, x[..., :self.n_in], self.n_heads).transpose(0, 1)
+        return self._pool(h), self._pool(x[..., self.n_in:])
+
+    def forward(self, x: torch.Tensor, groups: torch.Tensor | None = None):
+        h, extra = self.embed(x)
+        return self.fusion(torch.cat([zscore_groups(h, groups), extra], -1))
+
+    def fusion_inputs(self, x: np.ndarray, batch: int = 64) -> np.ndarray:
+        """One participant's trials -> the fusion's inputs (numpy), embeddings z-scored
+        over all of them (no gradients)."""
+        dev = next(self.parameters()).device
+        hs, extras = [], []
+        with torch.no_grad():
+            for i in range(0, len(x), batch):
+                h, e = self.embed(torch.from_numpy(np.ascontiguousarray(x[i:i + batch])).to(dev))
+                hs.append(h)
+                extras.append(e)
+            if not hs:
+                c, t = x.shape[1], x.shape[2] // self.ratio
+                d = self.fusion.inp[0].normalized_shape[0]
+                return np.zeros((0, c, t, d), np.float32)
+            return torch.cat([zscore_groups(torch.cat(hs)), torch.cat(extras)], -1
+                             ).cpu().numpy()

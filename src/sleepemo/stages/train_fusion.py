@@ -10,6 +10,10 @@ timepoint) and a trial logit. What it reads per (channel, token) is the variant'
   frozen) give per-token embeddings of every participant; plus the evoked tokens;
 - ``experts_pairwise``: the same, trained with the within-participant pairwise AUC loss;
 - ``experts_noevoked``: the experts' embeddings alone;
+- ``experts_finetune``: the experts themselves (fold k's, on the band features) in front
+  of the fusion, fine-tuned end to end (:class:`sleepemo.models.fusion.TunedFusion`;
+  their learning rate is ``fusion.finetune_lr_scale`` times the fusion's); plus the
+  evoked tokens;
 - ``mae``: the frozen stage-02 encoder's embeddings (no stage 03) plus evoked tokens;
 - ``raw``: the band envelopes themselves plus evoked tokens (no pre-training).
 
@@ -47,9 +51,10 @@ from ..artefacts import (Result, ResultWriter, code_hash, fingerprint, load_chec
                          results, save_checkpoint)
 from ..config import ConfigError, FusionConfig, fields_affecting
 from ..features import BandFeatureCache, pool_time
+from ..folds import balanced
 from ..metric import window_auc
 from ..models.experts import folded_encode
-from ..models.fusion import FusionNet, electrode_positions, fusion_loss
+from ..models.fusion import FusionNet, TunedFusion, electrode_positions, fusion_loss
 from ..models.mae import encode_tokens, load_encoder, load_mae_weights
 from ..progress import bar
 from ..report import plot_curves, plot_topomaps, results_table, to_markdown
@@ -136,6 +141,8 @@ class Inputs:
     def key(self, kind: str) -> str:
         if kind == "experts":
             return self.expert_result().fingerprint
+        if kind == "experts_tuned":
+            return f"{self.expert_result().fingerprint}|{self.band.key}"
         if kind == "mae":
             return load_mae_weights(stage_dir(self.stage.out, "mae"))[2]["fingerprint"]
         return self.band.key
@@ -160,18 +167,22 @@ class Inputs:
                 self._kept["experts_fold"] = k
             return self._kept["experts"]
         if kind not in self._kept:
-            self._kept[kind] = self._mae() if kind == "mae" else self._raw()
+            self._kept[kind] = {"mae": self._mae, "raw": self._raw,
+                                "experts_tuned": self._tuned}[kind]()
         return {s: x[keep[s]] if s in keep else x for s, x in self._kept[kind].items()}
 
-    def _experts(self, k: int, keep: dict) -> dict:
-        res = self.expert_result()
-        path = res.folder / f"fold{k}.pt"
+    def expert_params(self, k: int) -> dict:
+        """Fold k's stage-03 experts: their stacked parameters."""
+        path = self.expert_result().folder / f"fold{k}.pt"
         state = torch.load(path, map_location="cpu", weights_only=True) \
             if path.is_file() else None
         if state is None or "params" not in state:
             raise FileNotFoundError(f"{path}: fold {k}'s experts are missing; run "
                                     "src/03_train_experts.py again")
-        params = {n: v.to(self.stage.device) for n, v in state["params"].items()}
+        return {n: v.to(self.stage.device) for n, v in state["params"].items()}
+
+    def _experts(self, k: int, keep: dict) -> dict:
+        params = self.expert_params(k)
         stride = self.stage.cfg.experts.stride
         n_heads = self.mcfg.n_heads
         out = {}
@@ -200,11 +211,19 @@ class Inputs:
         return {s: standardise(self._pooled(self.band, s, self.cfg.stride)[..., :n_bands])
                 for s in self.subjects}
 
+    def _tuned(self) -> dict:
+        """The experts' own inputs (band features at their token rate), then the evoked
+        tokens repeated to that rate (:class:`TunedFusion` pools them back)."""
+        stride = self.stage.cfg.experts.stride
+        ev = self.evoked()
+        return {s: np.concatenate([self._pooled(self.band, s, stride), np.repeat(
+            ev[s], self.cfg.stride // stride, axis=2)], axis=-1) for s in self.subjects}
+
     def variant(self, v: str, k: int) -> dict:
         """Variant ``v``'s input of every participant for fold ``k``."""
         kind, evoked, _ = VARIANTS[v]
         base = self.get(kind, k)
-        if not evoked:
+        if not evoked or kind == "experts_tuned":  # (its evoked tokens are packed in)
             return base
         keep = self.keep(k)
         ev = {s: x[keep[s]] if s in keep else x for s, x in self.evoked().items()}
@@ -218,17 +237,12 @@ class Inputs:
 
 
 # ------------------------------------------------------------------ one fold
-def _balanced(y: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    out = []
-    for cls in (0, 1):
-        idx = np.flatnonzero(y == cls)
-        out.append(rng.choice(idx, size=n // 2, replace=len(idx) < n // 2))
-    return np.concatenate(out)
-
-
-def predict(model: FusionNet, x: np.ndarray, batch: int = 128):
-    """Token logits (n, T), trial logits (n,) and channel attention (n, T, C)."""
+def predict(model: FusionNet | TunedFusion, x: np.ndarray, batch: int = 128):
+    """Token logits (n, T), trial logits (n,) and channel attention (n, T, C) of one
+    participant's trials (a :class:`TunedFusion` z-scores its embeddings over them)."""
     model.eval()
+    if isinstance(model, TunedFusion):
+        return predict(model.fusion, model.fusion_inputs(x), batch)
     dev = next(model.parameters()).device
     if len(x) == 0:
         t = x.shape[2]
@@ -260,10 +274,13 @@ def inner_score(model: FusionNet, inputs: dict, labels: dict, picks: dict,
 
 def run_fold(cfg: FusionConfig, variant: str, inputs: dict, labels: dict, held: int,
              test_subjects, k: int, seed: int, n_times: int, positions=None, ckpt=None,
-             fp: str = "", progress=None, device="cpu") -> dict:
+             fp: str = "", progress=None, device="cpu", experts: dict | None = None,
+             n_heads: int = 4) -> dict:
     """Train fold k's fusion on ``labels`` (the fold's training participants only),
     early-stopped on an inner split of them, and predict ``held`` and the test
-    participants. Returns the fold's arrays."""
+    participants. Returns the fold's arrays. ``experts`` (fold k's stacked expert
+    parameters, ``n_heads`` heads) are fine-tuned in front of the fusion when the
+    variant's input is ``experts_tuned``."""
     if held in labels:
         raise ValueError(f"participant {held} is held out in fold {k}: its labels must not "
                          "reach the training")
@@ -277,9 +294,19 @@ def run_fold(cfg: FusionConfig, variant: str, inputs: dict, labels: dict, held: 
                                    replace=False)) for s in inner}
     n_chans, n_tokens, n_feat = next(iter(inputs.values())).shape[1:]
     window = (cfg.window[0] // cfg.stride, -(-cfg.window[1] // cfg.stride))
+    tuned = VARIANTS[variant][0] == "experts_tuned"
+    if tuned:
+        if experts is None:
+            raise ValueError(f"variant {variant} fine-tunes fold {k}'s experts: pass them")
+        n_in = experts["encoder.embed.weight"].shape[-1]
+        ratio = n_tokens * cfg.stride // n_times
+        n_feat = experts["encoder.embed.weight"].shape[1] + n_feat - n_in
     torch.manual_seed(seed * 1000 + k)
     model = FusionNet(n_feat, n_chans, positions, cfg.d_model, cfg.n_heads, cfg.n_temporal,
-                      cfg.kernel, window, cfg.dropout).to(device)
+                      cfg.kernel, window, cfg.dropout)
+    if tuned:
+        model = TunedFusion(experts, n_heads, n_in, ratio, model)
+    model = model.to(device)
     min_run = max(1, math.ceil(10 / cfg.stride))
     state = load_checkpoint(ckpt, fp, device) if ckpt else None
     if state is not None:
@@ -287,20 +314,24 @@ def run_fold(cfg: FusionConfig, variant: str, inputs: dict, labels: dict, held: 
         history = state["history"]
     else:
         loss_fn = fusion_loss(VARIANTS[variant][2], cfg.time_loss_weight)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        groups_ = [{"params": (model.fusion if tuned else model).parameters()}]
+        if tuned:
+            groups_.append({"params": model.experts.parameters(),
+                            "lr": cfg.lr * cfg.finetune_lr_scale})
+        opt = torch.optim.AdamW(groups_, lr=cfg.lr, weight_decay=cfg.weight_decay)
         best = (-1.0, 0, copy.deepcopy(model.state_dict()))
         history = []
         for step in range(1, cfg.steps + 1):
             model.train()
             chosen = rng.choice(train, size=min(cfg.subjects_per_batch, len(train)),
                                 replace=False)
-            idx = [_balanced(labels[s], cfg.trials_per_subject, rng) for s in chosen]
+            idx = [balanced(labels[s], cfg.trials_per_subject, rng) for s in chosen]
             x = torch.from_numpy(np.concatenate([inputs[s][i] for s, i in zip(chosen, idx)]))
             y = torch.from_numpy(np.concatenate([labels[s][i] for s, i in zip(chosen, idx)]
                                                 ).astype(np.float32))
             groups = torch.repeat_interleave(torch.arange(len(chosen)),
                                              torch.tensor([len(i) for i in idx]))
-            t, r, _ = model(x.to(device))
+            t, r, _ = model(x.to(device), groups.to(device)) if tuned else model(x.to(device))
             loss = loss_fn(t, r, y.to(device), groups.to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -317,9 +348,9 @@ def run_fold(cfg: FusionConfig, variant: str, inputs: dict, labels: dict, held: 
             save_checkpoint(ckpt, {"model": model.state_dict(), "history": history}, fp)
     out = {"history": np.asarray(history, dtype=np.float64), "inner": np.asarray(inner)}
     for role, subs in (("oof", [held]), ("test", list(test_subjects))):
-        x = np.concatenate([inputs[s] for s in subs]) if subs else \
-            np.zeros((0, n_chans, n_tokens, n_feat), np.float32)
-        tok, trial, att = predict(model, x, cfg.predict_batch)
+        parts = [predict(model, inputs[s], cfg.predict_batch) for s in subs] or \
+            [predict(model, inputs[held][:0])]  # one participant at a time (TunedFusion)
+        tok, trial, att = (np.concatenate([p[j] for p in parts]) for j in range(3))
         out[role] = to_timepoints(tok, n_times)
         out[f"{role}_trial"] = (1 / (1 + np.exp(-trial))).astype(np.float32)
         if role == "oof":
@@ -369,7 +400,10 @@ def run(stage: Stage) -> StageOutput:
             t0 = time.perf_counter()
             arrays = run_fold(cfg, v, inputs.variant(v, k), labels, held, folds.test_subjects,
                               k, seed, ds.n_times, positions, writer.path(f"fold{k}.pt"),
-                              writer.fp, lambda: progress.update(1), stage.device)
+                              writer.fp, lambda: progress.update(1), stage.device,
+                              experts=inputs.expert_params(k)
+                              if VARIANTS[v][0] == "experts_tuned" else None,
+                              n_heads=stage.cfg.mae.n_heads)
             writer.save_fold(k, **arrays)
             seconds[v].append(time.perf_counter() - t0)
     progress.close()
@@ -464,7 +498,9 @@ def evidence(table, names: dict, m: dict, cfg: FusionConfig) -> str:
                   "(what all pre-training adds)"),
                  ("mae", "raw", "the MAE's embeddings against raw band envelopes"),
                  ("experts", "experts_noevoked", "with against without the evoked tokens"),
-                 ("experts_pairwise", "experts", "pairwise AUC loss against BCE")]
+                 ("experts_pairwise", "experts", "pairwise AUC loss against BCE"),
+                 ("experts_finetune", "experts", "the experts fine-tuned end to end against "
+                  "frozen")]
         for a, b, what in pairs:
             if a in names and b in names:
                 lines.append(f"- {what}: {paired(table, names[a], names[b])}.")
