@@ -1,0 +1,161 @@
+"""The DQN head (after RLEEGNet) and its supervised twin, on the same network body.
+
+Body (:class:`CnnLstm`, the paper's 1D-CNN-LSTM): Conv1D 64 (kernel 7) -> PReLU ->
+Conv1D 128 (kernel 5) -> PReLU -> max-pooling -> spatial dropout -> LSTM -> global max
+pooling over time, beside a dense layer on the trial statistics. The DQN uses it as a
+stable-baselines3 features extractor (:class:`CnnLstmExtractor`) under a ``[64]`` Q-head;
+the twin puts the same ``[64]`` head on it and is trained by cross-entropy with the same
+batch size and number of gradient steps.
+
+Exploration decays exponentially (:func:`exponential_schedule`; SB3's own is linear).
+P(emotional) comes from the two outputs (Q-values or logits) through a softmax whose
+temperature is fitted on participants the head was not trained on (:func:`fit_temperature`).
+
+Weights are saved as plain tensors (``state_dict``) and loaded with
+``torch.load(weights_only=True)``; SB3's zip format unpickles Python objects and is not
+used for files this project reads back.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class CnnLstm(nn.Module):
+    """See the module docstring. Input ``{"series": (b, n_series, T), "stats": (b, k)}``."""
+
+    def __init__(self, n_series: int, n_stats: int, lstm: int = 128, dropout: float = 0.2):
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv1d(n_series, 64, 7, padding=3), nn.PReLU(64),
+            nn.Conv1d(64, 128, 5, padding=2), nn.PReLU(128),
+            nn.MaxPool1d(2), nn.Dropout1d(dropout))
+        self.lstm = nn.LSTM(128, lstm, batch_first=True)
+        self.stats = nn.Sequential(nn.Linear(n_stats, 64), nn.PReLU(64))
+        self.out_dim = lstm + 64
+
+    def forward(self, obs: dict) -> torch.Tensor:
+        h = self.conv(obs["series"])
+        h, _ = self.lstm(h.transpose(1, 2))
+        return torch.cat([h.amax(1), self.stats(obs["stats"])], dim=1)
+
+
+def _extractor_class():
+    from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+
+    class CnnLstmExtractor(BaseFeaturesExtractor):
+        """:class:`CnnLstm` as an SB3 features extractor (Dict observations)."""
+
+        def __init__(self, observation_space, lstm: int = 128, dropout: float = 0.2):
+            body = CnnLstm(observation_space["series"].shape[0],
+                           observation_space["stats"].shape[0], lstm, dropout)
+            super().__init__(observation_space, body.out_dim)
+            self.body = body
+
+        def forward(self, obs):
+            return self.body(obs)
+
+    return CnnLstmExtractor
+
+
+def exponential_schedule(start: float = 1.0, end: float = 0.05, decay: float = 5.0):
+    """Epsilon as a function of SB3's ``progress_remaining`` (1 -> 0):
+    ``end + (start - end) * exp(-decay * progress)``."""
+    def schedule(progress_remaining: float) -> float:
+        return end + (start - end) * math.exp(-decay * (1.0 - progress_remaining))
+    return schedule
+
+
+def make_dqn(env, cfg, seed: int):
+    """An SB3 DQN on ``env`` with the CNN-LSTM body and the exponential exploration."""
+    from stable_baselines3 import DQN
+
+    model = DQN("MultiInputPolicy", env, learning_rate=cfg.lr, buffer_size=cfg.buffer_size,
+                learning_starts=cfg.learning_starts, batch_size=cfg.batch_size,
+                gamma=cfg.gamma, train_freq=1, gradient_steps=1,
+                target_update_interval=cfg.target_update_interval,
+                policy_kwargs=dict(features_extractor_class=_extractor_class(),
+                                   features_extractor_kwargs=dict(lstm=cfg.lstm,
+                                                                  dropout=cfg.dropout),
+                                   net_arch=[64]),
+                seed=seed, device="cpu", verbose=0)
+    model.exploration_schedule = exponential_schedule(cfg.eps_start, cfg.eps_end,
+                                                      cfg.eps_decay)
+    return model
+
+
+def gradient_steps(cfg) -> int:
+    """The DQN's gradient steps (one per environment step after ``learning_starts``):
+    the twin gets as many."""
+    return max(0, cfg.env_steps - cfg.learning_starts)
+
+
+class Twin(nn.Module):
+    """The supervised twin: the same body and ``[64]`` head, two logits."""
+
+    def __init__(self, n_series: int, n_stats: int, lstm: int = 128, dropout: float = 0.2):
+        super().__init__()
+        self.body = CnnLstm(n_series, n_stats, lstm, dropout)
+        self.head = nn.Sequential(nn.Linear(self.body.out_dim, 64), nn.ReLU(),
+                                  nn.Linear(64, 2))
+
+    def forward(self, obs: dict) -> torch.Tensor:
+        return self.head(self.body(obs))
+
+
+def train_twin(series: np.ndarray, stats: np.ndarray, labels: np.ndarray, cfg,
+               seed: int, callback=None) -> Twin:
+    """Cross-entropy training of :class:`Twin` with the DQN's batch size, learning rate
+    and number of gradient steps (minibatches drawn uniformly, as from a replay buffer).
+    ``callback(step, model)`` is called every step if given."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng([seed, 55])
+    model = Twin(series.shape[1], stats.shape[1], cfg.lstm, cfg.dropout)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    s, f = torch.from_numpy(series), torch.from_numpy(stats)
+    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    for step in range(1, gradient_steps(cfg) + 1):
+        model.train()
+        idx = torch.from_numpy(rng.integers(0, len(y), cfg.batch_size))
+        loss = nn.functional.cross_entropy(model({"series": s[idx], "stats": f[idx]}), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 10.0)  # as SB3's DQN does
+        opt.step()
+        if callback:
+            callback(step, model)
+    return model
+
+
+def outputs(net, feats: dict, batch: int = 512) -> np.ndarray:
+    """The two outputs (Q-values of a DQN's ``q_net`` or a twin's logits), (n, 2)."""
+    net.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(feats["stats"]), batch):
+            out.append(net({k: torch.from_numpy(v[i:i + batch]) for k, v in feats.items()}
+                           ).numpy())
+    return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
+
+
+def fit_temperature(out: np.ndarray, labels: np.ndarray) -> float:
+    """The softmax temperature minimising the log-loss of ``out`` (n, 2) on ``labels``."""
+    from scipy.optimize import minimize_scalar
+
+    d = (out[:, 1] - out[:, 0]).astype(np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+
+    def nll(log_t):
+        z = d / math.exp(log_t)
+        return float(np.mean(np.logaddexp(0, z) - y * z))
+
+    return math.exp(minimize_scalar(nll, bounds=(-6, 6), method="bounded").x)
+
+
+def probability(out: np.ndarray, temperature: float) -> np.ndarray:
+    """P(emotional) = softmax(out / temperature)[:, 1]."""
+    z = (out[:, 1] - out[:, 0]) / temperature
+    return (1 / (1 + np.exp(-z))).astype(np.float32)

@@ -1,0 +1,225 @@
+"""Stage 05 foundations: the RL features (fitted in the fold only) and the environment."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from sleepemo.rl.features import STATS, FoldFeatures, Signals, fit_fold, participant_signals
+
+
+def _planted(n=120, seed=0, sign=1.0):
+    """Trials where the emotional class has more 10 Hz power on channel 3 (a spatial
+    variance effect that CSP is made to find), plus noise everywhere."""
+    rng = np.random.default_rng(seed)
+    y = np.tile([0, 1], n // 2)
+    t = np.arange(200) / 200
+    X = rng.standard_normal((n, 16, 200))
+    X[:, 3] += (1.0 + 2.0 * y)[:, None] * np.sin(2 * np.pi * 10 * t + rng.uniform(
+        0, 6.28, (n, 1)))
+    return X * sign, y
+
+
+def test_signals_shapes_and_bad_input():
+    X, _ = _planted(20)
+    sig = participant_signals(X, 200.0, decim=2)
+    assert sig.wave.shape == (20, 16, 100) and sig.stats.shape == (20, 16 * len(STATS))
+    assert np.isfinite(sig.stats).all()
+    bad = X.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        participant_signals(bad, 200.0)
+    with pytest.raises(ValueError, match="Nyquist"):
+        participant_signals(X, 200.0, band=(4.0, 30.0), decim=4)
+
+
+def test_fold_features_find_a_spatial_effect_on_a_new_participant():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    signals, labels = {}, {}
+    for s in range(4):
+        X, y = _planted(seed=s)
+        signals[s], labels[s] = participant_signals(X, 200.0), y
+    feats = FoldFeatures(n_csp=2).fit({s: signals[s] for s in range(3)},
+                                      {s: labels[s] for s in range(3)}, held_out=3)
+    train = [feats.transform(signals[s]) for s in range(3)]
+    logvar = lambda f: np.log(f["series"].var(-1))  # noqa: E731
+    clf = LogisticRegression().fit(np.concatenate([logvar(f) for f in train]),
+                                   np.concatenate([labels[s] for s in range(3)]))
+    held = feats.transform(signals[3])
+    assert held["series"].shape == (120, 2, 100) and held["stats"].shape == (120, 112)
+    assert roc_auc_score(labels[3], clf.predict_proba(logvar(held))[:, 1]) > 0.8
+
+
+def test_a_fitted_feature_step_cannot_see_the_held_out_labels(smoke_dir):
+    """The API refuses the held-out participant's labels, and flipping them leaves the
+    fold's features of every participant bit-identical."""
+    from sleepemo.data import load_dataset
+    from sleepemo.folds import make_folds
+
+    ds = load_dataset(smoke_dir, progress=False)
+    folds = make_folds(ds)
+    signals = {s: participant_signals(ds.subject(s).X, ds.sfreq)
+               for s in folds.train_subjects + folds.test_subjects}
+    held = folds.held_out(0)
+    with pytest.raises(ValueError, match="held out"):
+        FoldFeatures().fit(signals, folds.labels_of(ds, 0) | {held: ds.train[held].y},
+                           held_out=held)
+
+    def features():
+        f = fit_fold(signals, folds, ds, 0)
+        return {s: f.transform(signals[s]) for s in (held, *folds.test_subjects)}
+
+    first = features()
+    subj = ds.train[held]
+    ds.train[held] = dataclasses.replace(subj, y=(1 - subj.y).astype(subj.y.dtype))
+    try:
+        second = features()
+    finally:
+        ds.train[held] = subj
+    for s in first:
+        for key in ("series", "stats"):
+            np.testing.assert_array_equal(first[s][key], second[s][key])
+    # and the training labels do matter (the test can fail)
+    shuffled = fit_fold(signals, folds, ds, 0, shuffle=True).transform(signals[held])
+    assert not np.array_equal(shuffled["series"], first[held]["series"])
+
+
+def test_fit_checks_its_inputs():
+    X, y = _planted(20)
+    sig = participant_signals(X, 200.0)
+    with pytest.raises(ValueError, match="labels for"):
+        FoldFeatures().fit({0: sig}, {0: y[:10]}, held_out=1)
+    with pytest.raises(ValueError, match="one class"):
+        FoldFeatures().fit({0: sig}, {0: np.zeros(20, int)}, held_out=1)
+    assert len(sig.take(np.arange(5))) == 5 and isinstance(sig, Signals)
+
+
+# ---------------------------------------------------------------- the environment
+def _env(n=30, episode_len=10, flip=False):
+    from sleepemo.rl.env import TrialEnv
+
+    rng = np.random.default_rng(0)
+    y = np.tile([0, 1], n // 2)
+    return TrialEnv(rng.standard_normal((n, 2, 50)), rng.standard_normal((n, 7)),
+                    1 - y if flip else y, episode_len=episode_len), y
+
+
+def test_environment_passes_gymnasiums_checker():
+    from gymnasium.utils.env_checker import check_env
+
+    env, _ = _env()
+    check_env(env, skip_render_check=True)
+
+
+def test_environment_rewards_the_right_class_and_never_shows_the_label():
+    env, y = _env()
+    obs, _ = env.reset(seed=3)
+    flipped, _ = _env(flip=True)
+    obs_f, _ = flipped.reset(seed=3)
+    total, steps, done = 0.0, 0, False
+    while not done:
+        np.testing.assert_array_equal(obs["series"], obs_f["series"])  # label-blind
+        obs, reward, done, truncated, info = env.step(y[info_trial(env)])
+        obs_f, reward_f, *_ = flipped.step(y[info["trial"]])
+        assert reward == 1.0 and reward_f == 0.0 and not truncated
+        total, steps = total + reward, steps + 1
+    assert steps == 10 and total == 10
+    order = env._order.copy()
+    env.reset(seed=3)
+    np.testing.assert_array_equal(env._order, order)  # seeded episodes
+    env.reset(seed=4)
+    assert not np.array_equal(env._order, order)
+
+
+def info_trial(env) -> int:
+    """The trial the environment is presenting (tests only)."""
+    return int(env._order[env._i])
+
+
+def test_environment_refuses_bad_inputs():
+    from sleepemo.rl.env import TrialEnv
+
+    with pytest.raises(ValueError, match="one of each"):
+        TrialEnv(np.zeros((3, 2, 5)), np.zeros((2, 4)), np.zeros(3))
+    with pytest.raises(ValueError, match="0 \\(neutral\\)"):
+        TrialEnv(np.zeros((3, 2, 5)), np.zeros((3, 4)), np.array([0, 1, 2]))
+
+
+# ---------------------------------------------------------------- the heads
+def _head_cfg(**kw):
+    from types import SimpleNamespace
+
+    base = dict(lr=3e-3, buffer_size=5000, learning_starts=100, batch_size=32, gamma=0.0,
+                target_update_interval=100, lstm=16, dropout=0.0, eps_start=1.0,
+                eps_end=0.05, eps_decay=5.0, env_steps=900)
+    return SimpleNamespace(**base | kw)
+
+
+def _separable(n=200, seed=0):
+    """The class is in the statistics (and a little in the series): learnable."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    stats = rng.standard_normal((n, 6)).astype(np.float32)
+    stats[:, 0] += 2.5 * (2 * y - 1)
+    series = rng.standard_normal((n, 2, 20)).astype(np.float32)
+    return series, stats, y
+
+
+def test_exponential_schedule_decays_from_start_to_near_end():
+    from sleepemo.rl.heads import exponential_schedule
+
+    f = exponential_schedule(1.0, 0.05, 5.0)
+    assert f(1.0) == 1.0 and abs(f(0.0) - (0.05 + 0.95 * np.exp(-5))) < 1e-12
+    assert f(0.9) > f(0.5) > f(0.1)
+    assert f(0.5) - 0.05 < 0.5 * (f(0.9) - 0.05)  # faster than linear early on
+
+
+def test_dqn_and_twin_learn_a_separable_task_with_the_same_gradient_steps():
+    import torch
+
+    from sleepemo.rl.env import TrialEnv
+    from sleepemo.rl.heads import (fit_temperature, gradient_steps, make_dqn, outputs,
+                                   probability, train_twin)
+    from sklearn.metrics import roc_auc_score
+
+    torch.set_num_threads(1)
+    cfg = _head_cfg()
+    series, stats, y = _separable()
+    new_s, new_f, new_y = _separable(seed=1)
+    model = make_dqn(TrialEnv(series, stats, y, episode_len=50), cfg, seed=0)
+    model.learn(total_timesteps=cfg.env_steps)
+    assert model.exploration_rate < 0.06
+    feats = {"series": new_s, "stats": new_f}
+    q = outputs(model.q_net, feats)
+    assert roc_auc_score(new_y, q[:, 1] - q[:, 0]) > 0.9
+    seen = []
+    twin = train_twin(series, stats, y, cfg, seed=0, callback=lambda i, m: seen.append(i))
+    assert len(seen) == gradient_steps(cfg) == 800
+    logits = outputs(twin, feats)
+    assert roc_auc_score(new_y, logits[:, 1] - logits[:, 0]) > 0.9
+    t = fit_temperature(logits, new_y)
+    p = probability(logits, t)
+    assert 0 < p.min() and p.max() < 1 and t > 0
+    np.testing.assert_array_equal(np.argsort(p), np.argsort(logits[:, 1] - logits[:, 0]))
+
+
+def test_dqn_weights_round_trip_without_unpickling():
+    import torch
+
+    from sleepemo.rl.env import TrialEnv
+    from sleepemo.rl.heads import make_dqn, outputs
+
+    cfg = _head_cfg(env_steps=150)
+    series, stats, y = _separable(60)
+    env = TrialEnv(series, stats, y)
+    a = make_dqn(env, cfg, seed=0)
+    a.learn(total_timesteps=cfg.env_steps)
+    b = make_dqn(env, cfg, seed=1)
+    state = {k: v.clone() for k, v in a.policy.state_dict().items()}
+    b.policy.load_state_dict(state)
+    feats = {"series": series, "stats": stats}
+    np.testing.assert_array_equal(outputs(a.q_net, feats), outputs(b.q_net, feats))
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
