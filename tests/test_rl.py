@@ -223,3 +223,101 @@ def test_dqn_weights_round_trip_without_unpickling():
     feats = {"series": series, "stats": stats}
     np.testing.assert_array_equal(outputs(a.q_net, feats), outputs(b.q_net, feats))
     assert all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+# ---------------------------------------------------------------- the stage
+def _rl_stage(out, data_dir, **sets):
+    from sleepemo.data import load_dataset
+    from sleepemo.folds import write_folds
+    from sleepemo.stage import open_stage
+
+    cfg = load_config_smoke(sets)
+    ds = load_dataset(data_dir, progress=False)
+    folds, _ = write_folds(ds, out / "folds.json")
+    return open_stage("rl_heads", cfg, data_dir, out, progress=False, log=lambda m: None), \
+        ds, folds
+
+
+def load_config_smoke(sets):
+    from sleepemo.config import load_config
+
+    return load_config("smoke", [f"{k}={v}" for k, v in sets.items()])
+
+
+@pytest.fixture(scope="module")
+def rl_run(smoke_dir, tmp_path_factory):
+    from sleepemo.stages import rl_heads
+
+    stage, ds, folds = _rl_stage(tmp_path_factory.mktemp("rl"), smoke_dir)
+    return stage, ds, folds, stage.run(rl_heads.run).metrics
+
+
+def test_stage_writes_both_heads_through_the_contract_and_resumes(rl_run, monkeypatch):
+    from sleepemo.artefacts import results, score_oof
+    from sleepemo.stages import rl_heads
+
+    stage, ds, folds, metrics = rl_run
+    run = stage.out / "05_rl_heads"
+    assert [r.name for r in results(stage.out, "rl_heads")] == ["rl_dqn", "rl_dqn_twin"]
+    n_train = sum(folds.n_trials[s] for s in folds.train_subjects)
+    for name in ("rl_dqn", "rl_dqn_twin"):
+        oof = np.load(run / name / "oof.npy")
+        assert oof.shape == (n_train, 200) and 0 < oof.min() and oof.max() < 1
+        assert (oof == oof[:, :1]).all()  # broadcast over the trial
+        assert metrics["lopo_window_auc"][name] == score_oof(oof, ds, folds).score
+        with np.load(run / name / "fold0.npz") as z:
+            assert folds.held_out(0) not in z["inner"] and len(z["curve"]) >= 1
+    assert metrics["gradient_steps"] == 80 and (run / "learning_curves.png").stat().st_size
+    assert "its twin" in (run / "evidence.md").read_text()
+    before = np.load(run / "rl_dqn" / "oof.npy")
+    for name in ("rl_dqn", "rl_dqn_twin"):  # as if killed after fold 3's checkpoint
+        (run / name / "fold3.npz").unlink()
+        (run / name / "meta.json").unlink()
+    monkeypatch.setattr("sleepemo.rl.heads.train_twin", lambda *a, **k: pytest.fail(
+        "a fold with a checkpoint was trained again"))
+    stage.run(rl_heads.run)
+    np.testing.assert_array_equal(np.load(run / "rl_dqn" / "oof.npy"), before)
+
+
+def test_held_out_labels_never_reach_the_rl_heads(rl_run):
+    """Fold 0 with the held-out participant's labels flipped: bit-identical outputs of
+    both heads; a label dict with the held-out participant is refused."""
+    import torch
+
+    from sleepemo.stages.rl_heads import run_fold
+
+    stage, ds, folds, _ = rl_run
+    torch.set_num_threads(1)
+    cfg = stage.cfg.rl
+    signals = {s: participant_signals(ds.subject(s).X, ds.sfreq, tuple(cfg.band), cfg.decim)
+               for s in folds.train_subjects + folds.test_subjects}
+    held = folds.held_out(0)
+
+    def fold0():
+        return run_fold(cfg, signals, folds.labels_of(ds, 0), held, folds.test_subjects,
+                        0, 0, 200)
+
+    first = fold0()
+    subj = ds.train[held]
+    ds.train[held] = dataclasses.replace(subj, y=(1 - subj.y).astype(subj.y.dtype))
+    try:
+        second = fold0()
+    finally:
+        ds.train[held] = subj
+    for head in first:
+        for key, arr in first[head].items():
+            np.testing.assert_array_equal(second[head][key], arr)
+    with pytest.raises(ValueError, match="held out"):
+        run_fold(cfg, signals, folds.labels_of(ds, 0) | {held: subj.y}, held,
+                 folds.test_subjects, 0, 0, 200)
+
+
+def test_label_shuffled_rl_stage_scores_about_chance(medium_dir, tmp_path):
+    from sleepemo.stages import rl_heads
+
+    stage, *_ = _rl_stage(tmp_path, medium_dir, **{"rl.shuffle_labels": "true"})
+    scores = stage.run(rl_heads.run).metrics["lopo_window_auc"]
+    print("shuffled RL heads:", scores)
+    assert set(scores) == {"rl_dqn_shuffled", "rl_dqn_twin_shuffled"}
+    for s in scores.values():
+        assert abs(s - 0.5) <= 0.03

@@ -289,6 +289,51 @@ class FusionConfig:
 
 
 @dataclass
+class RLConfig:
+    """Stage 05: reinforcement-learning heads against their supervised twins, under LOPO."""
+
+    HEADS: typing.ClassVar[tuple[str, ...]] = ("dqn",)
+
+    heads: list[str] = setting(factory=lambda: ["dqn"], affects="nothing")
+    band: list = setting(factory=lambda: [4.0, 30.0])  # Hz: the CSP's band-pass
+    decim: int = setting(2)           # the band-passed waveform keeps every decim-th sample
+    n_csp: int = setting(4)           # CSP components (csp_space: time axis kept)
+    lstm: int = setting(128)
+    dropout: float = setting(0.2)     # spatial dropout after the convolutions
+    env_steps: int = setting(3000)    # DQN environment steps per fold
+    learning_starts: int = setting(500)  # steps before the first gradient step
+    buffer_size: int = setting(20000)
+    batch_size: int = setting(64)
+    lr: float = setting(0.001)
+    gamma: float = setting(0.0, help="the next trial does not depend on the action: a "
+                                     "contextual bandit; > 0 is allowed but has no meaning")
+    target_update_interval: int = setting(250)
+    eps_start: float = setting(1.0)
+    eps_end: float = setting(0.05)
+    eps_decay: float = setting(5.0)   # epsilon = end + (start - end) exp(-decay * progress)
+    episode_len: int = setting(64)    # trials per episode
+    n_inner_val: int = setting(2)     # training participants that fit the temperature
+    eval_every: int = setting(250, affects="nothing")  # steps between learning-curve points
+    shuffle_labels: bool = setting(False)  # leakage alarm: labels permuted within participant
+    device: str = setting("cpu", affects="nothing")
+    num_threads: int | None = setting(None, affects="nothing")
+
+    def validate(self, cfg: "Config") -> None:
+        bad = [h for h in self.heads if h not in self.HEADS]
+        _check(not bad, f"unknown rl head(s) {bad}; known: {list(self.HEADS)}")
+        _check(len(self.band) == 2 and 0 < self.band[0] < self.band[1],
+               f"rl.band must be [low, high] in Hz, got {self.band}")
+        for key in ("decim", "n_csp", "lstm", "env_steps", "buffer_size", "batch_size",
+                    "target_update_interval", "episode_len", "n_inner_val", "eval_every"):
+            _check(getattr(self, key) >= 1, f"rl.{key} must be >= 1")
+        _check(0 <= self.learning_starts < self.env_steps,
+               "rl.learning_starts must be in [0, rl.env_steps)")
+        _check(0 <= self.gamma <= 1 and 0 <= self.eps_end <= self.eps_start <= 1,
+               "rl.gamma in [0, 1] and 0 <= rl.eps_end <= rl.eps_start <= 1")
+        _check_device(self.device, "rl.device")
+
+
+@dataclass
 class Config:
     profile: str = "quick"
     seed: int = 0
@@ -297,6 +342,7 @@ class Config:
     mae: MAEConfig = field(default_factory=MAEConfig)
     experts: ExpertsConfig = field(default_factory=ExpertsConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

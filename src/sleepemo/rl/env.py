@@ -47,7 +47,7 @@ class TrialEnv(gym.Env):
             "stats": spaces.Box(-np.inf, np.inf, self.stats.shape[1:], np.float32)})
         self.action_space = spaces.Discrete(2)
         self._order = np.arange(self.episode_len)
-        self._i = 0
+        self._i, self._total = 0, 0.0
 
     def _obs(self, i: int) -> dict:
         # copies: a caller may keep or modify what it was given (gymnasium's rule)
@@ -56,14 +56,18 @@ class TrialEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         self._order = self.np_random.permutation(len(self.labels))[:self.episode_len]
-        self._i = 0
+        self._i, self._total = 0, 0.0
         return self._obs(self._order[0]), {}
 
     def step(self, action):
         trial = self._order[self._i]
         reward = float(int(action) == self.labels[trial])
         self._i += 1
+        self._total += reward
         terminated = self._i >= self.episode_len
         # after the last trial the observation is never acted on: repeat the last one
         nxt = trial if terminated else self._order[self._i]
-        return self._obs(nxt), reward, terminated, False, {"trial": int(trial)}
+        info = {"trial": int(trial)}
+        if terminated:
+            info["episode_reward"] = self._total
+        return self._obs(nxt), reward, terminated, False, info

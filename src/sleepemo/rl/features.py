@@ -101,9 +101,12 @@ class FoldFeatures:
         y = np.concatenate([labels[s] for s in subjects]).astype(int)
         if len(np.unique(y)) < 2:
             raise ValueError("the fold's training trials have one class only")
+        from mne.utils import use_log_level
+
         self.csp_ = CSP(n_components=self.n_csp, reg=self.reg, log=None,
                         transform_into="csp_space", norm_trace=False)
-        self.csp_.fit(wave, y)
+        with use_log_level("error"):
+            self.csp_.fit(wave, y)
         series = self.csp_.transform(wave)
         self.series_sd_ = series.std(axis=(0, 2), keepdims=True)[0] + 1e-12
         stats = np.concatenate([signals[s].stats for s in subjects])

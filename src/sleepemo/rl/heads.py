@@ -142,17 +142,22 @@ def outputs(net, feats: dict, batch: int = 512) -> np.ndarray:
 
 
 def fit_temperature(out: np.ndarray, labels: np.ndarray) -> float:
-    """The softmax temperature minimising the log-loss of ``out`` (n, 2) on ``labels``."""
+    """The softmax temperature minimising the log-loss of ``out`` (n, 2) on ``labels``,
+    between 0.01 and 10 times the spread of ``out[:, 1] - out[:, 0]``: an uninformative
+    head would otherwise get a temperature so large that its float32 probabilities tie
+    and lose the ranking the metric scores."""
     from scipy.optimize import minimize_scalar
 
     d = (out[:, 1] - out[:, 0]).astype(np.float64)
     y = np.asarray(labels, dtype=np.float64)
+    sd = float(d.std()) or 1.0
 
     def nll(log_t):
         z = d / math.exp(log_t)
         return float(np.mean(np.logaddexp(0, z) - y * z))
 
-    return math.exp(minimize_scalar(nll, bounds=(-6, 6), method="bounded").x)
+    bounds = (math.log(0.01 * sd), math.log(10 * sd))
+    return math.exp(minimize_scalar(nll, bounds=bounds, method="bounded").x)
 
 
 def probability(out: np.ndarray, temperature: float) -> np.ndarray:
