@@ -5,7 +5,7 @@
 With random weights of the quick profile's shapes (16 channels, 50 encoder tokens, 25
 fusion tokens), in one process and one run, the median over ``--repeats`` of:
 
-- the 16 experts' per-token embeddings (``folded_encode``) of ``--trials`` trials, per
+- the 16 experts' per-token embeddings (``embed_tokens``) of ``--trials`` trials, per
   batch size (stage 04 embeds every trial of every fold with its fold's experts);
 - the MAE encoder's (``encode_tokens``), per batch size of channel-sequences;
 - the fusion's prediction, per batch size of trials;
@@ -30,11 +30,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from sleepemo.features import token_window  # noqa: E402
-from sleepemo.models.experts import ExpertBank, make_experts  # noqa: E402
-from sleepemo.models.fusion import FusionNet, fusion_loss  # noqa: E402
+from sleepemo.models.experts import ExpertBank, embed_tokens, make_experts  # noqa: E402
+from sleepemo.models.fusion import FusionNet, fusion_loss, predict  # noqa: E402
 from sleepemo.models.mae import ChannelEncoder, EncoderConfig, encode_tokens  # noqa: E402
 from sleepemo.stage import flush_denormals  # noqa: E402
-from sleepemo.stages.train_fusion import encode_with_experts, predict  # noqa: E402
 
 
 def median_rate(fn, n: int, repeats: int) -> float:
@@ -75,7 +74,7 @@ def main() -> None:
     result = {"threads": torch.get_num_threads(), "trials": n, "trials_per_second": {
         "experts_embedding": sweep(
             "experts' embeddings (trials/s)",
-            lambda b: encode_with_experts(params, feats, enc_cfg.n_heads, batch=b),
+            lambda b: embed_tokens(params, feats, enc_cfg.n_heads, batch=b),
             [512, 256, 128, 64, 32], n, args.repeats),
         "mae_embedding": sweep(
             "MAE embeddings (trials/s; batch in channel-sequences)",

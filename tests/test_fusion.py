@@ -93,10 +93,9 @@ def test_tuned_fusion_pools_and_zscores_like_the_frozen_path():
     """Two expert tokens per fusion token: the fine-tuned path's inputs equal the frozen
     path's (experts' embeddings pooled, z-scored over the participant; extras pooled)."""
     from sleepemo.features import pool_time
-    from sleepemo.models.experts import ExpertBank, make_experts
-    from sleepemo.models.fusion import TunedFusion
+    from sleepemo.models.experts import ExpertBank, embed_tokens, make_experts
+    from sleepemo.models.fusion import TunedFusion, standardise
     from sleepemo.models.mae import EncoderConfig
-    from sleepemo.stages.train_fusion import encode_with_experts, standardise
 
     rng = np.random.default_rng(0)
     params = {k: v.detach() for k, v in ExpertBank(make_experts(
@@ -105,7 +104,7 @@ def test_tuned_fusion_pools_and_zscores_like_the_frozen_path():
     ev = rng.standard_normal((40, 16, 10, 1)).astype(np.float32)
     model = TunedFusion(params, 4, 5, 2, FusionNet(17, 16))
     got = model.fusion_inputs(np.concatenate([x, np.repeat(ev, 2, axis=2)], -1), batch=16)
-    want = np.concatenate([standardise(pool_time(encode_with_experts(params, x, 4), 2)), ev],
+    want = np.concatenate([standardise(pool_time(embed_tokens(params, x, 4), 2)), ev],
                           -1)
     np.testing.assert_allclose(got, want, atol=2e-4)
     t, r, att = model(torch.from_numpy(np.concatenate([x, np.repeat(ev, 2, axis=2)], -1)),

@@ -207,3 +207,31 @@ class TunedFusion(nn.Module):
                 return np.zeros((0, c, t, d), np.float32)
             return torch.cat([zscore_groups(torch.cat(hs)), torch.cat(extras)], -1
                              ).cpu().numpy()
+
+
+def standardise(x: np.ndarray) -> np.ndarray:
+    """Z-score every (channel, feature) over one participant's trials and tokens (numpy;
+    :func:`zscore_groups` is its torch twin)."""
+    mu = x.mean(axis=(0, 2), keepdims=True)
+    sd = x.std(axis=(0, 2), keepdims=True)
+    return ((x - mu) / np.where(sd > 0, sd, 1.0)).astype(np.float32)
+
+
+def predict(model: "FusionNet | TunedFusion", x: np.ndarray, batch: int = 128):
+    """Token logits (n, T), trial logits (n,) and channel attention (n, T, C) of one
+    participant's trials (a :class:`TunedFusion` z-scores its embeddings over them).
+    Batches of 128 trials: larger ones leave the CPU cache (``bench/bench_fusion.py``)."""
+    model.eval()
+    if isinstance(model, TunedFusion):
+        return predict(model.fusion, model.fusion_inputs(x), batch)
+    dev = next(model.parameters()).device
+    if len(x) == 0:
+        t = x.shape[2]
+        return (np.zeros((0, t), np.float32), np.zeros(0, np.float32),
+                np.zeros((0, t, x.shape[1]), np.float32))
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            outs.append([o.cpu().numpy() for o in model(torch.from_numpy(
+                np.ascontiguousarray(x[i:i + batch])).to(dev))])
+    return tuple(np.concatenate([o[j] for o in outs]) for j in range(3))

@@ -53,8 +53,9 @@ from ..config import ConfigError, FusionConfig, fields_affecting
 from ..features import BandFeatureCache, pool_time
 from ..folds import balanced
 from ..metric import window_auc
-from ..models.experts import folded_encode
-from ..models.fusion import FusionNet, TunedFusion, electrode_positions, fusion_loss
+from ..models.experts import embed_tokens
+from ..models.fusion import (FusionNet, TunedFusion, electrode_positions, fusion_loss,
+                             predict, standardise)
 from ..models.mae import encode_tokens, load_encoder, load_mae_weights
 from ..progress import bar
 from ..report import plot_curves, plot_topomaps, results_table, to_markdown
@@ -64,29 +65,6 @@ VARIANTS = FusionConfig.VARIANTS
 
 
 # ------------------------------------------------------------------ inputs
-def standardise(x: np.ndarray) -> np.ndarray:
-    """Z-score every (channel, feature) over one participant's trials and tokens."""
-    mu = x.mean(axis=(0, 2), keepdims=True)
-    sd = x.std(axis=(0, 2), keepdims=True)
-    return ((x - mu) / np.where(sd > 0, sd, 1.0)).astype(np.float32)
-
-
-def encode_with_experts(params: dict, feats: np.ndarray, n_heads: int,
-                        batch: int = 64) -> np.ndarray:
-    """Per-token embeddings of the 16 experts: (n, C, T, F) -> (n, C, T, d).
-
-    Small batches keep the 16 experts' activations in the CPU cache: 64 trials embed ~2x
-    faster than 512 on 2 cores (``bench/bench_fusion.py``)."""
-    dev = next(iter(params.values())).device
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(feats), batch):
-            h = folded_encode(params, torch.from_numpy(np.ascontiguousarray(
-                feats[i:i + batch], dtype=np.float32)).to(dev), n_heads)
-            out.append(h.transpose(0, 1).cpu().numpy())
-    return np.concatenate(out)
-
-
 class Inputs:
     """Where every variant's input comes from, built lazily and kept while needed.
 
@@ -191,7 +169,7 @@ class Inputs:
             x = self._pooled(self.band, s, stride)
             if s in keep:  # training participants: only the kept trials are embedded
                 x = x[keep[s]]
-            out[s] = standardise(pool_time(encode_with_experts(params, x, n_heads),
+            out[s] = standardise(pool_time(embed_tokens(params, x, n_heads),
                                            self.cfg.stride // stride))
         return out
 
@@ -237,25 +215,6 @@ class Inputs:
 
 
 # ------------------------------------------------------------------ one fold
-def predict(model: FusionNet | TunedFusion, x: np.ndarray, batch: int = 128):
-    """Token logits (n, T), trial logits (n,) and channel attention (n, T, C) of one
-    participant's trials (a :class:`TunedFusion` z-scores its embeddings over them)."""
-    model.eval()
-    if isinstance(model, TunedFusion):
-        return predict(model.fusion, model.fusion_inputs(x), batch)
-    dev = next(model.parameters()).device
-    if len(x) == 0:
-        t = x.shape[2]
-        return (np.zeros((0, t), np.float32), np.zeros(0, np.float32),
-                np.zeros((0, t, x.shape[1]), np.float32))
-    outs = []
-    with torch.no_grad():
-        for i in range(0, len(x), batch):
-            outs.append([o.cpu().numpy() for o in model(torch.from_numpy(
-                np.ascontiguousarray(x[i:i + batch])).to(dev))])
-    return tuple(np.concatenate([o[j] for o in outs]) for j in range(3))
-
-
 def to_timepoints(token_logits: np.ndarray, n_times: int) -> np.ndarray:
     """Per-token logits -> probabilities at every timepoint (linear interpolation)."""
     t = torch.from_numpy(token_logits)[:, None]
