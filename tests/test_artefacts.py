@@ -110,3 +110,29 @@ def test_results_of_an_older_format_are_not_listed(smoke, tmp_path):
     old.mkdir()
     (old / "meta.json").write_text('{"model": "legacy", "fingerprint": "x"}')
     assert [r.name for r in results(tmp_path)] == ["toy"]
+
+
+def test_compare_runs_pairs_models_on_the_same_participants(tmp_path, capsys):
+    import pandas as pd
+
+    from sleepemo.report import compare_runs, main
+
+    def run(name, rows):
+        folder = tmp_path / name
+        folder.mkdir()
+        pd.DataFrame(rows).set_index("model").to_csv(folder / "lopo.csv")
+        return folder
+
+    base = {"stage": "x", "window_ms": "", "diagnostic": False}
+    a = run("a", [base | {"model": "m", "overall": 0.55, "S1": 0.5, "S2": 0.6, "S3": 0.7},
+                  base | {"model": "shuffled", "overall": 0.5, "S1": 0.5, "S2": 0.5,
+                          "S3": 0.5, "diagnostic": True}])
+    b = run("b", [base | {"model": "m", "overall": 0.6, "S1": 0.6, "S2": 0.5, "S3": 0.8},
+                  base | {"model": "shuffled", "overall": 0.5, "S1": 0.5, "S2": 0.5,
+                          "S3": 0.5, "diagnostic": True}])
+    text = compare_runs(a, b, ("old", "new"))
+    assert "| m | 0.5500 | 0.6000 | 2 of 3 | +0.0333 |" in text and "shuffled" not in text
+    assert main(["compare", str(a), str(b)]) == 0 and "2 of 3" in capsys.readouterr().out
+    c = run("c", [base | {"model": "m", "overall": 0.6, "S1": 0.6, "S9": 0.5}])
+    with pytest.raises(ValueError, match="same held-out participants"):
+        compare_runs(a, c)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -323,12 +324,43 @@ def copy_report(out: str | Path, dest: str | Path) -> list[Path]:
     return copied
 
 
+def compare_runs(a: str | Path, b: str | Path, labels=("A", "B")) -> str:
+    """Markdown: every non-diagnostic model of both runs' ``lopo.csv`` (the same data and
+    folds, one setting changed), B against A on the same held-out participants.
+
+    Per model: both LOPO scores, on how many participants B's score is higher and the
+    mean difference (each in its run's own window)."""
+    ta, tb = (pd.read_csv(Path(x) / "lopo.csv", index_col=0) for x in (a, b))
+    cols = [c for c in ta.columns if c.startswith("S") and c[1:].isdigit()]
+    if cols != [c for c in tb.columns if c.startswith("S") and c[1:].isdigit()]:
+        raise ValueError(f"{a} and {b} do not have the same held-out participants")
+    common = [m for m in ta.index if m in tb.index and not ta.loc[m, "diagnostic"]]
+    la, lb = labels
+    lines = [f"| model | {la} | {lb} | {lb} higher on | mean difference |",
+             "|---|---|---|---|---|"]
+    for m in common:
+        d = tb.loc[m, cols].to_numpy(float) - ta.loc[m, cols].to_numpy(float)
+        lines.append(f"| {m} | {ta.loc[m, 'overall']:.4f} | {tb.loc[m, 'overall']:.4f} | "
+                     f"{int((d > 0).sum())} of {len(d)} | {d.mean():+.4f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sleepemo.report",
                                  description="write lopo.csv, pictures and report.md of a "
                                              "run folder from its results")
     ap.add_argument("out", help="the run's artefact folder (output/<profile>-<data>)")
     ap.add_argument("--copy-to", help="also copy the report and its pictures here")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["compare"]:
+        cp = argparse.ArgumentParser(prog="python -m sleepemo.report compare",
+                                     description="compare two runs' lopo.csv (B against A)")
+        cp.add_argument("a")
+        cp.add_argument("b")
+        cp.add_argument("--labels", nargs=2, default=["A", "B"])
+        cargs = cp.parse_args(argv[1:])
+        print(compare_runs(cargs.a, cargs.b, tuple(cargs.labels)))
+        return 0
     args = ap.parse_args(argv)
     table, _ = write_report(args.out)
     print(table.drop(columns="diagnostic").to_string())
