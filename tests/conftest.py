@@ -19,6 +19,21 @@ def _restore_torch_threads():
     torch.set_num_threads(n)
 
 
+def with_flipped_labels(ds, held, fn):
+    """``fn()`` as given, then again with participant ``held``'s training labels
+    flipped (restored afterwards): the held-out invariance checks compare the two."""
+    import dataclasses
+
+    first = fn()
+    subj = ds.train[held]
+    ds.train[held] = dataclasses.replace(subj, y=(1 - subj.y).astype(subj.y.dtype))
+    try:
+        second = fn()
+    finally:
+        ds.train[held] = subj
+    return first, second
+
+
 @pytest.fixture(scope="session")
 def smoke_dir(tmp_path_factory):
     """Synthetic data at 10 % of the real trial counts (the smoke profile's scale)."""

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from conftest import with_flipped_labels
 from sleepemo.fomaml import adapt, fomaml_step
 from sleepemo.models.experts import ExpertBank, loop_forward, make_experts
 from sleepemo.models.mae import ChannelEncoder, EncoderConfig, n_parameters
@@ -250,13 +251,7 @@ def test_held_out_labels_never_reach_the_fitted_experts(smoke_dir, tmp_path, var
         return run_fold(trainer, variant, 0, held, folds.test_subjects,
                         folds.labels_of(ds, 0), 0, 0.4)
 
-    first = fold0()
-    subj = ds.train[held]
-    ds.train[held] = dataclasses.replace(subj, y=(1 - subj.y).astype(subj.y.dtype))
-    try:
-        second = fold0()
-    finally:
-        ds.train[held] = subj
+    first, second = with_flipped_labels(ds, held, fold0)
     for kind in ("zero_shot", "tta"):
         if first[kind] is None:
             assert variant != "mae_fomaml"
@@ -265,7 +260,7 @@ def test_held_out_labels_never_reach_the_fitted_experts(smoke_dir, tmp_path, var
             np.testing.assert_array_equal(np.asarray(second[kind][key]), np.asarray(arr))
     np.testing.assert_array_equal(first["losses"], second["losses"])
     assert len(first["losses"]) == (2 if variant.endswith("fomaml") else 2 * 2 * 4)
-    leaky = folds.labels_of(ds, 0) | {held: subj.y}
+    leaky = folds.labels_of(ds, 0) | {held: ds.train[held].y}
     with pytest.raises(ValueError, match="held out"):
         run_fold(trainer, variant, 0, held, folds.test_subjects, leaky, 0, 0.4)
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import with_flipped_labels
 from sleepemo import CHANNELS
 from sleepemo.config import ConfigError, load_config
 from sleepemo.models.fusion import (FusionNet, electrode_positions, fusion_loss,
@@ -259,17 +260,11 @@ def test_held_out_labels_never_reach_the_fitted_fusion(fusion_run, variant):
                         folds.test_subjects, 0, 0, 200, experts=experts,
                         n_heads=stage.cfg.mae.n_heads)
 
-    first = fold0()
-    subj = ds.train[held]
-    ds.train[held] = dataclasses.replace(subj, y=(1 - subj.y).astype(subj.y.dtype))
-    try:
-        second = fold0()
-    finally:
-        ds.train[held] = subj
+    first, second = with_flipped_labels(ds, held, fold0)
     assert first.keys() == second.keys()
     for key, arr in first.items():
         np.testing.assert_array_equal(second[key], arr)
-    leaky = source.labels(0) | {held: subj.y}
+    leaky = source.labels(0) | {held: ds.train[held].y}
     with pytest.raises(ValueError, match="held out"):
         run_fold(cfg, variant, inputs, leaky, held, folds.test_subjects, 0, 0, 200,
                  experts=experts)

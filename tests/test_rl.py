@@ -1,11 +1,10 @@
 """Stage 05 foundations: the RL features (fitted in the fold only) and the environment."""
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 
+from conftest import with_flipped_labels
 from sleepemo.rl.features import STATS, FoldFeatures, Signals, fit_fold, participant_signals
 
 
@@ -72,13 +71,7 @@ def test_a_fitted_feature_step_cannot_see_the_held_out_labels(smoke_dir):
         f = fit_fold(signals, folds, ds, 0)
         return {s: f.transform(signals[s]) for s in (held, *folds.test_subjects)}
 
-    first = features()
-    subj = ds.train[held]
-    ds.train[held] = dataclasses.replace(subj, y=(1 - subj.y).astype(subj.y.dtype))
-    try:
-        second = features()
-    finally:
-        ds.train[held] = subj
+    first, second = with_flipped_labels(ds, held, features)
     for s in first:
         for key in ("series", "stats"):
             np.testing.assert_array_equal(first[s][key], second[s][key])
@@ -297,18 +290,12 @@ def test_held_out_labels_never_reach_the_rl_heads(rl_run):
         return run_fold(cfg, signals, folds.labels_of(ds, 0), held, folds.test_subjects,
                         0, 0, 200)
 
-    first = fold0()
-    subj = ds.train[held]
-    ds.train[held] = dataclasses.replace(subj, y=(1 - subj.y).astype(subj.y.dtype))
-    try:
-        second = fold0()
-    finally:
-        ds.train[held] = subj
+    first, second = with_flipped_labels(ds, held, fold0)
     for head in first:
         for key, arr in first[head].items():
             np.testing.assert_array_equal(second[head][key], arr)
     with pytest.raises(ValueError, match="held out"):
-        run_fold(cfg, signals, folds.labels_of(ds, 0) | {held: subj.y}, held,
+        run_fold(cfg, signals, folds.labels_of(ds, 0) | {held: ds.train[held].y}, held,
                  folds.test_subjects, 0, 0, 200)
 
 
