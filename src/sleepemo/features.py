@@ -44,6 +44,14 @@ def zscore_trials(F: np.ndarray) -> np.ndarray:
     return (F - F.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
 
 
+def zscore_participant(x: np.ndarray) -> np.ndarray:
+    """Z-score ``x`` (n_trials, n_chans, n_times[, n_features]) per channel (and feature)
+    over one participant's trials and timepoints (axes 0 and 2), label-free; a constant
+    channel becomes zeros. In the input's floating dtype."""
+    sd = x.std(axis=(0, 2), keepdims=True)
+    return (x - x.mean(axis=(0, 2), keepdims=True)) / np.where(sd > 0, sd, 1.0)
+
+
 def covariances(X: np.ndarray, estimator: str = "cov") -> np.ndarray:
     """Per-trial spatial covariance (pyriemann), shape (n_trials, n_chans, n_chans)."""
     from pyriemann.estimation import Covariances
@@ -98,10 +106,7 @@ def band_features(X: np.ndarray, sfreq: float, bands=BANDS, kind: str = "log_env
         env = np.abs(scipy.signal.hilbert(bandpass(X, sfreq, tuple(band), order), axis=-1))
         if kind == "log_power":
             env = env ** 2
-        f = np.log(env + 1e-6 * env.mean())
-        mu = f.mean(axis=(0, 2), keepdims=True)
-        sd = f.std(axis=(0, 2), keepdims=True)
-        out[..., b] = (f - mu) / np.where(sd > 0, sd, 1.0)
+        out[..., b] = zscore_participant(np.log(env + 1e-6 * env.mean()))
     return out
 
 
@@ -122,10 +127,8 @@ def evoked_features(X: np.ndarray, sfreq: float, band=EVOKED_BAND,
     -------
     ndarray, shape (n_trials, n_chans, n_times, 1), float32
     """
-    f = bandpass(X, sfreq, tuple(band), order)
-    mu = f.mean(axis=(0, 2), keepdims=True)
-    sd = f.std(axis=(0, 2), keepdims=True)
-    return ((f - mu) / np.where(sd > 0, sd, 1.0)).astype(np.float32)[..., None]
+    f = zscore_participant(bandpass(X, sfreq, tuple(band), order))
+    return f.astype(np.float32)[..., None]
 
 
 def token_features(X: np.ndarray, sfreq: float, bands=BANDS, kind: str = "log_envelope",

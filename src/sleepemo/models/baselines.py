@@ -209,9 +209,7 @@ class XdawnTS(BaselineModel):
         self.C = float(C)
 
     def transform(self, X, sfreq):
-        wave = lowpass_decimate(X, sfreq, self.band, self.decim)
-        sd = wave.std(axis=(0, 2), keepdims=True)
-        wave = (wave - wave.mean(axis=(0, 2), keepdims=True)) / np.where(sd > 0, sd, 1.0)
+        wave = F.zscore_participant(lowpass_decimate(X, sfreq, self.band, self.decim))
         return wave.astype(np.float32)
 
     def _covariances(self, feats):

@@ -212,9 +212,9 @@ class TunedFusion(nn.Module):
 def standardise(x: np.ndarray) -> np.ndarray:
     """Z-score every (channel, feature) over one participant's trials and tokens (numpy;
     :func:`zscore_groups` is its torch twin)."""
-    mu = x.mean(axis=(0, 2), keepdims=True)
-    sd = x.std(axis=(0, 2), keepdims=True)
-    return ((x - mu) / np.where(sd > 0, sd, 1.0)).astype(np.float32)
+    from ..features import zscore_participant
+
+    return zscore_participant(x).astype(np.float32)
 
 
 def predict(model: "FusionNet | TunedFusion", x: np.ndarray, batch: int = 128):

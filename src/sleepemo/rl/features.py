@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..features import bandpass
+from ..features import bandpass, zscore_participant
 
 STATS = ("ptp", "rms", "abs_diff", "skew", "kurtosis", "alpha", "beta")
 PSD_BANDS = {"alpha": (8.0, 12.0), "beta": (12.0, 30.0)}
@@ -55,8 +55,7 @@ def participant_signals(X: np.ndarray, sfreq: float, band=(4.0, 30.0),
     if band[1] >= sfreq / decim / 2:
         raise ValueError(f"band {tuple(band)} Hz does not fit below the Nyquist frequency "
                          f"of {sfreq} Hz decimated by {decim}")
-    sd = X.std(axis=(0, 2), keepdims=True)
-    Z = (X - X.mean(axis=(0, 2), keepdims=True)) / np.where(sd > 0, sd, 1.0)
+    Z = zscore_participant(X)
     wave = bandpass(Z, sfreq, tuple(band))
     freqs, psd = scipy.signal.welch(Z, fs=sfreq, nperseg=min(Z.shape[-1], int(sfreq)),
                                     axis=-1)
