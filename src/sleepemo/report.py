@@ -114,7 +114,7 @@ def save_figure(fig, path) -> Path:
     return Path(path)
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -126,7 +126,7 @@ def _pyplot():
 def plot_curves(scores: dict, sfreq: float, path: str | Path,
                 title: str = "LOPO: mean per-timepoint AUC") -> Path:
     """One panel per model: participant-mean AUC curve, the scoring window shaded."""
-    plt = _pyplot()
+    plt = pyplot()
     n = len(scores)
     ncol = min(3, n)
     nrow = int(np.ceil(n / ncol))
@@ -157,7 +157,7 @@ def plot_curves(scores: dict, sfreq: float, path: str | Path,
 
 def plot_bars(table: pd.DataFrame, path: str | Path) -> Path:
     """Per-participant window AUC, one group of bars per participant."""
-    plt = _pyplot()
+    plt = pyplot()
     cols = [c for c in table.columns if c.startswith("S") and c[1:].isdigit()]
     fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(cols) + 2), 3.2))
     width = 0.8 / len(table)
@@ -181,7 +181,7 @@ def plot_topomaps(values: dict[str, list], ch_names, path: Path,
     """One scalp map of a per-channel value around ``centre`` per result (MNE, template
     10-20 positions); None if there is nothing to draw or the channels have no
     positions."""
-    plt = _pyplot()
+    plt = pyplot()
     import mne
 
     from .montage import montage

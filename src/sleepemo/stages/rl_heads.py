@@ -32,7 +32,7 @@ from ..artefacts import (ResultWriter, code_hash, fingerprint, load_checkpoint, 
                          save_checkpoint)
 from ..config import RLConfig, fields_affecting
 from ..progress import bar
-from ..report import _pyplot, results_table, save_figure, to_markdown
+from ..report import pyplot, results_table, save_figure, to_markdown
 from ..rl.features import FoldFeatures, participant_signals
 from ..stage import Stage, StageOutput
 
@@ -146,21 +146,22 @@ def run(stage: Stage) -> StageOutput:
     cfg, seed = stage.cfg.rl, stage.cfg.seed
     ds = stage.dataset()
     folds = stage.folds(ds)
-    subjects = list(folds.train_subjects) + list(folds.test_subjects)
-    signals = {s: participant_signals(ds.subject(s).X, ds.sfreq, tuple(cfg.band), cfg.decim)
-               for s in bar(subjects, desc="RL signals", enabled=stage.progress)}
     fp = fingerprint(stage="rl_heads", seed=seed, rl=fields_affecting(cfg, "weights"),
                      data=folds.data_fingerprint, code=code_hash())
     names = [h for head in cfg.heads for h in (head, f"{head}_twin")]
     writers = {n: ResultWriter(stage.out, stage.spec.name, output_name(cfg, n), fp, folds)
                for n in names}
+    pending = [k for k in range(folds.n_folds)
+               if not all(w.fold_done(k) for w in writers.values())]
+    subjects = list(folds.train_subjects) + list(folds.test_subjects)
+    signals = {s: participant_signals(ds.subject(s).X, ds.sfreq, tuple(cfg.band), cfg.decim)
+               for s in bar(subjects if pending else [], desc="RL signals",
+                            enabled=stage.progress)}  # (none when every fold is done)
     progress = bar(total=folds.n_folds * cfg.env_steps, desc="RL: LOPO folds x env steps",
                    unit="step", enabled=stage.progress)
+    progress.update(cfg.env_steps * (folds.n_folds - len(pending)))
     seconds = []
-    for k in range(folds.n_folds):
-        if all(w.fold_done(k) for w in writers.values()):
-            progress.update(cfg.env_steps)
-            continue
+    for k in pending:
         held = folds.held_out(k)
         progress.set_postfix(fold=k, held_out=f"S{held}")
         t0 = time.perf_counter()
@@ -185,7 +186,7 @@ def _report(stage: Stage, finished: dict, writers: dict, seconds: list) -> Stage
     table, scores, _ = results_table(results(stage.out))
     labels = {n: r.label for n, r in finished.items()}
     parts = {n: w.load_parts() for n, w in writers.items()}
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for n, p in parts.items():
         curves = [v["curve"] for v in p.values() if len(v["curve"])]
