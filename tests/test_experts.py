@@ -223,6 +223,21 @@ def test_killed_stage_resumes_from_fold_checkpoints(smoke_stage, monkeypatch):
     assert any("unchanged, reusing" in m for m in logs)
 
 
+def test_fold_workers_give_the_serial_results(smoke_stage, tmp_path):
+    """Folds trained by two one-thread worker processes equal the serial run's (one
+    thread) bit for bit, with test-time adaptation: a fold's seeds are its own."""
+    from sleepemo.stages import train_experts
+
+    serial, *_ = smoke_stage
+    stage, *_ = _stage(tmp_path, serial.data_dir, workers=2)
+    stage.run(train_experts.run)
+    for name in ("experts_mae_fomaml", "experts_mae_fomaml_tta"):
+        for array in ("oof.npy", "test.npy", "oof_experts.npy"):
+            np.testing.assert_array_equal(
+                np.load(stage.out / "03_experts" / name / array),
+                np.load(serial.out / "03_experts" / name / array), err_msg=f"{name} {array}")
+
+
 @pytest.mark.parametrize("variant", ["mae_fomaml", "mae_supervised", "random_fomaml"])
 def test_held_out_labels_never_reach_the_fitted_experts(smoke_dir, tmp_path, variant):
     """Fold 0 with the held-out participant's labels flipped gives bit-identical

@@ -327,3 +327,20 @@ def test_training_participants_keep_a_label_free_subset(smoke_dir, tmp_path):
     for s in [folds.held_out(3), *folds.test_subjects]:
         assert len(x[s]) == ds.subject(s).n_trials
     assert x[folds.held_out(3)].shape[-1] == len(stage.cfg.mae.bands) + 1  # + evoked
+
+
+def test_fold_workers_give_the_serial_results(fusion_run, tmp_path):
+    """Folds trained by two one-thread worker processes equal the serial run's
+    (one thread) bit for bit: a fold's seeds are its own."""
+    from sleepemo.stages import train_fusion
+
+    serial, ds, folds, _ = fusion_run
+    stage, *_ = _stage(tmp_path, serial.cfg.data.dir or serial.data_dir, **{
+        "fusion.variants": "[experts, raw]", "fusion.workers": "2"})
+    _untrained_experts(stage, ds, folds)
+    stage.run(train_fusion.run)
+    for name in ("fusion_experts", "fusion_raw"):
+        for array in ("oof.npy", "test.npy", "oof_trial.npy"):
+            np.testing.assert_array_equal(
+                np.load(stage.out / "04_fusion" / name / array),
+                np.load(serial.out / "04_fusion" / name / array), err_msg=f"{name} {array}")

@@ -48,6 +48,10 @@ def setting(default: Any = dataclasses.MISSING, *, affects: str = "weights",
     return field(default=default, metadata=meta)
 
 
+WORKERS_HELP = ("fold-parallel worker processes, one torch thread each (0: one per core); "
+                "with one thread, results are the same for any number")
+
+
 def fields_affecting(section, *kinds: str) -> dict:
     """``{name: value}`` of the section's fields whose ``affects`` is one of ``kinds``
     (fields declared without :func:`setting` count as ``weights``)."""
@@ -186,11 +190,13 @@ class ExpertsConfig:
     predict_batch: int = setting(256, affects="nothing")
     device: str = setting("auto", affects="nothing")
     num_threads: int | None = setting(None, affects="nothing")
+    workers: int = setting(1, affects="nothing", help=WORKERS_HELP)
 
     def validate(self, cfg: "Config") -> None:
         known = self.VARIANTS
         bad = [v for v in self.variants if v not in known]
         _check(not bad, f"unknown experts variant(s) {bad}; known: {list(known)}")
+        _check(self.workers >= 0, f"experts.workers must be >= 0, got {self.workers}")
         bad = [v for v in self.tta_variants if v not in self.variants or known[v][0] != "mae"]
         _check(not bad, f"experts.tta_variants {bad}: test-time adaptation needs an "
                "MAE-initialised variant listed in experts.variants")
@@ -257,6 +263,7 @@ class FusionConfig:
     predict_batch: int = setting(128, affects="nothing")  # trials per forward pass
     device: str = setting("auto", affects="nothing")
     num_threads: int | None = setting(None, affects="nothing")
+    workers: int = setting(1, affects="nothing", help=WORKERS_HELP)
 
     def inputs(self) -> list[str]:
         """The inputs the chosen variants need, in a fixed order."""
@@ -274,6 +281,7 @@ class FusionConfig:
                    f"multiple of {src} ({stride}) so that its tokens pool")
         _check(self.d_model % self.n_heads == 0, f"fusion.d_model ({self.d_model}) must be "
                f"divisible by fusion.n_heads ({self.n_heads})")
+        _check(self.workers >= 0, f"fusion.workers must be >= 0, got {self.workers}")
         _check(len(self.evoked_band) == 2 and 0 < self.evoked_band[0] < self.evoked_band[1],
                f"fusion.evoked_band must be [low, high] in Hz, got {self.evoked_band}")
         for key in ("steps", "eval_every", "subjects_per_batch", "trials_per_subject",

@@ -51,6 +51,7 @@ from ..metric import per_timepoint_auc
 from ..models.experts import (ExpertBank, classification_loss, make_experts, make_forward,
                               reconstruction_loss)
 from ..models.mae import EncoderConfig, encoder_config, load_mae_weights, random_mask
+from ..parallel import run_folds
 from ..progress import bar
 from ..report import plot_topomaps
 from ..stage import Stage, StageOutput, stage_dir
@@ -301,9 +302,28 @@ def _mae_init(stage: Stage, cache: BandFeatureCache):
     return (enc, head), info["fingerprint"], info["encoder"]
 
 
-def run(stage: Stage) -> StageOutput:
-    """Everything stage 03 does (see the module docstring)."""
-    cfg, mcfg, seed, log = stage.cfg.experts, stage.cfg.mae, stage.cfg.seed, stage.log
+@dataclass
+class FoldState:
+    """What every fold needs: built by :func:`fold_state` in the stage's process and in
+    every fold worker (:mod:`sleepemo.parallel`)."""
+
+    stage: Stage
+    ds: object
+    folds: object
+    trainer: ExpertTrainer
+    enc_cfg: EncoderConfig
+    jobs: list  # (variant, train fingerprint, {"zero_shot": writer, "tta": writer})
+
+    def done(self, k: int, writers: dict | None = None) -> bool:
+        """Fold k is written for ``writers`` (every variant's when None)."""
+        groups = [writers] if writers is not None else [w for _, _, w in self.jobs]
+        return all(w.fold_done(k) for ws in groups for w in ws.values())
+
+
+def fold_state(stage: Stage) -> FoldState:
+    """The data, the band features (built where missing), the trainer and one result
+    writer per output, fingerprinted by everything that shapes it."""
+    cfg, mcfg, seed = stage.cfg.experts, stage.cfg.mae, stage.cfg.seed
     ds = stage.dataset()
     folds = stage.folds(ds)
     if ds.n_times % cfg.stride:
@@ -322,7 +342,7 @@ def run(stage: Stage) -> StageOutput:
     enc_cfg = EncoderConfig(**{**enc_values, "n_times": ds.n_times // cfg.stride})
     trainer = ExpertTrainer(cfg, feats, enc_cfg, mae_state, ds.n_times, stage.device)
 
-    jobs = []  # (variant, train fingerprint, {"zero_shot": writer, "tta": writer})
+    jobs = []
     for v in cfg.variants:
         zs, tta = output_names(cfg, v)
         tfp = train_fingerprint(cfg, v, seed, folds.data_fingerprint, cache.key,
@@ -332,36 +352,50 @@ def run(stage: Stage) -> StageOutput:
         writers = {role: ResultWriter(stage.out, stage.spec.name, name, pfp, folds)
                    for role, name in (("zero_shot", zs), ("tta", tta)) if name}
         jobs.append((v, tfp, writers))
+    return FoldState(stage, ds, folds, trainer, enc_cfg, jobs)
 
-    def done(k, writers):
-        return all(w.fold_done(k) for w in writers.values())
 
+def train_fold(state: FoldState, k: int, step) -> dict:
+    """Fold k of every variant not yet written: train (or load), predict, save. Returns
+    the seconds each variant took."""
+    stage, folds = state.stage, state.folds
+    cfg, seed = stage.cfg.experts, stage.cfg.seed
+    held = folds.held_out(k)
+    seconds = {}
+    for v, tfp, writers in state.jobs:
+        if state.done(k, writers):
+            continue
+        t0 = time.perf_counter()
+        zs = writers["zero_shot"]
+        res = run_fold(state.trainer, v, k, held, folds.test_subjects,
+                       folds.labels_of(state.ds, k, cfg.shuffle_labels, seed), seed,
+                       stage.cfg.mae.mask_ratio, ckpt=zs.path(f"fold{k}.pt"), train_fp=tfp,
+                       progress=step)
+        seconds[v] = time.perf_counter() - t0
+        for role, writer in writers.items():
+            writer.save_fold(k, **res[role], losses=res["losses"])
+    return seconds
+
+
+def run(stage: Stage) -> StageOutput:
+    """Everything stage 03 does (see the module docstring)."""
+    cfg, seed, log = stage.cfg.experts, stage.cfg.seed, stage.log
+    state = fold_state(stage)
+    ds, folds, jobs, trainer, enc_cfg = (state.ds, state.folds, state.jobs, state.trainer,
+                                         state.enc_cfg)
     for v, _, writers in jobs:
-        if all(done(k, writers) for k in range(folds.n_folds)):
+        if all(state.done(k, writers) for k in range(folds.n_folds)):
             log(f"{writers['zero_shot'].name}: unchanged, reusing "
                 f"{writers['zero_shot'].folder}")
     progress = bar(total=folds.n_folds * cfg.meta_steps * len(cfg.variants),
                    desc="experts: LOPO folds x meta-steps", unit="step",
                    enabled=stage.progress)
-    fold_seconds = {v: [] for v in cfg.variants}
-    for k in range(folds.n_folds):
-        held = folds.held_out(k)
-        for v, tfp, writers in jobs:
-            if done(k, writers):
-                progress.update(cfg.meta_steps)
-                continue
-            progress.set_postfix(fold=k, held_out=f"S{held}", variant=v)
-            t0 = time.perf_counter()
-            zs = writers["zero_shot"]
-            res = run_fold(trainer, v, k, held, folds.test_subjects,
-                           folds.labels_of(ds, k, cfg.shuffle_labels, seed), seed,
-                           mcfg.mask_ratio, ckpt=zs.path(f"fold{k}.pt"), train_fp=tfp,
-                           progress=lambda: progress.update(1))
-            fold_seconds[v].append(time.perf_counter() - t0)
-            for role, writer in writers.items():
-                writer.save_fold(k, **res[role], losses=res["losses"])
-        progress.refresh()
+    progress.update(cfg.meta_steps * sum(state.done(k, w) for k in range(folds.n_folds)
+                                         for _, _, w in jobs))
+    todo = [k for k in range(folds.n_folds) if not state.done(k)]
+    done = run_folds(stage, todo, fold_state, train_fold, cfg.workers, progress, state)
     progress.close()
+    fold_seconds = {v: [s[v] for s in done.values() if v in s] for v in cfg.variants}
 
     finished: dict[str, tuple[str, Result]] = {}
     for v, _, writers in jobs:

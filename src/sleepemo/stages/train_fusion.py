@@ -57,6 +57,7 @@ from ..models.experts import embed_tokens
 from ..models.fusion import (FusionNet, TunedFusion, electrode_positions, fusion_loss,
                              predict, standardise)
 from ..models.mae import encode_tokens, load_encoder, load_mae_weights
+from ..parallel import run_folds
 from ..progress import bar
 from ..report import plot_curves, plot_topomaps, results_table, to_markdown
 from ..stage import Stage, StageOutput, stage_dir
@@ -322,15 +323,30 @@ def output_name(cfg: FusionConfig, variant: str) -> str:
     return f"fusion_{variant}" + ("_shuffled" if cfg.shuffle_labels else "")
 
 
-def run(stage: Stage) -> StageOutput:
-    """Everything stage 04 does (see the module docstring)."""
-    cfg, seed, log = stage.cfg.fusion, stage.cfg.seed, stage.log
+@dataclasses.dataclass
+class FoldState:
+    """What every fold needs: built by :func:`fold_state` in the stage's process and in
+    every fold worker (:mod:`sleepemo.parallel`)."""
+
+    stage: Stage
+    ds: object
+    folds: object
+    inputs: Inputs
+    positions: np.ndarray | None
+    writers: dict  # variant -> ResultWriter
+
+
+def fold_state(stage: Stage) -> FoldState:
+    """The data, the inputs (their caches built where missing) and one result writer per
+    variant, fingerprinted by everything that shapes its weights."""
+    cfg, seed = stage.cfg.fusion, stage.cfg.seed
     ds = stage.dataset()
     folds = stage.folds(ds)
     if ds.n_times % cfg.stride:
         raise ConfigError(f"fusion.stride {cfg.stride} does not divide the {ds.n_times} "
                           "samples of a trial")
     inputs = Inputs(stage, ds, folds)
+    inputs.band  # built here, not by several fold workers at once
     positions = electrode_positions(ds.ch_names)
     writers = {}
     for v in cfg.variants:
@@ -342,30 +358,49 @@ def run(stage: Stage) -> StageOutput:
                          positions=None if positions is None else positions.tolist(),
                          code=code_hash())
         writers[v] = ResultWriter(stage.out, stage.spec.name, output_name(cfg, v), fp, folds)
-        if writers[v].finished():
-            log(f"{writers[v].name}: unchanged, reusing {writers[v].folder}")
+    return FoldState(stage, ds, folds, inputs, positions, writers)
 
+
+def train_fold(state: FoldState, k: int, step) -> dict:
+    """Fold k of every variant not yet written: train, predict, save. Returns the
+    seconds each variant took."""
+    stage, inputs, folds = state.stage, state.inputs, state.folds
+    cfg = stage.cfg.fusion
+    held = folds.held_out(k)
+    labels = inputs.labels(k, cfg.shuffle_labels)
+    seconds = {}
+    for v, writer in state.writers.items():
+        if writer.fold_done(k):
+            continue
+        t0 = time.perf_counter()
+        arrays = run_fold(cfg, v, inputs.variant(v, k), labels, held, folds.test_subjects,
+                          k, stage.cfg.seed, state.ds.n_times, state.positions,
+                          writer.path(f"fold{k}.pt"), writer.fp, step, stage.device,
+                          experts=inputs.expert_params(k)
+                          if VARIANTS[v][0] == "experts_tuned" else None,
+                          n_heads=stage.cfg.mae.n_heads)
+        writer.save_fold(k, **arrays)
+        seconds[v] = time.perf_counter() - t0
+    return seconds
+
+
+def run(stage: Stage) -> StageOutput:
+    """Everything stage 04 does (see the module docstring)."""
+    cfg, seed, log = stage.cfg.fusion, stage.cfg.seed, stage.log
+    state = fold_state(stage)
+    ds, folds, writers = state.ds, state.folds, state.writers
+    for writer in writers.values():
+        if writer.finished():
+            log(f"{writer.name}: unchanged, reusing {writer.folder}")
+    todo = [k for k in range(folds.n_folds)
+            if not all(w.fold_done(k) for w in writers.values())]
     progress = bar(total=folds.n_folds * cfg.steps * len(cfg.variants),
                    desc="fusion: LOPO folds x steps", unit="step", enabled=stage.progress)
-    seconds = {v: [] for v in cfg.variants}
-    for k in range(folds.n_folds):
-        held = folds.held_out(k)
-        labels = inputs.labels(k, cfg.shuffle_labels)
-        for v, writer in writers.items():
-            if writer.fold_done(k):
-                progress.update(cfg.steps)
-                continue
-            progress.set_postfix(fold=k, held_out=f"S{held}", variant=v)
-            t0 = time.perf_counter()
-            arrays = run_fold(cfg, v, inputs.variant(v, k), labels, held, folds.test_subjects,
-                              k, seed, ds.n_times, positions, writer.path(f"fold{k}.pt"),
-                              writer.fp, lambda: progress.update(1), stage.device,
-                              experts=inputs.expert_params(k)
-                              if VARIANTS[v][0] == "experts_tuned" else None,
-                              n_heads=stage.cfg.mae.n_heads)
-            writer.save_fold(k, **arrays)
-            seconds[v].append(time.perf_counter() - t0)
+    progress.update(cfg.steps * sum(w.fold_done(k) for k in range(folds.n_folds)
+                                    for w in writers.values()))
+    done = run_folds(stage, todo, fold_state, train_fold, cfg.workers, progress, state)
     progress.close()
+    seconds = {v: [s[v] for s in done.values() if v in s] for v in cfg.variants}
 
     finished = {}
     for v, writer in writers.items():
@@ -375,7 +410,7 @@ def run(stage: Stage) -> StageOutput:
                   "evoked_tokens": VARIANTS[v][1], "loss": VARIANTS[v][2],
                   "inner_best": {f"S{s}": p["history"][:, 2].max().round(4).item()
                                  for s, p in writer.load_parts().items()}})
-    return _report(stage, ds, folds, finished, seconds, positions)
+    return _report(stage, ds, folds, finished, seconds, state.positions)
 
 
 def _report(stage: Stage, ds, folds, finished: dict, seconds: dict, positions
