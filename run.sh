@@ -78,6 +78,7 @@ run_pipeline() {
   stage 02_pretrain_mae.py "${common[@]}"
   stage 03_train_experts.py "${common[@]}"
   stage 04_fusion.py "${common[@]}"
+  stage 05_rl_heads.py "${common[@]}"
   stage 07_make_submission.py "${common[@]}" ${subs[@]+"${subs[@]}"}
   echo "== total wall time: $((SECONDS - t0)) s (after set-up)"
 }

@@ -220,13 +220,28 @@ def test_dqn_weights_round_trip_without_unpickling():
 
 # ---------------------------------------------------------------- the stage
 def _rl_stage(out, data_dir, **sets):
+    """A stage-05 context on ``data_dir`` with a (random) stage-02 MAE in ``out`` (the
+    SAC head's prototypes are built on its embeddings)."""
+    import dataclasses
+
+    import torch
+
     from sleepemo.data import load_dataset
+    from sleepemo.features import BandFeatureCache
     from sleepemo.folds import write_folds
-    from sleepemo.stage import open_stage
+    from sleepemo.models.mae import MaskedAutoencoder, encoder_config, save_encoder
+    from sleepemo.stage import open_stage, stage_dir
 
     cfg = load_config_smoke(sets)
     ds = load_dataset(data_dir, progress=False)
     folds, _ = write_folds(ds, out / "folds.json")
+    enc_cfg = encoder_config(cfg.mae, ds.n_times, ds.n_chans)
+    torch.manual_seed(0)
+    key = BandFeatureCache(out / "cache" / "band_features", folds.data_fingerprint,
+                           cfg.mae.bands, cfg.mae.feature).key
+    save_encoder(MaskedAutoencoder(enc_cfg), stage_dir(out, "mae"), {
+        "fingerprint": "random-mae-for-tests", "encoder": dataclasses.asdict(enc_cfg),
+        "band_cache": key})
     return open_stage("rl_heads", cfg, data_dir, out, progress=False, log=lambda m: None), \
         ds, folds
 
@@ -245,58 +260,83 @@ def rl_run(smoke_dir, tmp_path_factory):
     return stage, ds, folds, stage.run(rl_heads.run).metrics
 
 
-def test_stage_writes_both_heads_through_the_contract_and_resumes(rl_run, monkeypatch):
+def test_stage_writes_every_head_through_the_contract_and_resumes(rl_run, monkeypatch):
     from sleepemo.artefacts import results, score_oof
     from sleepemo.stages import rl_heads
 
     stage, ds, folds, metrics = rl_run
     run = stage.out / "05_rl_heads"
-    assert [r.name for r in results(stage.out, "rl_heads")] == ["rl_dqn", "rl_dqn_twin"]
+    names = ["rl_dqn", "rl_dqn_twin", "rl_sac", "rl_sac_twin"]
+    assert [r.name for r in results(stage.out, "rl_heads")] == names
     n_train = sum(folds.n_trials[s] for s in folds.train_subjects)
-    for name in ("rl_dqn", "rl_dqn_twin"):
+    for name in names:
         oof = np.load(run / name / "oof.npy")
-        assert oof.shape == (n_train, 200) and 0 < oof.min() and oof.max() < 1
-        assert (oof == oof[:, :1]).all()  # broadcast over the trial
+        assert oof.shape == (n_train, 200) and 0 <= oof.min() and oof.max() <= 1
         assert metrics["lopo_window_auc"][name] == score_oof(oof, ds, folds).score
         with np.load(run / name / "fold0.npz") as z:
             assert folds.held_out(0) not in z["inner"] and len(z["curve"]) >= 1
-    assert metrics["gradient_steps"] == 80 and (run / "learning_curves.png").stat().st_size
+    assert (np.load(run / "rl_dqn" / "oof.npy") == np.load(run / "rl_dqn" / "oof.npy")[
+        :, :1]).all()  # the DQN's is broadcast over the trial, the SAC's is not
+    assert not (np.load(run / "rl_sac_twin" / "oof.npy")[:, :1] ==
+                np.load(run / "rl_sac_twin" / "oof.npy")).all()
+    assert metrics["gradient_steps"] == {"dqn": 80, "sac": 80}
+    assert set(metrics["sac_lambda_by_fold"].values()) <= set(stage.cfg.rl.sac_lambdas)
+    assert metrics["prototypes"]["codes_used"] >= 1
+    assert (run / "learning_curves.png").stat().st_size and (run / "prototypes.pt").is_file()
     assert "its twin" in (run / "evidence.md").read_text()
-    before = np.load(run / "rl_dqn" / "oof.npy")
-    for name in ("rl_dqn", "rl_dqn_twin"):  # as if killed after fold 3's checkpoint
+    before = {n: np.load(run / n / "oof.npy") for n in names}
+    for name in names:  # as if killed after fold 3's checkpoints were written
         (run / name / "fold3.npz").unlink()
         (run / name / "meta.json").unlink()
-    monkeypatch.setattr("sleepemo.rl.heads.train_twin", lambda *a, **k: pytest.fail(
-        "a fold with a checkpoint was trained again"))
+    for fn in ("sleepemo.rl.heads.train_twin", "sleepemo.rl.sac.train_gru_twin",
+               "sleepemo.rl.sac.train_prototypes"):
+        monkeypatch.setattr(fn, lambda *a, **k: pytest.fail("trained again"))
     stage.run(rl_heads.run)
-    np.testing.assert_array_equal(np.load(run / "rl_dqn" / "oof.npy"), before)
+    for name in names:
+        np.testing.assert_array_equal(np.load(run / name / "oof.npy"), before[name])
 
 
-def test_held_out_labels_never_reach_the_rl_heads(rl_run):
+def test_rl_fold_workers_give_the_serial_results(rl_run, tmp_path):
+    """Folds trained by two one-thread worker processes equal the serial run's."""
+    from sleepemo.stages import rl_heads
+
+    serial, *_ = rl_run
+    stage, *_ = _rl_stage(tmp_path, serial.data_dir, **{"rl.workers": "2"})
+    stage.run(rl_heads.run)
+    for name in ("rl_dqn", "rl_dqn_twin", "rl_sac", "rl_sac_twin"):
+        for array in ("oof.npy", "test.npy"):
+            np.testing.assert_array_equal(
+                np.load(stage.out / "05_rl_heads" / name / array),
+                np.load(serial.out / "05_rl_heads" / name / array), err_msg=f"{name} {array}")
+
+
+@pytest.mark.parametrize("head", ["dqn", "sac"])
+def test_held_out_labels_never_reach_the_rl_heads(rl_run, head):
     """Fold 0 with the held-out participant's labels flipped: bit-identical outputs of
-    both heads; a label dict with the held-out participant is refused."""
+    the head and its twin; a label dict with the held-out participant is refused."""
     import torch
 
-    from sleepemo.stages.rl_heads import run_fold
+    from sleepemo.stages.rl_heads import fold_state, run_fold, run_sac_fold
 
     stage, ds, folds, _ = rl_run
     torch.set_num_threads(1)
     cfg = stage.cfg.rl
-    signals = {s: participant_signals(ds.subject(s).X, ds.sfreq, tuple(cfg.band), cfg.decim)
-               for s in folds.train_subjects + folds.test_subjects}
+    state = fold_state(stage)
+    fit, data = {"dqn": (run_fold, lambda: state.signals),
+                 "sac": (run_sac_fold, lambda: state.sac[0])}[head]
     held = folds.held_out(0)
 
     def fold0():
-        return run_fold(cfg, signals, folds.labels_of(ds, 0), held, folds.test_subjects,
-                        0, 0, 200)
+        return fit(cfg, data(), folds.labels_of(ds, 0), held, folds.test_subjects,
+                   0, 0, 200)
 
     first, second = with_flipped_labels(ds, held, fold0)
-    for head in first:
-        for key, arr in first[head].items():
-            np.testing.assert_array_equal(second[head][key], arr)
+    for name in first:
+        for key, arr in first[name].items():
+            np.testing.assert_array_equal(second[name][key], arr)
     with pytest.raises(ValueError, match="held out"):
-        run_fold(cfg, signals, folds.labels_of(ds, 0) | {held: ds.train[held].y}, held,
-                 folds.test_subjects, 0, 0, 200)
+        fit(cfg, data(), folds.labels_of(ds, 0) | {held: ds.train[held].y}, held,
+            folds.test_subjects, 0, 0, 200)
 
 
 def test_label_shuffled_rl_stage_scores_about_chance(medium_dir, tmp_path):
@@ -305,6 +345,100 @@ def test_label_shuffled_rl_stage_scores_about_chance(medium_dir, tmp_path):
     stage, *_ = _rl_stage(tmp_path, medium_dir, **{"rl.shuffle_labels": "true"})
     scores = stage.run(rl_heads.run).metrics["lopo_window_auc"]
     print("shuffled RL heads:", scores)
-    assert set(scores) == {"rl_dqn_shuffled", "rl_dqn_twin_shuffled"}
+    assert set(scores) == {"rl_dqn_shuffled", "rl_dqn_twin_shuffled", "rl_sac_shuffled",
+                           "rl_sac_twin_shuffled"}
     for s in scores.values():
         assert abs(s - 0.5) <= 0.03
+
+
+# ---------------------------------------------------------------- the SAC head
+def _sac_cfg(**kw):
+    from types import SimpleNamespace
+
+    base = dict(lr=3e-3, buffer_size=5000, batch_size=64, sac_dim=8, codebook=8,
+                proto_steps=150, proto_batch=32, proto_mask=0.3, proto_lr=3e-3,
+                sac_env_steps=1500, sac_learning_starts=200, sac_gamma=0.9)
+    return SimpleNamespace(**base | kw)
+
+
+def _coded(n=160, T=10, dim=8, seed=0):
+    """Code-vector sequences whose middle tokens carry the class."""
+    rng = np.random.default_rng(seed)
+    y = np.tile([0, 1], n // 2)
+    codes = rng.standard_normal((n, T, dim)).astype(np.float32) * 0.5
+    codes[:, 3:7, 0] += (2.0 * y - 1.0)[:, None]
+    return codes, y
+
+
+def test_trajectory_env_passes_the_checker_and_never_shows_the_label():
+    from gymnasium.utils.env_checker import check_env
+
+    from sleepemo.rl.sac import EPS, TrajectoryEnv, step_reward
+
+    codes, y = _coded(20)
+    env = TrajectoryEnv(codes, y, lam=0.5)
+    check_env(env, skip_render_check=True)
+    flipped = TrajectoryEnv(codes, 1 - y, lam=0.5)
+    o1, _ = env.reset(seed=3)
+    o2, _ = flipped.reset(seed=3)
+    np.testing.assert_array_equal(o1, o2)  # same trial, same observation
+    trial, total = env._trial, 0.0
+    for t in range(codes.shape[1]):
+        a, b = env.step(np.array([1.0], np.float32)), flipped.step(np.array([1.0], np.float32))
+        np.testing.assert_array_equal(a[0], b[0])
+        want = np.log(1 - EPS) if y[trial] == 1 else np.log(EPS)
+        want -= 0.5 * (0.5 if t == 0 else 0.0)  # the smoothness term: |1 - 0.5| then 0
+        assert a[1] == pytest.approx(want)
+        total += a[1]
+    assert a[2] and a[4]["episode_reward"] == pytest.approx(total)
+    assert step_reward(np.float64(0.7), np.float64(0.7), 1.0, 9.0) == pytest.approx(
+        np.log(0.7))
+    with pytest.raises(ValueError, match="0 \\(neutral\\) or 1"):
+        TrajectoryEnv(codes, y + 2)
+    with pytest.raises(ValueError, match="one label per trial"):
+        TrajectoryEnv(codes, y[:-1])
+
+
+def test_prototypes_learn_by_masked_modelling_and_use_several_codes():
+    import torch
+
+    from sleepemo.rl.sac import code_vectors, train_prototypes
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((6, 24)) * 3
+    # each trial stays near one prototype for 6 tokens, then another: masked tokens are
+    # predictable from their neighbours
+    which = np.repeat(rng.integers(0, 6, (200, 2)), 6, axis=1)
+    x = (centres[which] + 0.3 * rng.standard_normal((200, 12, 24))).astype(np.float32)
+    model, losses = train_prototypes([x[:100], x[100:]], _sac_cfg(proto_steps=200), seed=0)
+    assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:20])
+    vecs, idx = code_vectors(model, x)
+    assert vecs.shape == (200, 12, 8) and idx.shape == (200, 12)
+    assert len(np.unique(idx)) >= 4  # not collapsed onto one prototype
+    again = code_vectors(model, x)[0]
+    np.testing.assert_array_equal(vecs, again)  # eval: deterministic, no codebook update
+
+
+def test_sac_and_its_twin_learn_a_separable_task():
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    from sleepemo.rl.sac import (TrajectoryEnv, make_sac, rollout, sac_gradient_steps,
+                                 train_gru_twin, twin_probability)
+
+    torch.set_num_threads(1)
+    cfg = _sac_cfg()
+    codes, y = _coded()
+    new, new_y = _coded(seed=1)
+    model = make_sac(TrajectoryEnv(codes, y, lam=0.1), cfg, seed=0)
+    model.learn(total_timesteps=cfg.sac_env_steps)
+    p = rollout(model, new)
+    assert p.shape == new.shape[:2] and 0 <= p.min() and p.max() <= 1
+    assert roc_auc_score(new_y, p[:, 3:7].mean(1)) > 0.8
+    seen = []
+    twin = train_gru_twin(codes, y, cfg, lam=0.1, seed=0,
+                          callback=lambda i, m: seen.append(i))
+    assert len(seen) == sac_gradient_steps(cfg) == 1300
+    q = twin_probability(twin, new)
+    assert roc_auc_score(new_y, q[:, 3:7].mean(1)) > 0.9

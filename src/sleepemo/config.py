@@ -300,9 +300,9 @@ class FusionConfig:
 class RLConfig:
     """Stage 05: reinforcement-learning heads against their supervised twins, under LOPO."""
 
-    HEADS: typing.ClassVar[tuple[str, ...]] = ("dqn",)
+    HEADS: typing.ClassVar[tuple[str, ...]] = ("dqn", "sac")
 
-    heads: list[str] = setting(factory=lambda: ["dqn"], affects="nothing")
+    heads: list[str] = setting(factory=lambda: ["dqn", "sac"], affects="nothing")
     band: list = setting(factory=lambda: [4.0, 30.0])  # Hz: the CSP's band-pass
     decim: int = setting(2)           # the band-passed waveform keeps every decim-th sample
     n_csp: int = setting(4)           # CSP components (csp_space: time axis kept)
@@ -320,11 +320,25 @@ class RLConfig:
     eps_end: float = setting(0.05)
     eps_decay: float = setting(5.0)   # epsilon = end + (start - end) exp(-decay * progress)
     episode_len: int = setting(64)    # trials per episode
-    n_inner_val: int = setting(2)     # training participants that fit the temperature
+    n_inner_val: int = setting(2)     # training participants: temperature, lambda, curves
+    # the SAC head (EEGDancer): prototypes, trajectories, reward
+    sac_stride: int = setting(8)      # samples per decision token (a multiple of mae.stride)
+    sac_dim: int = setting(32)        # code vector size
+    codebook: int = setting(32)       # prototypes in the VQ codebook
+    proto_steps: int = setting(300)   # masked-modelling steps (once per run, label-free)
+    proto_batch: int = setting(64)
+    proto_trials: int = setting(256)  # per participant, drawn at random, for the prototypes
+    proto_mask: float = setting(0.3)  # fraction of tokens masked
+    proto_lr: float = setting(0.003)
+    sac_env_steps: int = setting(3000)
+    sac_learning_starts: int = setting(500)
+    sac_gamma: float = setting(0.9)   # the smoothness term ties a decision to the next
+    sac_lambdas: list = setting(factory=lambda: [0.0, 0.5])  # chosen in the fold by the twin
     eval_every: int = setting(250, affects="nothing")  # steps between learning-curve points
     shuffle_labels: bool = setting(False)  # leakage alarm: labels permuted within participant
     device: str = setting("cpu", affects="nothing")
     num_threads: int | None = setting(None, affects="nothing")
+    workers: int = setting(1, affects="nothing", help=WORKERS_HELP)
 
     def validate(self, cfg: "Config") -> None:
         bad = [h for h in self.heads if h not in self.HEADS]
@@ -336,6 +350,18 @@ class RLConfig:
             _check(getattr(self, key) >= 1, f"rl.{key} must be >= 1")
         _check(0 <= self.learning_starts < self.env_steps,
                "rl.learning_starts must be in [0, rl.env_steps)")
+        for key in ("sac_dim", "codebook", "proto_steps", "proto_batch", "proto_trials",
+                    "sac_env_steps"):
+            _check(getattr(self, key) >= 1, f"rl.{key} must be >= 1")
+        _check(0 <= self.sac_learning_starts < self.sac_env_steps,
+               "rl.sac_learning_starts must be in [0, rl.sac_env_steps)")
+        _check(0 < self.proto_mask < 1 and 0 <= self.sac_gamma < 1,
+               "rl.proto_mask in (0, 1) and rl.sac_gamma in [0, 1)")
+        _check(len(self.sac_lambdas) >= 1 and min(self.sac_lambdas) >= 0,
+               f"rl.sac_lambdas must be one or more weights >= 0, got {self.sac_lambdas}")
+        _check(self.sac_stride % cfg.mae.stride == 0, f"rl.sac_stride ({self.sac_stride}) "
+               f"must be a multiple of mae.stride ({cfg.mae.stride}) so that tokens pool")
+        _check(self.workers >= 0, f"rl.workers must be >= 0, got {self.workers}")
         _check(0 <= self.gamma <= 1 and 0 <= self.eps_end <= self.eps_start <= 1,
                "rl.gamma in [0, 1] and 0 <= rl.eps_end <= rl.eps_start <= 1")
         _check_device(self.device, "rl.device")

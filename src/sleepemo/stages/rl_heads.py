@@ -1,9 +1,10 @@
 """Stage 05: reinforcement-learning heads against their supervised twins, under LOPO.
 
-Built so far: the **DQN head** (after RLEEGNet) and its twin. Per fold k:
+Two heads (``rl.heads``), each beside a supervised twin on the same inputs and body:
 
-1. every participant's label-free signals (:func:`sleepemo.rl.features.participant_signals`,
-   computed once);
+**DQN** (after RLEEGNet). Per fold k:
+
+1. every participant's label-free signals (:func:`sleepemo.rl.features.participant_signals`);
 2. ``rl.n_inner_val`` of fold k's training participants are set aside (they fit the
    softmax temperatures and give the learning curves); the CSP and the scalings
    (:class:`sleepemo.rl.features.FoldFeatures`) are fitted on the others' labels, which
@@ -15,14 +16,30 @@ Built so far: the **DQN head** (after RLEEGNet) and its twin. Per fold k:
 4. P(emotional) of the held-out and test participants from each head's two outputs,
    broadcast over the trial's timepoints.
 
-Results ``rl_dqn`` and ``rl_dqn_twin`` (``_shuffled`` with ``rl.shuffle_labels``) through
-the predictions contract; ``<out>/05_rl_heads/``: per result ``fold<k>.npz`` and the
-assembled arrays; ``rl_<head>.pt`` per fold (both networks' weights as tensors, the
-curves: the resume point), ``learning_curves.png``, ``metrics.json``, ``evidence.md``.
+**SAC** (after EEGDancer, :mod:`sleepemo.rl.sac`):
+
+1. emotion prototypes, once per run and label-free: a VQ codebook over the frozen stage-02
+   MAE's per-token embeddings (all channels; tokens of ``rl.sac_stride`` samples), trained
+   by masked temporal modelling (``prototypes.pt``); every trial becomes a sequence of
+   code vectors;
+2. per fold k, the same inner split; the smoothness weight lambda is chosen among
+   ``rl.sac_lambdas`` by the twin's score on the inner participants (the competition
+   metric); SAC learns ``rl.sac_env_steps`` steps of one-trial trajectories
+   (:class:`sleepemo.rl.sac.TrajectoryEnv`), the GRU twin as many gradient steps;
+3. per-token probabilities of the held-out and test participants, interpolated to every
+   timepoint.
+
+Results ``rl_dqn``, ``rl_dqn_twin``, ``rl_sac``, ``rl_sac_twin`` (``_shuffled`` with
+``rl.shuffle_labels``) through the predictions contract; ``<out>/05_rl_heads/``: per result
+``fold<k>.npz`` and the assembled arrays; ``rl_fold<k>.pt`` and ``sac_fold<k>.pt`` (the
+networks' weights as tensors and the curves: the resume points), ``prototypes.pt``,
+``learning_curves.png``, ``metrics.json``, ``evidence.md``. Folds run in
+``rl.workers`` processes (:mod:`sleepemo.parallel`).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 
 import numpy as np
@@ -31,8 +48,10 @@ import torch
 from ..artefacts import (ResultWriter, code_hash, fingerprint, load_checkpoint, results,
                          save_checkpoint)
 from ..config import RLConfig, fields_affecting
+from ..parallel import run_folds
 from ..progress import bar
 from ..report import pyplot, results_table, save_figure, to_markdown
+from ..metric import window_auc
 from ..rl.features import FoldFeatures, participant_signals
 from ..stage import Stage, StageOutput
 
@@ -46,6 +65,17 @@ def _inner_auc(out_by_subject: dict, labels: dict) -> float:
                           for s, o in out_by_subject.items()]))
 
 
+def inner_split(cfg: RLConfig, labels: dict, seed: int, k: int) -> tuple[list, list]:
+    """Fold k's inner participants (``rl.n_inner_val`` of its training participants,
+    drawn by the fold's seed; the same for both heads) and the others."""
+    rng = np.random.default_rng([seed, k, 5])
+    subjects = sorted(labels)
+    inner = sorted(int(s) for s in rng.choice(subjects, size=min(cfg.n_inner_val,
+                                                                  len(subjects) - 1),
+                                              replace=False))
+    return inner, [s for s in subjects if s not in inner]
+
+
 def run_fold(cfg: RLConfig, signals: dict, labels: dict, held: int, test_subjects, k: int,
              seed: int, n_times: int, ckpt=None, fp: str = "", progress=None) -> dict:
     """Fold k's DQN and twin (see the module docstring); ``labels`` are the fold's
@@ -57,12 +87,8 @@ def run_fold(cfg: RLConfig, signals: dict, labels: dict, held: int, test_subject
     if held in labels:
         raise ValueError(f"participant {held} is held out in fold {k}: its labels must not "
                          "reach the training")
-    rng = np.random.default_rng([seed, k, 5])
     subjects = sorted(labels)
-    inner = sorted(int(s) for s in rng.choice(subjects, size=min(cfg.n_inner_val,
-                                                                  len(subjects) - 1),
-                                              replace=False))
-    train = [s for s in subjects if s not in inner]
+    inner, train = inner_split(cfg, labels, seed, k)
     feats = FoldFeatures(cfg.n_csp).fit({s: signals[s] for s in train},
                                         {s: labels[s] for s in train}, held_out=held)
     F = {s: feats.transform(signals[s]) for s in [*subjects, held, *test_subjects]}
@@ -136,67 +162,318 @@ def _dqn_callback(cfg: RLConfig, F: dict, inner_labels: dict, curves: dict, prog
     return Curves()
 
 
+# ------------------------------------------------------------------ the SAC head
+def tokens_to_timepoints(p: np.ndarray, n_times: int) -> np.ndarray:
+    """Per-token probabilities (n, T) -> every timepoint (linear interpolation)."""
+    t = torch.from_numpy(np.ascontiguousarray(p, dtype=np.float32))[:, None]
+    if t.shape[-1] != n_times and len(t):
+        t = torch.nn.functional.interpolate(t, size=n_times, mode="linear",
+                                            align_corners=False)
+    return t[:, 0].numpy().reshape(len(p), n_times).astype(np.float32)
+
+
+def _token_score(p_by_subject: dict, labels: dict) -> float:
+    """The competition metric on per-token probabilities (inner participants)."""
+    return window_auc(labels, p_by_subject, min_run=1).score
+
+
+def run_sac_fold(cfg: RLConfig, codes: dict, labels: dict, held: int, test_subjects,
+                 k: int, seed: int, n_times: int, ckpt=None, fp: str = "",
+                 progress=None) -> dict:
+    """Fold k's SAC head and GRU twin on the code vectors (module docstring); ``labels``
+    are the fold's training participants' only. Returns ``{"sac": arrays,
+    "sac_twin": arrays}``."""
+    from ..rl.sac import (TrajectoryEnv, make_sac, rollout, sac_gradient_steps,
+                          train_gru_twin, twin_probability)
+
+    if held in labels:
+        raise ValueError(f"participant {held} is held out in fold {k}: its labels must not "
+                         "reach the training")
+    inner, train = inner_split(cfg, labels, seed, k)
+    inner_labels = {s: labels[s] for s in inner}
+    X = np.concatenate([codes[s] for s in train])
+    y = np.concatenate([labels[s] for s in train]).astype(np.int64)
+    env = TrajectoryEnv(X, y)
+    sac = make_sac(env, cfg, seed=seed * 1000 + k)
+    state = load_checkpoint(ckpt, fp) if ckpt else None
+    if state is not None:
+        sac.policy.load_state_dict(state["sac"])
+        lam = float(state["lam"])
+        from ..rl.sac import GruTwin
+
+        twin = GruTwin(X.shape[-1])
+        twin.load_state_dict(state["twin"])
+        curves = {key: state[key] for key in ("sac_curve", "twin_curve", "episode_reward",
+                                              "lambda_scores")}
+    else:
+        tried = {}
+        for lam in cfg.sac_lambdas:  # lambda chosen inside the fold, by the twin
+            curve = []
+
+            def twin_cb(step, model, curve=curve):
+                if step % cfg.eval_every == 0 or step == sac_gradient_steps(cfg):
+                    curve.append([step, _token_score(
+                        {s: twin_probability(model, codes[s]) for s in inner},
+                        inner_labels)])
+
+            model = train_gru_twin(X, y, cfg, lam, seed=seed * 1000 + k, callback=twin_cb)
+            tried[lam] = (curve[-1][1] if curve else 0.5, model, curve)
+        lam = max(tried, key=lambda v: tried[v][0])  # ties: the first (smallest) listed
+        twin = tried[lam][1]
+        env.lam = lam
+        curves = {"sac_curve": [], "twin_curve": tried[lam][2], "episode_reward": [],
+                  "lambda_scores": [[v, t[0]] for v, t in tried.items()]}
+        sac.learn(total_timesteps=cfg.sac_env_steps,
+                  callback=_sac_callback(cfg, codes, inner_labels, curves, progress))
+        curves = {key: torch.tensor(v, dtype=torch.float64).reshape(-1, 2)
+                  for key, v in curves.items()}
+        if ckpt:
+            save_checkpoint(ckpt, {"sac": sac.policy.state_dict(), "twin": twin.state_dict(),
+                                   "lam": torch.tensor(lam), **curves}, fp)
+    out = {}
+    for name, predict in (("sac", lambda c: rollout(sac, c)),
+                          ("sac_twin", lambda c: twin_probability(twin, c))):
+        arrays = {"lam": np.float64(lam), "inner": np.asarray(inner),
+                  "lambda_scores": np.asarray(curves["lambda_scores"])}
+        for role, subs in (("oof", [held]), ("test", list(test_subjects))):
+            p = np.concatenate([predict(codes[s]) for s in subs]) if subs else \
+                np.zeros((0, codes[held].shape[1]), np.float32)
+            arrays[role] = tokens_to_timepoints(p, n_times)
+            arrays[f"{role}_trial"] = p.mean(1).astype(np.float32)
+        arrays["curve"] = np.asarray(curves["sac_curve" if name == "sac" else "twin_curve"])
+        if name == "sac":
+            arrays["episode_reward"] = np.asarray(curves["episode_reward"])
+        out[name] = arrays
+    return out
+
+
+def _sac_callback(cfg: RLConfig, codes: dict, inner_labels: dict, curves: dict, progress):
+    """An SB3 callback: reward per step of each episode, the inner participants' score
+    every ``rl.eval_every`` environment steps, the progress bar."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from ..rl.sac import rollout
+
+    class Curves(BaseCallback):
+        def _on_step(self) -> bool:
+            env = self.training_env.envs[0].unwrapped
+            for info, done in zip(self.locals["infos"], self.locals["dones"]):
+                if done and "episode_reward" in info:
+                    curves["episode_reward"].append([self.num_timesteps,
+                                                     info["episode_reward"] / env.n_tokens])
+            if self.num_timesteps % cfg.eval_every == 0 or \
+                    self.num_timesteps == cfg.sac_env_steps:
+                curves["sac_curve"].append([self.num_timesteps, _token_score(
+                    {s: rollout(self.model, codes[s]) for s in inner_labels},
+                    inner_labels)])
+            if progress:
+                progress()
+            return True
+
+    return Curves()
+
+
+def sac_codes(stage: Stage, ds, folds) -> tuple[dict, dict]:
+    """Every participant's code vectors (n_trials, n_decisions, rl.sac_dim) and the
+    prototypes' record: trained once per run on unlabelled trials (the stage-02 MAE's
+    embeddings), kept in ``prototypes.pt`` and loaded from it when its fingerprint
+    matches (fold workers load what the stage's process trained)."""
+    from ..features import BandFeatureCache, pool_time
+    from ..models.mae import encode_tokens, load_encoder, load_mae_weights
+    from ..rl.sac import Prototypes, code_vectors, train_prototypes
+    from ..stage import stage_dir
+
+    cfg, mcfg, seed = stage.cfg.rl, stage.cfg.mae, stage.cfg.seed
+    folder = stage_dir(stage.out, "mae")
+    info = load_mae_weights(folder)[2]  # a clear error if stage 02 has not run
+    band = BandFeatureCache.for_run(stage.out, ds, folds, mcfg.bands, mcfg.feature,
+                                    stage.progress, evoked=mcfg.evoked())
+    if info.get("band_cache") != band.key:
+        raise FileNotFoundError(f"{folder} was trained on other band features than the "
+                                "current mae: settings; run src/02_pretrain_mae.py again")
+    enc = load_encoder(folder)
+    subjects = list(folds.train_subjects) + list(folds.test_subjects)
+
+    def embeddings(s):  # (n_trials, n_decisions, n_chans * d), label-free
+        e = encode_tokens(enc, pool_time(np.asarray(band.load(s), np.float32), mcfg.stride))
+        e = pool_time(e, cfg.sac_stride // mcfg.stride)
+        return np.ascontiguousarray(e.transpose(0, 2, 1, 3).reshape(*e.shape[:1],
+                                                                     e.shape[2], -1))
+
+    emb = {s: embeddings(s) for s in bar(subjects, desc="SAC: MAE embeddings",
+                                         enabled=stage.progress, leave=False)}
+    fp = fingerprint(stage="rl_prototypes", seed=seed, mae=info["fingerprint"],
+                     rl=fields_affecting(cfg, "weights"), data=folds.data_fingerprint,
+                     code=code_hash())
+    path = stage.dir / "prototypes.pt"
+    state = load_checkpoint(path, fp)
+    n_in = next(iter(emb.values())).shape[-1]
+    if state is not None:
+        model = Prototypes(n_in, cfg.sac_dim, cfg.codebook)
+        model.load_state_dict(state["model"])
+        losses = state["losses"].tolist()
+    else:
+        rng = np.random.default_rng([seed, 7])
+        sample = [e[rng.choice(len(e), size=min(cfg.proto_trials, len(e)), replace=False)]
+                  for e in emb.values()]
+        prog = bar(total=cfg.proto_steps, desc="SAC: prototypes (masked modelling)",
+                   unit="step", enabled=stage.progress)
+        model, losses = train_prototypes(sample, cfg, seed, lambda: prog.update(1))
+        prog.close()
+        save_checkpoint(path, {"model": model.state_dict(),
+                               "losses": torch.tensor(losses)}, fp)
+    codes, used = {}, np.zeros(cfg.codebook, np.int64)
+    for s, e in emb.items():
+        codes[s], idx = code_vectors(model, e)
+        used += np.bincount(idx.ravel(), minlength=cfg.codebook)
+    record = {"loss_first": losses[0] if losses else None,
+              "loss_last": losses[-1] if losses else None,
+              "codes_used": int((used > 0).sum()), "codebook": cfg.codebook,
+              "n_decisions": int(next(iter(codes.values())).shape[1])}
+    return codes, record
+
+
 # ------------------------------------------------------------------ the stage
 def output_name(cfg: RLConfig, head: str) -> str:
     return f"rl_{head}" + ("_shuffled" if cfg.shuffle_labels else "")
 
 
-def run(stage: Stage) -> StageOutput:
-    """Everything stage 05 does (see the module docstring)."""
+#: settings only the SAC head uses; the settings both heads use
+SAC_ONLY = ("sac_", "proto_", "codebook")
+SHARED = ("n_inner_val", "lr", "batch_size", "buffer_size", "shuffle_labels")
+
+
+def head_fingerprint(cfg: RLConfig, head: str, seed: int, data: str, mae: str | None
+                     ) -> str:
+    """What a head's results depend on: its own settings (changing the SAC's does not
+    retrain the DQN), the seed, the data, the code and, for the SAC, the MAE."""
+    fields = fields_affecting(cfg, "weights")
+    own = {k: v for k, v in fields.items()
+           if (k.startswith(SAC_ONLY) == (head == "sac")) or k in SHARED}
+    return fingerprint(stage="rl_heads", head=head, seed=seed, rl=own, data=data,
+                       mae=mae if head == "sac" else None, code=code_hash())
+
+
+@dataclasses.dataclass
+class FoldState:
+    """What every fold needs: built by :func:`fold_state` in the stage's process and in
+    every fold worker (:mod:`sleepemo.parallel`)."""
+
+    stage: Stage
+    ds: object
+    folds: object
+    fps: dict      # head -> fingerprint
+    writers: dict  # result -> ResultWriter
+
+    def done(self, k: int, head: str | None = None) -> bool:
+        return all(w.fold_done(k) for n, w in self.writers.items()
+                   if head is None or n in (head, f"{head}_twin"))
+
+    @functools.cached_property
+    def signals(self) -> dict:
+        """Every participant's label-free signals (DQN), computed where a fold first
+        needs them (a resumed, finished run or a parent of fold workers never does)."""
+        cfg, folds = self.stage.cfg.rl, self.folds
+        subjects = list(folds.train_subjects) + list(folds.test_subjects)
+        return {s: participant_signals(self.ds.subject(s).X, self.ds.sfreq, tuple(cfg.band),
+                                       cfg.decim)
+                for s in bar(subjects, desc="RL signals", enabled=self.stage.progress)}
+
+    @functools.cached_property
+    def sac(self) -> tuple[dict, dict]:
+        """(code vectors per participant, the prototypes' record): :func:`sac_codes`."""
+        return sac_codes(self.stage, self.ds, self.folds)
+
+
+def fold_state(stage: Stage) -> FoldState:
+    """The data and one result writer per head and twin."""
     cfg, seed = stage.cfg.rl, stage.cfg.seed
     ds = stage.dataset()
     folds = stage.folds(ds)
-    fp = fingerprint(stage="rl_heads", seed=seed, rl=fields_affecting(cfg, "weights"),
-                     data=folds.data_fingerprint, code=code_hash())
-    names = [h for head in cfg.heads for h in (head, f"{head}_twin")]
-    writers = {n: ResultWriter(stage.out, stage.spec.name, output_name(cfg, n), fp, folds)
-               for n in names}
-    pending = [k for k in range(folds.n_folds)
-               if not all(w.fold_done(k) for w in writers.values())]
-    subjects = list(folds.train_subjects) + list(folds.test_subjects)
-    signals = {s: participant_signals(ds.subject(s).X, ds.sfreq, tuple(cfg.band), cfg.decim)
-               for s in bar(subjects if pending else [], desc="RL signals",
-                            enabled=stage.progress)}  # (none when every fold is done)
-    progress = bar(total=folds.n_folds * cfg.env_steps, desc="RL: LOPO folds x env steps",
-                   unit="step", enabled=stage.progress)
-    progress.update(cfg.env_steps * (folds.n_folds - len(pending)))
-    seconds = []
-    for k in pending:
-        held = folds.held_out(k)
-        progress.set_postfix(fold=k, held_out=f"S{held}")
+    mae = None
+    if "sac" in cfg.heads:
+        from ..models.mae import load_mae_weights
+        from ..stage import stage_dir
+
+        mae = load_mae_weights(stage_dir(stage.out, "mae"))[2]["fingerprint"]
+    fps = {h: head_fingerprint(cfg, h, seed, folds.data_fingerprint, mae) for h in cfg.heads}
+    writers = {n: ResultWriter(stage.out, stage.spec.name, output_name(cfg, n), fps[h], folds)
+               for h in cfg.heads for n in (h, f"{h}_twin")}
+    return FoldState(stage, ds, folds, fps, writers)
+
+
+def steps_per_fold(cfg: RLConfig) -> dict:
+    """Environment steps per fold of each head (the progress bar's unit)."""
+    return {h: {"dqn": cfg.env_steps, "sac": cfg.sac_env_steps}[h] for h in cfg.heads}
+
+
+def train_fold(state: FoldState, k: int, step) -> dict:
+    """Fold k of each head not yet written: train (or load), predict, save; returns the
+    seconds each head took."""
+    stage, ds, folds = state.stage, state.ds, state.folds
+    cfg, seed = stage.cfg.rl, stage.cfg.seed
+    labels = folds.labels_of(ds, k, cfg.shuffle_labels, seed)
+    seconds = {}
+    for head in cfg.heads:
+        if state.done(k, head):
+            continue
         t0 = time.perf_counter()
-        parts = run_fold(cfg, signals, folds.labels_of(ds, k, cfg.shuffle_labels, seed),
-                         held, folds.test_subjects, k, seed, ds.n_times,
-                         stage.dir / f"rl_fold{k}.pt", fp, lambda: progress.update(1))
+        fit, data = {"dqn": (run_fold, lambda: state.signals),
+                     "sac": (run_sac_fold, lambda: state.sac[0])}[head]
+        parts = fit(cfg, data(), labels, folds.held_out(k), folds.test_subjects, k, seed,
+                    ds.n_times, stage.dir / f"{'rl' if head == 'dqn' else head}_fold{k}.pt",
+                    state.fps[head], step)
         for n, arrays in parts.items():
-            writers[n].save_fold(k, **arrays)
-        seconds.append(time.perf_counter() - t0)
+            state.writers[n].save_fold(k, **arrays)
+        seconds[head] = time.perf_counter() - t0
+    return seconds
+
+
+def run(stage: Stage) -> StageOutput:
+    """Everything stage 05 does (see the module docstring)."""
+    cfg, seed = stage.cfg.rl, stage.cfg.seed
+    state = fold_state(stage)
+    ds, folds, writers = state.ds, state.folds, state.writers
+    pending = [k for k in range(folds.n_folds) if not state.done(k)]
+    steps = steps_per_fold(cfg)
+    if "sac" in cfg.heads:
+        state.sac  # the prototypes: trained here, once, before any fold worker starts
+    progress = bar(total=folds.n_folds * sum(steps.values()),
+                   desc="RL: LOPO folds x env steps", unit="step", enabled=stage.progress)
+    progress.update(sum(steps[h] for k in range(folds.n_folds) for h in cfg.heads
+                        if state.done(k, h)))
+    done = run_folds(stage, pending, fold_state, train_fold, cfg.workers, progress, state)
     progress.close()
+    seconds = {h: [s[h] for s in done.values() if h in s] for h in cfg.heads}
     finished = {n: w.finished() or w.finish(ds, seed=seed, diagnostic=cfg.shuffle_labels,
                                             config=dataclasses.asdict(cfg),
                                             meta={"registry": "rl", "head": n})
                 for n, w in writers.items()}
-    return _report(stage, finished, writers, seconds)
+    record = state.sac[1] if "sac" in cfg.heads else None
+    return _report(stage, finished, writers, seconds, record)
 
 
-def _report(stage: Stage, finished: dict, writers: dict, seconds: list) -> StageOutput:
+def _report(stage: Stage, finished: dict, writers: dict, seconds: dict,
+            record: dict | None) -> StageOutput:
     from ..rl.heads import gradient_steps
+    from ..rl.sac import sac_gradient_steps
 
     cfg = stage.cfg.rl
     table, scores, _ = results_table(results(stage.out))
     labels = {n: r.label for n, r in finished.items()}
     parts = {n: w.load_parts() for n, w in writers.items()}
+    offset = {"dqn_twin": cfg.learning_starts, "sac_twin": cfg.sac_learning_starts}
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for n, p in parts.items():
         curves = [v["curve"] for v in p.values() if len(v["curve"])]
-        if curves:
+        if curves and len({len(c) for c in curves}) == 1:
             c = np.mean(curves, axis=0)
-            axes[0].plot(c[:, 0] + (cfg.learning_starts if n.endswith("_twin") else 0),
-                         c[:, 1], label=labels[n])
+            axes[0].plot(c[:, 0] + offset.get(n, 0), c[:, 1], label=labels[n],
+                         ls="--" if n.endswith("_twin") else "-")
     axes[0].axhline(0.5, color="grey", lw=0.8)
-    axes[0].set(xlabel="environment steps (twin: gradient steps + learning_starts)",
-                ylabel="inner participants' AUC (mean of folds)", title="Learning curves")
+    axes[0].set(xlabel="environment steps (twins: gradient steps + learning_starts)",
+                ylabel="inner participants' score (mean of folds)", title="Learning curves")
     axes[0].legend(fontsize=8)
     for n, p in parts.items():
         rewards = [v["episode_reward"] for v in p.values()
@@ -204,21 +481,42 @@ def _report(stage: Stage, finished: dict, writers: dict, seconds: list) -> Stage
         if rewards:
             r = np.concatenate(rewards)
             order = np.argsort(r[:, 0], kind="stable")
-            axes[1].plot(r[order, 0], r[order, 1] / cfg.episode_len, ".", ms=2,
-                         alpha=0.4, label=labels[n])
-    axes[1].set(xlabel="environment steps", ylabel="episode reward / trials",
-                title="DQN episode reward (all folds)")
+            per_step = r[order, 1] / (cfg.episode_len if n.startswith("dqn") else 1)
+            axes[1].plot(r[order, 0], per_step, ".", ms=2, alpha=0.4, label=labels[n])
+    axes[1].set(xlabel="environment steps", ylabel="episode reward per step",
+                title="Episode rewards (all folds)")
+    axes[1].legend(fontsize=8)
     save_figure(fig, stage.dir / "learning_curves.png")
+    steps = {"dqn": (cfg.env_steps, gradient_steps(cfg)),
+             "sac": (cfg.sac_env_steps, sac_gradient_steps(cfg))}
     metrics = {"lopo_window_auc": {labels[n]: float(scores[labels[n]].score) for n in labels},
-               "env_steps": cfg.env_steps, "gradient_steps": gradient_steps(cfg),
+               "env_steps": {h: steps[h][0] for h in cfg.heads},
+               "gradient_steps": {h: steps[h][1] for h in cfg.heads},
                "batch_size": cfg.batch_size, "labels_shuffled": cfg.shuffle_labels,
-               "median_fold_seconds": float(np.median(seconds)) if seconds else None}
-    lines = [f"DQN after RLEEGNet and its supervised twin: {cfg.env_steps} environment "
-             f"steps, {gradient_steps(cfg)} gradient steps of {cfg.batch_size} trials each "
-             "per fold." + (" **Labels shuffled** (leakage alarm)." if cfg.shuffle_labels
-                            else ""), "",
-             to_markdown(table.loc[[labels[n] for n in labels],
-                                   ["stage", "overall", "window_ms", "diagnostic"]]), ""]
+               "median_fold_seconds": {h: float(np.median(s)) for h, s in seconds.items()
+                                       if s},
+               "prototypes": record}
+    if "sac" in cfg.heads:
+        metrics["sac_lambda_by_fold"] = {f"fold{k}": float(v["lam"])
+                                         for k, v in sorted(parts["sac"].items())}
+    what = {"dqn": "DQN after RLEEGNet (trial features, CSP fitted in the fold) and its "
+                   "CNN-LSTM twin",
+            "sac": "SAC after EEGDancer (per-token decisions over VQ prototypes of the MAE's "
+                   "embeddings) and its GRU twin"}
+    lines = [f"- {what[h]}: {steps[h][0]} environment steps and {steps[h][1]} gradient "
+             f"steps of {cfg.batch_size} decisions per fold; the twin as many gradient "
+             "steps." for h in cfg.heads]
+    if cfg.shuffle_labels:
+        lines.append("- **Labels shuffled** (leakage alarm).")
+    if record:
+        lines.append(f"- Prototypes: {record['codes_used']} of {record['codebook']} codes "
+                     f"in use, {record['n_decisions']} decisions per trial; masked-modelling "
+                     f"loss {record['loss_first']:.3f} -> {record['loss_last']:.3f}. "
+                     "Smoothness lambda chosen per fold (by the twin on the inner "
+                     "participants): " + ", ".join(
+                         f"{v:g}" for v in metrics["sac_lambda_by_fold"].values()) + ".")
+    lines += ["", to_markdown(table.loc[[labels[n] for n in labels],
+                                        ["stage", "overall", "window_ms", "diagnostic"]]), ""]
     for head in cfg.heads:
         a, b = labels.get(head), labels.get(f"{head}_twin")
         if a and b and not cfg.shuffle_labels:
@@ -228,8 +526,9 @@ def _report(stage: Stage, finished: dict, writers: dict, seconds: list) -> Stage
                          f"{table.loc[b, 'overall']:.4f}): "
                          + ("a candidate for the ensemble." if beats
                             else "left out of the ensemble's candidates."))
-    if seconds:
-        lines.append(f"\nMedian seconds per fold (both heads): {np.median(seconds):.1f}.")
+    if metrics["median_fold_seconds"]:
+        lines.append("\nMedian seconds per fold: " + ", ".join(
+            f"{h} {v:.1f}" for h, v in metrics["median_fold_seconds"].items()) + ".")
     lines += ["", "![learning curves](learning_curves.png)"]
     summary = "RL LOPO window AUC: " + ", ".join(
         f"{n} {s:.4f}" for n, s in metrics["lopo_window_auc"].items())

@@ -1,0 +1,238 @@
+"""The SAC head (after EEGDancer) and its supervised twin, over emotion prototypes.
+
+1. **Prototypes** (:class:`Prototypes`): every trial's per-token embeddings (the frozen
+   stage-02 MAE's, all channels side by side) are projected to ``rl.sac_dim`` and
+   quantised by a VQ codebook (``vector_quantize_pytorch.VectorQuantize``: k-means
+   initialisation, dead codes reset). It is trained by masked temporal modelling: a
+   fraction of the tokens is replaced by a mask vector and a bidirectional GRU over the
+   quantised sequence reconstructs their embeddings. No label is used (every participant's
+   trials are unlabelled inputs, as for the MAE). A token's state is its code vector.
+2. **Environment** (:class:`TrajectoryEnv`): one trial per episode, one decision per token.
+   Observation: (code vector at token t, the previous output, t / T); action: the
+   probability p_t in [0, 1]; reward: the log-likelihood of the trial's label under p_t
+   minus ``lambda * |p_t - p_{t-1}|``. The label enters only the reward.
+3. **SAC** (stable-baselines3) learns on it; at prediction the policy runs
+   deterministically along each trial, its previous output fed back.
+4. **Twin** (:class:`GruTwin`): a GRU over the same code vectors giving p_t per token,
+   trained by per-token cross-entropy plus the same smoothness penalty, with SAC's number
+   of gradient steps and as many token decisions per step as SAC's batch.
+"""
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import nn
+
+EPS = 1e-3  # probabilities are clipped to [EPS, 1 - EPS] in the log-likelihood
+
+
+# ------------------------------------------------------------------ prototypes
+class Prototypes(nn.Module):
+    """See the module docstring, part 1. Input (batch, n_tokens, n_in)."""
+
+    def __init__(self, n_in: int, dim: int = 32, codebook: int = 32):
+        super().__init__()
+        from vector_quantize_pytorch import VectorQuantize
+
+        self.norm = nn.LayerNorm(n_in)
+        self.proj = nn.Linear(n_in, dim)
+        self.vq = VectorQuantize(dim=dim, codebook_size=codebook, decay=0.9,
+                                 kmeans_init=True, kmeans_iters=10,
+                                 threshold_ema_dead_code=2, commitment_weight=0.25)
+        self.mask = nn.Parameter(torch.zeros(dim))
+        self.context = nn.GRU(dim, dim, batch_first=True, bidirectional=True)
+        self.recon = nn.Linear(2 * dim, n_in)
+
+    def quantise(self, x: torch.Tensor):
+        """-> (code vectors (b, T, dim), code indices (b, T), commitment loss)."""
+        return self.vq(self.proj(self.norm(x)))
+
+    def loss(self, x: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        """Masked temporal modelling: reconstruct the (normalised) embeddings of the
+        ``masked`` tokens (b, T) from the quantised context, plus the commitment loss."""
+        q, _, commit = self.quantise(x)
+        q = torch.where(masked[..., None], self.mask.expand_as(q), q)
+        h, _ = self.context(q)
+        target = self.norm(x).detach()
+        err = (self.recon(h) - target).pow(2).mean(-1)
+        return err[masked].mean() + commit.sum()
+
+
+def train_prototypes(embeddings: list[np.ndarray], cfg, seed: int, progress=None
+                     ) -> tuple[Prototypes, list[float]]:
+    """Train :class:`Prototypes` on unlabelled trials (``embeddings``: arrays
+    (n_trials, n_tokens, n_in)); returns the model and its loss per step."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng([seed, 77])
+    pool = np.concatenate(embeddings).astype(np.float32)
+    model = Prototypes(pool.shape[-1], cfg.sac_dim, cfg.codebook)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.proto_lr)
+    losses = []
+    for _ in range(cfg.proto_steps):
+        model.train()
+        x = torch.from_numpy(pool[rng.integers(0, len(pool), cfg.proto_batch)])
+        masked = torch.from_numpy(rng.random(x.shape[:2]) < cfg.proto_mask)
+        loss = model.loss(x, masked)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.item()))
+        if progress:
+            progress()
+    return model, losses
+
+
+def code_vectors(model: Prototypes, x: np.ndarray, batch: int = 256
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(code vectors (n, T, dim) float32, code indices (n, T)) of trials x (n, T, n_in)."""
+    model.eval()
+    vecs, idx = [], []
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            q, ind, _ = model.quantise(torch.from_numpy(np.ascontiguousarray(
+                x[i:i + batch], dtype=np.float32)))
+            vecs.append(q.numpy())
+            idx.append(ind.numpy())
+    if not vecs:
+        return (np.zeros((0, x.shape[1], model.proj.out_features), np.float32),
+                np.zeros((0, x.shape[1]), np.int64))
+    return np.concatenate(vecs).astype(np.float32), np.concatenate(idx)
+
+
+# ------------------------------------------------------------------ environment
+def step_reward(p: np.ndarray, prev: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
+    """log P(y | p) - lambda |p - prev| (elementwise)."""
+    q = np.clip(p, EPS, 1 - EPS)  # (the log only: the penalty sees the action itself)
+    return y * np.log(q) + (1 - y) * np.log(1 - q) - lam * np.abs(p - prev)
+
+
+class TrajectoryEnv(gym.Env):
+    """See the module docstring, part 2. ``codes`` (n_trials, T, dim); ``labels`` 0/1.
+    Episodes visit trials in an order drawn by the seeded generator."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, codes: np.ndarray, labels: np.ndarray, lam: float = 0.0):
+        super().__init__()
+        labels = np.asarray(labels)
+        if codes.ndim != 3 or len(codes) != len(labels) or len(labels) == 0:
+            raise ValueError(f"codes {codes.shape} and {len(labels)} labels: expected "
+                             "(n_trials, n_tokens, dim) and one label per trial")
+        if not np.isin(labels, (0, 1)).all():
+            raise ValueError("labels must be 0 (neutral) or 1 (emotional)")
+        self.codes = np.ascontiguousarray(codes, dtype=np.float32)
+        self.labels = labels.astype(np.float32)
+        self.lam = float(lam)
+        self.n_tokens, dim = codes.shape[1:]
+        self.observation_space = spaces.Box(-np.inf, np.inf, (dim + 2,), np.float32)
+        self.action_space = spaces.Box(0.0, 1.0, (1,), np.float32)
+        self._trial, self._t, self._prev, self._total = 0, 0, 0.5, 0.0
+
+    def _obs(self) -> np.ndarray:
+        return np.concatenate([self.codes[self._trial, min(self._t, self.n_tokens - 1)],
+                               [self._prev, self._t / self.n_tokens]]).astype(np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._trial = int(self.np_random.integers(len(self.labels)))
+        self._t, self._prev, self._total = 0, 0.5, 0.0
+        return self._obs(), {}
+
+    def step(self, action):
+        p = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], 0.0, 1.0))
+        reward = float(step_reward(np.float64(p), np.float64(self._prev),
+                                   self.labels[self._trial], self.lam))
+        self._prev, self._t = p, self._t + 1
+        self._total += reward
+        terminated = self._t >= self.n_tokens
+        info = {"episode_reward": self._total} if terminated else {}
+        return self._obs(), reward, terminated, False, info
+
+
+def make_sac(env, cfg, seed: int):
+    """An SB3 SAC on ``env`` (MLP ``[64, 64]`` actor and critics)."""
+    from stable_baselines3 import SAC
+
+    return SAC("MlpPolicy", env, learning_rate=cfg.lr, buffer_size=cfg.buffer_size,
+               learning_starts=cfg.sac_learning_starts, batch_size=cfg.batch_size,
+               gamma=cfg.sac_gamma, train_freq=1, gradient_steps=1,
+               policy_kwargs=dict(net_arch=[64, 64]), seed=seed, device="cpu", verbose=0)
+
+
+def sac_gradient_steps(cfg) -> int:
+    return max(0, cfg.sac_env_steps - cfg.sac_learning_starts)
+
+
+def rollout(model, codes: np.ndarray, batch: int = 1024) -> np.ndarray:
+    """The SAC policy run deterministically along every trial: p (n_trials, T)."""
+    n, T, _ = codes.shape
+    out = np.zeros((n, T), np.float32)
+    for i in range(0, n, batch):
+        c = codes[i:i + batch]
+        prev = np.full(len(c), 0.5, np.float32)
+        for t in range(T):
+            obs = np.concatenate([c[:, t], prev[:, None],
+                                  np.full((len(c), 1), t / T, np.float32)], 1)
+            prev = np.clip(model.predict(obs, deterministic=True)[0][:, 0], 0, 1
+                           ).astype(np.float32)
+            out[i:i + batch, t] = prev
+    return out
+
+
+# ------------------------------------------------------------------ twin
+class GruTwin(nn.Module):
+    """See the module docstring, part 4: code vectors (b, T, dim) -> logits (b, T)."""
+
+    def __init__(self, dim: int, hidden: int = 64):
+        super().__init__()
+        self.gru = nn.GRU(dim, hidden, batch_first=True)
+        self.head = nn.Sequential(nn.Linear(hidden, 64), nn.ReLU(), nn.Linear(64, 1))
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        h, _ = self.gru(codes)
+        return self.head(h)[..., 0]
+
+
+def twin_loss(logits: torch.Tensor, y: torch.Tensor, lam: float) -> torch.Tensor:
+    """Per-token cross-entropy of the trial's label plus lambda * mean |p_t - p_{t-1}|
+    (the SAC reward's negative, token for token)."""
+    bce = nn.functional.binary_cross_entropy_with_logits(
+        logits, y[:, None].expand_as(logits))
+    p = torch.sigmoid(logits)
+    return bce + lam * (p[:, 1:] - p[:, :-1]).abs().mean()
+
+
+def train_gru_twin(codes: np.ndarray, labels: np.ndarray, cfg, lam: float, seed: int,
+                   callback=None) -> GruTwin:
+    """:class:`GruTwin` with SAC's gradient steps; each step sees ``batch_size`` token
+    decisions (``batch_size // T`` trials, at least one)."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng([seed, 66])
+    model = GruTwin(codes.shape[-1])
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    c = torch.from_numpy(np.ascontiguousarray(codes, dtype=np.float32))
+    y = torch.from_numpy(np.asarray(labels, dtype=np.float32))
+    per = max(1, cfg.batch_size // codes.shape[1])
+    for step in range(1, sac_gradient_steps(cfg) + 1):
+        model.train()
+        idx = torch.from_numpy(rng.integers(0, len(y), per))
+        loss = twin_loss(model(c[idx]), y[idx], lam)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if callback:
+            callback(step, model)
+    return model
+
+
+def twin_probability(model: GruTwin, codes: np.ndarray, batch: int = 512) -> np.ndarray:
+    """p (n_trials, T) of the twin."""
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(codes), batch):
+            out.append(torch.sigmoid(model(torch.from_numpy(np.ascontiguousarray(
+                codes[i:i + batch], dtype=np.float32)))).numpy())
+    return np.concatenate(out) if out else np.zeros(codes.shape[:2], np.float32)
