@@ -6,7 +6,8 @@
 #       set up .venv, get the data (Kaggle with credentials, else synthetic), run every
 #       stage, write and validate the submission, score it when solution.csv exists.
 #   ./run.sh test [PYTEST ARGS]
-#       set up .venv and run the test suite (slow tests excluded unless you ask: -m slow).
+#       set up .venv and run the test suite, two files at once (slow tests excluded
+#       unless you ask: -m slow; one process: -n 0).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 REPO=$PWD
@@ -87,7 +88,10 @@ case "${1:-}" in
   test)
     shift
     setup
-    python -m pytest -m "not slow" "$@"
+    # two test files at once (pytest-xdist, one file per process so that its module
+    # fixtures are built once), one torch/BLAS thread each: about 2x on 2 cores
+    OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} python -m pytest -m "not slow" \
+      -n "${SLEEPEMO_TEST_PROCESSES:-2}" --dist loadfile "$@"
     ;;
   *)
     setup

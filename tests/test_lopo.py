@@ -128,3 +128,16 @@ def test_label_shuffled_run_scores_about_chance(medium_dir, tmp_path, base):
     score = score_oof(res.oof, ds, folds).score
     print(f"shuffled {base}: {score:.4f}")
     assert abs(score - 0.5) <= 0.03, f"shuffled {base} scored {score:.4f}"
+
+
+def test_fold_workers_give_the_serial_result(smoke, tmp_path, name="xdawn_ts"):
+    """Folds fitted in two joblib processes equal the serial fit (up to the last bits of
+    sums over a different number of BLAS threads)."""
+    ds, folds = smoke
+    quiet = dict(progress=False, log=lambda m: None)
+    one = run_lopo(name, ds, folds, tmp_path / "one", "baselines", **quiet)
+    two = run_lopo(name, ds, folds, tmp_path / "two", "baselines", workers=2, **quiet)
+    np.testing.assert_allclose(two.oof, one.oof, atol=1e-5)
+    np.testing.assert_allclose(two.test, one.test, atol=1e-5)
+    assert len(list((tmp_path / "two" / "01_baselines" / name).glob("fold*.npz"))) == \
+        folds.n_folds

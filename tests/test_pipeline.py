@@ -48,7 +48,8 @@ def test_run_writes_a_valid_submission_and_report(smoke_run, smoke_dir):
     cfg = load_config("smoke")
     assert set(table.index) == set(cfg.baselines.models) | {
         "mae_probe", "band_probe", "experts_mae_fomaml", "experts_mae_fomaml_tta"} | {
-        f"fusion_{v}" for v in cfg.fusion.variants}
+        f"fusion_{v}" for v in cfg.fusion.variants} | {
+        f"rl_{h}{twin}" for h in cfg.rl.heads for twin in ("", "_twin")}
     chosen = re.search(r"submitted model: (\w+)", stdout).group(1)
     best = table[~table.diagnostic].overall.idxmax()
     assert chosen == best
@@ -70,10 +71,12 @@ def test_run_writes_a_valid_submission_and_report(smoke_run, smoke_dir):
     # the generated report: the table, every stage's evidence and run times
     report = (sub.parent / "report.md").read_text()
     for heading in ("## LOPO window AUC", "## Stage 00", "## Stage 01", "## Stage 02",
-                    "## Stage 03", "## Stage 07", "## Run times"):
+                    "## Stage 03", "## Stage 04", "## Stage 05", "## Stage 07",
+                    "## Run times"):
         assert heading in report, heading
     assert f"| {best} | " in report and "(03_experts/expert_topomap.png)" in report
-    assert table.loc[best, "stage"] in ("baselines", "mae", "experts")
+    assert table.loc[best, "stage"] in ("baselines", "mae", "experts", "fusion", "rl_heads")
+    assert "(05_rl_heads/learning_curves.png)" in report
 
 
 def test_metric_cli_prints_the_summary_score(smoke_run, smoke_dir):

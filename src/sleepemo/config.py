@@ -94,12 +94,16 @@ class BaselinesConfig:
         "constant", "shuffled", "starter", "second_place", "riemann", "xdawn_ts", "erp_lda"],
         affects="nothing")
     params: dict[str, dict] = field(default_factory=dict)
+    workers: int = setting(1, affects="nothing",
+                           help="processes fitting folds at once (joblib; 0: one per core); "
+                                "each uses one BLAS thread")
 
     def validate(self, cfg: "Config") -> None:
         from .models import REGISTRY
 
         bad = [m for m in self.models if m not in REGISTRY]
         _check(not bad, f"unknown baseline model(s) {bad}; registered: {sorted(REGISTRY)}")
+        _check(self.workers >= 0, f"baselines.workers must be >= 0, got {self.workers}")
 
 
 @dataclass

@@ -18,11 +18,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from joblib import Parallel, delayed
 
 from .artefacts import Result, ResultWriter, code_hash, fingerprint
 from .data import Dataset
 from .folds import Folds
 from .models import make_model
+from .parallel import resolve_workers
 from .progress import bar
 
 
@@ -38,10 +40,23 @@ def _as_2d(p: np.ndarray, n_trials: int, n_times: int) -> np.ndarray:
     return p
 
 
+def fit_fold(model_key: str, params: dict, seed: int, k: int, train_x: list, train_y: list,
+             held_x, n_held: int, test_x: list, n_tests: list, n_times: int):
+    """Fold k: fit a fresh model on the training participants, predict the held-out and
+    the test participants. Returns ``(k, oof, test)``. Seeded per fold, so a resumed or
+    parallel fold equals an uninterrupted serial one."""
+    m = make_model(model_key, random_state=seed * 1000 + k, **params)
+    m.fit(train_x, train_y)
+    oof = _as_2d(m.predict_proba(held_x), n_held, n_times)
+    test = np.concatenate([_as_2d(m.predict_proba(x), n, n_times)
+                           for x, n in zip(test_x, n_tests)])
+    return k, oof, test
+
+
 def run_lopo(name: str, ds: Dataset, folds: Folds, out: str | Path, stage: str,
              seed: int = 0, params: dict | None = None, progress: bool = True, log=print,
              model: str | None = None, features: dict | None = None,
-             feature_key: str | None = None) -> Result:
+             feature_key: str | None = None, workers: int = 1) -> Result:
     """Train a registered model under LOPO and write its result (see the module
     docstring).
 
@@ -54,6 +69,9 @@ def run_lopo(name: str, ds: Dataset, folds: Folds, out: str | Path, stage: str,
         Participant -> precomputed label-free features (e.g. encoder embeddings), used
         instead of the model's ``transform``; a callable is only called when there is
         work to do. ``feature_key`` must then identify them (it enters the fingerprint).
+    workers : int
+        Folds fitted at once in joblib processes (one BLAS thread each; 0: one per core).
+        The results do not depend on it beyond the last bits of floating-point sums.
     """
     folds.check(ds)
     params = dict(params or {})
@@ -81,18 +99,26 @@ def run_lopo(name: str, ds: Dataset, folds: Folds, out: str | Path, stage: str,
                      unit="participant", enabled=progress, leave=False):
             feats[s] = proto.transform(ds.subject(s).X, ds.sfreq)
 
-    for k in bar(range(folds.n_folds), desc=f"{name}: LOPO folds", unit="fold",
-                 enabled=progress):
-        if k not in todo:
-            continue
-        held, train = folds.held_out(k), folds.train_of(k)
-        # seed per fold so a resumed fold is identical to an uninterrupted one
-        m = make_model(model_key, random_state=seed * 1000 + k, **params)
-        m.fit([feats[s] for s in train], [ds.train[s].y for s in train])
-        oof = _as_2d(m.predict_proba(feats[held]), ds.train[held].n_trials, n_times)
-        test = np.concatenate([_as_2d(m.predict_proba(feats[s]), ds.test[s].n_trials,
-                                      n_times) for s in folds.test_subjects])
+    n_tests = [ds.test[s].n_trials for s in folds.test_subjects]
+
+    def jobs():
+        for k in todo:
+            held, train = folds.held_out(k), folds.train_of(k)
+            yield delayed(fit_fold)(model_key, params, seed, k, [feats[s] for s in train],
+                                    [ds.train[s].y for s in train], feats[held],
+                                    ds.train[held].n_trials,
+                                    [feats[s] for s in folds.test_subjects], n_tests, n_times)
+
+    progress_bar = bar(total=folds.n_folds, desc=f"{name}: LOPO folds", unit="fold",
+                       enabled=progress)
+    progress_bar.update(folds.n_folds - len(todo))
+    n_jobs = resolve_workers(workers, len(todo))
+    # each fold is written as soon as it is done, in whatever order: a killed run resumes
+    for k, oof, test in (Parallel(n_jobs=n_jobs, return_as="generator_unordered")(jobs())
+                         if n_jobs > 1 else (job[0](*job[1], **job[2]) for job in jobs())):
         writer.save_fold(k, oof=oof, test=test)
+        progress_bar.update(1)
+    progress_bar.close()
 
     return writer.finish(ds, seed=seed, diagnostic=proto.diagnostic, meta={
         "registry": model_key, "params": params,

@@ -15,7 +15,7 @@ def run(stage: Stage) -> StageOutput:
     for name in cfg.baselines.models:
         run_lopo(name, ds, folds, stage.out, stage.spec.name, seed=cfg.seed,
                  params=cfg.baselines.params.get(name, {}), progress=stage.progress,
-                 log=stage.log)
+                 log=stage.log, workers=cfg.baselines.workers)
     listed = [r for r in results(stage.out, stage.spec.name)
               if r.name in cfg.baselines.models]
     table, _, _ = results_table(listed)
