@@ -34,6 +34,35 @@ def with_flipped_labels(ds, held, fn):
     return first, second
 
 
+def stage_with_random_mae(name: str, out, data_dir, sets=()):
+    """Stage ``name`` opened on ``data_dir`` with the smoke profile (``sets``: overrides
+    ``key=value``), its folds written and a randomly initialised stage-02 MAE saved in
+    ``out`` (what stages 03-05 read from stage 02, without its training time).
+    Returns ``(stage, dataset, folds)``."""
+    import dataclasses
+
+    import torch
+
+    from sleepemo.config import load_config
+    from sleepemo.data import load_dataset
+    from sleepemo.features import BandFeatureCache
+    from sleepemo.folds import write_folds
+    from sleepemo.models.mae import MaskedAutoencoder, encoder_config, save_encoder
+    from sleepemo.stage import open_stage, stage_dir
+
+    cfg = load_config("smoke", list(sets))
+    ds = load_dataset(data_dir, progress=False)
+    folds, _ = write_folds(ds, out / "folds.json")
+    enc_cfg = encoder_config(cfg.mae, ds.n_times, ds.n_chans)
+    torch.manual_seed(0)
+    key = BandFeatureCache(out / "cache" / "band_features", folds.data_fingerprint,
+                           cfg.mae.bands, cfg.mae.feature).key
+    save_encoder(MaskedAutoencoder(enc_cfg), stage_dir(out, "mae"), {
+        "fingerprint": "random-mae-for-tests", "encoder": dataclasses.asdict(enc_cfg),
+        "band_cache": key})
+    return open_stage(name, cfg, data_dir, out, progress=False, log=lambda m: None), ds, folds
+
+
 @pytest.fixture(scope="session")
 def smoke_dir(tmp_path_factory):
     """Synthetic data at 10 % of the real trial counts (the smoke profile's scale)."""

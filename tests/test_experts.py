@@ -1,7 +1,6 @@
 """Stage 03 building blocks: experts batched with vmap, and FOMAML on a known toy problem."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 
@@ -11,7 +10,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from conftest import with_flipped_labels
+from conftest import stage_with_random_mae, with_flipped_labels
 from sleepemo.fomaml import adapt, fomaml_step
 from sleepemo.models.experts import ExpertBank, loop_forward, make_experts
 from sleepemo.models.mae import ChannelEncoder, EncoderConfig, n_parameters
@@ -139,26 +138,8 @@ def test_support_and_query_are_disjoint_and_class_balanced():
 
 def _stage(out, data_dir, **experts):
     """A stage-03 context on ``data_dir`` with a (random) stage-02 MAE in ``out``."""
-    from sleepemo.config import load_config
-    from sleepemo.data import load_dataset
-    from sleepemo.features import BandFeatureCache
-    from sleepemo.folds import write_folds
-    from sleepemo.models.mae import MaskedAutoencoder, encoder_config, save_encoder
-    from sleepemo.stage import open_stage, stage_dir
-
-    sets = [f"experts.{k}={v}" for k, v in experts.items()]
-    cfg = load_config("smoke", sets)
-    ds = load_dataset(data_dir, progress=False)
-    folds, _ = write_folds(ds, out / "folds.json")
-    enc_cfg = encoder_config(cfg.mae, ds.n_times, ds.n_chans)
-    torch.manual_seed(0)
-    key = BandFeatureCache(out / "cache" / "band_features", folds.data_fingerprint,
-                           cfg.mae.bands, cfg.mae.feature).key
-    save_encoder(MaskedAutoencoder(enc_cfg), stage_dir(out, "mae"), {
-        "fingerprint": "random-mae-for-tests", "encoder": dataclasses.asdict(enc_cfg),
-        "band_cache": key})
-    return open_stage("experts", cfg, data_dir, out, progress=False,
-                      log=lambda m: None), ds, folds
+    return stage_with_random_mae("experts", out, data_dir,
+                                 [f"experts.{k}={v}" for k, v in experts.items()])
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import with_flipped_labels
+from conftest import stage_with_random_mae, with_flipped_labels
 from sleepemo import CHANNELS
 from sleepemo.config import ConfigError, load_config
 from sleepemo.models.fusion import (FusionNet, electrode_positions, fusion_loss,
@@ -128,23 +128,7 @@ def test_fusion_config_is_checked():
 # ---------------------------------------------------------------- the stage on data
 def _stage(out, data_dir, name="fusion", **sets):
     """A stage context on ``data_dir`` with a (random) stage-02 MAE in ``out``."""
-    from sleepemo.data import load_dataset
-    from sleepemo.features import BandFeatureCache
-    from sleepemo.folds import write_folds
-    from sleepemo.models.mae import MaskedAutoencoder, encoder_config, save_encoder
-    from sleepemo.stage import open_stage, stage_dir
-
-    cfg = load_config("smoke", [f"{k}={v}" for k, v in sets.items()])
-    ds = load_dataset(data_dir, progress=False)
-    folds, _ = write_folds(ds, out / "folds.json")
-    enc_cfg = encoder_config(cfg.mae, ds.n_times, ds.n_chans)
-    torch.manual_seed(0)
-    key = BandFeatureCache(out / "cache" / "band_features", folds.data_fingerprint,
-                           cfg.mae.bands, cfg.mae.feature).key
-    save_encoder(MaskedAutoencoder(enc_cfg), stage_dir(out, "mae"), {
-        "fingerprint": "random-mae-for-tests", "encoder": dataclasses.asdict(enc_cfg),
-        "band_cache": key})
-    return open_stage(name, cfg, data_dir, out, progress=False, log=lambda m: None), ds, folds
+    return stage_with_random_mae(name, out, data_dir, [f"{k}={v}" for k, v in sets.items()])
 
 
 def _untrained_experts(stage, ds, folds):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import with_flipped_labels
+from conftest import stage_with_random_mae, with_flipped_labels
 from sleepemo.rl.features import STATS, FoldFeatures, Signals, fit_fold, participant_signals
 
 
@@ -222,34 +222,8 @@ def test_dqn_weights_round_trip_without_unpickling():
 def _rl_stage(out, data_dir, **sets):
     """A stage-05 context on ``data_dir`` with a (random) stage-02 MAE in ``out`` (the
     SAC head's prototypes are built on its embeddings)."""
-    import dataclasses
-
-    import torch
-
-    from sleepemo.data import load_dataset
-    from sleepemo.features import BandFeatureCache
-    from sleepemo.folds import write_folds
-    from sleepemo.models.mae import MaskedAutoencoder, encoder_config, save_encoder
-    from sleepemo.stage import open_stage, stage_dir
-
-    cfg = load_config_smoke(sets)
-    ds = load_dataset(data_dir, progress=False)
-    folds, _ = write_folds(ds, out / "folds.json")
-    enc_cfg = encoder_config(cfg.mae, ds.n_times, ds.n_chans)
-    torch.manual_seed(0)
-    key = BandFeatureCache(out / "cache" / "band_features", folds.data_fingerprint,
-                           cfg.mae.bands, cfg.mae.feature).key
-    save_encoder(MaskedAutoencoder(enc_cfg), stage_dir(out, "mae"), {
-        "fingerprint": "random-mae-for-tests", "encoder": dataclasses.asdict(enc_cfg),
-        "band_cache": key})
-    return open_stage("rl_heads", cfg, data_dir, out, progress=False, log=lambda m: None), \
-        ds, folds
-
-
-def load_config_smoke(sets):
-    from sleepemo.config import load_config
-
-    return load_config("smoke", [f"{k}={v}" for k, v in sets.items()])
+    return stage_with_random_mae("rl_heads", out, data_dir,
+                                 [f"{k}={v}" for k, v in sets.items()])
 
 
 @pytest.fixture(scope="module")
