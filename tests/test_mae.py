@@ -1,6 +1,7 @@
 """Stage 02: band-feature cache, the MAE's shapes, masking and loss, resume after a kill."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,8 +14,9 @@ import pytest
 import torch
 
 from sleepemo.features import BANDS, BandFeatureCache, band_features
+from sleepemo.io import write_json
 from sleepemo.models.mae import (ChannelEncoder, EncoderConfig, MaskedAutoencoder,
-                                 n_parameters, random_mask)
+                                 encode_tokens, n_parameters, random_mask)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -154,3 +156,34 @@ def test_killed_run_resumes_to_the_uninterrupted_result(smoke_dir, folds_out):
     assert set(metrics["linear_probe_lopo_window_auc"]) == {"mae_probe", "band_probe"}
     assert not set(metrics["val_subjects"]) & set(
         json.loads((straight / "02_mae" / "run.json").read_text())["pretrain_subjects"])
+
+
+def test_token_cache_is_the_encoders_pooled_output_and_rebuilds_for_another_mae(
+        smoke_dir, tmp_path):
+    """The shared MAE token cache (stages 04 and 05) holds exactly the encoder's
+    per-token output averaged to the asked stride; another MAE gets a new folder and the
+    stale one is removed; a participant not built is a clear error."""
+    from conftest import stage_with_random_mae
+    from sleepemo.features import pool_time
+    from sleepemo.models.mae import TokenCache, load_encoder
+    from sleepemo.stage import stage_dir
+
+    stage, ds, folds = stage_with_random_mae("fusion", tmp_path, smoke_dir)
+    mcfg = stage.cfg.mae
+    band = BandFeatureCache.for_run(tmp_path, ds, folds, mcfg.bands, mcfg.feature, False,
+                                    evoked=mcfg.evoked())
+    s = folds.test_subjects[0]
+    cache = TokenCache.for_run(tmp_path, band, [s], 8, progress=False)
+    x = pool_time(np.asarray(band.load(s), np.float32), mcfg.stride)
+    want = pool_time(encode_tokens(load_encoder(stage_dir(tmp_path, "mae")), x),
+                     8 // mcfg.stride)
+    assert cache.load(s).shape == (folds.n_trials[s], ds.n_chans, 25, want.shape[-1])
+    np.testing.assert_allclose(cache.load(s), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(FileNotFoundError, match="not built"):
+        cache.load(folds.test_subjects[1])
+    info = json.loads((stage_dir(tmp_path, "mae") / "run.json").read_text())
+    write_json(stage_dir(tmp_path, "mae") / "run.json", info | {"fingerprint": "another"})
+    other = TokenCache.for_run(tmp_path, band, [s], 8, progress=False)
+    assert other.dir != cache.dir and not cache.dir.exists() and other.path(s).is_file()
+    with pytest.raises(ValueError, match="multiple"):
+        TokenCache.for_run(tmp_path, band, [s], 6, progress=False)

@@ -255,7 +255,7 @@ def test_stage_writes_every_head_through_the_contract_and_resumes(rl_run, monkey
                 np.load(run / "rl_sac_twin" / "oof.npy")).all()
     assert metrics["gradient_steps"] == {"dqn": 80, "sac": 80}
     assert set(metrics["sac_lambda_by_fold"].values()) <= set(stage.cfg.rl.sac_lambdas)
-    assert metrics["prototypes"]["codes_used"] >= 1
+    assert min(metrics["prototypes"]["codes_used"]) >= 1
     assert (run / "learning_curves.png").stat().st_size and (run / "prototypes.pt").is_file()
     assert "its twin" in (run / "evidence.md").read_text()
     before = {n: np.load(run / n / "oof.npy") for n in names}
@@ -297,7 +297,7 @@ def test_held_out_labels_never_reach_the_rl_heads(rl_run, head):
     cfg = stage.cfg.rl
     state = fold_state(stage)
     fit, data = {"dqn": (run_fold, lambda: state.signals),
-                 "sac": (run_sac_fold, lambda: state.sac[0])}[head]
+                 "sac": (run_sac_fold, lambda: state.sac_codes(0))}[head]
     held = folds.held_out(0)
 
     def fold0():
@@ -416,3 +416,33 @@ def test_sac_and_its_twin_learn_a_separable_task():
     assert len(seen) == sac_gradient_steps(cfg) == 1300
     q = twin_probability(twin, new)
     assert roc_auc_score(new_y, q[:, 3:7].mean(1)) > 0.9
+
+
+def test_sac_reads_fold_k_fused_tokens_once_stage_04_has_them(smoke_dir, tmp_path):
+    """Without stage 04 the SAC's prototypes are the run's, over the MAE's embeddings (and
+    the report says so); once stage 04 has ``fusion_mae``, they are per fold, over fold
+    k's fused tokens, whose shape is (trials, decisions, fusion.d_model), and the SAC
+    retrains (its fingerprint names its source)."""
+    from sleepemo.stages import rl_heads, train_fusion
+    from sleepemo.stages.rl_heads import fold_state
+
+    sets = {"rl.heads": "[sac]", "fusion.variants": "[mae]"}
+    stage, ds, folds = _rl_stage(tmp_path, smoke_dir, **sets)
+    first = stage.run(rl_heads.run).metrics["prototypes"]
+    assert first["source"] == "mae" and not first["per_fold"]
+    fp_mae = fold_state(stage).fps["sac"]
+    fusion = stage_with_random_mae("fusion", tmp_path, smoke_dir,
+                                   [f"{k}={v}" for k, v in sets.items()])[0]
+    fusion.run(train_fusion.run)
+    state = fold_state(stage)
+    assert state.source.name == "fusion_mae" and state.fps["sac"] != fp_mae
+    tokens = state.source.fused_embeddings(0)
+    assert set(tokens) == set(folds.train_subjects) | set(folds.test_subjects)
+    s = folds.held_out(0)
+    assert tokens[s].shape == (folds.n_trials[s], 200 // stage.cfg.rl.sac_stride,
+                               stage.cfg.fusion.d_model)
+    second = stage.run(rl_heads.run).metrics["prototypes"]
+    assert second["source"] == "fusion_mae" and second["per_fold"]
+    assert all((stage.dir / f"prototypes_fold{k}.pt").is_file()
+               for k in range(folds.n_folds))
+    assert "fused tokens" in (stage.dir / "evidence.md").read_text()

@@ -327,6 +327,12 @@ class RLConfig:
     n_inner_val: int = setting(2)     # training participants: temperature, lambda, curves
     # the SAC head (EEGDancer): prototypes, trajectories, reward
     sac_stride: int = setting(8)      # samples per decision token (a multiple of mae.stride)
+    sac_inputs: str = setting("fusion", help="what the SAC's prototypes quantise: 'fusion' "
+                              "(fold k's stage-04 fused per-token embeddings of variant "
+                              "rl.sac_fusion; the MAE's when stage 04 has no such result) "
+                              "or 'mae' (the stage-02 MAE's, all channels)")
+    sac_fusion: str = setting("mae", help="the stage-04 variant whose fused tokens the SAC "
+                              "reads (mae or raw: one input for every fold)")
     sac_dim: int = setting(32)        # code vector size
     codebook: int = setting(32)       # prototypes in the VQ codebook
     proto_steps: int = setting(300)   # masked-modelling steps (once per run, label-free)
@@ -365,6 +371,15 @@ class RLConfig:
                f"rl.sac_lambdas must be one or more weights >= 0, got {self.sac_lambdas}")
         _check(self.sac_stride % cfg.mae.stride == 0, f"rl.sac_stride ({self.sac_stride}) "
                f"must be a multiple of mae.stride ({cfg.mae.stride}) so that tokens pool")
+        _check(self.sac_inputs in ("fusion", "mae"),
+               f"rl.sac_inputs must be fusion or mae, got {self.sac_inputs!r}")
+        if self.sac_inputs == "fusion":
+            _check(FusionConfig.VARIANTS.get(self.sac_fusion, ("",))[0] in ("mae", "raw"),
+                   f"rl.sac_fusion must be a stage-04 variant with one input for every "
+                   f"fold (mae or raw), got {self.sac_fusion!r}")
+            _check(self.sac_stride % cfg.fusion.stride == 0,
+                   f"rl.sac_stride ({self.sac_stride}) must be a multiple of fusion.stride "
+                   f"({cfg.fusion.stride}) when rl.sac_inputs is fusion")
         _check(self.workers >= 0, f"rl.workers must be >= 0, got {self.workers}")
         _check(0 <= self.gamma <= 1 and 0 <= self.eps_end <= self.eps_start <= 1,
                "rl.gamma in [0, 1] and 0 <= rl.eps_end <= rl.eps_start <= 1")

@@ -83,9 +83,10 @@ class FusionNet(nn.Module):
     def channel_embedding(self) -> torch.Tensor:
         return self.place(self.xyz) if self.xyz is not None else self.place.weight
 
-    def forward(self, x: torch.Tensor):
-        """x (batch, n_chans, n_tokens, n_features) -> time logits (batch, n_tokens),
-        trial logits (batch,), channel attention (batch, n_tokens, n_chans)."""
+    def tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (batch, n_chans, n_tokens, n_features) -> the fused per-token embeddings
+        (batch, n_tokens, d) that the heads read, and the channel attention
+        (batch * n_tokens, n_chans)."""
         b, c, t, _ = x.shape
         h = self.inp(x) + self.channel_embedding()[None, :, None]
         h = h.transpose(1, 2).reshape(b * t, c, -1)
@@ -94,7 +95,13 @@ class FusionNet(nn.Module):
         z = (att[..., None] * h).sum(1).reshape(b, t, -1).transpose(1, 2)
         for conv, norm in zip(self.temporal, self.norms):
             z = z + self.drop(F.gelu(norm(conv(z))))
-        z = z.transpose(1, 2)
+        return z.transpose(1, 2), att
+
+    def forward(self, x: torch.Tensor):
+        """x (batch, n_chans, n_tokens, n_features) -> time logits (batch, n_tokens),
+        trial logits (batch,), channel attention (batch, n_tokens, n_chans)."""
+        b, c, t, _ = x.shape
+        z, att = self.tokens(x)
         time_logit = self.time_head(z)[..., 0]
         trial_logit = self.trial_head(z[:, self.window[0]:self.window[1]].mean(1))[..., 0]
         return time_logit, trial_logit, att.reshape(b, t, c)
@@ -235,3 +242,16 @@ def predict(model: "FusionNet | TunedFusion", x: np.ndarray, batch: int = 128):
             outs.append([o.cpu().numpy() for o in model(torch.from_numpy(
                 np.ascontiguousarray(x[i:i + batch])).to(dev))])
     return tuple(np.concatenate([o[j] for o in outs]) for j in range(3))
+
+
+def fused_tokens(model: FusionNet, x: np.ndarray, batch: int = 128) -> np.ndarray:
+    """The fused per-token embeddings (n, n_tokens, d) of one participant's trials
+    (:meth:`FusionNet.tokens`, no gradients; stage 05's SAC reads them)."""
+    model.eval()
+    dev = next(model.parameters()).device
+    out = [np.zeros((0, x.shape[2], model.time_head.in_features), np.float32)]
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            out.append(model.tokens(torch.from_numpy(np.ascontiguousarray(
+                x[i:i + batch], dtype=np.float32)).to(dev))[0].cpu().numpy())
+    return np.concatenate(out)

@@ -240,3 +240,85 @@ def load_encoder(folder: str | Path) -> ChannelEncoder:
     enc = ChannelEncoder(EncoderConfig(**info["encoder"]))
     enc.load_state_dict(state)
     return enc
+
+
+# ------------------------------------------------------------------ shared token cache
+class TokenCache:
+    """The stage-02 encoder's per-token embeddings of every trial of every participant,
+    averaged to tokens of ``stride`` samples: one memory-mapped ``.npy`` per participant,
+    shape (n_trials, n_chans, n_times // stride, d_model), computed once per run.
+
+    Stage 04 (its ``mae`` variant) and stage 05 (the SAC's prototypes) read the same
+    embeddings; before this cache each fold worker of stage 04 and stage 05's process
+    encoded all ~13 k trials again. Label-free: nothing here sees a label. The folder
+    ``<out>/cache/mae_tokens_s<stride>/<key>`` is named by the MAE's fingerprint, the
+    band features' key and the stride; stale folders of the same stride are removed.
+    """
+
+    def __init__(self, out, mae_fingerprint: str, band_key: str, stride: int):
+        import hashlib
+        import json
+
+        self.stride = int(stride)
+        self.key = hashlib.sha256(json.dumps(
+            [mae_fingerprint, band_key, self.stride]).encode()).hexdigest()[:16]
+        self.root = Path(out) / "cache" / f"mae_tokens_s{self.stride}"
+        self.dir = self.root / self.key
+
+    def path(self, subject: int) -> Path:
+        return self.dir / f"S{subject}.npy"
+
+    def missing(self, subjects) -> list:
+        return [s for s in subjects if not self.path(s).is_file()]
+
+    @classmethod
+    def for_run(cls, out, band, subjects, stride: int, progress: bool = True,
+                build: bool = True) -> "TokenCache":
+        """The run's cache at ``stride`` for the stage-02 MAE in ``<out>/02_mae``
+        (``band``: the :class:`~sleepemo.features.BandFeatureCache` it was trained on),
+        its missing participants encoded when ``build`` (call it in a stage's own process,
+        before fold workers start: they then only read)."""
+        import shutil
+
+        import numpy as np
+
+        from ..features import pool_time
+        from ..io import write_npy
+        from ..progress import bar
+        from ..stage import stage_dir
+
+        folder = stage_dir(out, "mae")
+        info = load_mae_weights(folder)[2]  # a clear error if stage 02 has not run
+        if info.get("band_cache") != band.key:
+            raise FileNotFoundError(f"{folder} was trained on other band features than the "
+                                    "current mae: settings; run src/02_pretrain_mae.py again")
+        if "stride" not in info:
+            raise FileNotFoundError(f"{folder}/run.json has no token stride (an older stage "
+                                    "02): run src/02_pretrain_mae.py again")
+        mstride = int(info["stride"])
+        if stride % mstride:
+            raise ValueError(f"token stride {stride} is not a multiple of the MAE's {mstride}")
+        cache = cls(out, info["fingerprint"], band.key, stride)
+        todo = cache.missing(subjects)
+        if not build or not todo:
+            return cache
+        if cache.root.is_dir():
+            for stale in cache.root.iterdir():
+                if stale.is_dir() and stale.name != cache.key:
+                    shutil.rmtree(stale)
+        enc = load_encoder(folder)
+        for s in bar(todo, desc="MAE token embeddings", unit="participant", enabled=progress):
+            x = pool_time(np.asarray(band.load(s), np.float32), mstride)
+            write_npy(cache.path(s), np.ascontiguousarray(
+                pool_time(encode_tokens(enc, x), stride // mstride), dtype=np.float32))
+        return cache
+
+    def load(self, subject: int):
+        """Memory-mapped embeddings of one participant."""
+        import numpy as np
+
+        path = self.path(subject)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: MAE token embeddings not built (the stage's "
+                                    "process builds them before its fold workers start)")
+        return np.load(path, mmap_mode="r")

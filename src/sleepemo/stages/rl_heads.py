@@ -18,10 +18,12 @@ Two heads (``rl.heads``), each beside a supervised twin on the same inputs and b
 
 **SAC** (after EEGDancer, :mod:`sleepemo.rl.sac`):
 
-1. emotion prototypes, once per run and label-free: a VQ codebook over the frozen stage-02
-   MAE's per-token embeddings (all channels; tokens of ``rl.sac_stride`` samples), trained
-   by masked temporal modelling (``prototypes.pt``); every trial becomes a sequence of
-   code vectors;
+1. emotion prototypes, label-free (:class:`SacSource`): a VQ codebook trained by masked
+   temporal modelling over fold k's stage-04 fused per-token embeddings (``rl.sac_inputs:
+   fusion``, variant ``rl.sac_fusion``; ``prototypes_fold<k>.pt``), or, when stage 04
+   has no such result or with ``rl.sac_inputs: mae``, once per run over the frozen
+   stage-02 MAE's embeddings of all channels (``prototypes.pt``); tokens of
+   ``rl.sac_stride`` samples; every trial becomes a sequence of code vectors;
 2. per fold k, the same inner split; the smoothness weight lambda is chosen among
    ``rl.sac_lambdas`` by the twin's score on the inner participants (the competition
    metric); SAC learns ``rl.sac_env_steps`` steps of one-trial trajectories
@@ -32,7 +34,8 @@ Two heads (``rl.heads``), each beside a supervised twin on the same inputs and b
 Results ``rl_dqn``, ``rl_dqn_twin``, ``rl_sac``, ``rl_sac_twin`` (``_shuffled`` with
 ``rl.shuffle_labels``) through the predictions contract; ``<out>/05_rl_heads/``: per result
 ``fold<k>.npz`` and the assembled arrays; ``rl_fold<k>.pt`` and ``sac_fold<k>.pt`` (the
-networks' weights as tensors and the curves: the resume points), ``prototypes.pt``,
+networks' weights as tensors and the curves: the resume points), the prototypes (with
+their records, ``.json``),
 ``learning_curves.png``, ``metrics.json``, ``evidence.md``. Folds run in
 ``rl.workers`` processes (:mod:`sleepemo.parallel`).
 """
@@ -273,39 +276,87 @@ def _sac_callback(cfg: RLConfig, codes: dict, inner_labels: dict, curves: dict, 
     return Curves()
 
 
-def sac_codes(stage: Stage, ds, folds) -> tuple[dict, dict]:
+class SacSource:
+    """What the SAC's prototypes quantise (``rl.sac_inputs``): fold k's stage-04 fused
+    per-token embeddings (:class:`~sleepemo.stages.train_fusion.FusedTokens` of variant
+    ``rl.sac_fusion``: prototypes per fold), or the stage-02 MAE's embeddings of all
+    channels (one set of prototypes per run), which are also the fall-back when stage 04
+    has no such result. Everything here is label-free."""
+
+    def __init__(self, stage: Stage, ds, folds):
+        from ..models.mae import load_mae_weights
+        from ..stage import stage_dir
+        from .train_fusion import FusedTokens
+
+        self.stage, self.ds, self.folds = stage, ds, folds
+        cfg = stage.cfg.rl
+        self.mae_fp = load_mae_weights(stage_dir(stage.out, "mae"))[2]["fingerprint"]
+        self.fused = None
+        if cfg.sac_inputs == "fusion":
+            fused = FusedTokens(stage, ds, folds, cfg.sac_fusion)
+            self.fused = fused if fused.result is not None else None
+
+    @property
+    def name(self) -> str:
+        return f"fusion_{self.stage.cfg.rl.sac_fusion}" if self.fused else "mae"
+
+    @property
+    def key(self) -> str:
+        """Identifies the embeddings (in the SAC's fingerprint)."""
+        return f"fusion:{self.fused.key}" if self.fused else f"mae:{self.mae_fp}"
+
+    def note(self) -> str | None:
+        """Why the MAE's embeddings are used though the fused ones were asked for."""
+        cfg = self.stage.cfg.rl
+        if cfg.sac_inputs == "fusion" and self.fused is None:
+            return (f"stage 04 has no finished fusion_{cfg.sac_fusion}: the SAC's prototypes "
+                    "use the MAE's embeddings")
+        return None
+
+    def prepare(self) -> None:
+        """Build the run-level caches the folds read (in the stage's own process)."""
+        if self.fused:
+            self.fused.prepare()
+        else:
+            self.mae_embeddings()
+
+    def mae_embeddings(self) -> dict:
+        """participant -> (n_trials, n_decisions, n_chans * d) from the MAE token cache."""
+        from ..features import BandFeatureCache
+        from ..models.mae import TokenCache
+
+        cfg, mcfg, folds = self.stage.cfg.rl, self.stage.cfg.mae, self.folds
+        band = BandFeatureCache.for_run(self.stage.out, self.ds, folds, mcfg.bands,
+                                        mcfg.feature, self.stage.progress,
+                                        evoked=mcfg.evoked())
+        subjects = list(folds.train_subjects) + list(folds.test_subjects)
+        cache = TokenCache.for_run(self.stage.out, band, subjects, cfg.sac_stride,
+                                   self.stage.progress)
+        out = {}
+        for s in subjects:
+            e = np.asarray(cache.load(s))
+            out[s] = np.ascontiguousarray(e.transpose(0, 2, 1, 3).reshape(
+                e.shape[0], e.shape[2], -1))
+        return out
+
+    def fused_embeddings(self, k: int) -> dict:
+        """participant -> (n_trials, n_decisions, d) from fold k's fusion."""
+        from ..features import pool_time
+
+        ratio = self.stage.cfg.rl.sac_stride // self.stage.cfg.fusion.stride
+        return {s: pool_time(e, ratio) for s, e in self.fused.fold(k).items()}
+
+
+def prototype_codes(stage: Stage, emb: dict, fp: str, path, seed: int
+                    ) -> tuple[dict, dict]:
     """Every participant's code vectors (n_trials, n_decisions, rl.sac_dim) and the
-    prototypes' record: trained once per run on unlabelled trials (the stage-02 MAE's
-    embeddings), kept in ``prototypes.pt`` and loaded from it when its fingerprint
-    matches (fold workers load what the stage's process trained)."""
-    from ..features import BandFeatureCache, pool_time
-    from ..models.mae import encode_tokens, load_encoder, load_mae_weights
+    prototypes' record, from prototypes trained on unlabelled trials of ``emb``
+    (participant -> (n_trials, n_decisions, n_in)), kept in ``path`` (loaded from it
+    when its fingerprint ``fp`` matches) with the record beside it (``.json``)."""
+    from ..io import write_json
     from ..rl.sac import Prototypes, code_vectors, train_prototypes
-    from ..stage import stage_dir
 
-    cfg, mcfg, seed = stage.cfg.rl, stage.cfg.mae, stage.cfg.seed
-    folder = stage_dir(stage.out, "mae")
-    info = load_mae_weights(folder)[2]  # a clear error if stage 02 has not run
-    band = BandFeatureCache.for_run(stage.out, ds, folds, mcfg.bands, mcfg.feature,
-                                    stage.progress, evoked=mcfg.evoked())
-    if info.get("band_cache") != band.key:
-        raise FileNotFoundError(f"{folder} was trained on other band features than the "
-                                "current mae: settings; run src/02_pretrain_mae.py again")
-    enc = load_encoder(folder)
-    subjects = list(folds.train_subjects) + list(folds.test_subjects)
-
-    def embeddings(s):  # (n_trials, n_decisions, n_chans * d), label-free
-        e = encode_tokens(enc, pool_time(np.asarray(band.load(s), np.float32), mcfg.stride))
-        e = pool_time(e, cfg.sac_stride // mcfg.stride)
-        return np.ascontiguousarray(e.transpose(0, 2, 1, 3).reshape(*e.shape[:1],
-                                                                     e.shape[2], -1))
-
-    emb = {s: embeddings(s) for s in bar(subjects, desc="SAC: MAE embeddings",
-                                         enabled=stage.progress, leave=False)}
-    fp = fingerprint(stage="rl_prototypes", seed=seed, mae=info["fingerprint"],
-                     rl=fields_affecting(cfg, "weights"), data=folds.data_fingerprint,
-                     code=code_hash())
-    path = stage.dir / "prototypes.pt"
+    cfg = stage.cfg.rl
     state = load_checkpoint(path, fp)
     n_in = next(iter(emb.values())).shape[-1]
     if state is not None:
@@ -317,7 +368,7 @@ def sac_codes(stage: Stage, ds, folds) -> tuple[dict, dict]:
         sample = [e[rng.choice(len(e), size=min(cfg.proto_trials, len(e)), replace=False)]
                   for e in emb.values()]
         prog = bar(total=cfg.proto_steps, desc="SAC: prototypes (masked modelling)",
-                   unit="step", enabled=stage.progress)
+                   unit="step", enabled=stage.progress, leave=False)
         model, losses = train_prototypes(sample, cfg, seed, lambda: prog.update(1))
         prog.close()
         save_checkpoint(path, {"model": model.state_dict(),
@@ -330,7 +381,19 @@ def sac_codes(stage: Stage, ds, folds) -> tuple[dict, dict]:
               "loss_last": losses[-1] if losses else None,
               "codes_used": int((used > 0).sum()), "codebook": cfg.codebook,
               "n_decisions": int(next(iter(codes.values())).shape[1])}
+    write_json(path.with_suffix(".json"), {"fingerprint": fp, **record})
     return codes, record
+
+
+def prototypes_fp(stage: Stage, source: SacSource, data: str, k: int | None) -> str:
+    cfg = stage.cfg.rl
+    return fingerprint(stage="rl_prototypes", seed=stage.cfg.seed, source=source.key,
+                       fold=k, rl=fields_affecting(cfg, "weights"), data=data,
+                       code=code_hash())
+
+
+def prototypes_path(stage: Stage, k: int | None):
+    return stage.dir / ("prototypes.pt" if k is None else f"prototypes_fold{k}.pt")
 
 
 # ------------------------------------------------------------------ the stage
@@ -343,15 +406,16 @@ SAC_ONLY = ("sac_", "proto_", "codebook")
 SHARED = ("n_inner_val", "lr", "batch_size", "buffer_size", "shuffle_labels")
 
 
-def head_fingerprint(cfg: RLConfig, head: str, seed: int, data: str, mae: str | None
+def head_fingerprint(cfg: RLConfig, head: str, seed: int, data: str, source: str | None
                      ) -> str:
     """What a head's results depend on: its own settings (changing the SAC's does not
-    retrain the DQN), the seed, the data, the code and, for the SAC, the MAE."""
+    retrain the DQN), the seed, the data, the code and, for the SAC, its embeddings'
+    source (:attr:`SacSource.key`)."""
     fields = fields_affecting(cfg, "weights")
     own = {k: v for k, v in fields.items()
            if (k.startswith(SAC_ONLY) == (head == "sac")) or k in SHARED}
     return fingerprint(stage="rl_heads", head=head, seed=seed, rl=own, data=data,
-                       mae=mae if head == "sac" else None, code=code_hash())
+                       mae=source if head == "sac" else None, code=code_hash())
 
 
 @dataclasses.dataclass
@@ -364,6 +428,7 @@ class FoldState:
     folds: object
     fps: dict      # head -> fingerprint
     writers: dict  # result -> ResultWriter
+    source: SacSource | None = None  # the SAC's embeddings
 
     def done(self, k: int, head: str | None = None) -> bool:
         return all(w.fold_done(k) for n, w in self.writers.items()
@@ -380,26 +445,34 @@ class FoldState:
                 for s in bar(subjects, desc="RL signals", enabled=self.stage.progress)}
 
     @functools.cached_property
-    def sac(self) -> tuple[dict, dict]:
-        """(code vectors per participant, the prototypes' record): :func:`sac_codes`."""
-        return sac_codes(self.stage, self.ds, self.folds)
+    def run_codes(self) -> tuple[dict, dict]:
+        """(code vectors per participant, record) of the run-level prototypes (MAE)."""
+        return prototype_codes(self.stage, self.source.mae_embeddings(), prototypes_fp(
+            self.stage, self.source, self.folds.data_fingerprint, None),
+            prototypes_path(self.stage, None), self.stage.cfg.seed)
+
+    def sac_codes(self, k: int) -> dict:
+        """Fold k's code vectors: from fold k's prototypes over fold k's fused tokens,
+        or from the run's prototypes over the MAE's embeddings."""
+        if self.source.fused is None:
+            return self.run_codes[0]
+        return prototype_codes(
+            self.stage, self.source.fused_embeddings(k),
+            prototypes_fp(self.stage, self.source, self.folds.data_fingerprint, k),
+            prototypes_path(self.stage, k), self.stage.cfg.seed * 1000 + k + 1)[0]
 
 
 def fold_state(stage: Stage) -> FoldState:
-    """The data and one result writer per head and twin."""
+    """The data, the SAC's embeddings' source and one result writer per head and twin."""
     cfg, seed = stage.cfg.rl, stage.cfg.seed
     ds = stage.dataset()
     folds = stage.folds(ds)
-    mae = None
-    if "sac" in cfg.heads:
-        from ..models.mae import load_mae_weights
-        from ..stage import stage_dir
-
-        mae = load_mae_weights(stage_dir(stage.out, "mae"))[2]["fingerprint"]
-    fps = {h: head_fingerprint(cfg, h, seed, folds.data_fingerprint, mae) for h in cfg.heads}
+    source = SacSource(stage, ds, folds) if "sac" in cfg.heads else None
+    fps = {h: head_fingerprint(cfg, h, seed, folds.data_fingerprint,
+                               source.key if source else None) for h in cfg.heads}
     writers = {n: ResultWriter(stage.out, stage.spec.name, output_name(cfg, n), fps[h], folds)
                for h in cfg.heads for n in (h, f"{h}_twin")}
-    return FoldState(stage, ds, folds, fps, writers)
+    return FoldState(stage, ds, folds, fps, writers, source)
 
 
 def steps_per_fold(cfg: RLConfig) -> dict:
@@ -419,7 +492,7 @@ def train_fold(state: FoldState, k: int, step) -> dict:
             continue
         t0 = time.perf_counter()
         fit, data = {"dqn": (run_fold, lambda: state.signals),
-                     "sac": (run_sac_fold, lambda: state.sac[0])}[head]
+                     "sac": (run_sac_fold, lambda: state.sac_codes(k))}[head]
         parts = fit(cfg, data(), labels, folds.held_out(k), folds.test_subjects, k, seed,
                     ds.n_times, stage.dir / f"{'rl' if head == 'dqn' else head}_fold{k}.pt",
                     state.fps[head], step)
@@ -437,7 +510,12 @@ def run(stage: Stage) -> StageOutput:
     pending = [k for k in range(folds.n_folds) if not state.done(k)]
     steps = steps_per_fold(cfg)
     if "sac" in cfg.heads:
-        state.sac  # the prototypes: trained here, once, before any fold worker starts
+        if state.source.note():
+            stage.log(state.source.note())
+        if any(not state.done(k, "sac") for k in pending):
+            state.source.prepare()  # the caches: built here, before any fold worker starts
+            if state.source.fused is None:
+                state.run_codes  # the run's prototypes: trained here, once
     progress = bar(total=folds.n_folds * sum(steps.values()),
                    desc="RL: LOPO folds x env steps", unit="step", enabled=stage.progress)
     progress.update(sum(steps[h] for k in range(folds.n_folds) for h in cfg.heads
@@ -449,8 +527,39 @@ def run(stage: Stage) -> StageOutput:
                                             config=dataclasses.asdict(cfg),
                                             meta={"registry": "rl", "head": n})
                 for n, w in writers.items()}
-    record = state.sac[1] if "sac" in cfg.heads else None
+    record = prototype_record(state) if "sac" in cfg.heads else None
     return _report(stage, finished, writers, seconds, record)
+
+
+def prototype_record(state: FoldState) -> dict:
+    """The prototypes' records (written beside their checkpoints) of this run: one, or
+    one per fold; codes in use and losses as ranges over folds."""
+    from ..io import read_json
+
+    stage, data = state.stage, state.folds.data_fingerprint
+    ks = [None] if state.source.fused is None else range(state.folds.n_folds)
+    recs = []
+    for k in ks:
+        path = prototypes_path(stage, k).with_suffix(".json")
+        rec = read_json(path) if path.is_file() else {}
+        if rec.get("fingerprint") != prototypes_fp(stage, state.source, data, k):
+            if k is None:  # (a run from before the record was kept)
+                rec = state.run_codes[1]
+            else:
+                raise FileNotFoundError(f"{path}: fold {k}'s prototypes' record is missing "
+                                        "or of another run; run src/05_rl_heads.py again")
+        recs.append(rec)
+
+    return {"source": state.source.name, "per_fold": state.source.fused is not None,
+            "codebook": recs[0]["codebook"], "n_decisions": recs[0]["n_decisions"],
+            **{key: [r[key] for r in recs] for key in ("codes_used", "loss_first",
+                                                       "loss_last")}}
+
+
+def _span(values: list, fmt: str) -> str:
+    """``lo-hi`` of a list of numbers (one number when they agree)."""
+    lo, hi = format(min(values), fmt), format(max(values), fmt)
+    return lo if lo == hi else f"{lo}-{hi}"
 
 
 def _report(stage: Stage, finished: dict, writers: dict, seconds: dict,
@@ -501,17 +610,20 @@ def _report(stage: Stage, finished: dict, writers: dict, seconds: dict,
                                          for k, v in sorted(parts["sac"].items())}
     what = {"dqn": "DQN after RLEEGNet (trial features, CSP fitted in the fold) and its "
                    "CNN-LSTM twin",
-            "sac": "SAC after EEGDancer (per-token decisions over VQ prototypes of the MAE's "
-                   "embeddings) and its GRU twin"}
+            "sac": "SAC after EEGDancer (per-token decisions over VQ prototypes) and its "
+                   "GRU twin"}
     lines = [f"- {what[h]}: {steps[h][0]} environment steps and {steps[h][1]} gradient "
              f"steps of {cfg.batch_size} decisions per fold; the twin as many gradient "
              "steps." for h in cfg.heads]
     if cfg.shuffle_labels:
         lines.append("- **Labels shuffled** (leakage alarm).")
     if record:
-        lines.append(f"- Prototypes: {record['codes_used']} of {record['codebook']} codes "
-                     f"in use, {record['n_decisions']} decisions per trial; masked-modelling "
-                     f"loss {record['loss_first']:.3f} -> {record['loss_last']:.3f}. "
+        where = ("per fold, over fold k's stage-04 `" + record["source"] + "` fused tokens"
+                 if record["per_fold"] else "once per run, over the MAE's embeddings")
+        lines.append(f"- Prototypes ({where}): {_span(record['codes_used'], 'd')} of "
+                     f"{record['codebook']} codes in use, {record['n_decisions']} decisions "
+                     f"per trial; masked-modelling loss {_span(record['loss_first'], '.3f')}"
+                     f" -> {_span(record['loss_last'], '.3f')}. "
                      "Smoothness lambda chosen per fold (by the twin on the inner "
                      "participants): " + ", ".join(
                          f"{v:g}" for v in metrics["sac_lambda_by_fold"].values()) + ".")

@@ -54,9 +54,9 @@ from ..features import BandFeatureCache, pool_time
 from ..folds import balanced
 from ..metric import window_auc
 from ..models.experts import embed_tokens
-from ..models.fusion import (FusionNet, TunedFusion, electrode_positions, fusion_loss,
-                             predict, standardise)
-from ..models.mae import encode_tokens, load_encoder, load_mae_weights
+from ..models.fusion import (FusionNet, TunedFusion, electrode_positions, fused_tokens,
+                             fusion_loss, predict, standardise)
+from ..models.mae import TokenCache, load_mae_weights
 from ..parallel import run_folds
 from ..progress import bar
 from ..report import plot_curves, plot_topomaps, results_table, to_markdown
@@ -174,16 +174,15 @@ class Inputs:
                                            self.cfg.stride // stride))
         return out
 
+    def mae_tokens(self) -> TokenCache:
+        """The stage-02 MAE's token embeddings at the fusion's token rate (a run-level
+        cache, built by the stage's process before fold workers start)."""
+        return TokenCache.for_run(self.stage.out, self.band, self.subjects, self.cfg.stride,
+                                  self.stage.progress)
+
     def _mae(self) -> dict:
-        folder = stage_dir(self.stage.out, "mae")
-        info = load_mae_weights(folder)[2]
-        if info.get("band_cache") != self.band.key:
-            raise FileNotFoundError(f"{folder} was trained on other band features than the "
-                                    "current mae: settings; run src/02_pretrain_mae.py again")
-        enc = load_encoder(folder).to(self.stage.device)
-        stride = self.mcfg.stride
-        return {s: standardise(pool_time(encode_tokens(enc, self._pooled(
-            self.band, s, stride)), self.cfg.stride // stride)) for s in self.subjects}
+        cache = self.mae_tokens()
+        return {s: standardise(np.asarray(cache.load(s))) for s in self.subjects}
 
     def _raw(self) -> dict:
         n_bands = len(self.mcfg.bands)  # without the MAE's evoked tokens, if it has them
@@ -208,6 +207,18 @@ class Inputs:
         ev = {s: x[keep[s]] if s in keep else x for s, x in self.evoked().items()}
         return {s: np.concatenate([base[s], ev[s]], axis=-1) for s in self.subjects}
 
+    def full(self, v: str) -> dict:
+        """Variant ``v``'s input of every trial of every participant (variants whose
+        input does not depend on the fold: ``mae``, ``raw``)."""
+        kind, evoked, _ = VARIANTS[v]
+        if kind not in ("mae", "raw"):
+            raise ConfigError(f"fusion variant {v} reads fold-specific experts: only the "
+                              "mae and raw variants have one input for every fold")
+        if kind not in self._kept:
+            self._kept[kind] = {"mae": self._mae, "raw": self._raw}[kind]()
+        base, ev = self._kept[kind], self.evoked() if evoked else None
+        return {s: np.concatenate([x, ev[s]], -1) if evoked else x for s, x in base.items()}
+
     def labels(self, k: int, shuffle: bool = False) -> dict:
         """Fold k's training labels (:meth:`Folds.labels_of`) of the kept trials."""
         keep = self.keep(k)
@@ -222,6 +233,70 @@ def to_timepoints(token_logits: np.ndarray, n_times: int) -> np.ndarray:
     if t.shape[-1] != n_times:
         t = F.interpolate(t, size=n_times, mode="linear", align_corners=False)
     return torch.sigmoid(t[:, 0]).numpy().astype(np.float32)
+
+
+def token_window(cfg: FusionConfig) -> tuple[int, int]:
+    """The trial head's window in tokens."""
+    return cfg.window[0] // cfg.stride, -(-cfg.window[1] // cfg.stride)
+
+
+def new_model(cfg: FusionConfig, n_feat: int, n_chans: int, positions=None) -> FusionNet:
+    return FusionNet(n_feat, n_chans, positions, cfg.d_model, cfg.n_heads, cfg.n_temporal,
+                     cfg.kernel, token_window(cfg), cfg.dropout)
+
+
+class FusedTokens:
+    """Stage 04's fused per-token embeddings (:func:`fused_tokens`) of a finished
+    variant (``mae`` or ``raw``: inputs shared by every fold): :meth:`fold` gives fold
+    k's, from fold k's trained fusion, for every trial of every participant. Stage 05's
+    SAC builds its prototypes on them. Fold k's fusion was trained on fold k's training
+    labels only, so its embeddings of the held-out participant carry no held-out label.
+    """
+
+    def __init__(self, stage: Stage, ds, folds, variant: str):
+        self.stage, self.ds, self.folds, self.variant = stage, ds, folds, variant
+        if VARIANTS[variant][0] not in ("mae", "raw"):
+            raise ConfigError(f"fusion variant {variant} reads fold-specific experts; the "
+                              "SAC reads the fused tokens of a mae or raw variant")
+        name = output_name(dataclasses.replace(stage.cfg.fusion, shuffle_labels=False),
+                           variant)
+        found = [r for r in results(stage.out, "fusion") if r.name == name]
+        self.result = found[0] if found else None
+        self._inputs = None
+
+    @property
+    def key(self) -> str | None:
+        """The stage-04 result's fingerprint; None when it is absent."""
+        return None if self.result is None else self.result.fingerprint
+
+    def prepare(self) -> None:
+        """Build the run-level caches of the variant's inputs (in a stage's own process,
+        before its fold workers start)."""
+        inputs = Inputs(self.stage, self.ds, self.folds)
+        inputs.band
+        if VARIANTS[self.variant][1]:
+            inputs.evoked_cache
+        if VARIANTS[self.variant][0] == "mae":
+            inputs.mae_tokens()
+
+    def fold(self, k: int) -> dict:
+        """participant -> (n_trials, n_tokens, d) from fold k's fusion."""
+        if self.result is None:
+            raise FileNotFoundError(f"no finished stage-04 result fusion_{self.variant} in "
+                                    f"{stage_dir(self.stage.out, 'fusion')}")
+        if self._inputs is None:
+            self._inputs = Inputs(self.stage, self.ds, self.folds).full(self.variant)
+        cfg = self.stage.cfg.fusion
+        path = self.result.folder / f"fold{k}.pt"
+        state = load_checkpoint(path, self.key, self.stage.device)
+        if state is None:
+            raise FileNotFoundError(f"{path}: fold {k}'s fusion is missing or of another "
+                                    "run; run src/04_fusion.py again")
+        x0 = next(iter(self._inputs.values()))
+        model = new_model(cfg, x0.shape[-1], x0.shape[1], electrode_positions(
+            self.ds.ch_names)).to(self.stage.device)
+        model.load_state_dict(state["model"])
+        return {s: fused_tokens(model, x, cfg.predict_batch) for s, x in self._inputs.items()}
 
 
 def inner_score(model: FusionNet, inputs: dict, labels: dict, picks: dict,
@@ -253,7 +328,7 @@ def run_fold(cfg: FusionConfig, variant: str, inputs: dict, labels: dict, held: 
     picks = {s: np.sort(rng.choice(len(labels[s]), size=min(cfg.eval_trials, len(labels[s])),
                                    replace=False)) for s in inner}
     n_chans, n_tokens, n_feat = next(iter(inputs.values())).shape[1:]
-    window = (cfg.window[0] // cfg.stride, -(-cfg.window[1] // cfg.stride))
+    window = token_window(cfg)
     tuned = VARIANTS[variant][0] == "experts_tuned"
     if tuned:
         if experts is None:
@@ -262,8 +337,7 @@ def run_fold(cfg: FusionConfig, variant: str, inputs: dict, labels: dict, held: 
         ratio = n_tokens * cfg.stride // n_times
         n_feat = experts["encoder.embed.weight"].shape[1] + n_feat - n_in
     torch.manual_seed(seed * 1000 + k)
-    model = FusionNet(n_feat, n_chans, positions, cfg.d_model, cfg.n_heads, cfg.n_temporal,
-                      cfg.kernel, window, cfg.dropout)
+    model = new_model(cfg, n_feat, n_chans, positions)
     if tuned:
         model = TunedFusion(experts, n_heads, n_in, ratio, model)
     model = model.to(device)
@@ -398,6 +472,9 @@ def run(stage: Stage) -> StageOutput:
                    desc="fusion: LOPO folds x steps", unit="step", enabled=stage.progress)
     progress.update(cfg.steps * sum(w.fold_done(k) for k in range(folds.n_folds)
                                     for w in writers.values()))
+    if any(VARIANTS[v][0] == "mae" and not w.fold_done(k) for v, w in writers.items()
+           for k in todo):
+        state.inputs.mae_tokens()  # built here, once, not by every fold worker
     done = run_folds(stage, todo, fold_state, train_fold, cfg.workers, progress, state)
     progress.close()
     seconds = {v: [s[v] for s in done.values() if v in s] for v in cfg.variants}
