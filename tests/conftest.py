@@ -59,7 +59,7 @@ def stage_with_random_mae(name: str, out, data_dir, sets=()):
                            cfg.mae.bands, cfg.mae.feature).key
     save_encoder(MaskedAutoencoder(enc_cfg), stage_dir(out, "mae"), {
         "fingerprint": "random-mae-for-tests", "encoder": dataclasses.asdict(enc_cfg),
-        "band_cache": key, "stride": cfg.mae.stride})
+        "band_cache": key, "config": {"stride": cfg.mae.stride}})  # as stage 02 writes
     return open_stage(name, cfg, data_dir, out, progress=False, log=lambda m: None), ds, folds
 
 

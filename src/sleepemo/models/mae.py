@@ -292,10 +292,11 @@ class TokenCache:
         if info.get("band_cache") != band.key:
             raise FileNotFoundError(f"{folder} was trained on other band features than the "
                                     "current mae: settings; run src/02_pretrain_mae.py again")
-        if "stride" not in info:
-            raise FileNotFoundError(f"{folder}/run.json has no token stride (an older stage "
+        mstride = info.get("config", {}).get("stride")  # the mae: section it was trained by
+        if mstride is None:
+            raise FileNotFoundError(f"{folder}/run.json has no config.stride (an older stage "
                                     "02): run src/02_pretrain_mae.py again")
-        mstride = int(info["stride"])
+        mstride = int(mstride)
         if stride % mstride:
             raise ValueError(f"token stride {stride} is not a multiple of the MAE's {mstride}")
         cache = cls(out, info["fingerprint"], band.key, stride)
