@@ -228,7 +228,8 @@ def test_missing_experts_is_a_clear_error(smoke_dir, tmp_path):
 def test_held_out_labels_never_reach_the_fitted_fusion(fusion_run, variant):
     """Fold 0 with the held-out participant's labels flipped gives bit-identical
     outputs, and a label dict that includes the held-out participant is refused."""
-    from sleepemo.stages.train_fusion import Inputs, run_fold
+    from sleepemo.fusion_inputs import Inputs
+    from sleepemo.stages.train_fusion import run_fold
 
     stage, ds, folds, _ = fusion_run
     torch.set_num_threads(1)
@@ -259,7 +260,7 @@ def test_fine_tuned_experts_start_as_the_frozen_ones_and_are_trained(fusion_run)
     experts variant does (embeddings z-scored per participant, evoked tokens); the
     stage's fold checkpoints hold experts that moved away from stage 03's."""
     from sleepemo.models.fusion import TunedFusion
-    from sleepemo.stages.train_fusion import Inputs
+    from sleepemo.fusion_inputs import Inputs
 
     stage, ds, folds, _ = fusion_run
     source = Inputs(stage, ds, folds)
@@ -299,7 +300,7 @@ def test_label_shuffled_stage_scores_about_chance(medium_dir, tmp_path):
 def test_training_participants_keep_a_label_free_subset(smoke_dir, tmp_path):
     """At most ``fusion.train_trials`` per training participant, the same rows in every
     input and in the labels; the held-out and test participants keep every trial."""
-    from sleepemo.stages.train_fusion import Inputs
+    from sleepemo.fusion_inputs import Inputs
 
     stage, ds, folds = _stage(tmp_path, smoke_dir, **{"fusion.train_trials": "20"})
     source = Inputs(stage, ds, folds)

@@ -258,6 +258,9 @@ def test_stage_writes_every_head_through_the_contract_and_resumes(rl_run, monkey
     assert min(metrics["prototypes"]["codes_used"]) >= 1
     assert (run / "learning_curves.png").stat().st_size and (run / "prototypes.pt").is_file()
     assert "its twin" in (run / "evidence.md").read_text()
+    assert metrics["ensemble_candidates"] == {  # a head enters only if it beats its twin
+        h: metrics["lopo_window_auc"][f"rl_{h}"] > metrics["lopo_window_auc"][f"rl_{h}_twin"]
+        for h in ("dqn", "sac")}
     before = {n: np.load(run / n / "oof.npy") for n in names}
     for name in names:  # as if killed after fold 3's checkpoints were written
         (run / name / "fold3.npz").unlink()

@@ -278,7 +278,7 @@ def _sac_callback(cfg: RLConfig, codes: dict, inner_labels: dict, curves: dict, 
 
 class SacSource:
     """What the SAC's prototypes quantise (``rl.sac_inputs``): fold k's stage-04 fused
-    per-token embeddings (:class:`~sleepemo.stages.train_fusion.FusedTokens` of variant
+    per-token embeddings (:class:`~sleepemo.fusion_inputs.FusedTokens` of variant
     ``rl.sac_fusion``: prototypes per fold), or the stage-02 MAE's embeddings of all
     channels (one set of prototypes per run), which are also the fall-back when stage 04
     has no such result. Everything here is label-free."""
@@ -286,7 +286,7 @@ class SacSource:
     def __init__(self, stage: Stage, ds, folds):
         from ..models.mae import load_mae_weights
         from ..stage import stage_dir
-        from .train_fusion import FusedTokens
+        from ..fusion_inputs import FusedTokens
 
         self.stage, self.ds, self.folds = stage, ds, folds
         cfg = stage.cfg.rl
@@ -629,10 +629,12 @@ def _report(stage: Stage, finished: dict, writers: dict, seconds: dict,
                          f"{v:g}" for v in metrics["sac_lambda_by_fold"].values()) + ".")
     lines += ["", to_markdown(table.loc[[labels[n] for n in labels],
                                         ["stage", "overall", "window_ms", "diagnostic"]]), ""]
+    metrics["ensemble_candidates"] = {}  # head -> beats its twin (stage 06 reads it)
     for head in cfg.heads:
         a, b = labels.get(head), labels.get(f"{head}_twin")
         if a and b and not cfg.shuffle_labels:
-            beats = table.loc[a, "overall"] > table.loc[b, "overall"]
+            beats = bool(table.loc[a, "overall"] > table.loc[b, "overall"])
+            metrics["ensemble_candidates"][head] = beats
             lines.append(f"- `{a}` {'beats' if beats else 'does **not** beat'} its twin "
                          f"`{b}` ({table.loc[a, 'overall']:.4f} vs "
                          f"{table.loc[b, 'overall']:.4f}): "
