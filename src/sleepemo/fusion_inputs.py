@@ -172,10 +172,15 @@ class Inputs:
                 self._kept["experts"] = self._experts(k, keep)
                 self._kept["experts_fold"] = k
             return self._kept["experts"]
+        return {s: x[keep[s]] if s in keep else x for s, x in self._shared(kind).items()}
+
+    def _shared(self, kind: str) -> dict:
+        """Every trial's input ``kind`` for the kinds that are the same in every fold
+        (``mae``, ``raw``, ``experts_tuned``), built once and kept."""
         if kind not in self._kept:
             self._kept[kind] = {"mae": self._mae, "raw": self._raw,
                                 "experts_tuned": self._tuned}[kind]()
-        return {s: x[keep[s]] if s in keep else x for s, x in self._kept[kind].items()}
+        return self._kept[kind]
 
     def expert_params(self, k: int) -> dict:
         """Fold k's stage-03 experts: their stacked parameters."""
@@ -241,9 +246,7 @@ class Inputs:
         if kind not in ("mae", "raw"):
             raise ConfigError(f"fusion variant {v} reads fold-specific experts: only the "
                               "mae and raw variants have one input for every fold")
-        if kind not in self._kept:
-            self._kept[kind] = {"mae": self._mae, "raw": self._raw}[kind]()
-        base, ev = self._kept[kind], self.evoked() if evoked else None
+        base, ev = self._shared(kind), self.evoked() if evoked else None
         return {s: np.concatenate([x, ev[s]], -1) if evoked else x for s, x in base.items()}
 
     def labels(self, k: int, shuffle: bool = False) -> dict:

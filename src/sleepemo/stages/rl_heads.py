@@ -318,22 +318,28 @@ class SacSource:
         if self.fused:
             self.fused.prepare()
         else:
-            self.mae_embeddings()
+            self._mae_cache()
 
-    def mae_embeddings(self) -> dict:
-        """participant -> (n_trials, n_decisions, n_chans * d) from the MAE token cache."""
+    def _mae_cache(self):
+        """The MAE token cache at ``rl.sac_stride`` (built where missing)."""
         from ..features import BandFeatureCache
         from ..models.mae import TokenCache
 
-        cfg, mcfg, folds = self.stage.cfg.rl, self.stage.cfg.mae, self.folds
+        mcfg, folds = self.stage.cfg.mae, self.folds
         band = BandFeatureCache.for_run(self.stage.out, self.ds, folds, mcfg.bands,
                                         mcfg.feature, self.stage.progress,
                                         evoked=mcfg.evoked())
-        subjects = list(folds.train_subjects) + list(folds.test_subjects)
-        cache = TokenCache.for_run(self.stage.out, band, subjects, cfg.sac_stride,
-                                   self.stage.progress)
-        out = {}
-        for s in subjects:
+        return TokenCache.for_run(self.stage.out, band, self.subjects,
+                                  self.stage.cfg.rl.sac_stride, self.stage.progress)
+
+    @property
+    def subjects(self) -> list:
+        return list(self.folds.train_subjects) + list(self.folds.test_subjects)
+
+    def mae_embeddings(self) -> dict:
+        """participant -> (n_trials, n_decisions, n_chans * d) from the MAE token cache."""
+        cache, out = self._mae_cache(), {}
+        for s in self.subjects:
             e = np.asarray(cache.load(s))
             out[s] = np.ascontiguousarray(e.transpose(0, 2, 1, 3).reshape(
                 e.shape[0], e.shape[2], -1))
