@@ -164,8 +164,12 @@ def _stacked_ops(params):
             params[key + ".bias"][:, None, None]
 
     def linear(h, key):
-        return torch.einsum("ebtd,eod->ebto", h, params[key + ".weight"]) + \
-            params[key + ".bias"][:, None, None]
+        # one batched matmul per expert with the bias fused in: the same numbers as
+        # einsum + bias, ~1.4x faster for the whole encoder (bench/bench_fusion.py)
+        e, *lead, d = h.shape
+        w = params[key + ".weight"]
+        return torch.baddbmm(params[key + ".bias"][:, None], h.reshape(e, -1, d),
+                             w.transpose(1, 2)).reshape(e, *lead, w.shape[1])
     return norm, linear
 
 
