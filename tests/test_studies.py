@@ -267,6 +267,21 @@ def test_a_wrong_postgresql_password_is_not_printed(postgres_url):
     assert "Wrong-Pw-987" not in message and "optuna:***@127.0.0.1" in message
 
 
+def test_a_postgresql_password_can_come_from_a_pgpass_file(postgres_url, tmp_path,
+                                                           monkeypatch):
+    from sqlalchemy.engine import make_url
+
+    u = make_url(postgres_url)
+    bare = f"postgresql://{u.username}@{u.host}:{u.port}/{u.database}"
+    with pytest.raises(StudyError, match="no password supplied"):
+        open_study("pgpass", bare, 0)
+    pgpass = tmp_path / "pgpass"  # what README.md recommends, as ~/.pgpass
+    pgpass.write_text(f"{u.host}:{u.port}:{u.database}:{u.username}:{PG_PASSWORD}\n")
+    pgpass.chmod(0o600)
+    monkeypatch.setenv("PGPASSFILE", str(pgpass))
+    assert open_study("pgpass", bare, 0).study_name == "pgpass"
+
+
 # -- URLs --------------------------------------------------------------------------------
 
 def test_study_url_default_is_a_sqlite_file_in_the_folder(tmp_path):
