@@ -303,17 +303,15 @@ def _advance(progress, done: int) -> None:
 
 
 def _work(name: str, url: str, objective: Callable, n_trials: int, seed: int,
-          study_kwargs: dict, slots, stop, callbacks=()) -> int:
+          study_kwargs: dict, slots, stop, callbacks=()) -> None:
     """One worker: open the study with sampler seed ``seed`` and run trials while it can
-    claim them. Returns how many trials it ran."""
+    claim them and the study (other machines included) holds fewer than ``n_trials``."""
     study = open_study(name, url, seed, **study_kwargs)
-    if not _claim(slots, stop):
-        return 0
-    before = len(study.get_trials(deepcopy=False))
+    if n_finished(study) >= n_trials or not _claim(slots, stop):
+        return
     study.optimize(_Tagged(objective), gc_after_trial=False, callbacks=[
         optuna.study.MaxTrialsCallback(n_trials, states=FINISHED), _ClaimNext(slots, stop),
         *callbacks])
-    return len(study.get_trials(deepcopy=False)) - before
 
 
 def _open_worker(slots, stop) -> None:
@@ -323,8 +321,8 @@ def _open_worker(slots, stop) -> None:
     _STATE.update(slots=slots, stop=stop)
 
 
-def _pool_work(*args) -> int:
-    return _work(*args, slots=_STATE["slots"], stop=_STATE["stop"])
+def _pool_work(*args) -> None:
+    _work(*args, slots=_STATE["slots"], stop=_STATE["stop"])
 
 
 def optimize(name: str, url: str, objective: Callable, n_trials: int, n_workers: int,
