@@ -54,6 +54,7 @@ __all__ = [
     "credentials_help",
     "find_credentials",
     "kaggle_api",
+    "mask_secrets",
     "find_data_root",
     "safe_extract",
     "download_competition",
@@ -203,11 +204,16 @@ def _secret_values(env: Mapping[str, str] | None = None,
     return sorted({s for s in secrets if len(s) >= 6}, key=len, reverse=True)
 
 
-def _short_message(exc: BaseException) -> str:
-    """``"<ExceptionType>: <first 300 characters>"`` on one line, secrets masked."""
-    text = " ".join(str(exc).split())
+def mask_secrets(text: str) -> str:
+    """``text`` with every known Kaggle secret value replaced by ``***``."""
     for secret in _secret_values():
         text = text.replace(secret, "***")
+    return text
+
+
+def _short_message(exc: BaseException) -> str:
+    """``"<ExceptionType>: <first 300 characters>"`` on one line, secrets masked."""
+    text = mask_secrets(" ".join(str(exc).split()))
     if len(text) > _MAX_MESSAGE_CHARS:
         text = text[:_MAX_MESSAGE_CHARS - 3] + "..."
     name = type(exc).__name__
