@@ -410,3 +410,14 @@ def test_unknown_model_is_a_clear_error(finished_run, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: --model nope: no result 'nope'") and "starter" in err
     assert [p for p in subs.iterdir() if p.is_dir()] == [source]
+
+
+def test_relative_paths_in_the_summary_are_found(finished_run, monkeypatch, capsys):
+    """Stage 07 records --out and --data-dir as given (relative to where run.sh works)."""
+    subs, source, _, data = finished_run
+    summary = json.loads((source / "summary.json").read_text())
+    monkeypatch.chdir(subs.parent)
+    summary.update(artefacts="out", data_dir=os.path.relpath(data, subs.parent))
+    (source / "summary.json").write_text(json.dumps(summary))
+    assert run_main("--submissions", subs, "--model", "starter", "--dry-run") == 0
+    assert "model=starter" in capsys.readouterr().out

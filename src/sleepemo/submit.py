@@ -131,7 +131,7 @@ def _nested(run_dir: Path, summary: dict) -> float | None:
     under ``overall``); None when the run has no ensemble."""
     places = [run_dir]
     if summary.get("artefacts"):
-        places.append(Path(summary["artefacts"]))
+        places.append(_repo_path(summary["artefacts"]))
     for place in places:
         path = stage_dir(place, "ensemble") / "metrics.json"
         if not path.is_file():
@@ -173,7 +173,7 @@ def write_model_submission(run_dir: Path, summary: dict, model: str,
     for key in ("artefacts", "data_dir"):
         if not summary.get(key):
             raise SubmitUsageError(f"{run_dir / SUMMARY_NAME}: has no {key!r} entry")
-    artefacts = Path(summary["artefacts"])
+    artefacts = _repo_path(summary["artefacts"])
     try:
         result = find(artefacts, model)
     except KeyError as exc:
