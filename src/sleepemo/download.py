@@ -11,8 +11,9 @@ fails) calls the synthetic-data generator supplied by the caller.
 Design notes
 ------------
 * The ``kaggle`` package authenticates as soon as it is imported and may call ``exit``
-  when no credentials exist, so it is imported lazily inside :func:`_kaggle_download`
-  only, after :func:`find_credentials` found something.
+  when no credentials exist, so it is imported lazily inside :func:`kaggle_api` only
+  (used by the download and by :mod:`sleepemo.submit`), after :func:`find_credentials`
+  found something.
 * A download is written to a ``.tmp-*`` folder next to the destination, extracted into a
   second ``.tmp-*`` folder and only then renamed to the destination. A killed download
   therefore never leaves a half-filled folder that looks complete; at most a ``.tmp-*``
@@ -48,8 +49,12 @@ from sleepemo import COMPETITION_SLUG
 __all__ = [
     "UnsafeArchiveError",
     "DataLayoutError",
+    "KaggleApiError",
     "KaggleDownloadError",
+    "credentials_help",
     "find_credentials",
+    "kaggle_api",
+    "mask_secrets",
     "find_data_root",
     "safe_extract",
     "download_competition",
@@ -75,7 +80,11 @@ class DataLayoutError(ValueError):
     """The extracted archive holds no folder with both ``training/`` and ``testing/``."""
 
 
-class KaggleDownloadError(RuntimeError):
+class KaggleApiError(RuntimeError):
+    """The Kaggle API could not be used (package missing, authentication refused)."""
+
+
+class KaggleDownloadError(KaggleApiError):
     """The Kaggle API could not be used or did not produce an archive."""
 
 
@@ -164,6 +173,18 @@ def find_credentials(env: Mapping[str, str] | None = None,
     return None
 
 
+def credentials_help(env: Mapping[str, str] | None = None,
+                     home: str | os.PathLike | None = None) -> str:
+    """Where to put Kaggle credentials, for messages: the ``kaggle.json`` path the kaggle
+    package reads first (``$KAGGLE_CONFIG_DIR`` honoured) and the environment variables."""
+    env = os.environ if env is None else env
+    home = Path.home() if home is None else Path(home)
+    path = _describe(_kaggle_json_candidates(env, home)[0], home)
+    return (f"put kaggle.json (Kaggle > Settings > API > Create New Token, "
+            f"https://www.kaggle.com/settings) in {path} (chmod 600), or set the "
+            "environment variables KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN)")
+
+
 def _secret_values(env: Mapping[str, str] | None = None,
                    home: str | os.PathLike | None = None) -> list[str]:
     """Secret strings that must never appear in a logged message."""
@@ -183,11 +204,16 @@ def _secret_values(env: Mapping[str, str] | None = None,
     return sorted({s for s in secrets if len(s) >= 6}, key=len, reverse=True)
 
 
-def _short_message(exc: BaseException) -> str:
-    """``"<ExceptionType>: <first 300 characters>"`` on one line, secrets masked."""
-    text = " ".join(str(exc).split())
+def mask_secrets(text: str) -> str:
+    """``text`` with every known Kaggle secret value replaced by ``***``."""
     for secret in _secret_values():
         text = text.replace(secret, "***")
+    return text
+
+
+def _short_message(exc: BaseException) -> str:
+    """``"<ExceptionType>: <first 300 characters>"`` on one line, secrets masked."""
+    text = mask_secrets(" ".join(str(exc).split()))
     if len(text) > _MAX_MESSAGE_CHARS:
         text = text[:_MAX_MESSAGE_CHARS - 3] + "..."
     name = type(exc).__name__
@@ -401,11 +427,36 @@ def _extract_nested_zips(folder: Path) -> list[Path]:
 
 # --------------------------------------------------------------------------- download
 
+def kaggle_api():
+    """An authenticated ``kaggle`` API object (``KaggleApi``).
+
+    The ``kaggle`` package is imported here only, because importing it authenticates
+    (and may call ``exit``); call :func:`find_credentials` first. ``ImportError`` and
+    ``SystemExit`` from the package become :class:`KaggleApiError`.
+    """
+    try:
+        from kaggle.api.kaggle_api_extended import KaggleApi
+    except ImportError as exc:
+        raise KaggleApiError(
+            "the 'kaggle' package is not installed (pip install kaggle==2.2.4)") from exc
+    except SystemExit as exc:
+        raise KaggleApiError(
+            f"importing the kaggle package exited (status {exc.code}); "
+            "check the Kaggle credentials") from None
+    try:
+        api = KaggleApi()
+        api.authenticate()
+    except SystemExit as exc:
+        raise KaggleApiError(
+            f"the Kaggle API exited (status {exc.code}); check the Kaggle credentials") from None
+    return api
+
+
 def _kaggle_download(slug: str, folder: Path) -> Path:
     """Download the competition archive with the Kaggle API into ``folder``.
 
-    The ``kaggle`` package is imported here only, because importing it authenticates
-    (and may call ``exit``). ``SystemExit`` from it becomes :class:`KaggleDownloadError`.
+    The API comes from :func:`kaggle_api`; ``SystemExit`` from the package becomes
+    :class:`KaggleDownloadError`.
 
     Returns
     -------
@@ -414,17 +465,10 @@ def _kaggle_download(slug: str, folder: Path) -> Path:
     """
     folder = Path(folder)
     try:
-        from kaggle.api.kaggle_api_extended import KaggleApi
-    except ImportError as exc:
-        raise KaggleDownloadError(
-            "the 'kaggle' package is not installed (pip install kaggle==2.2.4)") from exc
-    except SystemExit as exc:
-        raise KaggleDownloadError(
-            f"importing the kaggle package exited (status {exc.code}); "
-            "check the Kaggle credentials") from None
+        api = kaggle_api()
+    except KaggleApiError as exc:
+        raise KaggleDownloadError(str(exc)) from exc.__cause__
     try:
-        api = KaggleApi()
-        api.authenticate()
         api.competition_download_files(slug, path=str(folder), force=False, quiet=False)
     except SystemExit as exc:
         raise KaggleDownloadError(
@@ -555,8 +599,7 @@ def download_competition(slug: str, dest_dir: str | os.PathLike,
 
 def _how_to_provide(dest: Path, slug: str) -> str:
     return (f"put the competition data in {dest} (a folder with training/ and testing/), "
-            "or set up Kaggle credentials (KAGGLE_USERNAME and KAGGLE_KEY, or "
-            "~/.kaggle/kaggle.json from https://www.kaggle.com/settings) and accept the "
+            f"or set up Kaggle credentials ({credentials_help()}) and accept the "
             f"rules at https://www.kaggle.com/competitions/{slug}/rules")
 
 

@@ -15,6 +15,7 @@ import argparse
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -306,6 +307,50 @@ def write_submission(df: pd.DataFrame, run_dir: str | os.PathLike) -> Path:
     with atomic_path(run_dir.parent / LATEST_NAME) as tmp:
         shutil.copyfile(dest, tmp)
     return dest
+
+
+def run_name(profile: str, model: str) -> str:
+    """Default name of a run folder: ``<YYYYmmdd-HHMMSS>-<profile>-<model>``."""
+    return time.strftime(f"%Y%m%d-%H%M%S-{profile}-{model.replace('/', '-')}")
+
+
+def new_run_dir(root: str | os.PathLike, name: str) -> Path:
+    """``root/name``, or ``root/name-2``, ``-3``, ... if it exists: a folder not used yet."""
+    path, i = Path(root) / name, 2
+    while path.exists():
+        path, i = Path(root) / f"{name}-{i}", i + 1
+    return path
+
+
+def write_test_submission(test: np.ndarray, ds, folds,
+                          run_dir: str | os.PathLike) -> tuple[Path, int]:
+    """Write one result's test predictions as ``run_dir/submission.csv``.
+
+    The table is built and validated against the data's test shapes, written (never over
+    an earlier run's file, ``latest.csv`` refreshed: :func:`write_submission`) and the
+    file as written is validated again.
+
+    Parameters
+    ----------
+    test : np.ndarray, shape (n_test_trials, n_times)
+        P(emotional), rows in ``folds.json`` test order (a result's ``test.npy``).
+    ds : sleepemo.data.Dataset
+        The data the result was made from (test participants and their trial counts).
+    folds : sleepemo.folds.Folds
+    run_dir : path
+        The new run folder.
+
+    Returns
+    -------
+    (Path, int)
+        The written file and its number of rows.
+    """
+    df = build_submission(folds.split_rows(test, "test"))
+    expected = {s: (ds.test[s].n_trials, ds.n_times) for s in ds.test}
+    validate_submission(df, expected)
+    path = write_submission(df, run_dir)
+    validate_submission(path, expected)  # the file as written, not just the table
+    return path, len(df)
 
 
 def _parse_expected(text: str) -> tuple[int, int, int]:

@@ -9,7 +9,6 @@ competition CSV, which is validated as a table and again as the file written.
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 from ..artefacts import results
@@ -18,7 +17,7 @@ from ..io import write_json
 from ..metric import format_report, score_files
 from ..report import copy_report, results_table, write_report
 from ..stage import Stage, StageOutput, peak_rss_mb
-from ..submission import build_submission, validate_submission, write_submission
+from ..submission import new_run_dir, run_name as default_run_name, write_test_submission
 
 
 def choose_model(table, requested: str | None = None) -> str:
@@ -33,14 +32,6 @@ def choose_model(table, requested: str | None = None) -> str:
     return str(candidates["overall"].astype(float).idxmax())
 
 
-def _run_dir(root: Path, name: str) -> Path:
-    """A run folder that does not exist yet (suffix -2, -3, ... if needed)."""
-    path, i = root / name, 2
-    while path.exists():
-        path, i = root / f"{name}-{i}", i + 1
-    return path
-
-
 def run(stage: Stage, model: str | None = None, submissions: str | Path | None = None,
         run_name: str | None = None) -> StageOutput:
     """Write the report and ``submissions/<run>/submission.csv``; return the summary."""
@@ -52,31 +43,24 @@ def run(stage: Stage, model: str | None = None, submissions: str | Path | None =
     table = results_table(listed)[0]
     name = choose_model(table, model)
     result = next(r for r in listed if r.label == name)
-    preds = folds.split_rows(result.test, "test")
-    df = build_submission(preds)
-    expected = {s: (ds.test[s].n_trials, ds.n_times) for s in ds.test}
-    validate_submission(df, expected)
-
     root = Path(submissions) if submissions else REPO / "submissions"
-    run_dir = _run_dir(root, run_name or time.strftime(
-        f"%Y%m%d-%H%M%S-{stage.cfg.profile}-{name.replace('/', '-')}"))
-    path = write_submission(df, run_dir)
-    validate_submission(path, expected)  # the file as written, not just the table
+    run_dir = new_run_dir(root, run_name or default_run_name(stage.cfg.profile, name))
+    path, n_rows = write_test_submission(result.test, ds, folds, run_dir)
 
     summary = {"model": name, "stage": result.stage,
                "lopo_window_auc": float(table.loc[name, "overall"]),
-               "submission": str(path), "rows": int(len(df)), "data_dir": str(ds.root),
+               "submission": str(path), "rows": n_rows, "data_dir": str(ds.root),
                "artefacts": str(stage.out), "profile": stage.cfg.profile}
     lines = ["LOPO window AUC (held-out training participants; overall = competition "
              "metric over all of them)",
              table.drop(columns="diagnostic").to_string(), "",
              f"submitted model: {name} (LOPO {summary['lopo_window_auc']:.4f})",
-             f"submission: {path} ({len(df)} rows, validated); copied to "
+             f"submission: {path} ({n_rows} rows, validated); copied to "
              f"{root / 'latest.csv'}",
              f"report: {stage.out / 'report.md'} (copied beside the submission)"]
     evidence = [f"Submitted `{name}` (stage {result.stage}, LOPO window AUC "
                 f"{summary['lopo_window_auc']:.4f}), the best non-diagnostic result: "
-                f"{len(df)} rows, validated."]
+                f"{n_rows} rows, validated."]
     if ds.solution is not None:
         res = score_files(path, ds.solution, sfreq=ds.sfreq)
         summary["local_leaderboard"] = res.score
