@@ -50,6 +50,7 @@ __all__ = [
     "DataLayoutError",
     "KaggleDownloadError",
     "find_credentials",
+    "kaggle_username",
     "find_data_root",
     "safe_extract",
     "download_competition",
@@ -161,6 +162,22 @@ def find_credentials(env: Mapping[str, str] | None = None,
     for path in _access_token_candidates(home):
         if _read_token_file(path) is not None:
             return _describe(path, home)
+    return None
+
+
+def kaggle_username(env: Mapping[str, str] | None = None,
+                    home: str | os.PathLike | None = None) -> str | None:
+    """The Kaggle user name from ``KAGGLE_USERNAME`` or the first usable ``kaggle.json``
+    (see :func:`find_credentials` for where), None if neither has one. Only the
+    ``username`` field is returned; the key is never handed out."""
+    env = os.environ if env is None else env
+    home = Path.home() if home is None else Path(home)
+    if env.get("KAGGLE_USERNAME"):
+        return env["KAGGLE_USERNAME"]
+    for path in _kaggle_json_candidates(env, home):
+        data = _read_kaggle_json(path)
+        if data is not None:
+            return data["username"]
     return None
 
 
