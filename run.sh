@@ -8,6 +8,9 @@
 #   ./run.sh test [PYTEST ARGS]
 #       set up .venv and run the test suite, two files at once (slow tests excluded
 #       unless you ask: -m slow; one process: -n 0).
+#   ./run.sh kaggle-bundle [--out DIR] [--user NAME] [--no-wheels] [--gpu] [--profile P]
+#       write the code and wheels datasets and the offline kernel for Kaggle
+#       (default kaggle/bundle/; README "Run as a Kaggle kernel (offline)").
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 REPO=$PWD
@@ -61,7 +64,7 @@ run_pipeline() {
       --out) out=${2:?}; shift 2 ;;
       --set) sets+=(--set "${2:?}"); shift 2 ;;
       --submissions) subs=(--submissions "${2:?}"); shift 2 ;;
-      -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+      -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
       *) die "unknown option $1 (see ./run.sh --help)" ;;
     esac
   done
@@ -92,6 +95,11 @@ case "${1:-}" in
     # fixtures are built once), one torch/BLAS thread each: about 2x on 2 cores
     OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} python -m pytest -m "not slow" \
       -n "${SLEEPEMO_TEST_PROCESSES:-2}" --dist loadfile "$@"
+    ;;
+  kaggle-bundle)
+    shift
+    setup
+    python -m sleepemo.kaggle_bundle "$@"
     ;;
   *)
     setup
