@@ -11,6 +11,9 @@
 #   ./run.sh submit [--run RUN] [--model MODEL] [--dry-run] [--timeout S] [...]
 #       submit a finished run (default: the newest) to Kaggle, wait for the public score,
 #       append a row to submissions/leaderboard.csv (python -m sleepemo.submit --help).
+#   ./run.sh kaggle-bundle [--out DIR] [--user NAME] [--no-wheels] [--gpu] [--profile P]
+#       write the code and wheels datasets and the offline kernel for Kaggle
+#       (default kaggle/bundle/; README "Run as a Kaggle kernel (offline)").
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 REPO=$PWD
@@ -100,6 +103,11 @@ case "${1:-}" in
     shift
     setup
     python -m sleepemo.submit "$@"
+    ;;
+  kaggle-bundle)
+    shift
+    setup
+    python -m sleepemo.kaggle_bundle "$@"
     ;;
   *)
     setup

@@ -55,6 +55,7 @@ __all__ = [
     "find_credentials",
     "kaggle_api",
     "mask_secrets",
+    "kaggle_username",
     "find_data_root",
     "safe_extract",
     "download_competition",
@@ -183,6 +184,22 @@ def credentials_help(env: Mapping[str, str] | None = None,
     return (f"put kaggle.json (Kaggle > Settings > API > Create New Token, "
             f"https://www.kaggle.com/settings) in {path} (chmod 600), or set the "
             "environment variables KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN)")
+
+
+def kaggle_username(env: Mapping[str, str] | None = None,
+                    home: str | os.PathLike | None = None) -> str | None:
+    """The Kaggle user name from ``KAGGLE_USERNAME`` or the first usable ``kaggle.json``
+    (see :func:`find_credentials` for where), None if neither has one. Only the
+    ``username`` field is returned; the key is never handed out."""
+    env = os.environ if env is None else env
+    home = Path.home() if home is None else Path(home)
+    if env.get("KAGGLE_USERNAME"):
+        return env["KAGGLE_USERNAME"]
+    for path in _kaggle_json_candidates(env, home):
+        data = _read_kaggle_json(path)
+        if data is not None:
+            return data["username"]
+    return None
 
 
 def _secret_values(env: Mapping[str, str] | None = None,

@@ -13,7 +13,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -44,6 +44,46 @@ def atomic_path(dest: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(dest: str | os.PathLike,
+               replaceable: Callable[[Path], bool] = lambda p: False) -> Iterator[Path]:
+    """Yield a temporary folder; on success it replaces ``dest`` by renames.
+
+    Parameters
+    ----------
+    dest : path
+        Final folder. Its parent is created.
+    replaceable : callable
+        Called with ``dest`` when it exists and is not empty: True lets the new folder
+        replace it (the old one is removed after the swap), False raises
+        ``FileExistsError`` before anything is written.
+    """
+    import shutil
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+
+    def check() -> None:
+        if dest.exists() and any(dest.iterdir()) and not replaceable(dest):
+            raise FileExistsError(f"{dest} exists and is not replaced: choose another folder")
+
+    check()
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{dest.name}-", dir=dest.parent))
+    tmp.chmod(0o755)  # mkdtemp's folder is private; the result is an ordinary folder
+    old = None
+    try:
+        yield tmp
+        check()
+        if dest.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".old-{dest.name}-", dir=dest.parent))
+            os.replace(dest, old / dest.name)
+        os.replace(tmp, dest)
+    finally:
+        for leftover in (tmp, old):
+            if leftover is not None and leftover.exists():
+                shutil.rmtree(leftover)
 
 
 def write_text(dest: str | os.PathLike, text: str, overwrite: bool = True) -> Path:
