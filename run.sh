@@ -67,7 +67,7 @@ run_pipeline() {
       --out) out=${2:?}; shift 2 ;;
       --set) sets+=(--set "${2:?}"); shift 2 ;;
       --submissions) subs=(--submissions "${2:?}"); shift 2 ;;
-      -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+      -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
       *) die "unknown option $1 (see ./run.sh --help)" ;;
     esac
   done
@@ -86,6 +86,7 @@ run_pipeline() {
   stage 03_train_experts.py "${common[@]}"
   stage 04_fusion.py "${common[@]}"
   stage 05_rl_heads.py "${common[@]}"
+  stage 06_ensemble.py "${common[@]}"
   stage 07_make_submission.py "${common[@]}" ${subs[@]+"${subs[@]}"}
   echo "== total wall time: $((SECONDS - t0)) s (after set-up)"
 }

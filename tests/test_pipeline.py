@@ -49,7 +49,7 @@ def test_run_writes_a_valid_submission_and_report(smoke_run, smoke_dir):
     assert set(table.index) == set(cfg.baselines.models) | {
         "mae_probe", "band_probe", "experts_mae_fomaml", "experts_mae_fomaml_tta"} | {
         f"fusion_{v}" for v in cfg.fusion.variants} | {
-        f"rl_{h}{twin}" for h in cfg.rl.heads for twin in ("", "_twin")}
+        f"rl_{h}{twin}" for h in cfg.rl.heads for twin in ("", "_twin")} | {"ensemble"}
     chosen = re.search(r"submitted model: (\w+)", stdout).group(1)
     best = table[~table.diagnostic].overall.idxmax()
     assert chosen == best
@@ -71,12 +71,19 @@ def test_run_writes_a_valid_submission_and_report(smoke_run, smoke_dir):
     # the generated report: the table, every stage's evidence and run times
     report = (sub.parent / "report.md").read_text()
     for heading in ("## LOPO window AUC", "## Stage 00", "## Stage 01", "## Stage 02",
-                    "## Stage 03", "## Stage 04", "## Stage 05", "## Stage 07",
+                    "## Stage 03", "## Stage 04", "## Stage 05", "## Stage 06",
+                    "## Stage 07",
                     "## Run times"):
         assert heading in report, heading
     assert f"| {best} | " in report and "(03_experts/expert_topomap.png)" in report
-    assert table.loc[best, "stage"] in ("baselines", "mae", "experts", "fusion", "rl_heads")
+    assert table.loc[best, "stage"] in ("baselines", "mae", "experts", "fusion", "rl_heads",
+                                        "ensemble")
     assert "(05_rl_heads/learning_curves.png)" in report
+    # stage 06: tuned and nested scores side by side; stage 07 says why it chose
+    ens = json.loads((tmp / "out" / "06_ensemble" / "metrics.json").read_text())
+    assert ens["nested"] == pytest.approx(table.loc["ensemble", "overall"], abs=1e-4)
+    assert "| tuned |" in report and "| nested |" in report
+    assert re.search(r"The ensemble's nested score [0-9.]+ .*(beats|does not beat)", stdout)
 
 
 def test_metric_cli_prints_the_summary_score(smoke_run, smoke_dir):
@@ -105,6 +112,7 @@ def test_rerun_skips_reproduces_and_keeps_earlier_submissions(smoke_run, smoke_d
            tmp / "subs2", "--set", "baselines.models=[shuffled,starter]")
     old = pd.read_csv(tmp / "out" / "lopo.csv", index_col="model")
     new = pd.read_csv(fresh / "lopo.csv", index_col="model")
+    new = new.drop(index="ensemble")  # (an ensemble of other models: its own row differs)
     pd.testing.assert_frame_equal(new, old.loc[new.index])
 
 

@@ -387,6 +387,38 @@ class RLConfig:
 
 
 @dataclass
+class EnsembleConfig:
+    """Stage 06: an Optuna-tuned blend of every model's out-of-fold predictions, with a
+    nested (outer leave-one-participant-out) score."""
+
+    n_trials: int = setting(60)       # finished trials per study (14 nested + 1 final)
+    top_k: int = setting(6)           # candidates kept per study, best alone first
+    smooth_choices: list = setting(factory=lambda: [0, 2, 5, 10])  # Gaussian sigma, samples
+    exclude: list = setting(factory=list, help="results never blended (labels as in "
+                            "lopo.csv); diagnostic results are always left out")
+    storage: str | None = setting(None, affects="nothing",
+                                  help="SQLAlchemy URL of the studies' database (e.g. "
+                                  "postgresql://user@host/db); default one SQLite file per "
+                                  "study under <out>/06_ensemble/studies/")
+    workers: int = setting(1, affects="nothing",
+                           help="processes running the 14 nested studies, one study each "
+                           "(results are the same for any number)")
+    study_workers: int = setting(1, affects="nothing",
+                                 help="worker processes on one study (the final one, and "
+                                 "the nested ones when ensemble.workers is 1); > 1 is "
+                                 "faster but trial order, hence the result, varies")
+    shuffle_labels: bool = setting(False)  # leakage alarm: labels permuted within participant
+
+    def validate(self, cfg: "Config") -> None:
+        _check(self.n_trials >= 2, f"ensemble.n_trials must be >= 2, got {self.n_trials}")
+        _check(self.top_k >= 1, f"ensemble.top_k must be >= 1, got {self.top_k}")
+        _check(len(self.smooth_choices) >= 1 and min(self.smooth_choices) >= 0,
+               f"ensemble.smooth_choices must be sigmas >= 0, got {self.smooth_choices}")
+        _check(self.workers >= 0 and self.study_workers >= 0,
+               "ensemble.workers and ensemble.study_workers must be >= 0")
+
+
+@dataclass
 class Config:
     profile: str = "quick"
     seed: int = 0
@@ -396,6 +428,7 @@ class Config:
     experts: ExpertsConfig = field(default_factory=ExpertsConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     rl: RLConfig = field(default_factory=RLConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

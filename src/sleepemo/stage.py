@@ -57,7 +57,7 @@ STAGES: tuple[StageSpec, ...] = (
               "Channel experts meta-learned with FOMAML"),
     StageSpec("04", "fusion", "04_fusion.py", "fusion", True, "Spatiotemporal fusion"),
     StageSpec("05", "rl_heads", "05_rl_heads.py", "rl", True, "Reinforcement-learning heads"),
-    StageSpec("06", "ensemble", "06_ensemble.py", None, False, "Optuna ensemble"),
+    StageSpec("06", "ensemble", "06_ensemble.py", "ensemble", False, "Optuna ensemble"),
     StageSpec("07", "submission", "07_make_submission.py", None, False, "Submission"),
 )
 

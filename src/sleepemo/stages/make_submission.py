@@ -4,7 +4,10 @@ The run-level report (``lopo.csv``, pictures, ``report.md``) is written here, by
 owner (:func:`sleepemo.report.write_report`), from the results every stage left through
 the predictions contract. The submitted model is the non-diagnostic result with the
 highest overall LOPO window AUC (or ``--model``); its ``test`` array becomes the
-competition CSV, which is validated as a table and again as the file written.
+competition CSV, which is validated as a table and again as the file written. Stage 06's
+ensemble is one of those results, scored by its nested LOPO score, so it is submitted
+exactly when its nested score beats the best single model's LOPO; the summary says which
+was chosen and why (:func:`ensemble_choice`).
 """
 from __future__ import annotations
 
@@ -30,6 +33,27 @@ def choose_model(table, requested: str | None = None) -> str:
     if candidates.empty:
         raise ValueError("no non-diagnostic model has results to submit")
     return str(candidates["overall"].astype(float).idxmax())
+
+
+def ensemble_choice(table, listed) -> str | None:
+    """Why the ensemble (stage 06) was or was not submitted: its nested score (its LOPO
+    score) against the best single model's LOPO score; None without an ensemble."""
+    ens = [r.label for r in listed if r.stage == "ensemble" and not r.diagnostic]
+    if not ens:
+        return None
+    singles = table[(~table["diagnostic"].astype(bool)) & (~table.index.isin(ens))]
+    if singles.empty:
+        return None
+    nested = float(table.loc[ens[0], "overall"])
+    best = str(singles["overall"].astype(float).idxmax())
+    lopo = float(singles.loc[best, "overall"])
+    tuned = next(r for r in listed if r.label == ens[0]).meta.get("tuned_score")
+    tuned_txt = f" (tuned {tuned:.4f}, optimistic)" if tuned is not None else ""
+    if nested > lopo:
+        return (f"The ensemble's nested score {nested:.4f}{tuned_txt} beats the best single "
+                f"model `{best}` (LOPO {lopo:.4f}): the ensemble is the candidate.")
+    return (f"The ensemble's nested score {nested:.4f}{tuned_txt} does not beat the best "
+            f"single model `{best}` (LOPO {lopo:.4f}): the single model is the candidate.")
 
 
 def run(stage: Stage, model: str | None = None, submissions: str | Path | None = None,
@@ -59,8 +83,14 @@ def run(stage: Stage, model: str | None = None, submissions: str | Path | None =
              f"{root / 'latest.csv'}",
              f"report: {stage.out / 'report.md'} (copied beside the submission)"]
     evidence = [f"Submitted `{name}` (stage {result.stage}, LOPO window AUC "
-                f"{summary['lopo_window_auc']:.4f}), the best non-diagnostic result: "
-                f"{n_rows} rows, validated."]
+                f"{summary['lopo_window_auc']:.4f}), "
+                + ("the requested model" if model else "the best non-diagnostic result")
+                + f": {n_rows} rows, validated."]
+    why = ensemble_choice(table, listed)
+    if why:
+        summary["ensemble_choice"] = why
+        lines.append(why)
+        evidence.append(why)
     if ds.solution is not None:
         res = score_files(path, ds.solution, sfreq=ds.sfreq)
         summary["local_leaderboard"] = res.score

@@ -1,0 +1,246 @@
+"""Stage 06: the Optuna ensemble, its nested score, resume, and stage 07's choice."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import with_flipped_labels
+from sleepemo.ensemble import OptunaBlend, Stack, normalise, score
+
+
+def _noise_stack(n_subjects=14, n_trials=40, n_times=60, n_models=6, seed=0):
+    rng = np.random.default_rng(seed)
+    subjects = np.repeat(np.arange(n_subjects), n_trials)
+    y = np.concatenate([rng.permutation(np.arange(n_trials) % 2) for _ in range(n_subjects)])
+    preds = {f"m{i}": rng.random((subjects.size, n_times)).astype(np.float32)
+             for i in range(n_models)}
+    return Stack(preds, subjects), y
+
+
+def _bump(n_times: int, lo: float = 0.35, hi: float = 0.65) -> np.ndarray:
+    t = np.arange(n_times)
+    return ((t >= lo * n_times) & (t < hi * n_times)).astype(np.float32)
+
+
+def test_normalise_is_per_participant_and_label_free():
+    rng = np.random.default_rng(0)
+    subjects = np.repeat([1, 2], 5)
+    x = rng.random((10, 3)).astype(np.float32)
+    x[5:] += 100  # participant 2 on another scale: normalised, they look alike
+    r = normalise(x, subjects, "rank")
+    assert r.min() == 0 and r.max() == 1
+    np.testing.assert_allclose(np.sort(r[:5, 0]), np.sort(r[5:, 0]))
+    z = normalise(x, subjects, "zscore")
+    np.testing.assert_allclose(z[5:].mean(0), 0, atol=1e-4)
+    with pytest.raises(ValueError, match="normalisation"):
+        normalise(x, subjects, "minmax")
+    with pytest.raises(ValueError, match="predictions of shape"):
+        Stack({"a": x[:4]}, subjects)
+
+
+def test_blend_finds_the_informative_model_and_predicts_a_new_participant(tmp_path):
+    stack, y = _noise_stack(n_models=5, seed=1)
+    rng = np.random.default_rng(2)
+    signal = (2 * y - 1)[:, None] * _bump(60) * 0.8 + rng.normal(0, 1, (y.size, 60))
+    stack.preds["good"] = (1 / (1 + np.exp(-signal))).astype(np.float32)
+    held = 13
+    tune = stack.subjects != held
+    est = OptunaBlend(tmp_path, "t", n_trials=12, top_k=3, seed=0, sfreq=100.0).fit(
+        stack.rows(range(13)), y[tune])
+    assert est.candidates_[0] == "good" and "good" in est.params_["models"]
+    assert est.best_score_ >= est.single_scores_["good"] - 1e-12  # best model alone queued
+    pred = est.predict(stack.rows([held]))
+    assert pred.shape == (int((~tune).sum()), 60) and 0 <= pred.min() and pred.max() <= 1
+    assert score(y[~tune], pred, stack.subjects[~tune], 100.0) > 0.6
+    # saved with its settings, loaded without the study: the same predictions
+    path = est.save(tmp_path / "blend.json")
+    again = OptunaBlend.load(path)
+    np.testing.assert_array_equal(again.predict(stack.rows([held])), pred)
+    assert not list(tmp_path.glob("*.pack"))  # the tuning data is removed after fit
+    # the study is on disk: a second fit resumes it instead of searching again
+    study = est.study_
+    est2 = OptunaBlend(tmp_path, "t", n_trials=12, top_k=3, seed=0, sfreq=100.0).fit(
+        stack.rows(range(13)), y[tune])
+    assert len(est2.study_.trials) == len(study.trials) and est2.params_ == est.params_
+
+
+def test_nested_score_removes_the_tuners_optimism_on_noise(tmp_path):
+    """Pure-noise models: tuning on all participants finds a spurious window (the tuned
+    score is optimistic); the outer leave-one-participant-out loop around the tuner scores
+    the same procedure at about chance."""
+    stack, y = _noise_stack(n_subjects=8, n_models=4, seed=4)
+    tuned = OptunaBlend(tmp_path, "all", n_trials=16, top_k=3, seed=0, sfreq=100.0).fit(
+        stack, y).best_score_
+    nested = np.zeros_like(stack.preds["m0"])
+    for held in range(8):
+        rows = stack.subjects == held
+        est = OptunaBlend(tmp_path, f"n{held}", n_trials=16, top_k=3, seed=0,
+                          sfreq=100.0).fit(stack.rows(set(range(8)) - {held}), y[~rows])
+        nested[rows] = est.predict(stack.rows([held]))
+    nested_score = score(y, nested, stack.subjects, 100.0)
+    # (one fixed noise draw, seeded sampler: the same numbers every run)
+    assert tuned > 0.52
+    assert abs(nested_score - 0.5) < 0.035 and nested_score < tuned - 0.015
+
+
+# ------------------------------------------------------------------ the stage
+def _fake_results(out, ds, folds, strengths: dict):
+    """Results of the predictions contract: out-of-fold predictions carrying
+    ``strength`` x the true label in a window (0: noise), random test predictions."""
+    from sleepemo.artefacts import ResultWriter
+
+    rng = np.random.default_rng(0)
+    n_test = sum(folds.n_trials[s] for s in folds.test_subjects)
+    for name, strength in strengths.items():
+        w = ResultWriter(out, "baselines", name, f"fake-{name}", folds)
+        for k in range(folds.n_folds):
+            y = ds.train[folds.held_out(k)].y
+            z = strength * (2 * y - 1)[:, None] * _bump(ds.n_times) + \
+                rng.normal(0, 1, (y.size, ds.n_times))
+            w.save_fold(k, oof=(1 / (1 + np.exp(-z))).astype(np.float32),
+                        test=rng.random((n_test, ds.n_times)).astype(np.float32))
+        w.finish(ds)
+
+
+@pytest.fixture(scope="module")
+def ens_run(smoke_dir, tmp_path_factory):
+    from sleepemo.config import load_config
+    from sleepemo.data import load_dataset
+    from sleepemo.folds import write_folds
+    from sleepemo.stage import open_stage
+    from sleepemo.stages import ensemble
+
+    out = tmp_path_factory.mktemp("ens")
+    ds = load_dataset(smoke_dir, progress=False)
+    folds, _ = write_folds(ds, out / "folds.json")
+    _fake_results(out, ds, folds, {"good": 1.0, "weak": 0.3, "noise_a": 0.0,
+                                   "noise_b": 0.0})
+    cfg = load_config("smoke")
+    logs = []
+    stage = open_stage("ensemble", cfg, smoke_dir, out, progress=False, log=logs.append)
+    output = stage.run(ensemble.run)
+    return stage, ds, folds, output, logs
+
+
+def test_stage_writes_the_nested_ensemble_through_the_contract(ens_run):
+    from sleepemo.artefacts import find
+    from sleepemo.ensemble import OptunaBlend
+
+    stage, ds, folds, output, _ = ens_run
+    m = output.metrics
+    res = find(stage.out, "ensemble")
+    assert res.stage == "ensemble" and not res.diagnostic
+    assert m["nested"] == pytest.approx(res.score()[0].score)  # its LOPO = the nested score
+    assert m["tuned"] == pytest.approx(res.meta["tuned_score"])
+    assert m["best_single"]["model"] == "good" and m["n_candidates"] == 4
+    assert m["nested"] > 0.55  # the informative model carries through the nest
+    n_test = sum(folds.n_trials[s] for s in folds.test_subjects)
+    assert res.test.shape == (n_test, ds.n_times)
+    # the saved final ensembler reproduces the submitted test predictions
+    from sleepemo.stages.ensemble import fold_state
+    final = OptunaBlend.load(stage.dir / "ensembler.json")
+    np.testing.assert_allclose(final.predict(fold_state(stage).test), res.test, atol=1e-6)
+    for f in ("ensemble_curve.png", "optimization_history.png", "param_importances.png",
+              "evidence.md"):
+        assert (stage.dir / f).stat().st_size > 0, f
+    evidence = (stage.dir / "evidence.md").read_text()
+    assert "| tuned |" in evidence and "| nested |" in evidence
+    assert len(list((stage.dir / "studies").glob("*.db"))) == folds.n_folds + 1
+
+
+def test_stage_resumes_a_lost_fold_and_reuses_a_finished_run(ens_run):
+    from sleepemo.stage import open_stage
+    from sleepemo.stages import ensemble
+
+    stage, ds, folds, output, _ = ens_run
+    oof = np.load(stage.dir / "ensemble" / "oof.npy")
+    logs = []
+    again = open_stage("ensemble", stage.cfg, stage.data_dir, stage.out, progress=False,
+                       log=logs.append)
+    again.run(ensemble.run)
+    assert any("unchanged, reusing" in line for line in logs)
+    # fold 3 lost (and its study): only it is tuned again, with the same outcome
+    (stage.dir / "ensemble" / "fold3.npz").unlink()
+    (stage.dir / "ensembler.json").unlink()
+    for db in (stage.dir / "studies").glob("nested3-*.db"):
+        db.unlink()
+    before = {p: p.stat().st_mtime_ns for p in (stage.dir / "ensemble").glob("fold*.npz")}
+    again = open_stage("ensemble", stage.cfg, stage.data_dir, stage.out, progress=False,
+                       log=lambda m: None)
+    again.run(ensemble.run)
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())
+    assert (stage.dir / "ensemble" / "fold3.npz").is_file()
+    np.testing.assert_array_equal(np.load(stage.dir / "ensemble" / "oof.npy"), oof)
+
+
+def test_held_out_labels_never_reach_the_nested_tuner(ens_run, tmp_path):
+    """Fold 0 tuned twice from scratch, the second time with the held-out participant's
+    labels flipped: the same settings and the same held-out predictions."""
+    import shutil
+
+    from sleepemo.stage import open_stage
+    from sleepemo.stages.ensemble import fold_state, tune_fold
+
+    stage, ds, folds, _, _ = ens_run
+    copy = tmp_path / "run"
+    shutil.copytree(stage.out, copy, ignore=shutil.ignore_patterns("06_ensemble"))
+    state = fold_state(open_stage("ensemble", stage.cfg, stage.data_dir, copy,
+                                  progress=False, log=lambda m: None))
+    state.ds = ds
+    held = folds.held_out(0)
+
+    def fold0():
+        shutil.rmtree(copy / "06_ensemble", ignore_errors=True)  # no study to resume
+        state.__dict__.pop("curves", None)  # single-model curves from these labels
+        tune_fold(state, 0, lambda: None)
+        return state.writer.load_fold(0)
+
+    first, second = with_flipped_labels(ds, held, fold0)
+    np.testing.assert_array_equal(first["oof"], second["oof"])
+    assert json.loads(str(first["settings"]))["params"] == \
+        json.loads(str(second["settings"]))["params"]
+
+
+def test_label_shuffled_ensemble_of_noise_scores_about_chance(smoke_dir, tmp_path):
+    from sleepemo.config import load_config
+    from sleepemo.data import load_dataset
+    from sleepemo.folds import write_folds
+    from sleepemo.stage import open_stage
+    from sleepemo.stages import ensemble
+
+    ds = load_dataset(smoke_dir, progress=False)
+    folds, _ = write_folds(ds, tmp_path / "folds.json")
+    _fake_results(tmp_path, ds, folds, {"a": 0.0, "b": 0.0, "c": 0.0})
+    cfg = load_config("smoke", ["ensemble.shuffle_labels=true"])
+    stage = open_stage("ensemble", cfg, smoke_dir, tmp_path, progress=False,
+                       log=lambda m: None)
+    out = stage.run(ensemble.run)
+    assert out.metrics["label"] == "ensemble_shuffled"
+    from sleepemo.artefacts import find
+    res = find(tmp_path, "ensemble_shuffled")
+    assert res.diagnostic and abs(res.score()[0].score - 0.5) < 0.05
+
+
+def test_stage_07_submits_the_ensemble_only_when_its_nested_score_wins(ens_run, tmp_path):
+    from sleepemo.artefacts import results
+    from sleepemo.report import results_table
+    from sleepemo.stages.make_submission import choose_model, ensemble_choice
+
+    stage = ens_run[0]
+    listed = results(stage.out)
+    table = results_table(listed)[0]
+    why = ensemble_choice(table, listed)
+    nested, best = table.loc["ensemble", "overall"], table.loc["good", "overall"]
+    chosen = choose_model(table)
+    if nested > best:
+        assert chosen == "ensemble" and "beats the best single model `good`" in why
+    else:
+        assert chosen == "good" and "does not beat" in why
+    # the other way round, with the scores swapped in the table
+    swapped = table.copy()
+    swapped.loc["ensemble", "overall"], swapped.loc["good", "overall"] = \
+        min(nested, best) - 0.01, max(nested, best)
+    assert choose_model(swapped) == "good"
+    assert "does not beat" in ensemble_choice(swapped, listed)
