@@ -2,9 +2,10 @@
 # sleepemo: one command for the whole pipeline, one for the tests.
 #
 #   ./run.sh [--profile smoke|quick|full] [--data-dir DIR] [--out DIR] [--set KEY=VALUE]...
-#            [--submissions DIR]
+#            [--submissions DIR] [--stages 00,01,07]
 #       set up .venv, get the data (Kaggle with credentials, else synthetic), run every
-#       stage, write and validate the submission, score it when solution.csv exists.
+#       stage (src/NN_*.py in order; --stages: only those), write and validate the
+#       submission, score it when solution.csv exists.
 #   ./run.sh test [PYTEST ARGS]
 #       set up .venv and run the test suite, two files at once (slow tests excluded
 #       unless you ask: -m slow; one process: -n 0).
@@ -59,10 +60,11 @@ stage() {  # stage SCRIPT ARGS...: run one stage and report its wall time
 }
 
 run_pipeline() {
-  local profile=quick data_dir="" out="" sets=() subs=()
+  local profile=quick data_dir="" out="" sets=() subs=() only=""
   while [[ $# -gt 0 ]]; do
     case "$1" in
       --profile) profile=${2:?}; shift 2 ;;
+      --stages) only=" ${2//,/ } "; shift 2 ;;
       --data-dir) data_dir=${2:?}; shift 2 ;;
       --out) out=${2:?}; shift 2 ;;
       --set) sets+=(--set "${2:?}"); shift 2 ;;
@@ -70,6 +72,11 @@ run_pipeline() {
       -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
       *) die "unknown option $1 (see ./run.sh --help)" ;;
     esac
+  done
+  local n
+  for n in $only; do
+    compgen -G "src/${n}_*.py" >/dev/null || die "--stages: no stage $n (stages: $(
+      cd src && ls [0-9][0-9]_*.py | cut -c1-2 | tr '\n' ' '))"
   done
   local t0=$SECONDS
   if [[ -z "$data_dir" ]]; then
@@ -80,14 +87,16 @@ run_pipeline() {
   out=${out:-$REPO/output/$profile-$(basename "$data_dir")}
   echo "== data: $data_dir   artefacts: $out   profile: $profile"
   local common=(--profile "$profile" --data-dir "$data_dir" --out "$out" ${sets[@]+"${sets[@]}"})
-  stage 00_make_folds.py "${common[@]}"
-  stage 01_baselines.py "${common[@]}"
-  stage 02_pretrain_mae.py "${common[@]}"
-  stage 03_train_experts.py "${common[@]}"
-  stage 04_fusion.py "${common[@]}"
-  stage 05_rl_heads.py "${common[@]}"
-  stage 06_ensemble.py "${common[@]}"
-  stage 07_make_submission.py "${common[@]}" ${subs[@]+"${subs[@]}"}
+  local script
+  for script in src/[0-9][0-9]_*.py; do
+    script=$(basename "$script")
+    if [[ -n "$only" && "$only" != *" ${script:0:2} "* ]]; then continue; fi
+    if [[ $script == 07_* ]]; then
+      stage "$script" "${common[@]}" ${subs[@]+"${subs[@]}"}
+    else
+      stage "$script" "${common[@]}"
+    fi
+  done
   echo "== total wall time: $((SECONDS - t0)) s (after set-up)"
 }
 
@@ -97,8 +106,9 @@ case "${1:-}" in
     setup
     # two test files at once (pytest-xdist, one file per process so that its module
     # fixtures are built once), one torch/BLAS thread each: about 2x on 2 cores
+    # (the 15 slowest tests are listed at the end: the suite's time budget is 15 minutes)
     OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} python -m pytest -m "not slow" \
-      -n "${SLEEPEMO_TEST_PROCESSES:-2}" --dist loadfile "$@"
+      -n "${SLEEPEMO_TEST_PROCESSES:-2}" --dist loadfile --durations=15 "$@"
     ;;
   submit)
     shift

@@ -330,3 +330,16 @@ def test_cli_runs_as_module(tmp_path):
     assert done.stdout.splitlines() == ["window AUC: 0.75000",
                                         "window: samples 0-19 (0-190 ms)",
                                         "participants: 1"]
+
+
+def test_column_ranks_equal_scipys_average_ranks_with_and_without_ties():
+    from scipy.stats import rankdata
+
+    from sleepemo.metric import column_ranks
+
+    rng = np.random.default_rng(0)
+    cases = [rng.random((300, 40)), rng.integers(0, 4, (120, 30)).astype(float),
+             np.c_[rng.random((25, 3)), np.ones((25, 2)), np.round(rng.random((25, 2)), 1)],
+             rng.random((1, 5))]
+    for x in cases:
+        np.testing.assert_array_equal(column_ranks(x), rankdata(x, axis=0))

@@ -42,10 +42,10 @@ from pathlib import Path
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
-from scipy.stats import rankdata
 
 from .io import write_json, write_npy
-from .metric import default_min_run, per_timepoint_auc, score_from_curve, window_auc
+from .metric import (column_ranks, default_min_run, per_timepoint_auc, score_from_curve,
+                     window_auc)
 
 NORMS = ("rank", "zscore")
 _PACKS: dict = {}  # pack folder -> {name: array}: one load per process
@@ -99,7 +99,7 @@ def normalise(pred: np.ndarray, subjects: np.ndarray, how: str) -> np.ndarray:
         x = pred[idx]
         if how == "rank":
             n = len(x)
-            out[idx] = (rankdata(x, axis=0) - 1) / max(n - 1, 1)
+            out[idx] = (column_ranks(x) - 1) / max(n - 1, 1)
         else:
             out[idx] = (x - x.mean(0)) / (x.std(0) + 1e-6)
     return out

@@ -52,7 +52,8 @@ KAGGLE_LACKS = (
     "einx",                     # vector-quantize-pytorch's dependencies
     "loguru",
     "torch-einops-utils",
-)
+    "optuna",                   # stage 06: Kaggle has 4.x; sleepemo.studies uses 5.0's
+)                               # heartbeat retry (RetryHeartbeatStaleTrialCallback)
 
 PLACEHOLDER_USER = "YOUR_KAGGLE_USERNAME"
 CODE_SLUG, WHEELS_SLUG, KERNEL_SLUG = "sleepemo-code", "sleepemo-wheels", "sleepemo-offline"

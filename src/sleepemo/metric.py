@@ -124,9 +124,24 @@ def per_timepoint_auc(y: np.ndarray, pred: np.ndarray) -> np.ndarray:
         rows, cols = np.nonzero(np.isnan(pred))
         raise ValueError(f"pred contains {rows.size} NaN values, first at trial {rows[0]}, "
                          f"timepoint {cols[0]}")
-    ranks = rankdata(pred, axis=0)
+    ranks = column_ranks(pred)
     rank_sum = ranks[positive].sum(axis=0)
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def column_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks (1-based, ties get their average rank) of each column of ``x`` (n, m): the
+    same numbers as ``scipy.stats.rankdata(x, axis=0)``, faster for the metric's shapes:
+    one argsort gives the ranks of the columns without ties; only columns with ties go
+    through ``rankdata``."""
+    n = x.shape[0]
+    order = np.argsort(x, axis=0)
+    ranks = np.empty(x.shape, dtype=float)
+    np.put_along_axis(ranks, order, np.arange(1, n + 1, dtype=float)[:, None], axis=0)
+    tied = (np.diff(np.take_along_axis(x, order, axis=0), axis=0) == 0).any(axis=0)
+    if tied.any():
+        ranks[:, tied] = rankdata(x[:, tied], axis=0)
+    return ranks
 
 
 def find_window(curve: np.ndarray, min_run: int) -> tuple[int, int] | None:
