@@ -167,11 +167,11 @@ class BlendObjective:
 
     def suggest(self, trial) -> dict:
         params = {"norm": trial.suggest_categorical("norm", list(NORMS)), "models": {}}
-        for i, m in enumerate(self.models):
-            use = trial.suggest_categorical(f"use_{i}", [True, False])
-            w = trial.suggest_float(f"w_{i}", 0.05, 1.0)
-            smooth = trial.suggest_categorical(f"smooth_{i}", self.smooth_choices)
-            broadcast = trial.suggest_float(f"broadcast_{i}", 0.0, 1.0)
+        for m in self.models:  # parameters named by model: readable importances
+            use = trial.suggest_categorical(f"{m}.use", [True, False])
+            w = trial.suggest_float(f"{m}.w", 0.05, 1.0)
+            smooth = trial.suggest_categorical(f"{m}.smooth", self.smooth_choices)
+            broadcast = trial.suggest_float(f"{m}.broadcast", 0.0, 1.0)
             if use:
                 params["models"][m] = {"w": w, "smooth": smooth, "broadcast": broadcast}
         return params
@@ -203,11 +203,11 @@ class BlendObjective:
 def params_of(trial_params: dict, models: list[str]) -> dict:
     """A trial's flat Optuna parameters -> the blend's settings."""
     out = {"norm": trial_params["norm"], "models": {}}
-    for i, m in enumerate(models):
-        if trial_params[f"use_{i}"]:
-            out["models"][m] = {"w": float(trial_params[f"w_{i}"]),
-                                "smooth": int(trial_params[f"smooth_{i}"]),
-                                "broadcast": float(trial_params[f"broadcast_{i}"])}
+    for m in models:
+        if trial_params[f"{m}.use"]:
+            out["models"][m] = {"w": float(trial_params[f"{m}.w"]),
+                                "smooth": int(trial_params[f"{m}.smooth"]),
+                                "broadcast": float(trial_params[f"{m}.broadcast"])}
     return out
 
 
@@ -278,12 +278,12 @@ class OptunaBlend:
                                 key="ensemble.storage")
         study = studies.open_study(self.study_name, url, self.seed)
         if not study.trials:  # a new study: equal weights, and the best model alone
-            k = len(self.candidates_)
-            base = {"norm": "rank", **{f"w_{i}": 1.0 for i in range(k)},
-                    **{f"smooth_{i}": 0 for i in range(k)},
-                    **{f"broadcast_{i}": 0.0 for i in range(k)}}
-            study.enqueue_trial({**base, **{f"use_{i}": True for i in range(k)}})
-            study.enqueue_trial({**base, **{f"use_{i}": i == 0 for i in range(k)}})
+            base = {"norm": "rank"}
+            for m in self.candidates_:
+                base.update({f"{m}.w": 1.0, f"{m}.smooth": 0, f"{m}.broadcast": 0.0})
+            first = self.candidates_[0]
+            study.enqueue_trial({**base, **{f"{m}.use": True for m in self.candidates_}})
+            study.enqueue_trial({**base, **{f"{m}.use": m == first for m in self.candidates_}})
         try:
             study = studies.optimize(self.study_name, url, objective, self.n_trials,
                                      self.n_workers, self.seed, progress=self.progress)

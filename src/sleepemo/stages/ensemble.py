@@ -251,6 +251,8 @@ def _plots(stage: Stage, final: OptunaBlend, result, ds) -> None:
         save_figure(ax.figure, stage.dir / "optimization_history.png")
         try:
             ax = optuna.visualization.matplotlib.plot_param_importances(final.study_)
+            ax.figure.set_size_inches(9, 0.25 * len(final.study_.best_params) + 2)
+            ax.figure.tight_layout()  # room for the parameters' names
             save_figure(ax.figure, stage.dir / "param_importances.png")
         except (RuntimeError, ValueError) as e:  # too few finished trials
             fig, ax = plt.subplots(figsize=(5, 2))
