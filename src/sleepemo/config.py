@@ -391,7 +391,7 @@ class EnsembleConfig:
     """Stage 06: an Optuna-tuned blend of every model's out-of-fold predictions, with a
     nested (outer leave-one-participant-out) score."""
 
-    n_trials: int = setting(60)       # finished trials per study (14 nested + 1 final)
+    n_trials: int = setting(60)       # finished trials per study (one per fold + 1 final)
     top_k: int = setting(6)           # candidates kept per study, best alone first
     smooth_choices: list = setting(factory=lambda: [0, 2, 5, 10])  # Gaussian sigma, samples
     exclude: list = setting(factory=list, help="results never blended (labels as in "
@@ -401,7 +401,7 @@ class EnsembleConfig:
                                   "postgresql://user@host/db); default one SQLite file per "
                                   "study under <out>/06_ensemble/studies/")
     workers: int = setting(1, affects="nothing",
-                           help="processes running the 14 nested studies, one study each "
+                           help="processes running the nested studies (one per fold), one each "
                            "(results are the same for any number)")
     study_workers: int = setting(1, affects="nothing",
                                  help="worker processes on one study (the final one, and "

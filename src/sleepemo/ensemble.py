@@ -83,9 +83,6 @@ class Stack:
         return Stack({m: np.asarray(p)[keep] for m, p in self.preds.items()},
                      self.subjects[keep])
 
-    def only(self, models) -> "Stack":
-        return Stack({m: self.preds[m] for m in models}, self.subjects)
-
 
 def normalise(pred: np.ndarray, subjects: np.ndarray, how: str) -> np.ndarray:
     """Per-participant normalisation at each timepoint across that participant's trials
@@ -129,6 +126,18 @@ def score(y: np.ndarray, pred: np.ndarray, subjects: np.ndarray, sfreq: float = 
     parts = dict.fromkeys(subjects.tolist())
     return window_auc({s: y[subjects == s] for s in parts},
                       {s: pred[subjects == s] for s in parts}, sfreq, min_run).score
+
+
+def best_single(table) -> tuple[str, float] | None:
+    """The best single model of a run and its LOPO score: the non-diagnostic row of a
+    LOPO table (:func:`sleepemo.report.results_table`) with the highest ``overall`` that
+    is not an ensemble; None if there is none. Stage 06's report and stage 07's choice
+    compare the ensemble's nested score with it."""
+    singles = table[~table["diagnostic"].astype(bool) & (table["stage"] != "ensemble")]
+    if singles.empty:
+        return None
+    best = str(singles["overall"].astype(float).idxmax())
+    return best, float(singles.loc[best, "overall"])
 
 
 def curves_of(stack: Stack, y: np.ndarray) -> dict:

@@ -127,8 +127,7 @@ def _lopo(run_dir: Path, summary: dict) -> float | None:
 
 def _nested(run_dir: Path, summary: dict) -> float | None:
     """The ensemble's nested score: key ``nested`` of ``06_ensemble/metrics.json`` beside
-    the submission or in the run's artefact folder (a number, or a mapping with a number
-    under ``overall``); None when the run has no ensemble."""
+    the submission or in the run's artefact folder; None when the run has no ensemble."""
     places = [run_dir]
     if summary.get("artefacts"):
         places.append(_repo_path(summary["artefacts"]))
@@ -140,8 +139,6 @@ def _nested(run_dir: Path, summary: dict) -> float | None:
             value = read_json(path).get("nested")
         except (OSError, ValueError, AttributeError):
             raise SubmitUsageError(f"{path}: not a JSON object") from None
-        if isinstance(value, dict):
-            value = value.get("overall")
         return _number(value)
     return None
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..artefacts import ResultWriter, code_hash, fingerprint, results
 from ..config import fields_affecting
-from ..ensemble import OptunaBlend, Stack, curves_of
+from ..ensemble import OptunaBlend, Stack, best_single, curves_of
 from ..io import read_json
 from ..parallel import run_folds
 from ..progress import bar
@@ -177,19 +177,15 @@ def run(stage: Stage) -> StageOutput:
 def _report(stage: Stage, state: FoldState, final: OptunaBlend, result, parts: dict,
             fold_seconds: list, final_seconds: float) -> StageOutput:
     folds, ds = state.folds, state.ds
-    table = results_table(results(stage.out))[0]
-    singles = table.loc[[m for m in state.models if m in table.index]]
-    best_single = str(singles["overall"].astype(float).idxmax())
-    nested = float(result.score()[0].score)
-    tuned = float(final.best_score_)
+    best, lopo = best_single(results_table(results(stage.out))[0])
+    score = result.score()[0]
+    nested, tuned = float(score.score), float(final.best_score_)
     nested_tuned = [float(parts[folds.held_out(k)]["tuned"]) for k in range(folds.n_folds)]
-    chosen = {m: v for m, v in final.params_["models"].items()}
     metrics = {
         "nested": nested, "tuned": tuned,
         "nested_fold_tuned_median": float(np.median(nested_tuned)),
-        "best_single": {"model": best_single,
-                        "lopo": float(singles.loc[best_single, "overall"])},
-        "beats_best_single": bool(nested > float(singles.loc[best_single, "overall"])),
+        "best_single": {"model": best, "lopo": lopo},
+        "beats_best_single": nested > lopo,
         "n_candidates": len(state.models), "final_candidates": final.candidates_,
         "final_params": final.params_, "n_trials": stage.cfg.ensemble.n_trials,
         "median_fold_seconds": float(np.median(fold_seconds)) if fold_seconds else None,
@@ -197,8 +193,8 @@ def _report(stage: Stage, state: FoldState, final: OptunaBlend, result, parts: d
         "label": result.label,
     }
     if getattr(final, "study_", None) is not None:  # (a reused run keeps its pictures)
-        _plots(stage, final, result, ds)
-    b = metrics["best_single"]
+        _plots(stage, final, score, ds)
+    n = folds.n_folds
     verdict = ("beats" if metrics["beats_best_single"] else "does not beat")
     lines = [
         f"{metrics['n_candidates']} candidate models (every non-diagnostic result); "
@@ -208,21 +204,21 @@ def _report(stage: Stage, state: FoldState, final: OptunaBlend, result, parts: d
         "",
         "| score | value | what it is |",
         "|---|---|---|",
-        f"| tuned | {tuned:.4f} | best trial of the final study on all 14 participants "
+        f"| tuned | {tuned:.4f} | best trial of the final study on all {n} participants "
         "(optimistic: chosen on them) |",
         f"| nested | **{nested:.4f}** | outer LOPO around the whole tuner: the expected "
         "score |",
         f"| nested folds' own tuned scores | {metrics['nested_fold_tuned_median']:.4f} "
-        "(median) | each nested study's best trial on its 13 participants |",
-        f"| best single model ({b['model']}) | {b['lopo']:.4f} | its LOPO score |",
+        f"(median) | each nested study's best trial on its {n - 1} participants |",
+        f"| best single model ({best}) | {lopo:.4f} | its LOPO score |",
         "",
         f"The ensemble's nested score {verdict} the best single model's LOPO "
-        f"({nested:.4f} vs {b['lopo']:.4f}); stage 07 submits "
+        f"({nested:.4f} vs {lopo:.4f}); stage 07 submits "
         + ("the ensemble." if metrics["beats_best_single"] else "the best single model."),
         "",
         "Final settings (normalisation `" + final.params_["norm"] + "`): " + ", ".join(
             f"`{m}` w {p['w']:.2f}, smooth {p['smooth']}, broadcast {p['broadcast']:.2f}"
-            for m, p in chosen.items()) + ".",
+            for m, p in final.params_["models"].items()) + ".",
         "",
         "![ensemble curve](ensemble_curve.png) ![history](optimization_history.png) "
         "![importances](param_importances.png)",
@@ -231,18 +227,18 @@ def _report(stage: Stage, state: FoldState, final: OptunaBlend, result, parts: d
         lines.append(f"\nMedian seconds per nested study: {metrics['median_fold_seconds']:.1f}; "
                      f"final study: {final_seconds:.1f}.")
     summary = (f"ensemble: nested {nested:.4f}, tuned {tuned:.4f}; best single "
-               f"{b['model']} {b['lopo']:.4f}")
+               f"{best} {lopo:.4f}")
     return StageOutput(metrics, summary, "\n".join(lines))
 
 
-def _plots(stage: Stage, final: OptunaBlend, result, ds) -> None:
+def _plots(stage: Stage, final: OptunaBlend, score, ds) -> None:
     """The nested ensemble's per-timepoint AUC curve with its window, and the final study's
     optimisation history and parameter importances (Optuna's matplotlib visualisers)."""
     import warnings
 
     import optuna
 
-    plot_curves({"ensemble (nested)": result.score()[0]}, ds.sfreq, stage.dir / "ensemble_curve.png",
+    plot_curves({"ensemble (nested)": score}, ds.sfreq, stage.dir / "ensemble_curve.png",
                 title="Ensemble, nested LOPO: mean per-timepoint AUC")
     plt = pyplot()
     with warnings.catch_warnings():

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from ..artefacts import results
+from ..ensemble import best_single
 from ..config import REPO
 from ..io import write_json
 from ..metric import format_report, score_files
@@ -38,16 +39,13 @@ def choose_model(table, requested: str | None = None) -> str:
 def ensemble_choice(table, listed) -> str | None:
     """Why the ensemble (stage 06) was or was not submitted: its nested score (its LOPO
     score) against the best single model's LOPO score; None without an ensemble."""
-    ens = [r.label for r in listed if r.stage == "ensemble" and not r.diagnostic]
-    if not ens:
+    ens = next((r for r in listed if r.stage == "ensemble" and not r.diagnostic), None)
+    single = best_single(table)
+    if ens is None or single is None:
         return None
-    singles = table[(~table["diagnostic"].astype(bool)) & (~table.index.isin(ens))]
-    if singles.empty:
-        return None
-    nested = float(table.loc[ens[0], "overall"])
-    best = str(singles["overall"].astype(float).idxmax())
-    lopo = float(singles.loc[best, "overall"])
-    tuned = next(r for r in listed if r.label == ens[0]).meta.get("tuned_score")
+    best, lopo = single
+    nested = float(table.loc[ens.label, "overall"])
+    tuned = ens.meta.get("tuned_score")
     tuned_txt = f" (tuned {tuned:.4f}, optimistic)" if tuned is not None else ""
     if nested > lopo:
         return (f"The ensemble's nested score {nested:.4f}{tuned_txt} beats the best single "
