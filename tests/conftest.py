@@ -1,11 +1,61 @@
 """Shared fixtures: small synthetic data folders, generated once per test session."""
 from __future__ import annotations
 
+import os
+import tempfile
+
 import numpy as np
 import pytest
 
 from sleepemo import CHANNELS, N_TIMES, SFREQ
 from sleepemo.synth import SynthConfig, generate, write_mat73
+
+
+def pytest_configure(config):
+    """The controller makes the folder where every process records reliability cases
+    (``tests/reliability.py``); xdist workers inherit it through the environment."""
+    from reliability import ENV
+
+    if not hasattr(config, "workerinput") and not os.environ.get(ENV):
+        os.environ[ENV] = tempfile.mkdtemp(prefix="sleepemo-reliability-")
+        config._sleepemo_reliability = os.environ[ENV]
+
+
+def _whole_default_suite(config) -> bool:
+    """True when the session ran the default suite: no -k, no marker other than the
+    default ``not slow``, no file or test named on the command line."""
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    args = [Path(str(a).split("::")[0]).resolve() for a in config.args]
+    return (not config.option.keyword and config.option.markexpr in ("", "not slow")
+            and all(a in (tests, tests.parent) for a in args))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Write docs/reliability.md from the cases the whole suite recorded."""
+    import shutil
+
+    from reliability import read_records, write_table
+
+    folder = getattr(session.config, "_sleepemo_reliability", None)
+    if folder is None:
+        return
+    try:
+        rows = read_records(folder)
+        if rows and exitstatus == 0 and _whole_default_suite(session.config):
+            write_table(rows)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def reliability(request):
+    """``reliability(area, case, outcome)``: record a case this test tried and the
+    outcome it checked, for docs/reliability.md (``tests/reliability.py``)."""
+    from reliability import recorder
+
+    return recorder(request.node.nodeid)
 
 
 @pytest.fixture(autouse=True)
