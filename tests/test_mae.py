@@ -187,3 +187,39 @@ def test_token_cache_is_the_encoders_pooled_output_and_rebuilds_for_another_mae(
     assert other.dir != cache.dir and not cache.dir.exists() and other.path(s).is_file()
     with pytest.raises(ValueError, match="multiple"):
         TokenCache.for_run(tmp_path, band, [s], 6, progress=False)
+
+
+def test_coarser_token_caches_are_pooled_from_stage_02s_without_encoding_again(
+        smoke_dir, tmp_path, monkeypatch):
+    """Stage 02 keeps every token; a coarser cache (stages 04/05) pooled from it holds
+    exactly what encoding again would give, and the encoder is not run for it. The
+    probe's window means are the tokens overlapping the window, averaged."""
+    from conftest import stage_with_random_mae
+    from sleepemo.features import pool_time, token_window
+    from sleepemo.models import mae as mae_module
+    from sleepemo.models.mae import TokenCache
+
+    stage, ds, folds = stage_with_random_mae("fusion", tmp_path, smoke_dir,
+                                             sets=["mae.stride=4"])
+    mcfg = stage.cfg.mae
+    band = BandFeatureCache.for_run(tmp_path, ds, folds, mcfg.bands, mcfg.feature, False,
+                                    evoked=mcfg.evoked())
+    s = folds.test_subjects[0]
+    base = TokenCache.for_run(tmp_path, band, [s], mcfg.stride, progress=False)
+    every = np.asarray(base.load(s))
+    w = token_window((70, 130), mcfg.stride)
+    np.testing.assert_array_equal(base.window_means(s, (70, 130)),
+                                  every[:, :, w[0]:w[1]].mean(2).reshape(len(every), -1))
+
+    def no_encoder(*a, **k):
+        raise AssertionError("the encoder ran again")
+
+    monkeypatch.setattr(mae_module, "load_encoder", no_encoder)
+    pooled = TokenCache.for_run(tmp_path, band, [s], 8, progress=False)
+    np.testing.assert_array_equal(pooled.load(s), pool_time(every, 8 // mcfg.stride))
+    monkeypatch.undo()
+    pooled.path(s).unlink()
+    base.path(s).unlink()  # without stage 02's tokens the coarser cache is encoded
+    again = TokenCache.for_run(tmp_path, band, [s], 8, progress=False)
+    np.testing.assert_allclose(again.load(s), pool_time(every, 8 // mcfg.stride),
+                               rtol=1e-5, atol=1e-6)

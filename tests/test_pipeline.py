@@ -131,3 +131,34 @@ def test_bad_data_folder_fails_with_a_clear_message(tmp_path):
     proc = subprocess.run([str(REPO / "run.sh"), "--stages", "00,42"], cwd=REPO, env=env,
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "--stages: no stage 42" in proc.stderr
+
+
+def test_predict_reproduces_every_lopo_result_and_refuses_the_others(smoke_run, smoke_dir):
+    """sleepemo predict on the test files of the finished run gives exactly each LOPO
+    result's test predictions (baselines, both probes; no retraining); results it cannot
+    apply yet say so in one line."""
+    import numpy as np
+
+    from sleepemo.artefacts import results
+    from sleepemo.data import load_dataset
+    from sleepemo.folds import read_folds
+    from sleepemo.predict import PredictError, Run, load_predictor
+
+    tmp, _ = smoke_run
+    out = tmp / "out"
+    ds = load_dataset(smoke_dir, progress=False)
+    folds = read_folds(out / "folds.json")
+    run = Run.open(out)
+    checked = set()
+    for r in results(out):
+        if r.meta.get("family") != "lopo":
+            if r.stage != "ensemble":
+                with pytest.raises(PredictError, match="not supported"):
+                    load_predictor(out, r.label, run)
+            continue
+        p = load_predictor(out, r.label, run)
+        got = np.concatenate([p.predict(ds.test[s].X, ds.sfreq)
+                              for s in folds.test_subjects])
+        np.testing.assert_array_equal(got, r.test, err_msg=r.label)
+        checked.add(r.label)
+    assert {"mae_probe", "band_probe", "starter", "riemann"} <= checked

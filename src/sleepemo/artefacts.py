@@ -298,9 +298,11 @@ class ResultWriter:
             if key.startswith("oof"):
                 assembled[key] = np.concatenate([parts[s][key]
                                                  for s in self.folds.train_subjects])
-            else:
-                assembled[key] = np.mean([p[key] for p in parts.values()],
-                                         axis=0).astype(np.float32)
+            else:  # the fold models' mean; one array shared by every fold is itself
+                arrays = [p[key] for p in parts.values()]
+                assembled[key] = np.asarray(arrays[0], np.float32) \
+                    if all(a is arrays[0] for a in arrays) else \
+                    np.mean(arrays, axis=0).astype(np.float32)
         oof = assembled["oof"]
         if oof.ndim != 2 or not np.isfinite(oof).all() or oof.min() < 0 or oof.max() > 1:
             raise ValueError(f"{self.stage}/{self.name}: oof must be (n_trials, n_times) "

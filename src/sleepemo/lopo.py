@@ -7,8 +7,9 @@ probabilities (no full-data refit), so every number in the submission comes from
 whose held-out score is known.
 
 The result is written through the predictions contract (:mod:`sleepemo.artefacts`) into
-``<out>/<NN_stage>/<name>/``: per-fold ``fold<k>.npz``, then ``oof.npy``, ``test.npy``,
-``score.json`` and ``meta.json``. A fold whose file carries the same fingerprint (model,
+``<out>/<NN_stage>/<name>/``: per-fold ``fold<k>.npz`` and the fitted fold model
+``fold<k>.joblib`` (:mod:`sleepemo.predict` applies the 14 of them to new recordings),
+then ``oof.npy``, ``test.npy``, ``score.json`` and ``meta.json``. A fold whose file carries the same fingerprint (model,
 parameters, seed, data, code, features) is not recomputed: a killed run resumes, an
 unchanged one is skipped.
 """
@@ -43,20 +44,49 @@ def _as_2d(p: np.ndarray, n_trials: int, n_times: int) -> np.ndarray:
 def fit_fold(model_key: str, params: dict, seed: int, k: int, train_x: list, train_y: list,
              held_x, n_held: int, test_x: list, n_tests: list, n_times: int):
     """Fold k: fit a fresh model on the training participants, predict the held-out and
-    the test participants. Returns ``(k, oof, test)``. Seeded per fold, so a resumed or
-    parallel fold equals an uninterrupted serial one."""
+    the test participants. Returns ``(k, oof, test, model)``. Seeded per fold, so a
+    resumed or parallel fold equals an uninterrupted serial one."""
     m = make_model(model_key, random_state=seed * 1000 + k, **params)
     m.fit(train_x, train_y)
     oof = _as_2d(m.predict_proba(held_x), n_held, n_times)
     test = np.concatenate([_as_2d(m.predict_proba(x), n, n_times)
                            for x, n in zip(test_x, n_tests)])
-    return k, oof, test
+    return k, oof, test, m
+
+
+def fold_model_path(folder: str | Path, k: int) -> Path:
+    """Where fold k's fitted model is kept (a joblib pickle of this run's own code)."""
+    return Path(folder) / f"fold{k}.joblib"
+
+
+def save_fold_model(folder: str | Path, k: int, model) -> Path:
+    import joblib
+
+    from .io import atomic_path
+
+    with atomic_path(fold_model_path(folder, k)) as tmp:
+        joblib.dump(model, tmp)
+    return fold_model_path(folder, k)
+
+
+def load_fold_model(folder: str | Path, k: int):
+    """Fold k's fitted model. A pickle runs code when loaded: load only runs you made
+    (or trust), as with any scikit-learn model."""
+    import joblib
+
+    path = fold_model_path(folder, k)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: fold {k}'s fitted model was not kept (a run made "
+                                "before models were saved, or an interrupted one): rerun "
+                                "its stage")
+    return joblib.load(path)
 
 
 def run_lopo(name: str, ds: Dataset, folds: Folds, out: str | Path, stage: str,
              seed: int = 0, params: dict | None = None, progress: bool = True, log=print,
              model: str | None = None, features: dict | None = None,
-             feature_key: str | None = None, workers: int = 1) -> Result:
+             feature_key: str | None = None, workers: int = 1,
+             recipe: dict | None = None) -> Result:
     """Train a registered model under LOPO and write its result (see the module
     docstring).
 
@@ -69,6 +99,10 @@ def run_lopo(name: str, ds: Dataset, folds: Folds, out: str | Path, stage: str,
         Participant -> precomputed label-free features (e.g. encoder embeddings), used
         instead of the model's ``transform``; a callable is only called when there is
         work to do. ``feature_key`` must then identify them (it enters the fingerprint).
+    recipe : dict, optional
+        How :mod:`sleepemo.predict` computes those features for a new participant
+        (``{"features": <kind>, ...}``, see :data:`sleepemo.predict.FEATURES`); kept in
+        ``meta.json``. Without ``features`` the model's own ``transform`` is the recipe.
     workers : int
         Folds fitted at once in joblib processes (one BLAS thread each; 0: one per core).
         The results do not depend on it beyond the last bits of floating-point sums.
@@ -89,7 +123,8 @@ def run_lopo(name: str, ds: Dataset, folds: Folds, out: str | Path, stage: str,
     n_times = ds.n_times
     subjects = list(folds.train_subjects) + list(folds.test_subjects)
     proto = make_model(model_key, random_state=seed, **params)
-    todo = [k for k in range(folds.n_folds) if not writer.fold_done(k)]
+    todo = [k for k in range(folds.n_folds) if not writer.fold_done(k)
+            or not fold_model_path(writer.folder, k).is_file()]
     feats = {}
     if todo:
         if callable(features):
@@ -114,12 +149,14 @@ def run_lopo(name: str, ds: Dataset, folds: Folds, out: str | Path, stage: str,
     progress_bar.update(folds.n_folds - len(todo))
     n_jobs = resolve_workers(workers, len(todo))
     # each fold is written as soon as it is done, in whatever order: a killed run resumes
-    for k, oof, test in (Parallel(n_jobs=n_jobs, return_as="generator_unordered")(jobs())
-                         if n_jobs > 1 else (job[0](*job[1], **job[2]) for job in jobs())):
+    for k, oof, test, m in (Parallel(n_jobs=n_jobs, return_as="generator_unordered")(jobs())
+                            if n_jobs > 1 else (job[0](*job[1], **job[2]) for job in jobs())):
+        save_fold_model(writer.folder, k, m)  # first: a fold is done when its npz is
         writer.save_fold(k, oof=oof, test=test)
         progress_bar.update(1)
     progress_bar.close()
 
     return writer.finish(ds, seed=seed, diagnostic=proto.diagnostic, meta={
-        "registry": model_key, "params": params,
+        "registry": model_key, "params": params, "family": "lopo",
+        "recipe": recipe or {"features": "transform"},
         "seconds": round(time.perf_counter() - t0, 2)})

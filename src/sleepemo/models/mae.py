@@ -183,25 +183,6 @@ def encode_tokens(encoder: ChannelEncoder, feats, batch: int = ENCODE_BATCH):
     return np.concatenate(out).reshape(n_trials, n_chans, feats.shape[2], -1)
 
 
-def embed_trials(encoder: ChannelEncoder, feats, window: tuple[int, int],
-                 stride: int = 1, chunk: int = 256):
-    """Encoder output (no masking) averaged over ``window`` (samples; the tokens that
-    overlap it when ``stride`` timepoints are pooled per token), channels concatenated.
-
-    feats (n_trials, n_chans, n_times, n_bands) -> (n_trials, n_chans * d_model), numpy.
-    """
-    import numpy as np
-
-    from ..features import pool_time, token_window
-
-    window = token_window(window, stride)
-    out = [encode_tokens(encoder, pool_time(np.asarray(feats[i:i + chunk], np.float32), stride)
-                         )[:, :, window[0]:window[1]].mean(2)
-           for i in range(0, max(len(feats), 1), chunk)]
-    out = np.concatenate(out)
-    return out.reshape(len(out), out.shape[1] * out.shape[2])
-
-
 # ------------------------------------------------------------------ saved encoders
 #: The files of a trained MAE in its folder (stage 02 writes them into ``02_mae/``).
 ENCODER_FILES = ("encoder.pt", "mae_head.pt", "run.json")
@@ -247,6 +228,8 @@ class TokenCache:
     """The stage-02 encoder's per-token embeddings of every trial of every participant,
     averaged to tokens of ``stride`` samples: one memory-mapped ``.npy`` per participant,
     shape (n_trials, n_chans, n_times // stride, d_model), computed once per run.
+    Stage 02 builds it at the MAE's own stride (every token; its linear probe reads it);
+    a coarser stride is then pooled from that one instead of encoding again.
 
     Stage 04 (its ``mae`` variant) and stage 05 (the SAC's prototypes) read the same
     embeddings; before this cache each fold worker of stage 04 and stage 05's process
@@ -307,12 +290,32 @@ class TokenCache:
             for stale in cache.root.iterdir():
                 if stale.is_dir() and stale.name != cache.key:
                     shutil.rmtree(stale)
+        base = cls(out, info["fingerprint"], band.key, mstride)
+        if stride != mstride and not base.missing(todo):
+            # stage 02 keeps every token (its probe reads them): pooling them is the same
+            # numbers as encoding again, without the encoder's cost
+            for s in bar(todo, desc=f"MAE token embeddings at stride {stride}",
+                         unit="participant", enabled=progress):
+                write_npy(cache.path(s), np.ascontiguousarray(pool_time(
+                    np.asarray(base.load(s)), stride // mstride), dtype=np.float32))
+            return cache
         enc = load_encoder(folder)
         for s in bar(todo, desc="MAE token embeddings", unit="participant", enabled=progress):
             x = pool_time(np.asarray(band.load(s), np.float32), mstride)
             write_npy(cache.path(s), np.ascontiguousarray(
                 pool_time(encode_tokens(enc, x), stride // mstride), dtype=np.float32))
         return cache
+
+    def window_means(self, subject: int, window: tuple[int, int]):
+        """One participant's embeddings averaged over the tokens overlapping ``window``
+        (samples), channels concatenated: (n_trials, n_chans * d_model)."""
+        import numpy as np
+
+        from ..features import token_window
+
+        w = token_window(window, self.stride)
+        x = np.asarray(self.load(subject)[:, :, w[0]:w[1]]).mean(2)
+        return x.reshape(len(x), -1)
 
     def load(self, subject: int):
         """Memory-mapped embeddings of one participant."""

@@ -21,4 +21,7 @@ def run(stage: Stage, force: bool = False) -> StageOutput:
                 f"Data fingerprint `{folds.data_fingerprint[:12]}`.")
     return StageOutput({"n_folds": folds.n_folds, "written": written,
                         "train_trials": n_train, "test_trials": n_test,
-                        "data_fingerprint": folds.data_fingerprint}, summary, evidence)
+                        "data_fingerprint": folds.data_fingerprint,
+                        # what new recordings must match (sleepemo.predict checks them)
+                        "channels": list(ds.ch_names), "sfreq": float(ds.sfreq),
+                        "n_times": int(ds.n_times)}, summary, evidence)

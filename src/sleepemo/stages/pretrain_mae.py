@@ -18,6 +18,10 @@ Artefacts under ``<out>/02_mae/``::
     evidence.md       the same as tables, for the run's report
     mae_probe/, band_probe/   LOPO linear probes (results of the predictions contract)
 
+and ``<out>/cache/mae_tokens_s<stride>/``: the encoder's output for every token of every
+trial (:class:`~sleepemo.models.mae.TokenCache`, label-free), which the probe averages
+over its window and stages 04 and 05 pool to their token rates without encoding again.
+
 A killed run restarts from ``ckpt/last.pt``: the data order and masks of epoch e come
 from a generator seeded by (seed, e), so the result equals an uninterrupted run's.
 """
@@ -36,7 +40,7 @@ from ..config import MAEConfig, fields_affecting
 from ..features import BandFeatureCache, pool_time, zscore_trials
 from ..io import read_json, write_json
 from ..lopo import run_lopo
-from ..models.mae import (EncoderConfig, MaskedAutoencoder, embed_trials, encoder_config,
+from ..models.mae import (EncoderConfig, MaskedAutoencoder, TokenCache, encoder_config,
                           encoder_saved, n_parameters, random_mask, save_encoder)
 from ..progress import bar
 from ..stage import Stage, StageOutput
@@ -234,9 +238,12 @@ def run(stage: Stage) -> StageOutput:
     quiet = dict(seed=seed, params={"C": cfg.probe_C}, progress=stage.progress,
                  log=log, model="linear_probe")
 
+    # every trial's tokens, kept: the probe reads them here, and stages 04 and 05 pool
+    # them to their own token rate instead of encoding every trial again
+    tokens = TokenCache.for_run(stage.out, cache, subjects, cfg.stride, stage.progress)
+
     def embeddings():
-        return {s: zscore_trials(embed_trials(model.encoder, feats[s], w, stride=cfg.stride))
-                for s in subjects}
+        return {s: zscore_trials(tokens.window_means(s, w)) for s in subjects}
 
     def band_means():
         return {s: zscore_trials(np.asarray(feats[s][:, :, w[0]:w[1]]).mean(2).reshape(
@@ -246,7 +253,8 @@ def run(stage: Stage) -> StageOutput:
     for name, fn, key in (("mae_probe", embeddings, f"{run_fp}:{w}"),
                           ("band_probe", band_means, f"{cache.key}:{w}")):
         res = run_lopo(name, ds, folds, stage.out, stage.spec.name, features=fn,
-                       feature_key=key, **quiet)
+                       feature_key=key, recipe={"features": name.replace("probe", "window"),
+                                                "window": list(w)}, **quiet)
         probes[name] = res.score()[0].score
 
     speeds = [h["seqs_per_second"] for h in history]

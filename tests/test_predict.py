@@ -1,0 +1,140 @@
+"""sleepemo predict: a finished run applied to new recordings, in batch and streaming."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sleepemo.predict import PredictError, Stream, load_predictor, predict_files, recordings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def stage(script: str, data, out, *sets, subs=None):
+    cmd = [sys.executable, str(REPO / "src" / script), "--profile", "smoke", "--data-dir",
+           str(data), "--out", str(out), "--no-progress"]
+    for s in sets:
+        cmd += ["--set", s]
+    if subs:
+        cmd += ["--submissions", str(subs)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def small_run(smoke_dir, tmp_path_factory):
+    """Stages 00, 01 (two fast baselines), 06 (their ensemble) and 07 on the smoke
+    data."""
+    tmp = tmp_path_factory.mktemp("predict")
+    out, subs = tmp / "out", tmp / "subs"
+    sets = ["baselines.models=[riemann,erp_lda]", "ensemble.top_k=2"]
+    for script in ("00_make_folds.py", "01_baselines.py", "06_ensemble.py"):
+        stage(script, smoke_dir, out, *sets)
+    text = stage("07_make_submission.py", smoke_dir, out, *sets, subs=subs)
+    sub = next(subs.rglob("submission.csv"))
+    return out, sub, text
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "sleepemo", "predict", *map(str, args)],
+                          capture_output=True, text=True,
+                          env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"})
+
+
+def test_cli_on_the_test_files_reproduces_the_submission_exactly(small_run, smoke_dir,
+                                                                  tmp_path):
+    out, sub, _ = small_run
+    proc = run_cli("--run", out, "--out", tmp_path / "p", "--no-progress",
+                   smoke_dir / "testing")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "p" / "predictions.csv").read_bytes() == sub.read_bytes()
+    assert {f.name for f in (tmp_path / "p").glob("S*.npy")} == \
+        {f"S{s}.npy" for s in recordings([smoke_dir / "testing"])}
+    again = run_cli("--run", out, "--out", tmp_path / "p", smoke_dir / "testing")
+    assert again.returncode == 2 and "never overwritten" in again.stderr
+
+
+def test_each_model_of_the_run_predicts_one_new_participant(small_run, smoke_dir):
+    """A training participant's own files, as if new: every model of the run (the
+    ensemble included) gives probabilities for every trial and timepoint."""
+    out, _, _ = small_run
+    files = list((smoke_dir / "training").rglob("S_2_cleaned.mat"))
+    for model in ("riemann", "erp_lda", "ensemble"):
+        res = predict_files(out, files[:1], model, progress=False)
+        (p, warm), = res["predictions"].values()
+        assert p.dtype == np.float32 and p.shape[1] == 200 and not warm.any()
+        assert np.isfinite(p).all() and p.min() >= 0 and p.max() <= 1
+
+
+def test_the_ensemble_reproduces_its_test_predictions_exactly(small_run, smoke_dir):
+    from sleepemo.artefacts import find
+    from sleepemo.folds import read_folds
+
+    out, _, _ = small_run
+    folds = read_folds(out / "folds.json")
+    files = recordings([smoke_dir / "testing"])
+    res = predict_files(out, [files[s] for s in folds.test_subjects], "ensemble",
+                        progress=False)["predictions"]
+    got = np.concatenate([res[s][0] for s in folds.test_subjects])
+    np.testing.assert_array_equal(got, find(out, "ensemble").test)
+
+
+def test_streaming_after_warm_up_is_close_to_batch(small_run, smoke_dir, reliability):
+    """One trial at a time with online normalisation: after the warm-up, within 0.05 of
+    the batch output on average and 0.25 at most (per trial, mean over timepoints); the
+    warm-up trials are flagged; the last trial, normalised on every trial, equals the
+    batch."""
+    from sleepemo.data import read_mat
+
+    out, _, _ = small_run
+    X = read_mat(sorted((smoke_dir / "testing").glob("*.mat"))[-1]).X[:60]
+    p = load_predictor(out, "riemann")
+    b = p.predict(X, 200.0)
+    stream = Stream(p, 200.0, warmup=20)
+    steps = [stream.push(x) for x in X]
+    s = np.stack([st.probs for st in steps])
+    warm = np.array([st.warm_up for st in steps])
+    assert warm[:20].all() and not warm[20:].any()
+    diff = np.abs(s - b)[20:].mean(1)
+    assert diff.mean() < 0.05 and diff.max() < 0.25, (diff.mean(), diff.max())
+    np.testing.assert_allclose(s[-1], b[-1], atol=1e-6)
+    reliability("predict", "streaming one trial at a time (`riemann`, 60 trials of a "
+                "test participant)", "after 20 warm-up trials mean |stream - batch| < 0.05, "
+                "max per trial < 0.25; the last trial equals the batch output")
+
+
+def test_stream_refuses_a_trial_of_the_wrong_shape(small_run):
+    out, _, _ = small_run
+    s = Stream(load_predictor(out, "riemann"), 200.0)
+    with pytest.raises(PredictError, match="n_chans, n_times"):
+        s.push(np.zeros(200))
+
+
+def test_clear_errors(small_run, smoke_dir, tmp_path, reliability):
+    out, _, _ = small_run
+    cases = []
+    q = "--no-progress"
+    proc = run_cli(q, "--run", tmp_path, smoke_dir / "testing")
+    cases.append(("a folder that is not a run", proc, "not a run folder"))
+    proc = run_cli(q, "--run", out, "--model", "nope", smoke_dir / "testing")
+    cases.append(("a model the run does not have", proc, "no result 'nope'"))
+    odd = tmp_path / "recording one.mat"
+    shutil.copy(next((smoke_dir / "testing").glob("*.mat")), odd)
+    proc = run_cli(q, "--run", out, odd)
+    cases.append(("a file named without a participant id", proc, "cannot tell the participant"))
+    bad = tmp_path / "test_subject_99.mat"
+    bad.write_bytes(b"not a mat file")
+    proc = run_cli(q, "--run", out, bad)
+    cases.append(("a corrupt recording", proc, "not a MATLAB file"))
+    proc = run_cli(q, "--run", out, tmp_path / "missing.mat")
+    cases.append(("a path that does not exist", proc, "no such file"))
+    for case, proc, message in cases:
+        assert proc.returncode == 2, (case, proc.stderr)
+        assert message in proc.stderr and "Traceback" not in proc.stderr, (case, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1, (case, proc.stderr)
+        reliability("predict", case, f"exit code 2, one line: '{message}'")
