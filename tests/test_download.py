@@ -252,11 +252,19 @@ def test_kaggle_api_without_credentials_is_a_clear_error(real_kaggle, capsys, re
                 "where the key goes; no exit, nothing on standard output")
 
 
-def test_kaggle_api_authenticates_from_environment_offline(real_kaggle, monkeypatch):
+def test_kaggle_api_authenticates_offline(real_kaggle, monkeypatch, isolated, capsys):
     set_env_credentials(monkeypatch)
     api = dl.kaggle_api()
     assert isinstance(api, real_kaggle) and api._authenticated
     assert api.get_config_value("username") == "alice"
+    assert capsys.readouterr() == ("", "")
+    monkeypatch.delenv("KAGGLE_USERNAME")
+    monkeypatch.delenv("KAGGLE_KEY")
+    path = write_kaggle_json(Path(real_kaggle.config_dir), {"username": "bob", "key": SECRET})
+    path.chmod(0o644)
+    assert dl.kaggle_api().get_config_value("username") == "bob"
+    out, err = capsys.readouterr()  # the package's warning reaches standard error
+    assert out == "" and "readable by other users" in err and SECRET not in err
 
 
 # --------------------------------------------------------------------------- data root

@@ -327,12 +327,14 @@ def kaggle_api():
     """The kaggle package's authenticated ``KaggleApi``.
 
     The package is imported here only, because importing it authenticates (see the
-    module notes); what it prints while doing so is discarded. ``ImportError`` and the
-    ``SystemExit`` by which the package reports missing credentials become
+    module notes). What it prints (help text, a warning about a readable key file) goes
+    to standard error on success and is replaced by one line on failure: ``ImportError``
+    and the ``SystemExit`` by which the package reports missing credentials become
     :class:`KaggleApiError` (with :func:`credentials_help`).
     """
+    printed = io.StringIO()
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(printed):
             from kaggle.api.kaggle_api_extended import KaggleApi
             api = KaggleApi()
             api.authenticate()
@@ -342,6 +344,7 @@ def kaggle_api():
     except SystemExit as exc:
         raise KaggleApiError(f"the Kaggle API found no usable credentials (exit status "
                              f"{exc.code}); {credentials_help()}") from None
+    sys.stderr.write(mask_secrets(printed.getvalue()))
     return api
 
 
