@@ -577,9 +577,10 @@ def test_get_data_failed_download_falls_back(tmp_path, monkeypatch, exc, reliabi
     assert failures[0].endswith("using the built-in synthetic data")
     assert all(SECRET not in line for line in rec.lines)
     assert not (tmp_path / "input" / COMPETITION_SLUG).exists()
-    reliability("download", f"download fails with {type(exc).__name__} (the key in the "
-                "error text)", "one line with the key masked; synthetic data used; "
-                "no destination folder")
+    case = ("network error whose text holds the key" if isinstance(exc, ConnectionError)
+            else "the kaggle package calls exit during the download")
+    reliability("download", case, "one line naming the error, no key; synthetic data "
+                "used; no destination folder")
 
 
 def test_get_data_masks_secret_from_kaggle_json(tmp_path, isolated):
@@ -687,15 +688,18 @@ def test_get_data_rules_not_accepted_falls_back(tmp_path, monkeypatch, real_kagg
 
 # --------------------------------------------------------------------------- command line
 
-def test_cli_without_credentials_exits_1(tmp_path, capsys, reliability):
+def test_cli_without_credentials_exits_1(tmp_path, isolated, capsys, reliability):
+    write_kaggle_json(isolated / ".kaggle", {"key": SECRET})  # a key without a user name
     assert dl.main(["--input-dir", str(tmp_path / "input")]) == 1
     out, err = capsys.readouterr()
     assert out == "" and err.startswith("error: no Kaggle credentials found; ")
-    assert "kaggle.json" in err and "KAGGLE_USERNAME" in err
+    assert "~/.kaggle/kaggle.json" in err and "KAGGLE_USERNAME" in err
+    assert SECRET not in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "input").exists()
-    reliability("download", "python -m sleepemo.download without credentials",
-                "exit code 1; one line saying where kaggle.json goes; nothing written")
+    reliability("download", "python -m sleepemo.download without credentials (kaggle.json "
+                "with a key but no user name)", "exit code 1; one line saying where "
+                "kaggle.json goes, the key not printed; nothing written")
 
 
 def test_cli_downloads_and_prints_root(tmp_path, monkeypatch, capsys):
