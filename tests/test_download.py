@@ -1,54 +1,70 @@
-"""Tests for sleepemo.download. None of them touches the network or real credentials."""
+"""Tests for sleepemo.download. None of them reaches the network or real credentials:
+HOME is an empty temporary folder, the Kaggle variables are unset, any socket connection
+or name lookup fails the test, and where the real kaggle package is used its transfer
+method is replaced."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import socket
 import stat
+import subprocess
 import sys
-import types
 import zipfile
 from pathlib import Path
 
 import pytest
+import requests
 
 from sleepemo import COMPETITION_SLUG
 from sleepemo import download as dl
 
+REPO = Path(__file__).resolve().parents[1]
 SECRET = "s3cr3t-kaggle-key-0123456789"
 DATA_FILES = ("training/sleep_emo/S_2_cleaned.mat",
               "training/sleep_neu/S_2_cleaned.mat",
               "testing/test_subject_1.mat")
-KAGGLE_VARS = ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR",
-               "XDG_CONFIG_HOME")
 
-# Kept before the autouse fixture replaces it, for the test with a stub kaggle module.
+# Kept before the autouse fixture replaces it, for the tests of the real wiring.
 _REAL_KAGGLE_DOWNLOAD = dl._kaggle_download
 
 
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch, tmp_path):
-    """Empty HOME, no Kaggle variables, no sockets, and the real download forbidden."""
+    """Empty HOME, no Kaggle or XDG variables, no network, the real download forbidden."""
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
-    for var in KAGGLE_VARS:
+    for var in [v for v in os.environ if v.startswith("KAGGLE_")] + ["XDG_CONFIG_HOME"]:
         monkeypatch.delenv(var, raising=False)
 
-    def no_network(*args, **kwargs):
-        raise AssertionError("a test tried to open a network connection")
+    attempts = []
 
+    def no_network(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network disabled in tests")
+
+    # Recorded and checked afterwards: the code under test may catch the error.
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket.socket, "connect_ex", no_network)
-
-    calls = []
-
-    def forbidden(slug, folder):
-        calls.append(slug)
-        raise AssertionError("the real Kaggle download was called in a test")
-
-    monkeypatch.setattr(dl, "_kaggle_download", forbidden)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.setattr(dl, "_kaggle_download", lambda slug, folder: no_network(slug))
     yield home
-    assert not calls, "the real Kaggle download was called"
+    assert not attempts, f"a test tried to reach the network: {attempts}"
+
+
+@pytest.fixture
+def real_kaggle(monkeypatch, isolated):
+    """The real ``KaggleApi`` class, imported afresh under this test's HOME (the package
+    fixes its config path and authenticates when imported); the modules of an earlier
+    import are put back afterwards."""
+    for name in [n for n in sys.modules if n == "kaggle" or n.startswith("kaggle.")]:
+        monkeypatch.delitem(sys.modules, name)
+    with contextlib.redirect_stdout(io.StringIO()):
+        from kaggle.api.kaggle_api_extended import KaggleApi
+    return KaggleApi
 
 
 def make_zip(path: Path, members: dict[str, bytes] | list[tuple[zipfile.ZipInfo | str, bytes]]
@@ -84,31 +100,6 @@ def all_paths(folder: Path) -> list[Path]:
     return sorted(folder.rglob("*")) if folder.exists() else []
 
 
-# --------------------------------------------------------------------------- credentials
-
-def test_find_credentials_none(tmp_path):
-    assert dl.find_credentials(env={}, home=tmp_path) is None
-
-
-def test_find_credentials_env_pair(tmp_path):
-    env = {"KAGGLE_USERNAME": "alice", "KAGGLE_KEY": SECRET}
-    found = dl.find_credentials(env=env, home=tmp_path)
-    assert found is not None and "KAGGLE_USERNAME" in found
-    assert SECRET not in found and "alice" not in found
-
-
-def test_find_credentials_half_env_pair_is_not_enough(tmp_path):
-    assert dl.find_credentials(env={"KAGGLE_USERNAME": "alice"}, home=tmp_path) is None
-    assert dl.find_credentials(env={"KAGGLE_KEY": SECRET}, home=tmp_path) is None
-    assert dl.find_credentials(env={"KAGGLE_USERNAME": "alice", "KAGGLE_KEY": ""},
-                               home=tmp_path) is None
-
-
-def test_find_credentials_api_token(tmp_path):
-    found = dl.find_credentials(env={"KAGGLE_API_TOKEN": SECRET}, home=tmp_path)
-    assert found is not None and "KAGGLE_API_TOKEN" in found and SECRET not in found
-
-
 def write_kaggle_json(folder: Path, content: object = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     content = {"username": "alice", "key": SECRET} if content is None else content
@@ -117,52 +108,163 @@ def write_kaggle_json(folder: Path, content: object = None) -> Path:
     return path
 
 
-def test_find_credentials_home_kaggle_json(tmp_path):
-    write_kaggle_json(tmp_path / ".kaggle")
-    found = dl.find_credentials(env={}, home=tmp_path)
-    assert found == "~/.kaggle/kaggle.json"
-
-
-def test_find_credentials_xdg_kaggle_json(tmp_path):
-    write_kaggle_json(tmp_path / ".config" / "kaggle")
-    assert dl.find_credentials(env={}, home=tmp_path) == "~/.config/kaggle/kaggle.json"
-
-
-def test_find_credentials_config_dir_replaces_home(tmp_path):
-    home = tmp_path / "home"
-    write_kaggle_json(home / ".kaggle")
-    config_dir = tmp_path / "cfg"
-    env = {"KAGGLE_CONFIG_DIR": str(config_dir)}
-    # kaggle reads only $KAGGLE_CONFIG_DIR when it is set.
-    assert dl.find_credentials(env=env, home=home) is None
-    write_kaggle_json(config_dir)
-    found = dl.find_credentials(env=env, home=home)
-    assert found == str(config_dir / "kaggle.json")
-    assert SECRET not in found
-
-
-@pytest.mark.parametrize("content", ["not json", "[]", {"username": "alice"},
-                                     {"username": "alice", "key": ""}])
-def test_find_credentials_ignores_malformed_kaggle_json(tmp_path, content):
-    write_kaggle_json(tmp_path / ".kaggle", content)
-    assert dl.find_credentials(env={}, home=tmp_path) is None
-
-
-def test_find_credentials_access_token(tmp_path):
-    (tmp_path / ".kaggle").mkdir()
-    token = tmp_path / ".kaggle" / "access_token"
-    token.write_text("  \n")
-    assert dl.find_credentials(env={}, home=tmp_path) is None
-    token.write_text(SECRET + "\n")
-    found = dl.find_credentials(env={}, home=tmp_path)
-    assert found == "~/.kaggle/access_token"
-
-
-def test_find_credentials_defaults_follow_environment(monkeypatch, isolated):
-    assert dl.find_credentials() is None
+def set_env_credentials(monkeypatch):
     monkeypatch.setenv("KAGGLE_USERNAME", "alice")
     monkeypatch.setenv("KAGGLE_KEY", SECRET)
-    assert dl.find_credentials() == "environment KAGGLE_USERNAME/KAGGLE_KEY"
+
+
+# --------------------------------------------------------------------------- credentials
+
+def test_no_credentials_anywhere(isolated, monkeypatch, reliability):
+    assert dl.find_credentials() is None and dl.kaggle_username() is None
+    # Without ~/.kaggle the package reads ~/.config/kaggle (XDG); the help says so.
+    assert "~/.config/kaggle/kaggle.json" in dl.credentials_help()
+    (isolated / ".kaggle").mkdir()
+    help_text = dl.credentials_help()
+    assert "~/.kaggle/kaggle.json" in help_text and "KAGGLE_USERNAME" in help_text
+    assert "KAGGLE_KEY" in help_text and "\n" not in help_text
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(isolated.parent / "cfg"))
+    assert f"{isolated.parent / 'cfg' / 'kaggle.json'} (chmod 600)" in dl.credentials_help()
+    assert dl.find_credentials() is None
+    reliability("download", "no Kaggle credentials anywhere (no variables, no kaggle.json, "
+                "no token files)", "find_credentials is None; the help names the kaggle.json "
+                "path the kaggle package would read and KAGGLE_USERNAME/KAGGLE_KEY")
+
+
+def test_credentials_from_environment(monkeypatch):
+    monkeypatch.setenv("KAGGLE_USERNAME", "alice")
+    assert dl.find_credentials() is None  # half a pair is not enough
+    monkeypatch.setenv("KAGGLE_KEY", "")
+    assert dl.find_credentials() is None
+    monkeypatch.setenv("KAGGLE_KEY", SECRET)
+    found = dl.find_credentials()
+    assert found == "environment KAGGLE_USERNAME/KAGGLE_KEY"
+    assert dl.kaggle_username() == "alice"
+    assert dl.mask_secrets(f"401 for key {SECRET}.") == "401 for key ***."
+
+
+def test_credentials_from_kaggle_json(isolated):
+    write_kaggle_json(isolated / ".kaggle")
+    assert dl.find_credentials() == "~/.kaggle/kaggle.json"
+    assert dl.kaggle_username() == "alice"
+    assert dl.mask_secrets(SECRET) == "***"
+
+
+def test_credentials_from_xdg_kaggle_json_only_without_home_kaggle(isolated, monkeypatch):
+    write_kaggle_json(isolated / "xdg" / "kaggle")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(isolated / "xdg"))
+    assert dl.find_credentials() == "~/xdg/kaggle/kaggle.json"
+    (isolated / ".kaggle").mkdir()  # the package then looks in ~/.kaggle only
+    assert dl.find_credentials() is None
+
+
+def test_credentials_config_dir_replaces_home(isolated, monkeypatch, tmp_path):
+    write_kaggle_json(isolated / ".kaggle")
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "cfg"))
+    assert dl.find_credentials() is None
+    write_kaggle_json(tmp_path / "cfg", {"username": "bob", "key": SECRET})
+    assert dl.find_credentials() == str(tmp_path / "cfg" / "kaggle.json")
+    assert dl.kaggle_username() == "bob"
+
+
+def test_environment_completes_and_overrides_kaggle_json(isolated, monkeypatch):
+    write_kaggle_json(isolated / ".kaggle", {"key": SECRET})  # no user name
+    assert dl.find_credentials() is None and dl.kaggle_username() is None
+    monkeypatch.setenv("KAGGLE_USERNAME", "carol")  # the package merges both
+    assert dl.find_credentials() == "~/.kaggle/kaggle.json"
+    assert dl.kaggle_username() == "carol"
+
+
+@pytest.mark.parametrize("content", ["not json", "[]", "null", {"username": "alice"},
+                                     {"username": "alice", "key": ""},
+                                     {"username": 3, "key": SECRET}])
+def test_malformed_kaggle_json_is_not_credentials(isolated, content):
+    write_kaggle_json(isolated / ".kaggle", content)
+    assert dl.find_credentials() is None
+
+
+def test_access_tokens(isolated, monkeypatch, tmp_path):
+    token = isolated / ".kaggle" / "access_token"
+    token.parent.mkdir()
+    token.write_text("  \n")
+    assert dl.find_credentials() is None
+    token.write_text(SECRET + "\n")
+    assert dl.find_credentials() == "~/.kaggle/access_token"
+    assert dl.mask_secrets(f"token {SECRET}") == "token ***"
+    other = "another-token-abcdef-123456"
+    monkeypatch.setenv("KAGGLE_API_TOKEN", other)  # before the files, as in kagglesdk
+    assert dl.find_credentials() == "environment KAGGLE_API_TOKEN"
+    assert dl.mask_secrets(f"{other} {SECRET}") == "*** ***"
+    token.unlink()
+    path = tmp_path / "token.txt"  # KAGGLE_API_TOKEN may name a file
+    path.write_text("token-from-a-file-0123\n")
+    monkeypatch.setenv("KAGGLE_API_TOKEN", str(path))
+    assert dl.find_credentials() == "environment KAGGLE_API_TOKEN"
+    assert dl.mask_secrets("x token-from-a-file-0123") == "x ***"
+    monkeypatch.setenv("KAGGLE_API_TOKEN", "t" * 400)  # too long for a file name
+    assert dl.find_credentials() == "environment KAGGLE_API_TOKEN"
+
+
+def test_oauth_credentials_file(isolated):
+    path = isolated / ".kaggle" / "credentials.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"refresh_token": "", "access_token": "x"}))
+    assert dl.find_credentials() is None
+    path.write_text(json.dumps({"refresh_token": SECRET, "access_token": "acc-0123456"}))
+    assert dl.find_credentials() == "~/.kaggle/credentials.json (kaggle auth login)"
+    assert dl.mask_secrets(f"{SECRET} acc-0123456") == "*** ***"
+
+
+@pytest.mark.parametrize("setup", ["home", "config_dir", "xdg", "env_over_file"])
+def test_kaggle_json_lookup_agrees_with_the_package(isolated, monkeypatch, setup):
+    """The path and the merged user name/key are the ones KaggleApi itself uses."""
+    if setup == "home":
+        write_kaggle_json(isolated / ".kaggle")
+    elif setup == "config_dir":
+        monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(isolated / "cfg"))
+        write_kaggle_json(isolated / "cfg")
+    elif setup == "xdg":
+        monkeypatch.setenv("XDG_CONFIG_HOME", str(isolated / "xdg"))
+        write_kaggle_json(isolated / "xdg" / "kaggle")
+    else:
+        write_kaggle_json(isolated / ".kaggle", {"username": "file-user", "key": "file-key"})
+        set_env_credentials(monkeypatch)
+    for name in [n for n in sys.modules if n == "kaggle" or n.startswith("kaggle.")]:
+        monkeypatch.delitem(sys.modules, name)  # import afresh with this setup
+    with contextlib.redirect_stdout(io.StringIO()):
+        from kaggle.api.kaggle_api_extended import KaggleApi
+        api = KaggleApi()
+        values = api.read_config_environment(api.read_config_file(quiet=True))
+    assert Path(api.config) == dl._kaggle_json()
+    assert dl._legacy_config() == {k: values[k] for k in ("username", "key")}
+    assert dl.find_credentials() is not None
+
+
+def test_kaggle_api_without_credentials_is_a_clear_error(real_kaggle, capsys, reliability):
+    with pytest.raises(dl.KaggleApiError) as err:
+        dl.kaggle_api()  # the package's SystemExit does not escape
+    message = str(err.value)
+    assert "no usable credentials" in message and "kaggle.json" in message
+    assert "\n" not in message
+    assert capsys.readouterr().out == ""  # the package's printed help is not passed on
+    reliability("download", "kaggle package asked to authenticate without credentials "
+                "(it prints help and calls exit)", "KaggleApiError with one line saying "
+                "where the key goes; no exit, nothing on standard output")
+
+
+def test_kaggle_api_authenticates_offline(real_kaggle, monkeypatch, isolated, capsys):
+    set_env_credentials(monkeypatch)
+    api = dl.kaggle_api()
+    assert isinstance(api, real_kaggle) and api._authenticated
+    assert api.get_config_value("username") == "alice"
+    assert capsys.readouterr() == ("", "")
+    monkeypatch.delenv("KAGGLE_USERNAME")
+    monkeypatch.delenv("KAGGLE_KEY")
+    path = write_kaggle_json(Path(real_kaggle.config_dir), {"username": "bob", "key": SECRET})
+    path.chmod(0o644)
+    assert dl.kaggle_api().get_config_value("username") == "bob"
+    out, err = capsys.readouterr()  # the package's warning reaches standard error
+    assert out == "" and "readable by other users" in err and SECRET not in err
 
 
 # --------------------------------------------------------------------------- data root
@@ -209,12 +311,18 @@ def symlink_member(name: str = "link") -> zipfile.ZipInfo:
     return info
 
 
-@pytest.mark.parametrize("bad, reason", [("../evil.txt", "'..'"), ("/abs.txt", "absolute"),
-                                         ("a/../../evil", "'..'"), ("a/../b.txt", "'..'"),
-                                         ("C:/evil.txt", "drive letter"),
-                                         ("..\\evil.txt", "'..'"),
-                                         ("symlink", "symbolic link")])
-def test_safe_extract_rejects_unsafe_member_and_extracts_nothing(tmp_path, bad, reason):
+UNSAFE = [("../evil.txt", "'..'", "a '..' member"),
+          ("a/../../evil", "'..'", "a '..' member inside a folder"),
+          ("a/../b.txt", "'..'", "a '..' member that stays inside"),
+          ("..\\evil.txt", "'..'", "a '..' member with a backslash"),
+          ("/abs.txt", "absolute", "an absolute member path"),
+          ("C:/evil.txt", "drive letter", "a member with a drive letter"),
+          ("symlink", "symbolic link", "a symbolic-link member")]
+
+
+@pytest.mark.parametrize("bad, reason, case", UNSAFE, ids=[u[0] for u in UNSAFE])
+def test_safe_extract_rejects_unsafe_member_and_extracts_nothing(tmp_path, bad, reason, case,
+                                                                 reliability):
     sandbox = tmp_path / "sandbox"
     target = sandbox / "target"
     target.mkdir(parents=True)
@@ -226,22 +334,14 @@ def test_safe_extract_rejects_unsafe_member_and_extracts_nothing(tmp_path, bad, 
     with pytest.raises(dl.UnsafeArchiveError) as err:
         dl.safe_extract(archive, target)
     message = str(err.value)
-    assert "bad.zip" in message and reason in message
-    assert (bad_member.filename if bad == "symlink" else bad) in message \
-        or repr(bad) in message
-    assert list(target.iterdir()) == []
+    assert "bad.zip" in message and reason in message and "\n" not in message
+    assert repr("link" if bad == "symlink" else bad) in message
     assert all_paths(tmp_path) == before
-    assert not (tmp_path / "evil.txt").exists() and not (sandbox / "evil.txt").exists()
+    reliability("download", f"zip archive with {case} after a harmless one",
+                "UnsafeArchiveError naming the archive and the member; nothing extracted")
 
 
-def test_safe_extract_unsafe_member_does_not_create_target(tmp_path):
-    archive = make_zip(tmp_path / "bad.zip", {"ok.txt": b"1", "../evil.txt": b"2"})
-    with pytest.raises(dl.UnsafeArchiveError):
-        dl.safe_extract(archive, tmp_path / "new" / "target")
-    assert not (tmp_path / "new").exists()
-
-
-def test_safe_extract_rejects_path_through_existing_symlink(tmp_path):
+def test_safe_extract_rejects_path_through_existing_symlink(tmp_path, reliability):
     outside = tmp_path / "outside"
     outside.mkdir()
     target = tmp_path / "target"
@@ -251,30 +351,8 @@ def test_safe_extract_rejects_path_through_existing_symlink(tmp_path):
     with pytest.raises(dl.UnsafeArchiveError, match="outside"):
         dl.safe_extract(archive, target)
     assert list(outside.iterdir()) == []
-
-
-def test_safe_extract_never_overwrites(tmp_path):
-    target = tmp_path / "target"
-    target.mkdir()
-    (target / "a.txt").write_text("mine")
-    archive = make_zip(tmp_path / "a.zip", {"new.txt": b"n", "a.txt": b"theirs"})
-    with pytest.raises(FileExistsError):
-        dl.safe_extract(archive, target)
-    assert (target / "a.txt").read_text() == "mine"
-    assert sorted(p.name for p in target.iterdir()) == ["a.txt"]
-
-
-def test_safe_extract_rejects_duplicates_and_file_folder_clash(tmp_path):
-    with zipfile.ZipFile(tmp_path / "dup.zip", "w") as zf:
-        with pytest.warns(UserWarning):  # zipfile warns about the duplicate name
-            zf.writestr("x.txt", b"1")
-            zf.writestr("x.txt", b"2")
-    with pytest.raises(dl.UnsafeArchiveError, match="more than once"):
-        dl.safe_extract(tmp_path / "dup.zip", tmp_path / "t1")
-    make_zip(tmp_path / "clash.zip", {"a": b"file", "a/b.txt": b"inside"})
-    with pytest.raises(dl.UnsafeArchiveError, match="file and a folder"):
-        dl.safe_extract(tmp_path / "clash.zip", tmp_path / "t2")
-    assert not (tmp_path / "t1").exists() and not (tmp_path / "t2").exists()
+    reliability("download", "zip member written through a symlink already in the target",
+                "UnsafeArchiveError ('would be written outside'); nothing extracted")
 
 
 def test_safe_extract_does_not_recurse_into_nested_zip(tmp_path):
@@ -295,8 +373,8 @@ def test_download_competition_returns_root_under_top_folder(tmp_path):
         assert (root / name).read_bytes() == b"dummy " + name.encode()
     # The download went to a temporary folder next to dest, removed afterwards.
     (slug, folder), = calls
-    assert slug == COMPETITION_SLUG and folder.parent == dest.parent
-    assert folder.name.startswith(".tmp-") and not folder.exists()
+    assert slug == COMPETITION_SLUG and folder.parent.parent == dest.parent
+    assert folder.parent.name.startswith(".tmp-") and not folder.parent.exists()
     assert sorted(p.name for p in dest.parent.iterdir()) == [COMPETITION_SLUG]
 
 
@@ -318,9 +396,8 @@ def test_download_competition_extracts_nested_zips(tmp_path):
         inner_train = make_zip(folder / "training.zip",
                                {n: b"x" for n in DATA_FILES if n.startswith("training/")})
         inner_test = make_zip(folder / "testing.zip", {DATA_FILES[2]: b"x"})
-        outer = make_zip(folder / "outer.zip", {"training.zip": inner_train.read_bytes(),
-                                                "testing.zip": inner_test.read_bytes()})
-        return outer
+        return make_zip(folder / "outer.zip", {"training.zip": inner_train.read_bytes(),
+                                               "testing.zip": inner_test.read_bytes()})
     dest = tmp_path / "input" / "slug"
     root = dl.download_competition("slug", dest, downloader=download)
     assert root == dest
@@ -342,12 +419,12 @@ def test_download_competition_bad_layout(tmp_path):
     def download(slug, folder):
         return make_zip(folder / "x.zip", {"train/a.mat": b"x", "readme.txt": b"y"})
     dest = tmp_path / "input" / "slug"
-    with pytest.raises(dl.DataLayoutError, match="training/ and testing/"):
+    with pytest.raises(dl.DataLayoutError, match=r"training/ and testing/.*readme.txt"):
         dl.download_competition("slug", dest, downloader=download)
     assert list(dest.parent.iterdir()) == []
 
 
-def test_download_competition_unsafe_archive(tmp_path):
+def test_download_competition_unsafe_archive(tmp_path, reliability):
     def download(slug, folder):
         return make_zip(folder / "x.zip", {"training/a": b"x", "testing/b": b"x",
                                            "../../evil.txt": b"x"})
@@ -356,6 +433,8 @@ def test_download_competition_unsafe_archive(tmp_path):
         dl.download_competition("slug", dest, downloader=download)
     assert list(dest.parent.iterdir()) == []
     assert not (tmp_path / "evil.txt").exists()
+    reliability("download", "downloaded archive with a '..' member beside a valid layout",
+                "UnsafeArchiveError; no destination folder, no temporary folder left")
 
 
 def test_download_competition_not_a_zip(tmp_path):
@@ -385,6 +464,62 @@ def test_download_competition_replaces_empty_dest(tmp_path):
         == dest / "sleepemo-data"
 
 
+KILLED = """
+import os, signal, sys, zipfile
+from pathlib import Path
+from sleepemo import download as dl
+
+point, dest = sys.argv[1], Path(sys.argv[2])
+files = sys.argv[3:]
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def downloader(slug, folder):
+    path = folder / (slug + ".zip")
+    with zipfile.ZipFile(path, "w") as zf:
+        for name in files:
+            zf.writestr("data/" + name, b"x" * 1000)
+    if point == "download":  # killed with half the archive written
+        os.truncate(path, path.stat().st_size // 2)
+        die()
+    return path
+
+if point == "extract":  # killed after the first member
+    real = zipfile.ZipFile._extract_member
+    def once(self, *args, **kwargs):
+        zipfile.ZipFile._extract_member = die
+        return real(self, *args, **kwargs)
+    zipfile.ZipFile._extract_member = once
+if point == "rename":  # killed with everything extracted, just before the rename
+    os.rename = die
+dl.download_competition("slug", dest, downloader=downloader)
+"""
+
+
+@pytest.mark.parametrize("point", ["download", "extract", "rename"])
+def test_killed_download_leaves_no_complete_looking_folder(tmp_path, monkeypatch, point,
+                                                          reliability):
+    parent = tmp_path / "input"
+    dest = parent / "slug"
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    proc = subprocess.run([sys.executable, "-c", KILLED, point, str(dest), *DATA_FILES],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert not dest.exists() and dl.find_data_root(parent) is None
+    leftovers = list(parent.iterdir())
+    assert len(leftovers) == 1 and leftovers[0].name.startswith(".tmp-slug-")
+    # The next run ignores the leftover and downloads again.
+    set_env_credentials(monkeypatch)
+    rec = Recorder(tmp_path / "synthetic")
+    got = dl.get_data(parent, "slug", synthetic=rec.synthetic, log=rec.log,
+                      downloader=fake_downloader())
+    assert got == dest / "sleepemo-data" and rec.synthetic_calls == 0
+    reliability("download", f"process killed (SIGKILL) during the {point} step",
+                "no destination folder, only a hidden .tmp-* folder; the next run "
+                "ignores it and downloads again")
+
+
 # --------------------------------------------------------------------------- get_data
 
 class Recorder:
@@ -404,11 +539,6 @@ class Recorder:
         self.lines.append(line)
 
 
-def set_env_credentials(monkeypatch):
-    monkeypatch.setenv("KAGGLE_USERNAME", "alice")
-    monkeypatch.setenv("KAGGLE_KEY", SECRET)
-
-
 def test_get_data_uses_existing_data(tmp_path, monkeypatch):
     set_env_credentials(monkeypatch)
     root = tmp_path / "input" / COMPETITION_SLUG / "data"
@@ -422,18 +552,20 @@ def test_get_data_uses_existing_data(tmp_path, monkeypatch):
     assert rec.lines == [f"using real data in {root}"]
 
 
-def test_get_data_without_credentials_uses_synthetic(tmp_path):
+def test_get_data_without_credentials_uses_synthetic(tmp_path, reliability):
     rec, calls = Recorder(tmp_path / "synthetic"), []
     got = dl.get_data(tmp_path / "input", synthetic=rec.synthetic, log=rec.log,
                       downloader=fake_downloader(calls))
     assert got == tmp_path / "synthetic"
     assert rec.synthetic_calls == 1 and calls == []
     assert rec.lines == ["no Kaggle credentials found; using the built-in synthetic data"]
+    reliability("download", "pipeline started without Kaggle credentials",
+                "one line 'no Kaggle credentials found'; built-in synthetic data used")
 
 
 @pytest.mark.parametrize("exc", [ConnectionError(f"cannot reach kaggle.com (key={SECRET})"),
                                  SystemExit(1)])
-def test_get_data_failed_download_falls_back(tmp_path, monkeypatch, exc):
+def test_get_data_failed_download_falls_back(tmp_path, monkeypatch, exc, reliability):
     set_env_credentials(monkeypatch)
     rec = Recorder(tmp_path / "synthetic")
     got = dl.get_data(tmp_path / "input", synthetic=rec.synthetic, log=rec.log,
@@ -445,6 +577,10 @@ def test_get_data_failed_download_falls_back(tmp_path, monkeypatch, exc):
     assert failures[0].endswith("using the built-in synthetic data")
     assert all(SECRET not in line for line in rec.lines)
     assert not (tmp_path / "input" / COMPETITION_SLUG).exists()
+    case = ("network error whose text holds the key" if isinstance(exc, ConnectionError)
+            else "the kaggle package calls exit during the download")
+    reliability("download", case, "one line naming the error, no key; synthetic data "
+                "used; no destination folder")
 
 
 def test_get_data_masks_secret_from_kaggle_json(tmp_path, isolated):
@@ -490,62 +626,80 @@ def test_get_data_does_not_swallow_keyboard_interrupt(tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------- kaggle wiring
 
-def stub_kaggle(monkeypatch, api_class) -> None:
-    """Install a fake ``kaggle.api.kaggle_api_extended`` so the real package is not used."""
-    for name in ("kaggle", "kaggle.api"):
-        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
-    module = types.ModuleType("kaggle.api.kaggle_api_extended")
-    module.KaggleApi = api_class
-    monkeypatch.setitem(sys.modules, "kaggle.api.kaggle_api_extended", module)
+def http_error(status: int) -> requests.HTTPError:
+    """What kagglesdk raises for a refused request (``raise_for_status``)."""
+    response = requests.Response()
+    response.status_code = status
+    return requests.HTTPError(f"{status} Client Error for url: https://api.kaggle.com/x",
+                              response=response)
 
 
-def test_kaggle_download_uses_api_and_finds_zip(tmp_path, monkeypatch):
+def test_kaggle_download_uses_the_package(tmp_path, monkeypatch, real_kaggle):
+    set_env_credentials(monkeypatch)
     seen = {}
 
-    class FakeApi:
-        def authenticate(self):
-            seen["auth"] = True
+    def transfer(self, competition, path=None, force=False, quiet=True):
+        seen["args"] = (competition, path, force, quiet)
+        competition_zip(Path(path) / f"{competition}.zip")
 
-        def competition_download_files(self, competition, path=None, force=False, quiet=True):
-            seen["args"] = (competition, path, force, quiet)
-            competition_zip(Path(path) / f"{competition}.zip")
-
-    stub_kaggle(monkeypatch, FakeApi)
-    zip_path = _REAL_KAGGLE_DOWNLOAD("some-slug", tmp_path)
-    assert zip_path == tmp_path / "some-slug.zip"
-    assert seen == {"auth": True, "args": ("some-slug", str(tmp_path), False, False)}
-
-
-def test_kaggle_download_turns_exit_into_error(tmp_path, monkeypatch):
-    class ExitingApi:
-        def authenticate(self):
-            raise SystemExit(1)
-
-    stub_kaggle(monkeypatch, ExitingApi)
-    with pytest.raises(dl.KaggleDownloadError, match="credentials"):
-        _REAL_KAGGLE_DOWNLOAD("some-slug", tmp_path)
+    monkeypatch.setattr(real_kaggle, "competition_download_files", transfer)
+    assert _REAL_KAGGLE_DOWNLOAD("some-slug", tmp_path) == tmp_path / "some-slug.zip"
+    assert seen == {"args": ("some-slug", str(tmp_path), False, False)}
+    monkeypatch.setattr(real_kaggle, "competition_download_files", lambda *a, **k: None)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(dl.KaggleDownloadError, match=r"did not produce one zip .*nothing"):
+        _REAL_KAGGLE_DOWNLOAD("some-slug", tmp_path / "empty")
 
 
-def test_kaggle_download_explains_forbidden(tmp_path, monkeypatch):
-    class ForbiddenApi:
-        def authenticate(self):
-            pass
+@pytest.mark.parametrize("status, expected", [
+    (403, "refused (403); accept its rules at https://www.kaggle.com/competitions/s/rules"),
+    (401, "refused the credentials (401); put kaggle.json"),
+    (404, "'s' was not found (404)")])
+def test_kaggle_download_explains_refusals(tmp_path, monkeypatch, real_kaggle, status,
+                                           expected, reliability):
+    set_env_credentials(monkeypatch)
 
-        def competition_download_files(self, competition, **kwargs):
-            raise RuntimeError("403 Client Error: Forbidden for url")
+    def refuse(self, competition, **kwargs):
+        raise http_error(status)
 
-    stub_kaggle(monkeypatch, ForbiddenApi)
-    with pytest.raises(dl.KaggleDownloadError, match="accept its rules"):
-        _REAL_KAGGLE_DOWNLOAD("some-slug", tmp_path)
+    monkeypatch.setattr(real_kaggle, "competition_download_files", refuse)
+    with pytest.raises(dl.KaggleDownloadError) as err:
+        _REAL_KAGGLE_DOWNLOAD("s", tmp_path)
+    assert expected in str(err.value)
+    if status == 403:
+        reliability("download", "Kaggle answers 403 (competition rules not accepted)",
+                    "KaggleDownloadError saying to accept the rules, with the rules URL")
+
+
+def test_get_data_rules_not_accepted_falls_back(tmp_path, monkeypatch, real_kaggle):
+    set_env_credentials(monkeypatch)
+
+    def refuse(self, competition, **kwargs):
+        raise http_error(403)
+
+    monkeypatch.setattr(real_kaggle, "competition_download_files", refuse)
+    monkeypatch.setattr(dl, "_kaggle_download", _REAL_KAGGLE_DOWNLOAD)
+    rec = Recorder(tmp_path / "synthetic")
+    assert dl.get_data(tmp_path / "input", "s", synthetic=rec.synthetic,
+                       log=rec.log) == tmp_path / "synthetic"
+    assert "accept its rules" in rec.lines[-1] and SECRET not in " ".join(rec.lines)
+    assert list((tmp_path / "input").iterdir()) == []
 
 
 # --------------------------------------------------------------------------- command line
 
-def test_cli_without_credentials_exits_1(tmp_path, capsys):
+def test_cli_without_credentials_exits_1(tmp_path, isolated, capsys, reliability):
+    write_kaggle_json(isolated / ".kaggle", {"key": SECRET})  # a key without a user name
     assert dl.main(["--input-dir", str(tmp_path / "input")]) == 1
     out, err = capsys.readouterr()
-    assert out == "" and "no Kaggle credentials found" in err
+    assert out == "" and err.startswith("error: no Kaggle credentials found; ")
+    assert "~/.kaggle/kaggle.json" in err and "KAGGLE_USERNAME" in err
+    assert SECRET not in err
+    assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "input").exists()
+    reliability("download", "python -m sleepemo.download without credentials (kaggle.json "
+                "with a key but no user name)", "exit code 1; one line saying where "
+                "kaggle.json goes, the key not printed; nothing written")
 
 
 def test_cli_downloads_and_prints_root(tmp_path, monkeypatch, capsys):

@@ -5,23 +5,28 @@ The competition archive unpacks to a *data root*: a folder holding ``training/``
 (``test_subject_<id>.mat``), possibly below an extra top-level folder.
 
 :func:`get_data` is the entry point of the pipeline: it uses data already on disk, else
-downloads it with the Kaggle API when credentials exist, else (or when the download
-fails) calls the synthetic-data generator supplied by the caller.
+downloads it with the ``kaggle`` package when credentials exist, else (or when the
+download fails) calls the synthetic-data generator supplied by the caller.
 
 Design notes
 ------------
-* The ``kaggle`` package authenticates as soon as it is imported and may call ``exit``
-  when no credentials exist, so it is imported lazily inside :func:`kaggle_api` only
-  (used by the download and by :mod:`sleepemo.submit`), after :func:`find_credentials`
-  found something.
-* A download is written to a ``.tmp-*`` folder next to the destination, extracted into a
-  second ``.tmp-*`` folder and only then renamed to the destination. A killed download
-  therefore never leaves a half-filled folder that looks complete; at most a ``.tmp-*``
-  folder remains, which can be deleted.
-* Archives are extracted with :func:`safe_extract`, which refuses members that would land
-  outside the target folder (``..``, absolute paths, drive letters, symlinks).
+* Credentials and transfer are the ``kaggle`` package's: :func:`kaggle_api` returns its
+  authenticated ``KaggleApi`` and the download is its ``competition_download_files``.
+  Importing ``kaggle`` authenticates at once (over the network when an access token
+  exists; printing help and exiting when nothing does), so the package is imported only
+  to download or submit. :func:`find_credentials` answers "is there anything to
+  authenticate with?" without that import, from the sources the package tries in its
+  order: an access token (``kagglesdk.get_access_token_from_env``: ``KAGGLE_API_TOKEN``,
+  ``~/.kaggle/access_token``), the legacy user name and key (``kaggle.json`` and
+  ``KAGGLE_USERNAME``/``KAGGLE_KEY``), the ``kaggle auth login`` credentials file.
+* A download goes to a ``.tmp-*`` folder next to the destination, is extracted there and
+  only then renamed to the destination. A killed download therefore never leaves a
+  half-filled folder that looks complete; at most a ``.tmp-*`` folder remains.
+* Archives are extracted with :func:`safe_extract`, which refuses archives with members
+  that would land outside the target folder (``..``, absolute paths, drive letters,
+  symlinks) before writing anything.
 * Credentials are never printed: only *where* they were found is reported, and known
-  secret values are masked in error messages that are logged.
+  secret values are masked in error messages.
 
 Command line::
 
@@ -32,17 +37,18 @@ downloads the data (no synthetic fallback) and prints the data root.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import re
-import shutil
 import stat
 import sys
 import tempfile
 import zipfile
 from collections import deque
-from pathlib import Path, PurePosixPath
-from typing import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Callable, Sequence
 
 from sleepemo import COMPETITION_SLUG
 
@@ -70,7 +76,7 @@ Downloader = Callable[[str, Path], Path]
 _MAX_ROOT_DEPTH = 5
 _MAX_MESSAGE_CHARS = 300
 _DRIVE_RE = re.compile(r"^[A-Za-z]:")
-_SKIPPED_DIRS = ("__MACOSX",)
+_OAUTH_FILE = "~/.kaggle/credentials.json"  # kagglesdk KaggleCredentials.DEFAULT_CREDENTIALS_FILE
 
 
 class UnsafeArchiveError(ValueError):
@@ -91,66 +97,74 @@ class KaggleDownloadError(KaggleApiError):
 
 # --------------------------------------------------------------------------- credentials
 
-def _kaggle_json_candidates(env: Mapping[str, str], home: Path) -> list[Path]:
-    """Locations of ``kaggle.json`` in the order the kaggle package looks at them."""
-    config_dir = env.get("KAGGLE_CONFIG_DIR")
-    if config_dir:
-        # With KAGGLE_CONFIG_DIR set, kaggle looks nowhere else.
-        return [Path(config_dir).expanduser() / "kaggle.json"]
-    xdg = env.get("XDG_CONFIG_HOME") or str(home / ".config")
-    return [home / ".kaggle" / "kaggle.json", Path(xdg) / "kaggle" / "kaggle.json"]
+def _kaggle_json() -> Path:
+    """The ``kaggle.json`` the kaggle package reads. The package fixes this path in the
+    body of ``KaggleApi`` when it is imported (and that import authenticates), so its
+    rule is repeated here: ``$KAGGLE_CONFIG_DIR``, else ``~/.kaggle`` if that folder
+    exists, else ``$XDG_CONFIG_HOME/kaggle`` (default ``~/.config/kaggle``)."""
+    folder = os.environ.get("KAGGLE_CONFIG_DIR")
+    if not folder:
+        folder = os.path.expanduser("~/.kaggle")
+        if not os.path.exists(folder) and sys.platform.startswith("linux"):
+            xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+            folder = os.path.join(xdg, "kaggle")
+    return Path(folder) / "kaggle.json"
 
 
-def _access_token_candidates(home: Path) -> list[Path]:
-    return [home / ".kaggle" / "access_token", home / ".kaggle" / "access_token.txt"]
-
-
-def _read_kaggle_json(path: Path) -> dict[str, str] | None:
-    """Return the content of a usable ``kaggle.json`` (username and key), else None."""
+def _legacy_config() -> dict[str, str]:
+    """The non-empty ``username`` and ``key`` as ``KaggleApi._load_config`` merges them:
+    ``kaggle.json`` first, ``KAGGLE_USERNAME``/``KAGGLE_KEY`` over it."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(_kaggle_json().read_text())
     except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    user, key = data.get("username"), data.get("key")
-    if isinstance(user, str) and user and isinstance(key, str) and key:
-        return data
-    return None
+        data = None
+    data = dict(data) if isinstance(data, dict) else {}
+    data.update(username=os.environ.get("KAGGLE_USERNAME", data.get("username")),
+                key=os.environ.get("KAGGLE_KEY", data.get("key")))
+    return {k: data[k] for k in ("username", "key") if isinstance(data[k], str) and data[k]}
 
 
-def _read_token_file(path: Path) -> str | None:
+def _access_token() -> tuple[str | None, str | None]:
+    """``(token, source)`` from kagglesdk's own lookup (the first thing ``authenticate``
+    tries), ``(None, None)`` when there is none or kagglesdk is missing."""
     try:
-        token = path.read_text().strip()
+        from kagglesdk import get_access_token_from_env
+    except ImportError:
+        return None, None
+    try:
+        return get_access_token_from_env()
+    except OSError:  # a KAGGLE_API_TOKEN value too long to be tried as a file name
+        return os.environ.get("KAGGLE_API_TOKEN"), "KAGGLE_API_TOKEN"
+
+
+def _oauth_tokens() -> list[str]:
+    """The tokens in the ``kaggle auth login`` credentials file, [] when it has none."""
+    try:
+        data = json.loads(Path(os.path.expanduser(_OAUTH_FILE)).read_text())
     except (OSError, ValueError):
-        return None
-    return token or None
+        return []
+    if not isinstance(data, dict) or not data.get("refresh_token"):
+        return []  # kagglesdk ignores a file without a refresh token
+    return [v for k in ("refresh_token", "access_token") if isinstance(v := data.get(k), str)]
 
 
-def _describe(path: Path, home: Path) -> str:
+def _describe(path: str | Path) -> str:
     """Show ``path`` relative to the home folder as ``~/...`` when possible."""
     try:
-        return "~/" + path.relative_to(home).as_posix()
+        return "~/" + Path(path).relative_to(Path.home()).as_posix()
     except ValueError:
         return str(path)
 
 
-def find_credentials(env: Mapping[str, str] | None = None,
-                     home: str | os.PathLike | None = None) -> str | None:
-    """Tell where Kaggle API credentials are, without reading them out.
+def find_credentials() -> str | None:
+    """Where the kaggle package would find credentials, without reading them out.
 
-    Sources, in order: the environment variables ``KAGGLE_USERNAME`` and ``KAGGLE_KEY``;
-    the environment variable ``KAGGLE_API_TOKEN``; ``$KAGGLE_CONFIG_DIR/kaggle.json``
-    (or, when that variable is unset, ``~/.kaggle/kaggle.json`` and
-    ``$XDG_CONFIG_HOME/kaggle/kaggle.json``) holding a ``username`` and a ``key``;
-    ``~/.kaggle/access_token``. Empty values and malformed files do not count.
-
-    Parameters
-    ----------
-    env : mapping, optional
-        Environment variables; ``os.environ`` when None.
-    home : path, optional
-        Home folder; ``Path.home()`` when None.
+    Sources, in the package's order: an access token (``KAGGLE_API_TOKEN`` holding the
+    token or a file name, ``~/.kaggle/access_token``, a Kaggle notebook's token); the
+    user name and key (``kaggle.json``, see :func:`credentials_help` for where, with
+    ``KAGGLE_USERNAME``/``KAGGLE_KEY`` over it); ``~/.kaggle/credentials.json`` from
+    ``kaggle auth login``. Empty values and malformed files do not count. The kaggle
+    package is not imported.
 
     Returns
     -------
@@ -159,71 +173,43 @@ def find_credentials(env: Mapping[str, str] | None = None,
         ``"environment KAGGLE_USERNAME/KAGGLE_KEY"``), never the secret itself; None when
         no credentials were found.
     """
-    env = os.environ if env is None else env
-    home = Path.home() if home is None else Path(home)
-    if env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY"):
-        return "environment KAGGLE_USERNAME/KAGGLE_KEY"
-    if env.get("KAGGLE_API_TOKEN"):
-        return "environment KAGGLE_API_TOKEN"
-    for path in _kaggle_json_candidates(env, home):
-        if _read_kaggle_json(path) is not None:
-            return _describe(path, home)
-    for path in _access_token_candidates(home):
-        if _read_token_file(path) is not None:
-            return _describe(path, home)
+    token, source = _access_token()
+    if token:
+        return {"KAGGLE_API_TOKEN": "environment KAGGLE_API_TOKEN",
+                "access_token": "~/.kaggle/access_token"}.get(source, str(source))
+    if len(_legacy_config()) == 2:
+        if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+            return "environment KAGGLE_USERNAME/KAGGLE_KEY"
+        return _describe(_kaggle_json())
+    if _oauth_tokens():
+        return f"{_OAUTH_FILE} (kaggle auth login)"
     return None
 
 
-def credentials_help(env: Mapping[str, str] | None = None,
-                     home: str | os.PathLike | None = None) -> str:
+def credentials_help() -> str:
     """Where to put Kaggle credentials, for messages: the ``kaggle.json`` path the kaggle
-    package reads first (``$KAGGLE_CONFIG_DIR`` honoured) and the environment variables."""
-    env = os.environ if env is None else env
-    home = Path.home() if home is None else Path(home)
-    path = _describe(_kaggle_json_candidates(env, home)[0], home)
+    package would read and the environment variables."""
     return (f"put kaggle.json (Kaggle > Settings > API > Create New Token, "
-            f"https://www.kaggle.com/settings) in {path} (chmod 600), or set the "
-            "environment variables KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN)")
+            f"https://www.kaggle.com/settings) in {_describe(_kaggle_json())} (chmod 600), "
+            "or set the environment variables KAGGLE_USERNAME and KAGGLE_KEY (or "
+            "KAGGLE_API_TOKEN)")
 
 
-def kaggle_username(env: Mapping[str, str] | None = None,
-                    home: str | os.PathLike | None = None) -> str | None:
-    """The Kaggle user name from ``KAGGLE_USERNAME`` or the first usable ``kaggle.json``
-    (see :func:`find_credentials` for where), None if neither has one. Only the
-    ``username`` field is returned; the key is never handed out."""
-    env = os.environ if env is None else env
-    home = Path.home() if home is None else Path(home)
-    if env.get("KAGGLE_USERNAME"):
-        return env["KAGGLE_USERNAME"]
-    for path in _kaggle_json_candidates(env, home):
-        data = _read_kaggle_json(path)
-        if data is not None:
-            return data["username"]
-    return None
-
-
-def _secret_values(env: Mapping[str, str] | None = None,
-                   home: str | os.PathLike | None = None) -> list[str]:
-    """Secret strings that must never appear in a logged message."""
-    env = os.environ if env is None else env
-    home = Path.home() if home is None else Path(home)
-    secrets = [env.get("KAGGLE_KEY", ""), env.get("KAGGLE_API_TOKEN", "")]
-    for path in _kaggle_json_candidates(env, home):
-        data = _read_kaggle_json(path)
-        if data is not None:
-            secrets.append(data["key"])
-    for path in _access_token_candidates(home):
-        secrets.append(_read_token_file(path) or "")
-    token_path = env.get("KAGGLE_API_TOKEN", "")
-    if token_path and len(token_path) < 4096 and Path(token_path).is_file():
-        secrets.append(_read_token_file(Path(token_path)) or "")
-    # Very short values would mask ordinary words; real keys are long.
-    return sorted({s for s in secrets if len(s) >= 6}, key=len, reverse=True)
+def kaggle_username() -> str | None:
+    """The Kaggle user name from ``KAGGLE_USERNAME`` or ``kaggle.json``, None if neither
+    has one. Only the user name is returned; the key is never handed out."""
+    return _legacy_config().get("username")
 
 
 def mask_secrets(text: str) -> str:
     """``text`` with every known Kaggle secret value replaced by ``***``."""
-    for secret in _secret_values():
+    secrets = [_legacy_config().get("key", ""), _access_token()[0] or "",
+               os.environ.get("KAGGLE_API_TOKEN", ""), *_oauth_tokens()]
+    for name in ("access_token", "access_token.txt"):  # also those the token above hides
+        with contextlib.suppress(OSError, ValueError):
+            secrets.append(Path(os.path.expanduser(f"~/.kaggle/{name}")).read_text().strip())
+    # Very short values would mask ordinary words; real keys are long.
+    for secret in sorted({s for s in secrets if len(s) >= 6}, key=len, reverse=True):
         text = text.replace(secret, "***")
     return text
 
@@ -268,107 +254,39 @@ def find_data_root(folder: str | os.PathLike) -> Path | None:
             children = sorted(p for p in current.iterdir() if p.is_dir())
         except OSError:
             continue
-        for child in children:
-            if child.name.startswith(".") or child.name in _SKIPPED_DIRS:
-                continue
-            queue.append((child, depth + 1))
+        queue.extend((c, depth + 1) for c in children
+                     if not c.name.startswith(".") and c.name != "__MACOSX")
     return None
 
 
 # --------------------------------------------------------------------------- extraction
 
-def _member_parts(archive: Path, name: str) -> tuple[str, ...]:
-    """Validate one member name and return its path components."""
-    def reject(reason: str) -> UnsafeArchiveError:
-        return UnsafeArchiveError(
-            f"refusing to extract archive {archive}: member {name!r} {reason}; "
-            "nothing was extracted")
-
-    if not name or "\x00" in name:
-        raise reject("has an empty or invalid name")
-    posix = name.replace("\\", "/")
-    if posix.startswith("/"):
-        raise reject("is an absolute path")
-    if _DRIVE_RE.match(posix):
-        raise reject("starts with a drive letter")
-    parts = tuple(p for p in PurePosixPath(posix).parts if p not in ("", "."))
-    if ".." in parts:
-        raise reject("contains a '..' component")
-    if not parts:
-        raise reject("has an empty path")
-    return parts
-
-
-def _is_symlink(info: zipfile.ZipInfo) -> bool:
-    mode = (info.external_attr >> 16) & 0xFFFF
-    return stat.S_ISLNK(mode)
-
-
-def _within(path: str, base: str) -> bool:
-    return path == base or path.startswith(base.rstrip(os.sep) + os.sep)
-
-
-def _plan_extraction(zf: zipfile.ZipFile, archive: Path,
-                     target: Path) -> list[tuple[zipfile.ZipInfo, Path, bool]]:
-    """Check every member before anything is written; return ``(info, dest, is_dir)``."""
-    base = os.path.realpath(target)
-    plan: list[tuple[zipfile.ZipInfo, Path, bool]] = []
-    files: set[tuple[str, ...]] = set()
-    dirs: set[tuple[str, ...]] = set()
-    for info in zf.infolist():
-        name = info.filename
-        if _is_symlink(info):
-            raise UnsafeArchiveError(
-                f"refusing to extract archive {archive}: member {name!r} is a symbolic "
-                "link; nothing was extracted")
-        parts = _member_parts(archive, name)
-        dest = target.joinpath(*parts)
-        if not _within(os.path.realpath(dest), base):
-            raise UnsafeArchiveError(
-                f"refusing to extract archive {archive}: member {name!r} would be written "
-                f"outside {target}; nothing was extracted")
-        is_dir = info.is_dir() or name.replace("\\", "/").endswith("/")
-        if is_dir:
-            if parts in files:
-                raise UnsafeArchiveError(
-                    f"refusing to extract archive {archive}: member {name!r} is both a "
-                    "file and a folder; nothing was extracted")
-            dirs.add(parts)
-        else:
-            if parts in files:
-                raise UnsafeArchiveError(
-                    f"refusing to extract archive {archive}: member {name!r} appears more "
-                    "than once; nothing was extracted")
-            if parts in dirs:
-                raise UnsafeArchiveError(
-                    f"refusing to extract archive {archive}: member {name!r} is both a "
-                    "file and a folder; nothing was extracted")
-            if dest.exists() or dest.is_symlink():
-                raise FileExistsError(
-                    f"refusing to extract archive {archive}: {dest} already exists and is "
-                    "never overwritten; nothing was extracted")
-            files.add(parts)
-        dirs.update(parts[:i] for i in range(1, len(parts)))
-        plan.append((info, dest, is_dir))
-    clash = files & dirs
-    if clash:
-        member = "/".join(sorted(clash)[0])
-        raise UnsafeArchiveError(
-            f"refusing to extract archive {archive}: member {member!r} is both a file and "
-            "a folder; nothing was extracted")
-    return plan
+def _unsafe(info: zipfile.ZipInfo, target: Path, base: str) -> str | None:
+    """Why member ``info`` must not be extracted into ``target`` (real path ``base``)."""
+    name = info.filename.replace("\\", "/")
+    if stat.S_ISLNK(info.external_attr >> 16):
+        return "is a symbolic link"
+    if name.startswith("/"):
+        return "is an absolute path"
+    if _DRIVE_RE.match(name):
+        return "starts with a drive letter"
+    if ".." in name.split("/"):
+        return "contains a '..' component"
+    dest = os.path.realpath(target / name)
+    if dest != base and not dest.startswith(base.rstrip(os.sep) + os.sep):
+        return f"would be written outside {target}"
+    return None
 
 
 def safe_extract(zip_path: str | os.PathLike, target_dir: str | os.PathLike) -> list[Path]:
-    """Extract a zip archive, refusing any member that would escape ``target_dir``.
+    """Extract a zip archive, refusing it if any member would escape ``target_dir``.
 
     All members are checked before anything is written. A member is refused when it is
-    an absolute path, starts with a drive letter, contains a ``..`` component, is a
-    symbolic link (``S_IFLNK`` in its external attributes), would resolve outside
-    ``target_dir`` (for example through a symlink already inside it), appears twice or
-    would overwrite an existing file. Backslashes count as path separators. Nested
-    archives are left as they are. If writing fails half way, the files and folders
-    created so far are removed again.
+    an absolute path, starts with a drive letter, contains a ``..`` component (backslashes
+    count as separators), is a symbolic link (``S_IFLNK`` in its external attributes) or
+    would resolve outside ``target_dir`` (for example through a symlink already inside
+    it). Then ``zipfile.ZipFile.extractall`` writes the members; nested archives are left
+    as they are.
 
     Parameters
     ----------
@@ -387,153 +305,85 @@ def safe_extract(zip_path: str | os.PathLike, target_dir: str | os.PathLike) -> 
     UnsafeArchiveError
         A member was refused (the message names the archive and the member); nothing
         was extracted.
-    FileExistsError
-        A member would overwrite an existing file; nothing was extracted.
     zipfile.BadZipFile
         ``zip_path`` is not a valid zip archive.
     """
-    archive = Path(zip_path)
-    target = Path(target_dir)
+    archive, target = Path(zip_path), Path(target_dir)
+    base = os.path.realpath(target)
     with zipfile.ZipFile(archive) as zf:
-        plan = _plan_extraction(zf, archive, target)
-        created: list[Path] = []
-        written: list[Path] = []
-
-        def make_dirs(folder: Path) -> None:
-            missing = []
-            while not folder.exists():
-                missing.append(folder)
-                folder = folder.parent
-            for new in reversed(missing):
-                new.mkdir()
-                created.append(new)
-
-        try:
-            make_dirs(target)
-            for info, dest, is_dir in plan:
-                if is_dir:
-                    make_dirs(dest)
-                    continue
-                make_dirs(dest.parent)
-                with zf.open(info) as src, open(dest, "xb") as out:
-                    created.append(dest)
-                    shutil.copyfileobj(src, out, 1 << 20)
-                written.append(dest)
-        except BaseException:
-            for path in reversed(created):
-                try:
-                    if path.is_dir() and not path.is_symlink():
-                        path.rmdir()
-                    else:
-                        path.unlink()
-                except OSError:
-                    pass
-            raise
-    return written
-
-
-def _extract_nested_zips(folder: Path) -> list[Path]:
-    """Extract every ``*.zip`` below ``folder`` next to itself, then delete it (one pass)."""
-    nested = sorted(p for p in folder.rglob("*") if p.suffix.lower() == ".zip" and p.is_file())
-    extracted: list[Path] = []
-    for inner in nested:
-        extracted += safe_extract(inner, inner.parent)
-        inner.unlink()
-    return extracted
+        members = zf.infolist()
+        for info in members:
+            reason = _unsafe(info, target, base)
+            if reason:
+                raise UnsafeArchiveError(f"refusing to extract archive {archive}: member "
+                                         f"{info.filename!r} {reason}; nothing was extracted")
+        zf.extractall(target)
+    return [target / m.filename for m in members if not m.is_dir()]
 
 
 # --------------------------------------------------------------------------- download
 
 def kaggle_api():
-    """An authenticated ``kaggle`` API object (``KaggleApi``).
+    """The kaggle package's authenticated ``KaggleApi``.
 
-    The ``kaggle`` package is imported here only, because importing it authenticates
-    (and may call ``exit``); call :func:`find_credentials` first. ``ImportError`` and
-    ``SystemExit`` from the package become :class:`KaggleApiError`.
+    The package is imported here only, because importing it authenticates (see the
+    module notes). What it prints (help text, a warning about a readable key file) goes
+    to standard error on success and is replaced by one line on failure: ``ImportError``
+    and the ``SystemExit`` by which the package reports missing credentials become
+    :class:`KaggleApiError` (with :func:`credentials_help`).
     """
+    printed = io.StringIO()
     try:
-        from kaggle.api.kaggle_api_extended import KaggleApi
+        with contextlib.redirect_stdout(printed):
+            from kaggle.api.kaggle_api_extended import KaggleApi
+            api = KaggleApi()
+            api.authenticate()
     except ImportError as exc:
         raise KaggleApiError(
             "the 'kaggle' package is not installed (pip install kaggle==2.2.4)") from exc
     except SystemExit as exc:
-        raise KaggleApiError(
-            f"importing the kaggle package exited (status {exc.code}); "
-            "check the Kaggle credentials") from None
-    try:
-        api = KaggleApi()
-        api.authenticate()
-    except SystemExit as exc:
-        raise KaggleApiError(
-            f"the Kaggle API exited (status {exc.code}); check the Kaggle credentials") from None
+        raise KaggleApiError(f"the Kaggle API found no usable credentials (exit status "
+                             f"{exc.code}); {credentials_help()}") from None
+    sys.stderr.write(mask_secrets(printed.getvalue()))
     return api
 
 
 def _kaggle_download(slug: str, folder: Path) -> Path:
-    """Download the competition archive with the Kaggle API into ``folder``.
-
-    The API comes from :func:`kaggle_api`; ``SystemExit`` from the package becomes
-    :class:`KaggleDownloadError`.
-
-    Returns
-    -------
-    Path
-        The downloaded zip file (normally ``<folder>/<slug>.zip``).
-    """
-    folder = Path(folder)
-    try:
-        api = kaggle_api()
-    except KaggleApiError as exc:
-        raise KaggleDownloadError(str(exc)) from exc.__cause__
+    """Download the competition archive into ``folder`` with the kaggle package
+    (``competition_download_files``); return the zip file it wrote."""
+    api = kaggle_api()
     try:
         api.competition_download_files(slug, path=str(folder), force=False, quiet=False)
-    except SystemExit as exc:
-        raise KaggleDownloadError(
-            f"the Kaggle API exited (status {exc.code}); check the Kaggle credentials") from None
     except Exception as exc:
-        text = str(exc)
-        if "403" in text or "Forbidden" in text:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status == 403:
             raise KaggleDownloadError(
                 f"access to competition {slug!r} was refused (403); accept its rules at "
                 f"https://www.kaggle.com/competitions/{slug}/rules") from exc
-        if "404" in text or "Not Found" in text:
+        if status == 401:
+            raise KaggleDownloadError(f"Kaggle refused the credentials (401); "
+                                      f"{credentials_help()}") from exc
+        if status == 404:
             raise KaggleDownloadError(f"competition {slug!r} was not found (404)") from exc
         raise
-    expected = folder / f"{slug}.zip"
-    if expected.is_file():
-        return expected
-    zips = sorted(folder.glob("*.zip"))
-    if len(zips) == 1:
-        return zips[0]
-    found = ", ".join(p.name for p in sorted(folder.iterdir())) or "nothing"
-    raise KaggleDownloadError(
-        f"the Kaggle API did not produce {expected.name} in {folder} (found: {found})")
-
-
-def _top_level_listing(folder: Path, limit: int = 10) -> str:
-    names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
-    if not names:
-        return "nothing"
-    more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
-
-
-def _remove_tree(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
+    zips = sorted(Path(folder).glob("*.zip"))
+    if len(zips) != 1:
+        found = ", ".join(p.name for p in sorted(Path(folder).iterdir())) or "nothing"
+        raise KaggleDownloadError(
+            f"the Kaggle API did not produce one zip archive in {folder} (found: {found})")
+    return zips[0]
 
 
 def download_competition(slug: str, dest_dir: str | os.PathLike,
                          downloader: Downloader | None = None) -> Path:
     """Download and extract the competition data into ``dest_dir``, atomically.
 
-    The archive is downloaded into a temporary ``.tmp-*`` folder in ``dest_dir.parent``,
-    extracted with :func:`safe_extract` into a second temporary folder there (nested
-    ``*.zip`` files are extracted too when the first level holds no data root) and the
-    result is renamed to ``dest_dir`` only when it holds a data root. The temporary
-    folders are removed whatever happens, so ``dest_dir`` is either complete or absent.
+    The archive is downloaded into ``download/`` of a temporary ``.tmp-*`` folder in
+    ``dest_dir.parent``, extracted with :func:`safe_extract` into ``extract/`` beside it
+    (nested ``*.zip`` files are extracted too when the first level holds no data root),
+    and ``extract/`` is renamed to ``dest_dir`` only when it holds a data root. The
+    temporary folder is removed whatever happens, so ``dest_dir`` is either complete or
+    absent.
 
     Parameters
     ----------
@@ -544,7 +394,7 @@ def download_competition(slug: str, dest_dir: str | os.PathLike,
         already hold a data root (which is then returned without downloading).
     downloader : callable, optional
         ``downloader(slug, folder) -> Path`` writes the archive into ``folder`` and
-        returns the zip path. Defaults to the Kaggle API.
+        returns the zip path. Defaults to the kaggle package.
 
     Returns
     -------
@@ -572,53 +422,41 @@ def download_competition(slug: str, dest_dir: str | os.PathLike,
             raise FileExistsError(
                 f"{dest} exists but holds no folder with training/ and testing/; "
                 "move it away (or delete it) and download again")
-    parent = dest.parent
-    parent.mkdir(parents=True, exist_ok=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
     download = downloader if downloader is not None else _kaggle_download
 
-    with tempfile.TemporaryDirectory(prefix=f".tmp-{dest.name}-download-",
-                                     dir=parent) as dl_tmp:
-        zip_path = Path(download(slug, Path(dl_tmp)))
-        if not zip_path.is_file():
-            raise KaggleDownloadError(f"the downloader returned {zip_path}, which is not a file")
+    with tempfile.TemporaryDirectory(prefix=f".tmp-{dest.name}-", dir=dest.parent) as tmp:
+        (Path(tmp) / "download").mkdir()
+        zip_path = Path(download(slug, Path(tmp) / "download"))
         if not zipfile.is_zipfile(zip_path):
             raise KaggleDownloadError(f"downloaded file {zip_path.name} is not a zip archive")
-
-        extract_tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{dest.name}-extract-", dir=parent))
+        extracted = Path(tmp) / "extract"
+        safe_extract(zip_path, extracted)
+        root = find_data_root(extracted)
+        if root is None:
+            for inner in sorted(extracted.rglob("*.zip")):
+                safe_extract(inner, inner.parent)
+                inner.unlink()
+            root = find_data_root(extracted)
+        if root is None:
+            top = ", ".join(sorted(p.name for p in extracted.iterdir())[:10]) or "nothing"
+            raise DataLayoutError(
+                f"archive {zip_path.name} of competition {slug!r} holds no folder with "
+                f"both training/ and testing/ (top level: {top})")
+        if dest.is_dir():
+            dest.rmdir()  # empty (checked above)
         try:
-            safe_extract(zip_path, extract_tmp)
-            root = find_data_root(extract_tmp)
-            if root is None and any(p.suffix.lower() == ".zip" for p in extract_tmp.rglob("*")):
-                _extract_nested_zips(extract_tmp)
-                root = find_data_root(extract_tmp)
-            if root is None:
-                raise DataLayoutError(
-                    f"archive {zip_path.name} of competition {slug!r} holds no folder with "
-                    f"both training/ and testing/ (top level: {_top_level_listing(extract_tmp)})")
-            relative = root.relative_to(extract_tmp)
-            if dest.is_dir() and not any(dest.iterdir()):
-                dest.rmdir()
-            try:
-                os.rename(extract_tmp, dest)
-            except OSError:
-                # Someone else finished the same download meanwhile: use theirs.
-                theirs = find_data_root(dest)
-                if theirs is not None:
-                    return theirs
+            os.rename(extracted, dest)
+        except OSError:
+            # Someone else finished the same download meanwhile: use theirs.
+            theirs = find_data_root(dest)
+            if theirs is None:
                 raise
-        finally:
-            if extract_tmp.exists():
-                _remove_tree(extract_tmp)
-    return dest / relative
+            return theirs
+    return dest / root.relative_to(extracted)
 
 
 # --------------------------------------------------------------------------- entry point
-
-def _how_to_provide(dest: Path, slug: str) -> str:
-    return (f"put the competition data in {dest} (a folder with training/ and testing/), "
-            f"or set up Kaggle credentials ({credentials_help()}) and accept the "
-            f"rules at https://www.kaggle.com/competitions/{slug}/rules")
-
 
 def get_data(input_dir: str | os.PathLike = "input",
              slug: str = COMPETITION_SLUG,
@@ -657,7 +495,8 @@ def get_data(input_dir: str | os.PathLike = "input",
     Raises
     ------
     RuntimeError
-        No real data could be obtained and ``synthetic`` is None.
+        No real data could be obtained and ``synthetic`` is None; the message says why
+        and how to provide the data.
     """
     dest = Path(input_dir) / slug
     root = find_data_root(dest)
@@ -679,8 +518,10 @@ def get_data(input_dir: str | os.PathLike = "input",
         reason = "no Kaggle credentials found"
 
     if synthetic is None:
-        raise RuntimeError(f"{reason} and no synthetic data generator was given; "
-                           + _how_to_provide(dest, slug))
+        raise RuntimeError(
+            f"{reason}; put the competition data in {dest} (a folder with training/ and "
+            f"testing/), or set up Kaggle credentials ({credentials_help()}) and accept "
+            f"the rules at https://www.kaggle.com/competitions/{slug}/rules")
     log(f"{reason}; using the built-in synthetic data")
     return Path(synthetic())
 
@@ -700,22 +541,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--slug", default=COMPETITION_SLUG,
                         help=f"Kaggle competition slug (default: {COMPETITION_SLUG})")
     args = parser.parse_args(argv)
-    dest = Path(args.input_dir) / args.slug
-
-    root = find_data_root(dest)
-    if root is None:
-        source = find_credentials()
-        if source is None:
-            print(f"error: no Kaggle credentials found; {_how_to_provide(dest, args.slug)}",
-                  file=sys.stderr)
-            return 1
-        print(f"downloading Kaggle competition {args.slug!r} into {dest} "
-              f"(credentials: {source})", file=sys.stderr)
-        try:
-            root = download_competition(args.slug, dest)
-        except (Exception, SystemExit) as exc:
-            print(f"error: kaggle download failed ({_short_message(exc)})", file=sys.stderr)
-            return 1
+    try:
+        root = get_data(args.input_dir, args.slug,
+                        log=lambda line: print(line, file=sys.stderr))
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(root)
     return 0
 
