@@ -193,8 +193,9 @@ class _Budget:
     def take(self, nbytes: int, what: str, verb: str = "declares") -> None:
         nbytes = int(nbytes)
         if self.used + nbytes > self.limit:
-            raise DataError(self.path, f"{what} {verb} {_size(self.used + nbytes)} (with "
-                                       "what came before), over the reader's "
+            before = f" (with the {_size(self.used)} before it)" if self.used else ""
+            raise DataError(self.path, f"{what} {verb} {_size(nbytes)}{before}, over the "
+                                       "reader's "
                                        f"limit of {_size(self.limit)} per file (MAX_ARRAY_"
                                        "BYTES in sleepemo.data; a compressed file can "
                                        "declare far more than it stores)")
@@ -346,6 +347,10 @@ def _labels(path: Path, cells: list) -> list[str]:
 _MI_COMPRESSED, _MI_MATRIX = 15, 14
 _MX_CELL, _MX_STRUCT, _MX_OBJECT, _MX_SPARSE = 1, 2, 3, 5
 _MX_ITEMSIZE = {4: 4, 6: 8, 7: 4, 8: 1, 9: 1, 10: 2, 11: 2, 12: 4, 13: 4, 14: 8, 15: 8}
+# element types of data sub-elements (numbers, UTF text); scipy's compiled reader indexes
+# a table with the type and crashes (SIGSEGV) on others, so they are refused first
+_MI_SIZE = {1: 1, 2: 1, 3: 2, 4: 2, 5: 4, 6: 4, 7: 4, 9: 8, 12: 8, 13: 8, 16: 1, 17: 2, 18: 4}
+_MI_DATA = set(_MI_SIZE)
 
 
 class _Short(Exception):
@@ -358,6 +363,7 @@ class _Mat5Stream:
 
     def __init__(self, read, left: int | None):
         self._read, self.left = read, left
+        self.last_nbytes = 0
 
     def read(self, n: int) -> bytes:
         if self.left is not None and n > self.left:
@@ -427,74 +433,105 @@ def _mat5_tag(s: _Mat5Stream, order: str) -> tuple[int, int, bool]:
     return mdtype, nbytes, False
 
 
+def _corrupt5(budget: _Budget, problem: str) -> DataError:
+    return DataError(budget.path, f"corrupt MATLAB 5 file: {problem}")
+
+
 def _walk_mat5_matrix(s: _Mat5Stream, order: str, budget: _Budget, depth: int) -> None:
-    """Check one miMATRIX element's declared sizes (and its children's) against the budget
-    without reading its arrays."""
+    """Check one miMATRIX element: its declared sizes (and its children's) against the
+    budget, and that its sub-elements are the ones its class needs, without reading its
+    arrays. scipy's compiled reader trusts these headers (a wrong one can crash it)."""
     if depth > 32:
-        raise DataError(budget.path, "MATLAB 5 cells/structs nested more than 32 deep")
+        raise _corrupt5(budget, "cells/structs nested more than 32 deep")
     if s.at_end():  # an empty matrix (e.g. an empty cell element) has no sub-elements
         return
-    flags = _mat5_field(s, order, budget, "array flags", limit=64)
-    if len(flags) < 8:
-        raise _Short
-    cls = int(np.frombuffer(flags[:4], dtype=f"{order}u4")[0]) & 0xFF
-    is_complex = bool(int(np.frombuffer(flags[:4], dtype=f"{order}u4")[0]) & 0x800)
-    dims = _mat5_field(s, order, budget, "dimensions", limit=4 * 64)
-    shape = np.frombuffer(dims[: len(dims) // 4 * 4], dtype=f"{order}i4").tolist()
-    if not shape or min(shape) < 0:
-        raise DataError(budget.path, f"MATLAB 5 array with invalid dimensions {shape}")
+    _, flags = _mat5_field(s, order, budget, "array flags", {6}, limit=8)
+    if len(flags) != 8:
+        raise _corrupt5(budget, f"array flags of {len(flags)} bytes (expected 8)")
+    word = int(np.frombuffer(flags[:4], dtype=f"{order}u4")[0])
+    cls, is_complex = word & 0xFF, bool(word & 0x800)
+    _, dims = _mat5_field(s, order, budget, "dimensions", {5}, limit=4 * 64)
+    shape = np.frombuffer(dims, dtype=f"{order}i4").tolist() if len(dims) % 4 == 0 else []
+    if len(shape) < 2 or min(shape) < 0:
+        raise _corrupt5(budget, f"array dimensions {shape or dims!r}")
     n = int(np.prod(shape, dtype=object))
-    _mat5_field(s, order, budget, "array name", limit=1 << 16)
-    what = f"a MATLAB 5 array of shape {tuple(shape)}"
+    _mat5_field(s, order, budget, "array name", {1}, limit=1 << 16)
+    what = f"array of shape {tuple(shape)}"
+    children = 0
     if cls in (_MX_STRUCT, _MX_OBJECT):
         if cls == _MX_OBJECT:
-            _mat5_field(s, order, budget, "class name", limit=1 << 16)
-        flen = _mat5_field(s, order, budget, "field name length", limit=8)
-        flen = int(np.frombuffer(flen[:4], dtype=f"{order}i4")[0]) if len(flen) >= 4 else 0
-        names = _mat5_field(s, order, budget, "field names", limit=1 << 20)
-        n_fields = len(names) // flen if flen > 0 else 0
-        budget.take(n * max(n_fields, 1) * 8, what)
-        children = n * n_fields
+            _mat5_field(s, order, budget, "class name", {1}, limit=1 << 16)
+        _, flen = _mat5_field(s, order, budget, "field name length", {5}, limit=4)
+        flen = int(np.frombuffer(flen, dtype=f"{order}i4")[0]) if len(flen) == 4 else 0
+        _, names = _mat5_field(s, order, budget, "field names", {1}, limit=1 << 20)
+        if flen <= 0 or len(names) % flen:
+            raise _corrupt5(budget, f"struct field names ({len(names)} bytes) not in "
+                                    f"blocks of the declared length {flen}")
+        budget.take(n * max(len(names) // flen, 1) * 8, f"MATLAB 5 {what}")
+        children = n * (len(names) // flen)
     elif cls == _MX_CELL:
-        budget.take(n * 8, what)
+        budget.take(n * 8, f"MATLAB 5 {what}")
         children = n
     elif cls in _MX_ITEMSIZE:
-        budget.take(n * _MX_ITEMSIZE[cls] * (2 if is_complex else 1), what)
-        children = 0
-    else:  # sparse, function handles, opaque objects: sizes from their tags only
-        children = 0
+        budget.take(n * _MX_ITEMSIZE[cls] * (2 if is_complex else 1), f"MATLAB 5 {what}")
+        for part in ("real part", "imaginary part")[: 1 + is_complex]:
+            if n == 0 and s.at_end():
+                break
+            mdtype, nbytes = _mat5_field(s, order, budget, f"{what}'s {part}", _MI_DATA)[0], \
+                s.last_nbytes
+            size = _MI_SIZE[mdtype]
+            ok = (n <= nbytes <= 4 * n) if mdtype == 16 else nbytes == n * size
+            if not ok:
+                raise _corrupt5(budget, f"{what}'s {part} holds {nbytes} bytes of element "
+                                        f"type {mdtype} ({n} values declared)")
+        if not s.at_end():
+            raise _corrupt5(budget, f"{what} has more sub-elements than its class takes")
+        return
+    elif cls != _MX_SPARSE:  # function handles, opaque objects: not in a data file
+        raise _corrupt5(budget, f"unsupported MATLAB array class {cls}")
     for _ in range(children):
         mdtype, nbytes, small = _mat5_tag(s, order)
         if mdtype != _MI_MATRIX or small:
-            raise DataError(budget.path, f"MATLAB 5 cell or struct element of type {mdtype}, "
-                                         "expected a matrix")
+            raise _corrupt5(budget, f"cell or struct element of type {mdtype} (expected a "
+                                    "matrix)")
         child = s.sub(nbytes)
         _walk_mat5_matrix(child, order, budget, depth + 1)
-        child.skip(child.left)
-    while not s.at_end():  # the array's data sub-elements
-        _mat5_field(s, order, budget, what)
+        if not child.at_end():
+            raise _corrupt5(budget, "a cell or struct element longer than its contents")
+    if cls == _MX_SPARSE:
+        while not s.at_end():  # row indices, column starts, values
+            _mat5_field(s, order, budget, what, _MI_DATA)
+    elif not s.at_end():
+        raise _corrupt5(budget, f"{what} has more sub-elements than its class takes")
 
 
-def _mat5_field(s: _Mat5Stream, order: str, budget: _Budget, what: str,
-                limit: int | None = None) -> bytes:
-    """Read one small sub-element (flags, dimensions, names) or skip one data
-    sub-element after the size check; returns the bytes read (b"" when skipped)."""
-    word = s.read(4)
-    first = int(np.frombuffer(word, dtype=f"{order}u4")[0])
+def _mat5_field(s: _Mat5Stream, order: str, budget: _Budget, what: str, types: set[int],
+                limit: int | None = None) -> tuple[int, bytes]:
+    """Read one sub-element of an allowed type: small ones (flags, dimensions, names, at
+    most ``limit`` bytes) are returned, data ones are skipped after the size check.
+    The byte count is left in ``s.last_nbytes``."""
+    first = int(np.frombuffer(s.read(4), dtype=f"{order}u4")[0])
+    mdtype = first & 0xFFFF if first >> 16 else first
+    if mdtype not in types:
+        expected = ("a number or text type" if types == _MI_DATA
+                    else " or ".join(map(str, sorted(types))))
+        raise _corrupt5(budget, f"{what} has element type {mdtype} (expected {expected})")
     if first >> 16:  # small data element format: 2-byte count, 2-byte type, 4 bytes data
-        return s.read(4)[: first >> 16]
-    nbytes = int(np.frombuffer(s.read(4), dtype=f"{order}u4")[0])
+        s.last_nbytes = first >> 16
+        if s.last_nbytes > 4:
+            raise _corrupt5(budget, f"{what}: small element of {s.last_nbytes} bytes")
+        return mdtype, s.read(4)[: s.last_nbytes]
+    nbytes = s.last_nbytes = int(np.frombuffer(s.read(4), dtype=f"{order}u4")[0])
     if limit is not None and nbytes > limit:
-        raise DataError(budget.path, f"MATLAB 5 {what} of {nbytes} bytes (corrupt header)")
+        raise _corrupt5(budget, f"{what} of {nbytes} bytes")
     if limit is None:
         budget.take(nbytes, what)  # scipy allocates the declared count before reading
-    if nbytes <= 4096:
-        data = s.read(nbytes)
-    else:
         s.skip(nbytes)
         data = b""
-    s.skip(min((-nbytes) % 8, s.left if s.left is not None else 8))
-    return data if limit is not None else b""
+    else:
+        data = s.read(nbytes)
+    s.skip((-nbytes) % 8)
+    return mdtype, data
 
 
 def _check_mat5_sizes(path: Path, max_bytes: int) -> None:
