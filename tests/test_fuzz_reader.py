@@ -344,7 +344,7 @@ def _mat5_dims(path: Path, dims: tuple[int, int, int], compress: bool,
     old = struct.pack("<2I3i", 5, 12, *X.shape)
     assert raw.count(old) == 1
     raw = raw.replace(old, struct.pack("<2I3i", 5, 12, *dims))
-    if data_bytes is not None:  # the real part's tag follows the name "trial"? find it:
+    if data_bytes is not None:  # the trial's real part: double, 3 * 16 * 20 values
         tag = struct.pack("<2I", 9, X.size * 8)
         assert raw.count(tag) == 1
         raw = raw.replace(tag, struct.pack("<2I", 9, data_bytes))
@@ -366,7 +366,8 @@ def _enormous(d: Path) -> dict[str, Path]:
     with h5py.File(p, "r+") as f:
         f.create_dataset("big", shape=huge, dtype="f8", chunks=(2000, 16, 1))
     _set_ref(p, lambda f: f["big"].ref)
-    cases["a trial cell's reference to such a dataset"] = p
+    cases["a trial cell's reference to a chunked (10**6, 16, 2000) float64 dataset with "
+          "no data written"] = p
     cases["MATLAB 5 header declaring (10**6, 16, 2000) double"] = _mat5_dims(
         d / "m5.mat", (10**6, 16, 2000), False)
     cases["compressed MATLAB 5 element declaring (10**6, 16, 2000) double"] = _mat5_dims(
