@@ -2,6 +2,7 @@
 
 Reads:  <data-dir>/training/sleep_{emo,neu}/S_<id>_cleaned.mat, <data-dir>/testing/*.mat
 Writes: <out>/folds.json (one fold per training participant, data fingerprint, row order),
+        <out>/00_folds/repairs.csv (NaN/Inf samples repaired under data.bad_values=interpolate),
         <out>/config.yaml (resolved config), <out>/00_folds/{metrics.json, evidence.md}
 
 The file is written once; later stages read it. Rerunning on the same data keeps it;

@@ -80,8 +80,15 @@ class DataConfig:
     synthetic_scale: float = 1.0
     synthetic_seed: int = 0
     synthetic_design: str = "theta"   # where the synthetic effect sits: theta or evoked
+    bad_values: str = setting("error", help="NaN/Inf samples in a file: error (stop, naming "
+                              "the file and trials) or interpolate (repair them along time; "
+                              "no trial dropped; <out>/00_folds/repairs.csv lists them)")
 
     def validate(self, cfg: "Config") -> None:
+        from .data import BAD_VALUES
+
+        _check(self.bad_values in BAD_VALUES, f"data.bad_values must be one of "
+               f"{', '.join(BAD_VALUES)}, not {self.bad_values!r}")
         _check(0 < float(self.synthetic_scale) <= 10, "data.synthetic_scale must be in (0, 10]")
         _check(self.synthetic_design in ("theta", "evoked"),
                f"data.synthetic_design must be theta or evoked, not {self.synthetic_design!r}")

@@ -17,11 +17,15 @@ from .data import Dataset, scan
 from .io import file_sha256, read_json, write_json
 
 
-def data_fingerprint(root: str | Path) -> str:
-    """sha256 over every competition file's relative path and content."""
+def data_fingerprint(root: str | Path, repaired_by: str | None = None) -> str:
+    """sha256 over every competition file's relative path and content, and over the
+    ``data.bad_values`` policy when it changed values (``repaired_by``), so that nothing
+    computed from repaired data is reused for data read another way."""
     train, test = scan(root)
     files = [f for pair in train.values() for f in pair] + list(test.values())
     h = hashlib.sha256()
+    if repaired_by:
+        h.update(f"bad_values={repaired_by}\n".encode())
     for f in sorted(files):
         h.update(str(f.relative_to(root)).encode())
         h.update(file_sha256(f).encode())
@@ -119,7 +123,8 @@ def trial_counts(ds: Dataset) -> dict[int, int]:
 
 
 def make_folds(ds: Dataset) -> Folds:
-    return Folds(str(ds.root), data_fingerprint(ds.root), tuple(ds.train_ids()),
+    repaired_by = ds.bad_values if ds.repairs else None
+    return Folds(str(ds.root), data_fingerprint(ds.root, repaired_by), tuple(ds.train_ids()),
                  tuple(ds.test_ids()), trial_counts(ds), ds.n_times)
 
 
@@ -134,7 +139,8 @@ def write_folds(ds: Dataset, path: str | Path, force: bool = False) -> tuple[Fol
     if path.exists() and not force:
         old = Folds.from_json(read_json(path))
         if old.data_fingerprint != new.data_fingerprint:
-            raise FileExistsError(f"{path} was made for other data ({old.data_root}); "
+            raise FileExistsError(f"{path} was made for other data ({old.data_root}; or "
+                                  "the same files read with another data.bad_values); "
                                   "pass --force to replace it or use another --out")
         return old, False
     write_json(path, new.to_json())

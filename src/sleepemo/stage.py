@@ -137,7 +137,8 @@ class Stage:
     def dataset(self):
         from .data import load_dataset
 
-        return load_dataset(self.data_dir, progress=self.progress)
+        return load_dataset(self.data_dir, progress=self.progress,
+                            bad_values=self.cfg.data.bad_values)
 
     def folds(self, ds=None):
         from .folds import read_folds

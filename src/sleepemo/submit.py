@@ -178,7 +178,8 @@ def write_model_submission(run_dir: Path, summary: dict, model: str,
     folds_path = artefacts / "folds.json"
     if not folds_path.is_file():
         raise SubmitUsageError(f"{folds_path}: missing (stage 00 writes it)")
-    ds = load_dataset(_repo_path(summary["data_dir"]), progress=False)
+    ds = load_dataset(_repo_path(summary["data_dir"]), progress=False,
+                      bad_values=_run_bad_values(artefacts))
     folds = read_folds(folds_path)
     try:
         folds.check(ds)
@@ -197,6 +198,17 @@ def write_model_submission(run_dir: Path, summary: dict, model: str,
         shutil.copyfile(artefacts / "config.yaml", new / "config.yaml")
     write_json(new / SUMMARY_NAME, out, overwrite=False)
     return new
+
+
+def _run_bad_values(artefacts: Path) -> str:
+    """The run's ``data.bad_values`` (its saved config.yaml), so that data the run repaired
+    is read the same way again; ``error`` for runs saved without it."""
+    import yaml
+
+    path = artefacts / "config.yaml"
+    cfg = yaml.safe_load(path.read_text()) if path.is_file() else None
+    data = cfg.get("data") if isinstance(cfg, dict) else None
+    return str((data or {}).get("bad_values", "error"))
 
 
 # ------------------------------------------------------------------ the leaderboard log
