@@ -108,6 +108,37 @@ def test_streaming_after_warm_up_is_close_to_batch(small_run, smoke_dir, reliabi
                 "max per trial < 0.25; the last trial equals the batch output")
 
 
+def test_a_trial_with_bad_samples_is_still_predicted(small_run, smoke_dir, tmp_path,
+                                                     reliability):
+    """NaN samples in a new recording: refused by the run's default policy with the
+    setting named; with --bad-values interpolate repaired, recorded and every trial
+    predicted (a fully bad trial included)."""
+    import json
+
+    from sleepemo.data import read_mat
+    from sleepemo.synth import write_mat73
+
+    out, _, _ = small_run
+    rec = read_mat(sorted((smoke_dir / "testing").glob("*.mat"))[0])
+    X = rec.X.astype(np.float64)
+    X[0, 3, 50:60] = np.nan
+    X[1] = np.nan
+    path = write_mat73(tmp_path / "new" / "test_subject_42.mat", X, rec.times)
+    proc = run_cli("--no-progress", "--run", out, path)
+    assert proc.returncode == 2 and "bad_values" in proc.stderr, proc.stderr
+    proc = run_cli("--no-progress", "--run", out, "--bad-values", "interpolate",
+                   "--out", tmp_path / "p", path)
+    assert proc.returncode == 0, proc.stderr
+    p = np.load(tmp_path / "p" / "S42.npy")
+    assert p.shape == (len(X), 200) and np.isfinite(p).all()
+    info = json.loads((tmp_path / "p" / "predict.json").read_text())
+    assert info["participants"]["42"]["repaired_samples"] == 10 + X.shape[1] * X.shape[2]
+    reliability("predict", "NaN samples in a new recording (10 in one trial, one trial "
+                "all NaN)", "run's policy `error`: exit 2 naming data.bad_values; "
+                "`--bad-values interpolate`: repaired, counted in predict.json, every trial "
+                "predicted")
+
+
 def test_stream_refuses_a_trial_of_the_wrong_shape(small_run):
     out, _, _ = small_run
     s = Stream(load_predictor(out, "riemann"), 200.0)

@@ -284,20 +284,26 @@ def recordings(paths) -> dict[int, Path]:
 
 
 def predict_files(out: str | Path, paths, model: str | None = None, stream: bool = False,
-                  warmup: int = 20, progress: bool = True) -> dict:
+                  warmup: int = 20, progress: bool = True, bad_values: str | None = None
+                  ) -> dict:
     """Predict every recording in ``paths`` with model ``model`` of the run in ``out``.
+    ``bad_values`` (default: the run's ``data.bad_values``): ``interpolate`` repairs
+    NaN/Inf samples so that every trial is predicted, ``error`` refuses such a file.
 
-    Returns participant -> (probabilities (n_trials, n_times) float32, warm-up flags
-    (n_trials,) bool; all False in batch mode)."""
+    Returns ``{"model": label, "predictions": participant -> (probabilities (n_trials,
+    n_times) float32, warm-up flags (n_trials,) bool; all False in batch mode),
+    "repairs": participant -> repaired samples}``."""
     from .data import read_mat
     from .progress import bar
 
     run = Run.open(out)
     predictor = load_predictor(run.out, model, run)
-    done = {}
+    policy = bad_values or run.cfg.data.bad_values
+    done, repairs = {}, {}
     for sid, path in bar(list(recordings(paths).items()), desc=f"predict {predictor.name}",
                          unit="participant", enabled=progress):
-        rec = read_mat(path)
+        rec = read_mat(path, bad_values=policy)
+        repairs[sid] = sum(r.samples for r in rec.repairs)
         run.check(rec.X, rec.sfreq, rec.ch_names, str(path))
         if stream:
             s = Stream(predictor, rec.sfreq, warmup)
@@ -306,7 +312,7 @@ def predict_files(out: str | Path, paths, model: str | None = None, stream: bool
                          np.array([st.warm_up for st in steps]))
         else:
             done[sid] = (predictor.predict(rec.X, rec.sfreq), np.zeros(len(rec.X), bool))
-    return {"model": predictor.name, "predictions": done}
+    return {"model": predictor.name, "predictions": done, "repairs": repairs}
 
 
 def write_predictions(result: dict, dest: Path, meta: dict) -> Path:
@@ -321,7 +327,8 @@ def write_predictions(result: dict, dest: Path, meta: dict) -> Path:
     for sid, (p, _) in preds.items():
         write_npy(dest / f"S{sid}.npy", p)
     write_json(dest / "predict.json", {**meta, "model": result["model"], "participants": {
-        str(s): {"trials": int(len(p)), "warm_up_trials": int(w.sum())}
+        str(s): {"trials": int(len(p)), "warm_up_trials": int(w.sum()),
+                 "repaired_samples": int(result["repairs"].get(s, 0))}
         for s, (p, w) in preds.items()}})
     return dest / "predictions.csv"
 
@@ -341,17 +348,21 @@ def main(argv: list[str] | None = None) -> int:
                     help="one trial at a time, normalisation updated online")
     ap.add_argument("--warmup", type=int, default=20,
                     help="streamed trials marked as warm-up (default 20)")
+    ap.add_argument("--bad-values", choices=("error", "interpolate"),
+                    help="NaN/Inf samples: refuse the file, or repair them so that every "
+                         "trial is predicted (default: the run's data.bad_values)")
     ap.add_argument("--out", help="output folder (default: a new "
                                   "submissions/predict-<model>-<time>/)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     result = predict_files(args.run, args.paths, args.model, args.stream, args.warmup,
-                           not args.no_progress)
+                           not args.no_progress, args.bad_values)
     dest = Path(args.out) if args.out else new_run_dir(
         REPO / "submissions", f"predict-{result['model'].replace('/', '-')}-"
                               f"{datetime.now():%Y%m%d-%H%M%S}")
     path = write_predictions(result, dest, {
         "run": str(Path(args.run).resolve()), "stream": args.stream,
+        "bad_values": args.bad_values or Run.open(args.run).cfg.data.bad_values,
         "warmup": args.warmup if args.stream else None,
         "files": [str(p) for p in args.paths]})
     n = sum(len(p) for p, _ in result["predictions"].values())
