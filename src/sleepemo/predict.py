@@ -212,16 +212,31 @@ def load_predictor(out: str | Path, name: str | None = None, run: Run | None = N
         result = find(run.out, name)
     except KeyError as exc:
         raise PredictError(str(exc.args[0])) from None
-    if result.stage == "ensemble":
-        return Ensemble(run, result)
-    if result.meta.get("family") == "lopo":
-        try:
+    try:
+        if result.stage == "ensemble":
+            return Ensemble(run, result)
+        if result.meta.get("family") == "lopo":
             return FoldAverage(run, result)
-        except FileNotFoundError as exc:
-            raise PredictError(str(exc)) from None
+        if result.stage in STAGE_PREDICTORS:
+            import importlib
+
+            module = importlib.import_module(STAGE_PREDICTORS[result.stage])
+            return module.load(run, result)
+    except FileNotFoundError as exc:
+        raise PredictError(str(exc)) from None
     raise PredictError(f"{result.label} (stage {result.stage}): predicting new recordings "
-                       "is not supported for this stage's models yet; supported: stage 01 "
-                       "baselines, stage 02 probes, the stage 06 ensemble of those")
+                       "is not supported for this stage's models yet; supported: "
+                       f"{supported()}")
+
+
+#: result stage -> the library module whose ``load(run, result) -> Predictor`` rebuilds its
+#: results (modules of the library, never of :mod:`sleepemo.stages`)
+STAGE_PREDICTORS: dict[str, str] = {}
+
+
+def supported() -> str:
+    return ", ".join(["stage 01 baselines", "stage 02 probes"] + [
+        f"stage {s}" for s in STAGE_PREDICTORS] + ["the stage 06 ensemble of those"])
 
 
 # ------------------------------------------------------------------ streaming
