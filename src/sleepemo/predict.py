@@ -13,9 +13,11 @@ P(emotional) per trial and timepoint, exactly as the stage computed its test pre
   participant's own trials, label-free, as at training time.
 - **The ensemble** (stage 06): its members' predictors, blended by ``ensembler.json``.
 
-Results of stages 03-05 (experts, fusion, RL heads) are not yet supported: they raise a
-clear error naming the result (their fold checkpoints exist; their inference paths are not
-yet factored out of the stages).
+- **Stage 04's fusion** (:mod:`sleepemo.predict_fusion`): its fold networks on the
+  participant's rebuilt inputs, averaged.
+
+Other stages' results (:data:`STAGE_PREDICTORS` lists the supported ones) raise a clear
+error naming the result.
 
 **Streaming** (:class:`Stream`): one trial at a time, for closed-loop use. The
 participant's normalisation is updated online: each new trial is predicted with the
@@ -231,7 +233,7 @@ def load_predictor(out: str | Path, name: str | None = None, run: Run | None = N
 
 #: result stage -> the library module whose ``load(run, result) -> Predictor`` rebuilds its
 #: results (modules of the library, never of :mod:`sleepemo.stages`)
-STAGE_PREDICTORS: dict[str, str] = {}
+STAGE_PREDICTORS: dict[str, str] = {"fusion": "sleepemo.predict_fusion"}
 
 
 def supported() -> str:

@@ -247,6 +247,14 @@ def predict(model: "FusionNet | TunedFusion", x: np.ndarray, batch: int = 128):
     return tuple(np.concatenate([o[j] for o in outs]) for j in range(3))
 
 
+def to_timepoints(token_logits: np.ndarray, n_times: int) -> np.ndarray:
+    """Per-token logits -> probabilities at every timepoint (linear interpolation)."""
+    t = torch.from_numpy(token_logits)[:, None]
+    if t.shape[-1] != n_times:
+        t = F.interpolate(t, size=n_times, mode="linear", align_corners=False)
+    return torch.sigmoid(t[:, 0]).numpy().astype(np.float32)
+
+
 def fused_tokens(model: FusionNet, x: np.ndarray, batch: int = 128) -> np.ndarray:
     """The fused per-token embeddings (n, n_tokens, d) of one participant's trials
     (:meth:`FusionNet.tokens`, no gradients; stage 05's SAC reads them)."""

@@ -45,7 +45,6 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..artefacts import (ResultWriter, code_hash, fingerprint, load_checkpoint, results,
                          save_checkpoint)
@@ -53,7 +52,8 @@ from ..config import ConfigError, FusionConfig, fields_affecting
 from ..folds import balanced
 from ..fusion_inputs import Inputs, new_model, output_name, token_window
 from ..metric import window_auc
-from ..models.fusion import FusionNet, TunedFusion, electrode_positions, fusion_loss, predict
+from ..models.fusion import (FusionNet, TunedFusion, electrode_positions, fusion_loss, predict,
+                             to_timepoints)
 from ..parallel import run_folds
 from ..progress import bar
 from ..report import plot_curves, plot_topomaps, results_table, to_markdown
@@ -63,14 +63,6 @@ VARIANTS = FusionConfig.VARIANTS
 
 
 # ------------------------------------------------------------------ one fold
-def to_timepoints(token_logits: np.ndarray, n_times: int) -> np.ndarray:
-    """Per-token logits -> probabilities at every timepoint (linear interpolation)."""
-    t = torch.from_numpy(token_logits)[:, None]
-    if t.shape[-1] != n_times:
-        t = F.interpolate(t, size=n_times, mode="linear", align_corners=False)
-    return torch.sigmoid(t[:, 0]).numpy().astype(np.float32)
-
-
 def inner_score(model: FusionNet, inputs: dict, labels: dict, picks: dict,
                 min_run: int) -> float:
     """The competition metric on the inner participants' token outputs."""
