@@ -36,9 +36,16 @@ class DiskFull(OSError):
                 "free some space and rerun (finished work is kept)")
 
 
-def disk_full(exc: BaseException) -> bool:
-    """Whether ``exc`` says the disk or the user's quota is full."""
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+def disk_full(exc: BaseException | None) -> OSError | None:
+    """The error saying that the disk or the user's quota is full, if ``exc`` is one or
+    was raised while handling one (torch's writer turns ENOSPC into a RuntimeError)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 @contextlib.contextmanager
@@ -59,7 +66,9 @@ def atomic_path(dest: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".tmp-{dest.name}-", dir=dest.parent)
     except OSError as exc:
-        raise (DiskFull(dest, exc) if disk_full(exc) else exc) from exc
+        if disk_full(exc):
+            raise DiskFull(dest, exc) from exc
+        raise
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -68,9 +77,10 @@ def atomic_path(dest: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
             os.replace(tmp, dest)
         else:
             _place_new(tmp, dest)
-    except OSError as exc:
-        if disk_full(exc) and not isinstance(exc, DiskFull):
-            raise DiskFull(dest, exc) from exc
+    except Exception as exc:
+        full = disk_full(exc)
+        if full is not None and not isinstance(exc, DiskFull):
+            raise DiskFull(dest, full) from exc
         raise
     finally:
         if tmp.exists():

@@ -19,6 +19,7 @@ by one owner, :func:`sleepemo.report.write_report` (stage 07, or
 from __future__ import annotations
 
 import argparse
+import contextlib
 import resource
 import sys
 import time
@@ -211,6 +212,9 @@ def stage_parser(doc: str) -> argparse.ArgumentParser:
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     metavar="KEY=VALUE", help="override a config value, e.g. seed=1")
     ap.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    ap.add_argument("--no-lock", action="store_true",
+                    help="do not lock <out>: only to run different stages or models side by "
+                         "side on one artefact folder on purpose (README: Scaling out)")
     return ap
 
 
@@ -244,10 +248,11 @@ def guarded(fn: Callable[[], object]) -> None:
             FileNotFoundError, FolderLocked, DiskFull) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    except OSError as exc:
-        if not disk_full(exc):
+    except Exception as exc:
+        full = disk_full(exc)
+        if full is None:
             raise
-        print(f"error: {DiskFull(exc.filename, exc)}", file=sys.stderr)
+        print(f"error: {DiskFull(full.filename, full)}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
@@ -268,8 +273,9 @@ def main(name: str, doc: str, body: Callable[..., StageOutput],
 
         cfg, data_dir, out = resolve_args(args)
         # one run at a time in <out> (sleepemo.runlock): taken before anything is written
-        with hold(out, command_line(), spec(name).folder,
-                  log=lambda m: print(m, file=sys.stderr)):
+        with contextlib.nullcontext() if args.no_lock else \
+                hold(out, command_line(), spec(name).folder,
+                     log=lambda m: print(m, file=sys.stderr)):
             stage = open_stage(name, cfg, data_dir, out, progress=not args.no_progress)
             output = stage.run((lambda s: body(s, args)) if add_arguments else body)
         if output.summary:
