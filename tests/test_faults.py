@@ -69,8 +69,10 @@ def run_stage(script, data, out, subs, **kw):
 def run_outputs(out: Path, subs: Path) -> dict[str, bytes]:
     """What a run produced that must not depend on interruptions: the submission, the
     LOPO table and every result's assembled arrays and scores."""
-    files = {"submission.csv": (subs / "run" / "submission.csv").read_bytes(),
-             "lopo.csv": (out / "lopo.csv").read_bytes()}
+    latest = (subs / "latest.csv").read_bytes()  # the last complete submission
+    # every complete submission (a stage 07 that finished before its kill wrote one too)
+    assert all(f.read_bytes() == latest for f in subs.glob("*/submission.csv"))
+    files = {"submission.csv": latest, "lopo.csv": (out / "lopo.csv").read_bytes()}
     for f in sorted(out.glob("[0-9][0-9]_*/*/*.npy")) + sorted(out.glob("[0-9][0-9]_*/*/score.json")):
         files[str(f.relative_to(out))] = f.read_bytes()
     return files
@@ -310,8 +312,9 @@ def test_run_sh_holds_the_lock_from_its_first_stage_to_its_last(tiny_dir, tmp_pa
     reliability("faults: lock",
                 "a second run polling the lock of ./run.sh's --out folder throughout a run "
                 "of two stages (00, 01)",
-                "refused during both stages and between them; the record names run.sh's "
-                "pid and the stage running; the record is removed at the end")
+                "every attempt refused until the last stage had finished (polled every "
+                "50 ms, across the switch of stages); the record names run.sh's pid and "
+                "each stage in turn; removed at the end")
 
 
 WRITER = r"""
@@ -419,12 +422,12 @@ def test_full_disk_keeps_earlier_artefacts_checkpoints_and_submissions(tmp_path,
     before = _files(tmp_path)
     full_disk(tmp_path, room=100)
     cases = [
-        ("a fold artefact (.npy) rewritten", out / "01_baselines" / "starter" / "oof.npy",
+        ("a fold artefact (.npy) over an earlier one", out / "01_baselines" / "starter" / "oof.npy",
          lambda: write_npy(out / "01_baselines" / "starter" / "oof.npy", np.zeros(1000))),
-        ("a PyTorch checkpoint rewritten", out / "02_mae" / "ckpt" / "last.pt",
+        ("a PyTorch checkpoint over an earlier one", out / "02_mae" / "ckpt" / "last.pt",
          lambda: save_checkpoint(out / "02_mae" / "ckpt" / "last.pt",
                                  {"w": torch.zeros(1000)}, "fp2")),
-        ("a new run's submission.csv", subs / "run-2" / "submission.csv",
+        ("a new run's submission.csv beside an earlier run's", subs / "run-2" / "submission.csv",
          lambda: write_submission(pd.DataFrame({"id": [f"1_0_{t}" for t in range(200)],
                                                 "prediction": 0.5}),
                                   new_run_dir(subs, "run"))),
