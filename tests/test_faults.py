@@ -73,8 +73,9 @@ def run_outputs(out: Path, subs: Path) -> dict[str, bytes]:
     # every complete submission (a stage 07 that finished before its kill wrote one too)
     assert all(f.read_bytes() == latest for f in subs.glob("*/submission.csv"))
     files = {"submission.csv": latest, "lopo.csv": (out / "lopo.csv").read_bytes()}
-    for f in sorted(out.glob("[0-9][0-9]_*/*/*.npy")) + sorted(out.glob("[0-9][0-9]_*/*/score.json")):
-        files[str(f.relative_to(out))] = f.read_bytes()
+    for pattern in ("*.npy", "score.json"):
+        for f in sorted(out.glob(f"[0-9][0-9]_*/*/{pattern}")):
+            files[str(f.relative_to(out))] = f.read_bytes()
     return files
 
 
@@ -237,21 +238,27 @@ def test_second_run_into_a_locked_folder_stops_at_once_naming_the_holder(
         proc = subprocess.run(stage_cmd("00_make_folds.py", tiny_dir, out, None), env=env(),
                               capture_output=True, text=True, timeout=120)
         waited = time.perf_counter() - t0
+        assert not (out / "folds.json").exists() and not (out / "config.yaml").exists()
+        # --no-lock: side-by-side stages on one folder on purpose (README: Scaling out)
+        side = subprocess.run(stage_cmd("00_make_folds.py", tiny_dir, out, None) +
+                              ["--no-lock"], env=env(), capture_output=True, text=True,
+                              timeout=120)
     finally:
         holder.kill()
         holder.wait()
+    assert side.returncode == 0 and (out / "folds.json").is_file(), side.stderr
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert lines[0].startswith(f"error: {out} is in use by another run: pid {holder.pid} on "
                                f"{socket.gethostname()} (stage 03_experts of `holder-test`) "
                                "since 20"), lines[0]
-    assert waited < 60 and not (out / "folds.json").exists()  # nothing written
+    assert waited < 60
     reliability("faults: lock",
                 "a stage started on an --out folder whose lock another live process holds "
                 "(a real second process)",
                 "exit 2 at once, one line naming the holder's pid, host, command/stage and "
-                "start time; nothing written")
+                "start time; nothing written; --no-lock runs beside it on purpose")
 
 
 def test_lock_left_by_a_killed_run_is_taken_over_with_a_log_line(tiny_dir, tmp_path,
