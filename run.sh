@@ -59,8 +59,20 @@ stage() {  # stage SCRIPT ARGS...: run one stage and report its wall time
   echo "   $script: $((SECONDS - t0)) s"
 }
 
+lock_out() {  # lock_out OUT COMMAND: hold OUT's lock (sleepemo.runlock) until run.sh exits
+  mkdir -p "$1"
+  # the descriptor stays open in this shell (and its stages) until it exits: the lock with it
+  exec {LOCK_FD}>>"$1/.sleepemo.lock"
+  SLEEPEMO_LOCK_TOKEN=$(python -m sleepemo.runlock take "$1" --fd "$LOCK_FD" --pid $$ \
+    --command "$2")
+  export SLEEPEMO_LOCK_TOKEN
+  LOCK_RECORD="$1/.sleepemo.lock.json"
+  trap 'rm -f "$LOCK_RECORD"' EXIT  # ours while we hold the lock
+}
+
 run_pipeline() {
   local profile=quick data_dir="" out="" sets=() subs=() only=""
+  local command="run.sh $*"
   while [[ $# -gt 0 ]]; do
     case "$1" in
       --profile) profile=${2:?}; shift 2 ;;
@@ -86,6 +98,7 @@ run_pipeline() {
   [[ -d "$data_dir" ]] || die "data folder $data_dir not found"
   out=${out:-$REPO/output/$profile-$(basename "$data_dir")}
   echo "== data: $data_dir   artefacts: $out   profile: $profile"
+  lock_out "$out" "$command"  # one run at a time in $out, from the first stage to the last
   local common=(--profile "$profile" --data-dir "$data_dir" --out "$out" ${sets[@]+"${sets[@]}"})
   local script
   for script in src/[0-9][0-9]_*.py; do

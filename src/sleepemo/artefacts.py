@@ -78,8 +78,10 @@ def save_checkpoint(path: str | Path, state: dict, fp: str) -> None:
 
     from .io import atomic_path
 
-    with atomic_path(path) as tmp:
-        torch.save({**state, "fingerprint": fp}, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        # through a Python file: a full disk is an OSError (ENOSPC), not torch's opaque
+        # RuntimeError from its own writer
+        torch.save({**state, "fingerprint": fp}, fh)
 
 
 def load_checkpoint(path: str | Path, fp: str, device="cpu") -> dict | None:

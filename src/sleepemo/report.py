@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io import atomic_path, read_json, write_text
+from .io import atomic_path, copy_file, read_json, write_text
 
 REPORT_FILES = ("report.md", "lopo.csv", "lopo_curves.png", "lopo_bars.png")
 
@@ -317,10 +316,7 @@ def copy_report(out: str | Path, dest: str | Path) -> list[Path]:
     for rel in dict.fromkeys(files):
         src = out / rel
         if src.is_file():
-            target = dest / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, target)
-            copied.append(target)
+            copied.append(copy_file(src, dest / rel))
     return copied
 
 

@@ -19,6 +19,7 @@ by one owner, :func:`sleepemo.report.write_report` (stage 07, or
 from __future__ import annotations
 
 import argparse
+import contextlib
 import resource
 import sys
 import time
@@ -212,36 +213,54 @@ def stage_parser(doc: str) -> argparse.ArgumentParser:
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     metavar="KEY=VALUE", help="override a config value, e.g. seed=1")
     ap.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    ap.add_argument("--no-lock", action="store_true",
+                    help="do not lock <out>: only to run different stages or models side by "
+                         "side on one artefact folder on purpose (README: Scaling out)")
     return ap
 
 
-def stage_from_args(name: str, args: argparse.Namespace) -> Stage:
-    """Open stage ``name`` from a script's parsed arguments."""
+def resolve_args(args: argparse.Namespace) -> tuple[Config, Path, Path]:
+    """The config, data folder and artefact folder of a script's parsed arguments."""
     from .cli import resolve_data_dir
 
     cfg = load_config(args.profile, args.overrides)
     data_dir = resolve_data_dir(cfg, args.data_dir, log=lambda m: print(m, file=sys.stderr))
     out = Path(args.out) if args.out else REPO / "output" / f"{cfg.profile}-{data_dir.name}"
+    return cfg, data_dir, out
+
+
+def stage_from_args(name: str, args: argparse.Namespace) -> Stage:
+    """Open stage ``name`` from a script's parsed arguments (no lock: see :func:`main`)."""
+    cfg, data_dir, out = resolve_args(args)
     return open_stage(name, cfg, data_dir, out, progress=not args.no_progress)
 
 
 def guarded(fn: Callable[[], object]) -> None:
-    """Run ``fn``; expected input problems end in one line and exit code 2, not a
-    traceback."""
+    """Run ``fn``; expected input problems, a folder in use by another run and a full
+    disk end in one line and exit code 2, not a traceback."""
     from .data import DataError
+    from .io import DiskFull, disk_full
+    from .runlock import FolderLocked
     from .submission import SubmissionError
 
     try:
         fn()
     except (DataError, SubmissionError, ConfigError, FileExistsError,
-            FileNotFoundError) as exc:
+            FileNotFoundError, FolderLocked, DiskFull) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except Exception as exc:
+        full = disk_full(exc)
+        if full is None:
+            raise
+        print(f"error: {DiskFull(full.filename, full)}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
 def main(name: str, doc: str, body: Callable[..., StageOutput],
          add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
-    """A stage script: parse the arguments, open, run ``body``, close, print the summary.
+    """A stage script: parse the arguments, lock ``<out>`` (:mod:`sleepemo.runlock`),
+    open, run ``body``, close, print the summary.
 
     ``body(stage)``, or ``body(stage, args)`` when the script adds arguments.
     """
@@ -251,8 +270,15 @@ def main(name: str, doc: str, body: Callable[..., StageOutput],
     args = ap.parse_args()
 
     def go():
-        stage = stage_from_args(name, args)
-        output = stage.run((lambda s: body(s, args)) if add_arguments else body)
+        from .runlock import command_line, hold
+
+        cfg, data_dir, out = resolve_args(args)
+        # one run at a time in <out> (sleepemo.runlock): taken before anything is written
+        with contextlib.nullcontext() if args.no_lock else \
+                hold(out, command_line(), spec(name).folder,
+                     log=lambda m: print(m, file=sys.stderr)):
+            stage = open_stage(name, cfg, data_dir, out, progress=not args.no_progress)
+            output = stage.run((lambda s: body(s, args)) if add_arguments else body)
         if output.summary:
             print(output.summary)
 

@@ -12,8 +12,8 @@ Run as a script to check a file::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -22,7 +22,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from sleepemo.io import atomic_path
+from sleepemo.io import atomic_path, copy_file
 
 HEADER = "id,prediction"
 COLUMNS = ("id", "prediction")
@@ -304,8 +304,7 @@ def write_submission(df: pd.DataFrame, run_dir: str | os.PathLike) -> Path:
     except FileExistsError as exc:
         raise FileExistsError(f"{dest} already exists: an earlier run's submission is never "
                               f"overwritten; write to a new run folder") from exc
-    with atomic_path(run_dir.parent / LATEST_NAME) as tmp:
-        shutil.copyfile(dest, tmp)
+    copy_file(dest, run_dir.parent / LATEST_NAME)
     return dest
 
 
@@ -315,11 +314,17 @@ def run_name(profile: str, model: str) -> str:
 
 
 def new_run_dir(root: str | os.PathLike, name: str) -> Path:
-    """``root/name``, or ``root/name-2``, ``-3``, ... if it exists: a folder not used yet."""
+    """Create and return ``root/name``, or ``root/name-2``, ``-3``, ... if it exists: a
+    folder no other run uses. Creating it is the claim (``mkdir`` fails if the folder
+    exists), so two runs that start in the same second get different folders."""
+    Path(root).mkdir(parents=True, exist_ok=True)
     path, i = Path(root) / name, 2
-    while path.exists():
-        path, i = Path(root) / f"{name}-{i}", i + 1
-    return path
+    while True:
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            path, i = Path(root) / f"{name}-{i}", i + 1
 
 
 def write_test_submission(test: np.ndarray, ds, folds,
@@ -348,7 +353,12 @@ def write_test_submission(test: np.ndarray, ds, folds,
     df = build_submission(folds.split_rows(test, "test"))
     expected = {s: (ds.test[s].n_trials, ds.n_times) for s in ds.test}
     validate_submission(df, expected)
-    path = write_submission(df, run_dir)
+    try:
+        path = write_submission(df, run_dir)
+    except BaseException:
+        with contextlib.suppress(OSError):  # the folder new_run_dir claimed, if empty
+            Path(run_dir).rmdir()
+        raise
     validate_submission(path, expected)  # the file as written, not just the table
     return path, len(df)
 

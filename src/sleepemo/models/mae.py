@@ -192,8 +192,8 @@ def save_encoder(model: MaskedAutoencoder, folder: str | Path, run_info: dict) -
     """Write the encoder and reconstruction-head weights and ``run.json`` (which must
     hold ``encoder``: the :class:`EncoderConfig` as a dict, and ``fingerprint``)."""
     for name, module in (("encoder.pt", model.encoder), ("mae_head.pt", model.head)):
-        with atomic_path(Path(folder) / name) as tmp:
-            torch.save(module.state_dict(), tmp)
+        with atomic_path(Path(folder) / name) as tmp, open(tmp, "wb") as fh:
+            torch.save(module.state_dict(), fh)  # a full disk: OSError (io.DiskFull)
     write_json(Path(folder) / "run.json", run_info)
 
 

@@ -11,13 +11,12 @@ was chosen and why (:func:`ensemble_choice`).
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from ..artefacts import results
 from ..ensemble import best_single
 from ..config import REPO
-from ..io import write_json
+from ..io import copy_file, write_json
 from ..metric import format_report, score_files
 from ..report import copy_report, results_table, write_report
 from ..stage import Stage, StageOutput, peak_rss_mb
@@ -106,6 +105,6 @@ def run(stage: Stage, model: str | None = None, submissions: str | Path | None =
     write_report(stage.out, extra_times={stage.spec.name: {
         "stage_seconds": round(stage.seconds(), 1), "peak_rss_mb": peak_rss_mb()}})
     copy_report(stage.out, run_dir)
-    shutil.copyfile(stage.out / "config.yaml", run_dir / "config.yaml")
+    copy_file(stage.out / "config.yaml", run_dir / "config.yaml")
     return StageOutput({k: v for k, v in summary.items() if k != "text"}, summary["text"],
                        "\n".join(evidence))
