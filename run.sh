@@ -12,6 +12,9 @@
 #   ./run.sh submit [--run RUN] [--model MODEL] [--dry-run] [--timeout S] [...]
 #       submit a finished run (default: the newest) to Kaggle, wait for the public score,
 #       append a row to submissions/leaderboard.csv (python -m sleepemo.submit --help).
+#   ./run.sh predict --run OUT [--model NAME] [--stream] [--out DIR] FILE_OR_FOLDER...
+#       apply a finished run to new .mat recordings without retraining
+#       (python -m sleepemo predict --help; README "Predict new recordings").
 #   ./run.sh kaggle-bundle [--out DIR] [--user NAME] [--no-wheels] [--gpu] [--profile P]
 #       write the code and wheels datasets and the offline kernel for Kaggle
 #       (default kaggle/bundle/; README "Run as a Kaggle kernel (offline)").
@@ -132,6 +135,11 @@ case "${1:-}" in
     shift
     setup
     python -m sleepemo.kaggle_bundle "$@"
+    ;;
+  predict)
+    shift
+    setup
+    python -m sleepemo predict "$@"
     ;;
   *)
     setup

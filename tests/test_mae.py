@@ -118,8 +118,9 @@ def folds_out(smoke_dir, tmp_path_factory):
 
 def test_killed_run_resumes_to_the_uninterrupted_result(smoke_dir, folds_out):
     straight, killed = folds_out
-    # all 200 timepoints per sequence: epochs long enough to be killed in between
-    args = ["--set", "mae.epochs=4", "--set", "mae.seqs_per_epoch=1536", "--set", "mae.stride=1"]
+    # 50 tokens per sequence (the quick profile's): epochs of ~1 s, long enough to be
+    # killed in between (the test polls for the first checkpoint every 50 ms)
+    args = ["--set", "mae.epochs=4", "--set", "mae.seqs_per_epoch=1536", "--set", "mae.stride=4"]
     p = _stage(args, straight, smoke_dir)
     log = p.communicate(timeout=600)[0]
     assert p.returncode == 0, log
@@ -141,7 +142,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(smoke_dir, folds_out):
     assert f"resuming after epoch {state['epoch'] + 1} of 4" in log
     from sleepemo.models.mae import load_encoder
     enc = load_encoder(straight / "02_mae")
-    assert enc.pos.shape == (1, 200, 16)
+    assert enc.pos.shape == (1, 50, 16)
     a = torch.load(straight / "02_mae" / "encoder.pt", weights_only=True)
     torch.testing.assert_close(enc.state_dict()["pos"], a["pos"])
     b = torch.load(killed / "02_mae" / "encoder.pt", weights_only=True)
