@@ -137,8 +137,9 @@ def test_predict_reproduces_every_supported_result_and_refuses_the_others(smoke_
                                                                          smoke_dir):
     """sleepemo predict on the test files of the finished run gives exactly each
     supported result's test predictions (no retraining): the LOPO results (baselines,
-    both probes), stage 04's fusion, and the ensemble when its members are all supported;
-    the others say in one line that they are not supported yet."""
+    both probes), stage 04's fusion, stage 05's DQN and its twin, and the ensemble when
+    its members are all supported; the others say in one line that they are not
+    supported yet."""
     import numpy as np
 
     from sleepemo.artefacts import results
@@ -160,6 +161,8 @@ def test_predict_reproduces_every_supported_result_and_refuses_the_others(smoke_
                        for m in members["params"]["models"])
         if r.stage == "fusion":
             return r.meta.get("variant") != "experts_finetune"
+        if r.stage == "rl_heads":  # the DQN and its twin; the SAC heads are refused
+            return r.meta.get("head") in ("dqn", "dqn_twin")
         return r.meta.get("family") == "lopo" or r.stage in STAGE_PREDICTORS
 
     checked = set()
@@ -174,4 +177,4 @@ def test_predict_reproduces_every_supported_result_and_refuses_the_others(smoke_
         np.testing.assert_array_equal(got, r.test, err_msg=r.label)
         checked.add(r.label)
     assert {"mae_probe", "band_probe", "starter", "riemann", "fusion_raw",
-            "fusion_experts"} <= checked  # (the smoke profile's fusion variants)
+            "fusion_experts", "rl_dqn", "rl_dqn_twin"} <= checked  # (the smoke profile's)

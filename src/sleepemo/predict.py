@@ -15,6 +15,8 @@ P(emotional) per trial and timepoint, exactly as the stage computed its test pre
 
 - **Stage 04's fusion** (:mod:`sleepemo.predict_fusion`): its fold networks on the
   participant's rebuilt inputs, averaged.
+- **Stage 05's DQN head and its twin** (:mod:`sleepemo.predict_rl`): each fold's fitted
+  CSP features and network, averaged (the SAC heads are refused).
 
 Other stages' results (:data:`STAGE_PREDICTORS` lists the supported ones) raise a clear
 error naming the result.
@@ -233,12 +235,14 @@ def load_predictor(out: str | Path, name: str | None = None, run: Run | None = N
 
 #: result stage -> the library module whose ``load(run, result) -> Predictor`` rebuilds its
 #: results (modules of the library, never of :mod:`sleepemo.stages`)
-STAGE_PREDICTORS: dict[str, str] = {"fusion": "sleepemo.predict_fusion"}
+STAGE_PREDICTORS: dict[str, str] = {"fusion": "sleepemo.predict_fusion",
+                                     "rl_heads": "sleepemo.predict_rl"}
 
 
 def supported() -> str:
     return ", ".join(["stage 01 baselines", "stage 02 probes"] + [
-        f"stage {s}" for s in STAGE_PREDICTORS] + ["the stage 06 ensemble of those"])
+        f"stage {s}" + (" (DQN heads)" if s == "rl_heads" else "") for s in STAGE_PREDICTORS
+    ] + ["the stage 06 ensemble of those"])
 
 
 # ------------------------------------------------------------------ streaming

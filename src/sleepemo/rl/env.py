@@ -15,6 +15,15 @@ import numpy as np
 from gymnasium import spaces
 
 
+def observation_space(series_shape, stats_shape) -> spaces.Dict:
+    """What the DQN sees of one trial: ``series`` (n_series, n_times) and ``stats``
+    (n_stats,); also what a saved DQN's network is rebuilt on
+    (:func:`sleepemo.rl.heads.q_network`)."""
+    return spaces.Dict({
+        "series": spaces.Box(-np.inf, np.inf, tuple(series_shape), np.float32),
+        "stats": spaces.Box(-np.inf, np.inf, tuple(stats_shape), np.float32)})
+
+
 class TrialEnv(gym.Env):
     """See the module docstring.
 
@@ -42,9 +51,8 @@ class TrialEnv(gym.Env):
         self.stats = np.ascontiguousarray(stats, dtype=np.float32)
         self.labels = labels.astype(np.int64)
         self.episode_len = int(min(episode_len, len(labels)))
-        self.observation_space = spaces.Dict({
-            "series": spaces.Box(-np.inf, np.inf, self.series.shape[1:], np.float32),
-            "stats": spaces.Box(-np.inf, np.inf, self.stats.shape[1:], np.float32)})
+        self.observation_space = observation_space(self.series.shape[1:],
+                                                   self.stats.shape[1:])
         self.action_space = spaces.Discrete(2)
         self._order = np.arange(self.episode_len)
         self._i, self._total = 0, 0.0

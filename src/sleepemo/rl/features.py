@@ -14,11 +14,13 @@ Two parts, kept apart so that a label can only enter where it is allowed:
    CSP components and of the statistics.
 
 :meth:`FoldFeatures.transform` takes no label: the features of a trial cannot depend on
-its class.
+its class. Stage 05 keeps each fold's fitted features (:func:`save_fold_features`) so that
+:mod:`sleepemo.predict_rl` applies them to new recordings.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -117,6 +119,35 @@ class FoldFeatures:
         series = self.csp_.transform(sig.wave.astype(np.float64)) / self.series_sd_
         stats = (sig.stats - self.stats_mu_) / self.stats_sd_
         return {"series": series.astype(np.float32), "stats": stats.astype(np.float32)}
+
+
+def features_path(folder, k: int) -> Path:
+    """Where stage 05 keeps fold k's fitted :class:`FoldFeatures` (what
+    :mod:`sleepemo.predict_rl` transforms a new participant's signals with)."""
+    return Path(folder) / f"rl_features_fold{k}.joblib"
+
+
+def save_fold_features(path, feats: FoldFeatures, fp: str) -> None:
+    """A fitted :class:`FoldFeatures` (an MNE CSP and arrays: a joblib pickle, as
+    :mod:`sleepemo.lopo` keeps its fold models) with the fingerprint of its head,
+    atomically."""
+    import joblib
+
+    from ..io import atomic_path
+
+    with atomic_path(path) as tmp:
+        joblib.dump({"features": feats, "fingerprint": fp}, tmp)
+
+
+def load_fold_features(path, fp: str) -> FoldFeatures | None:
+    """The :class:`FoldFeatures` at ``path`` if it exists and carries fingerprint ``fp``,
+    else None. A pickle runs code when loaded: load only runs you made (or trust)."""
+    import joblib
+
+    if not Path(path).is_file():
+        return None
+    saved = joblib.load(path)
+    return saved["features"] if saved.get("fingerprint") == fp else None
 
 
 def fit_fold(signals: dict, folds, ds, k: int, n_csp: int = 4, shuffle: bool = False,

@@ -18,6 +18,7 @@ used for files this project reads back.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -69,6 +70,13 @@ def exponential_schedule(start: float = 1.0, end: float = 0.05, decay: float = 5
     return schedule
 
 
+def _policy_kwargs(cfg) -> dict:
+    """The DQN policy's network: the CNN-LSTM body under a ``[64]`` Q-head."""
+    return dict(features_extractor_class=_extractor_class(),
+                features_extractor_kwargs=dict(lstm=cfg.lstm, dropout=cfg.dropout),
+                net_arch=[64])
+
+
 def make_dqn(env, cfg, seed: int):
     """An SB3 DQN on ``env`` with the CNN-LSTM body and the exponential exploration."""
     from stable_baselines3 import DQN
@@ -77,14 +85,29 @@ def make_dqn(env, cfg, seed: int):
                 learning_starts=cfg.learning_starts, batch_size=cfg.batch_size,
                 gamma=cfg.gamma, train_freq=1, gradient_steps=1,
                 target_update_interval=cfg.target_update_interval,
-                policy_kwargs=dict(features_extractor_class=_extractor_class(),
-                                   features_extractor_kwargs=dict(lstm=cfg.lstm,
-                                                                  dropout=cfg.dropout),
-                                   net_arch=[64]),
-                seed=seed, device="cpu", verbose=0)
+                policy_kwargs=_policy_kwargs(cfg), seed=seed, device="cpu", verbose=0)
     model.exploration_schedule = exponential_schedule(cfg.eps_start, cfg.eps_end,
                                                       cfg.eps_decay)
     return model
+
+
+def q_network(observation_space, cfg, policy_state: dict):
+    """A trained DQN's ``q_net`` rebuilt from its policy's saved ``state_dict`` (the
+    DQN of :func:`make_dqn` on an environment with ``observation_space``), without the
+    environment or the replay buffer."""
+    from gymnasium import spaces
+    from stable_baselines3.dqn.policies import MultiInputPolicy
+
+    policy = MultiInputPolicy(observation_space, spaces.Discrete(2), lambda _: cfg.lr,
+                              **_policy_kwargs(cfg))
+    policy.load_state_dict(policy_state)
+    return policy.q_net
+
+
+def fold_checkpoint(folder, k: int) -> Path:
+    """Stage 05's fold-k checkpoint of the DQN's policy and the twin (``"dqn"``,
+    ``"twin"``: ``state_dict`` tensors) and their learning curves."""
+    return Path(folder) / f"rl_fold{k}.pt"
 
 
 def gradient_steps(cfg) -> int:
@@ -164,3 +187,16 @@ def probability(out: np.ndarray, temperature: float) -> np.ndarray:
     """P(emotional) = softmax(out / temperature)[:, 1]."""
     z = (out[:, 1] - out[:, 0]) / temperature
     return (1 / (1 + np.exp(-z))).astype(np.float32)
+
+
+def trial_probability(net, feats: dict, temperature: float) -> np.ndarray:
+    """P(emotional) of one participant's trials (n,) float32: the network's two outputs
+    on the fold's features (:meth:`sleepemo.rl.features.FoldFeatures.transform`) through
+    the fold's softmax temperature. Stage 05's test predictions and
+    :mod:`sleepemo.predict_rl` both use it."""
+    return probability(outputs(net, feats), temperature)
+
+
+def broadcast(p: np.ndarray, n_times: int) -> np.ndarray:
+    """Trial probabilities (n,) copied to every timepoint, (n, n_times)."""
+    return np.repeat(p[:, None], n_times, axis=1)

@@ -33,9 +33,11 @@ Two heads (``rl.heads``), each beside a supervised twin on the same inputs and b
 
 Results ``rl_dqn``, ``rl_dqn_twin``, ``rl_sac``, ``rl_sac_twin`` (``_shuffled`` with
 ``rl.shuffle_labels``) through the predictions contract; ``<out>/05_rl_heads/``: per result
-``fold<k>.npz`` and the assembled arrays; ``rl_fold<k>.pt`` and ``sac_fold<k>.pt`` (the
-networks' weights as tensors and the curves: the resume points), the prototypes (with
-their records, ``.json``),
+``fold<k>.npz`` (the DQN's and its twin's with the fold's softmax temperature) and the
+assembled arrays; ``rl_fold<k>.pt`` and ``sac_fold<k>.pt`` (the networks' weights as
+tensors and the curves: the resume points), ``rl_features_fold<k>.joblib`` (fold k's
+fitted CSP and scalings: :mod:`sleepemo.predict_rl` applies the DQN and its twin to new
+recordings with them and the two above), the prototypes (with their records, ``.json``),
 ``learning_curves.png``, ``metrics.json``, ``evidence.md``. Folds run in
 ``rl.workers`` processes (:mod:`sleepemo.parallel`).
 """
@@ -44,6 +46,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -56,6 +59,7 @@ from ..progress import bar
 from ..report import pyplot, results_table, save_figure, to_markdown
 from ..metric import window_auc
 from ..rl.features import FoldFeatures, participant_signals
+from ..rl.heads import fold_checkpoint
 from ..stage import Stage, StageOutput
 
 
@@ -84,8 +88,9 @@ def run_fold(cfg: RLConfig, signals: dict, labels: dict, held: int, test_subject
     """Fold k's DQN and twin (see the module docstring); ``labels`` are the fold's
     training participants' only. Returns ``{"dqn": arrays, "dqn_twin": arrays}``."""
     from ..rl.env import TrialEnv
-    from ..rl.heads import (Twin, fit_temperature, gradient_steps, make_dqn, outputs,
-                            probability, train_twin)
+    from ..rl.features import features_path, save_fold_features
+    from ..rl.heads import (Twin, broadcast, fit_temperature, gradient_steps, make_dqn,
+                            outputs, train_twin, trial_probability)
 
     if held in labels:
         raise ValueError(f"participant {held} is held out in fold {k}: its labels must not "
@@ -94,6 +99,8 @@ def run_fold(cfg: RLConfig, signals: dict, labels: dict, held: int, test_subject
     inner, train = inner_split(cfg, labels, seed, k)
     feats = FoldFeatures(cfg.n_csp).fit({s: signals[s] for s in train},
                                         {s: labels[s] for s in train}, held_out=held)
+    if ckpt:  # what sleepemo predict transforms a new participant with
+        save_fold_features(features_path(Path(ckpt).parent, k), feats, fp)
     F = {s: feats.transform(signals[s]) for s in [*subjects, held, *test_subjects]}
     series = np.concatenate([F[s]["series"] for s in train])
     stats = np.concatenate([F[s]["stats"] for s in train])
@@ -129,10 +136,10 @@ def run_fold(cfg: RLConfig, signals: dict, labels: dict, held: int, test_subject
                                np.concatenate([labels[s] for s in inner]))
         arrays = {"temperature": np.float64(temp), "inner": np.asarray(inner)}
         for role, subs in (("oof", [held]), ("test", list(test_subjects))):
-            p = np.concatenate([probability(outputs(net, F[s]), temp) for s in subs]) \
+            p = np.concatenate([trial_probability(net, F[s], temp) for s in subs]) \
                 if subs else np.zeros(0, np.float32)
             arrays[f"{role}_trial"] = p
-            arrays[role] = np.repeat(p[:, None], n_times, axis=1)
+            arrays[role] = broadcast(p, n_times)
         arrays["curve"] = np.asarray(curves["dqn_curve" if name == "dqn" else "twin_curve"])
         if name == "dqn":
             arrays["episode_reward"] = np.asarray(curves["episode_reward"])
@@ -500,8 +507,8 @@ def train_fold(state: FoldState, k: int, step) -> dict:
         fit, data = {"dqn": (run_fold, lambda: state.signals),
                      "sac": (run_sac_fold, lambda: state.sac_codes(k))}[head]
         parts = fit(cfg, data(), labels, folds.held_out(k), folds.test_subjects, k, seed,
-                    ds.n_times, stage.dir / f"{'rl' if head == 'dqn' else head}_fold{k}.pt",
-                    state.fps[head], step)
+                    ds.n_times, fold_checkpoint(stage.dir, k) if head == "dqn" else
+                    stage.dir / f"sac_fold{k}.pt", state.fps[head], step)
         for n, arrays in parts.items():
             state.writers[n].save_fold(k, **arrays)
         seconds[head] = time.perf_counter() - t0
