@@ -137,7 +137,7 @@ def test_predict_reproduces_every_supported_result_and_refuses_the_others(smoke_
                                                                          smoke_dir):
     """sleepemo predict on the test files of the finished run gives exactly each
     supported result's test predictions (no retraining): the LOPO results (baselines,
-    both probes), stage 04's fusion, stage 05's DQN and its twin, and the ensemble when
+    both probes), stage 04's fusion, stage 05's heads, and the ensemble when
     its members are all supported; the others say in one line that they are not
     supported yet."""
     import numpy as np
@@ -161,8 +161,8 @@ def test_predict_reproduces_every_supported_result_and_refuses_the_others(smoke_
                        for m in members["params"]["models"])
         if r.stage == "fusion":
             return r.meta.get("variant") != "experts_finetune"
-        if r.stage == "rl_heads":  # the DQN and its twin; the SAC heads are refused
-            return r.meta.get("head") in ("dqn", "dqn_twin")
+        if r.stage == "rl_heads":  # the SAC heads only on the MAE's embeddings
+            return not str(r.meta.get("sac_source")).startswith("fusion:")
         return r.meta.get("family") == "lopo" or r.stage in STAGE_PREDICTORS
 
     checked = set()
@@ -177,4 +177,5 @@ def test_predict_reproduces_every_supported_result_and_refuses_the_others(smoke_
         np.testing.assert_array_equal(got, r.test, err_msg=r.label)
         checked.add(r.label)
     assert {"mae_probe", "band_probe", "starter", "riemann", "fusion_raw",
-            "fusion_experts", "rl_dqn", "rl_dqn_twin"} <= checked  # (the smoke profile's)
+            "fusion_experts", "rl_dqn", "rl_dqn_twin", "rl_sac", "rl_sac_twin"
+            } <= checked  # (the smoke profile's; its SAC reads the MAE: no fusion_mae)

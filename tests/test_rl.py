@@ -316,31 +316,29 @@ def test_held_out_labels_never_reach_the_rl_heads(rl_run, head):
             folds.test_subjects, 0, 0, 200)
 
 
-def test_predictor_reproduces_the_dqn_heads_and_refuses_the_sac_heads(rl_run):
+def test_predictor_reproduces_every_head_exactly(rl_run):
     """sleepemo predict's stage-05 predictor on each test participant's trials gives the
-    DQN's and the twin's test predictions bit for bit (fold features, networks and
-    temperatures as kept by the stage); the SAC heads and a run without the fold's
-    features are refused in one line."""
+    DQN's, the SAC's (on the MAE's embeddings) and their twins' test predictions bit for
+    bit (fold features, networks, temperatures and prototypes as kept by the stage); a
+    run without a fold's features, or a SAC on stage 04's fused tokens, is refused in one
+    line."""
+    import dataclasses
     import shutil
 
     from sleepemo.artefacts import results
     from sleepemo.predict import PredictError, Run, load_predictor
+    from sleepemo.predict_rl import load
 
     stage, ds, folds, _ = rl_run
     run = Run(stage.out, stage.cfg, list(ds.ch_names), ds.sfreq, ds.n_times, folds.n_folds)
-    checked = []
-    for r in results(stage.out, "rl_heads"):
-        if r.name.startswith("rl_sac"):
-            with pytest.raises(PredictError, match="SAC heads are not supported"):
-                load_predictor(stage.out, r.label, run)
-            continue
+    listed = {r.name: r for r in results(stage.out, "rl_heads")}
+    for name, r in listed.items():
         p = load_predictor(stage.out, r.label, run)
         got = np.concatenate([p.predict(ds.test[s].X, ds.sfreq)
                               for s in folds.test_subjects])
         assert got.dtype == np.float32
-        np.testing.assert_array_equal(got, r.test, err_msg=r.label)
-        checked.append(r.name)
-    assert checked == ["rl_dqn", "rl_dqn_twin"]
+        np.testing.assert_array_equal(got, r.test, err_msg=name)
+    assert sorted(listed) == ["rl_dqn", "rl_dqn_twin", "rl_sac", "rl_sac_twin"]
     # the predictor follows what each fold kept: fold 5's features swapped for fold 6's
     # change the output (the test can fail), a missing file is named
     path = stage.out / "05_rl_heads" / "rl_features_fold5.joblib"
@@ -349,13 +347,16 @@ def test_predictor_reproduces_the_dqn_heads_and_refuses_the_sac_heads(rl_run):
         shutil.copy(path.with_name("rl_features_fold6.joblib"), path)
         swapped = load_predictor(stage.out, "rl_dqn", run).predict(
             ds.test[folds.test_subjects[0]].X, ds.sfreq)
-        dqn = next(r for r in results(stage.out, "rl_heads") if r.name == "rl_dqn")
-        assert not np.array_equal(swapped, dqn.test[:len(swapped)])
+        assert not np.array_equal(swapped, listed["rl_dqn"].test[:len(swapped)])
         path.unlink()
         with pytest.raises(PredictError, match="rl_features_fold5.joblib: fold 5's fitted"):
             load_predictor(stage.out, "rl_dqn", run)
     finally:
         shutil.move(path.with_suffix(".bak"), path)
+    sac = listed["rl_sac"]
+    fused = dataclasses.replace(sac, meta={**sac.meta, "sac_source": "fusion:abc"})
+    with pytest.raises(PredictError, match="fused tokens are not supported"):
+        load(run, fused)
 
 
 def test_label_shuffled_rl_stage_scores_about_chance(medium_dir, tmp_path):

@@ -15,8 +15,8 @@ P(emotional) per trial and timepoint, exactly as the stage computed its test pre
 
 - **Stage 04's fusion** (:mod:`sleepemo.predict_fusion`): its fold networks on the
   participant's rebuilt inputs, averaged.
-- **Stage 05's DQN head and its twin** (:mod:`sleepemo.predict_rl`): each fold's fitted
-  CSP features and network, averaged (the SAC heads are refused).
+- **Stage 05's heads and their twins** (:mod:`sleepemo.predict_rl`): each fold's fitted
+  features and network, averaged (a SAC on stage 04's fused tokens is refused).
 
 Other stages' results (:data:`STAGE_PREDICTORS` lists the supported ones) raise a clear
 error naming the result.
@@ -241,8 +241,7 @@ STAGE_PREDICTORS: dict[str, str] = {"fusion": "sleepemo.predict_fusion",
 
 def supported() -> str:
     return ", ".join(["stage 01 baselines", "stage 02 probes"] + [
-        f"stage {s}" + (" (DQN heads)" if s == "rl_heads" else "") for s in STAGE_PREDICTORS
-    ] + ["the stage 06 ensemble of those"])
+        f"stage {s}" for s in STAGE_PREDICTORS] + ["the stage 06 ensemble of those"])
 
 
 # ------------------------------------------------------------------ streaming

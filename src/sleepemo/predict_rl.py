@@ -1,4 +1,4 @@
-"""Stage 05's DQN head and its supervised twin applied to new recordings
+"""Stage 05's heads and their supervised twins applied to new recordings
 (:mod:`sleepemo.predict`).
 
 Results ``rl_dqn`` and ``rl_dqn_twin`` (``_shuffled`` with ``rl.shuffle_labels``). For a
@@ -14,9 +14,15 @@ new participant, as stage 05 computes a test participant's predictions:
    every timepoint;
 4. the prediction is the folds' mean, as the stage's test predictions are.
 
-The SAC heads (``rl_sac``, ``rl_sac_twin``) are refused: their inputs are code vectors of
-stage 04's fused tokens (or of the MAE's embeddings) through the run's prototypes, which
-this module does not rebuild for a new participant.
+The SAC heads (``rl_sac``, ``rl_sac_twin``) whose prototypes quantise the MAE's
+embeddings (``rl.sac_inputs: mae``, or no stage-04 ``fusion_<rl.sac_fusion>`` in the run):
+the stage-02 encoder's token embeddings of the participant's band features (as
+:class:`sleepemo.models.mae.TokenCache` holds them, pooled to ``rl.sac_stride``), all
+channels side by side, coded by the run's prototypes (``05_rl_heads/prototypes.pt``); per
+fold the SAC's policy (run along each trial, :func:`sleepemo.rl.sac.rollout`) or the GRU
+twin (``sac_fold<k>.pt``) gives per-token probabilities, interpolated to every timepoint;
+the folds' mean. SAC heads on stage 04's fused tokens (per-fold prototypes) are refused:
+this module does not rebuild fold k's fused tokens of a new participant.
 """
 from __future__ import annotations
 
@@ -81,13 +87,73 @@ def _temperature(result: Result, k: int) -> float:
         return float(z["temperature"])
 
 
+class SacPredictor(Predictor):
+    """The SAC (``head="sac"``) or its GRU twin (``head="sac_twin"``) of every fold, on
+    code vectors of the MAE's embeddings (see the module docstring)."""
+
+    def __init__(self, run: Run, result: Result):
+        from .models.mae import load_mae_weights
+        from .rl.sac import GruTwin, Prototypes, sac_policy
+
+        self.run, self.name, self.cfg = run, result.label, run.cfg.rl
+        self.head = result.meta["head"]
+        source = str(result.meta.get("sac_source"))
+        if not source.startswith("mae:"):
+            raise PredictError(
+                f"{result.label}: SAC heads on stage 04's fused tokens are not supported "
+                "by sleepemo predict yet" if source.startswith("fusion:") else
+                f"{result.label}: the result does not record its embeddings' source (a run "
+                "made before sleepemo predict read SAC heads): rerun src/05_rl_heads.py")
+        folder, mae = stage_dir(run.out, "rl_heads"), stage_dir(run.out, "mae")
+        info = load_mae_weights(mae)[2]
+        if info["fingerprint"] != source[len("mae:"):]:
+            raise PredictError(f"{mae}: not the MAE {result.label} was trained on")
+        self.mae_stride = int(info["config"]["stride"])  # as the MAE token cache pools
+        path = folder / "prototypes.pt"
+        state = load_checkpoint(path, result.meta.get("prototypes_fingerprint", ""))
+        if state is None:
+            raise PredictError(f"{path}: the SAC's prototypes are missing or of another run")
+        n_in = state["model"]["norm.weight"].shape[0]
+        self.prototypes = Prototypes(n_in, self.cfg.sac_dim, self.cfg.codebook)
+        self.prototypes.load_state_dict(state["model"])
+        self.nets = []
+        for k in range(run.n_folds):
+            path = folder / f"sac_fold{k}.pt"
+            state = load_checkpoint(path, result.fingerprint)
+            if state is None:
+                raise PredictError(f"{path}: fold {k}'s SAC networks are missing or of "
+                                   "another run")
+            if self.head == "sac":
+                self.nets.append(sac_policy(self.cfg.sac_dim, self.cfg, state["sac"]))
+            else:
+                twin = GruTwin(self.cfg.sac_dim)
+                twin.load_state_dict(state["twin"])
+                self.nets.append(twin)
+
+    def predict(self, X, sfreq):
+        from .features import pool_time
+        from .models.mae import encode_tokens, load_encoder
+        from .predict import _band
+        from .rl.sac import (channel_embeddings, code_vectors, rollout, tokens_to_timepoints,
+                             twin_probability)
+
+        enc = self.run.cached("mae_encoder",
+                              lambda: load_encoder(stage_dir(self.run.out, "mae")))
+        mstride = self.mae_stride
+        band = pool_time(np.asarray(_band(self.run, X, sfreq), np.float32), mstride)
+        tokens = np.ascontiguousarray(pool_time(encode_tokens(enc, band),
+                                                self.cfg.sac_stride // mstride),
+                                      dtype=np.float32)
+        codes = code_vectors(self.prototypes, channel_embeddings(tokens))[0]
+        return np.mean([tokens_to_timepoints(
+            rollout(net, codes) if self.head == "sac" else twin_probability(net, codes),
+            X.shape[-1]) for net in self.nets], axis=0).astype(np.float32)
+
+
 def load(run: Run, result: Result) -> Predictor:
     head = result.meta.get("head")
     if head in ("dqn", "dqn_twin"):
         return DqnPredictor(run, result)
     if head in ("sac", "sac_twin"):
-        raise PredictError(f"{result.label}: the SAC heads are not supported by sleepemo "
-                           "predict yet (their inputs are stage 04's fused tokens or the "
-                           "MAE's embeddings of the new participant, coded by the run's "
-                           "prototypes, which are not rebuilt for new recordings)")
+        return SacPredictor(run, result)
     raise PredictError(f"{result.label}: unknown stage-05 head {head!r}")

@@ -108,6 +108,13 @@ def step_reward(p: np.ndarray, prev: np.ndarray, y: np.ndarray, lam: float) -> n
     return y * np.log(q) + (1 - y) * np.log(1 - q) - lam * np.abs(p - prev)
 
 
+def trajectory_spaces(dim: int) -> tuple[spaces.Box, spaces.Box]:
+    """(observation, action) spaces of :class:`TrajectoryEnv` for code vectors of
+    ``dim``: (code vector, previous output, t / T) and a probability."""
+    return (spaces.Box(-np.inf, np.inf, (dim + 2,), np.float32),
+            spaces.Box(0.0, 1.0, (1,), np.float32))
+
+
 class TrajectoryEnv(gym.Env):
     """See the module docstring, part 2. ``codes`` (n_trials, T, dim); ``labels`` 0/1.
     Episodes visit trials in an order drawn by the seeded generator."""
@@ -126,8 +133,7 @@ class TrajectoryEnv(gym.Env):
         self.labels = labels.astype(np.float32)
         self.lam = float(lam)
         self.n_tokens, dim = codes.shape[1:]
-        self.observation_space = spaces.Box(-np.inf, np.inf, (dim + 2,), np.float32)
-        self.action_space = spaces.Box(0.0, 1.0, (1,), np.float32)
+        self.observation_space, self.action_space = trajectory_spaces(dim)
         self._trial, self._t, self._prev, self._total = 0, 0, 0.5, 0.0
 
     def _obs(self) -> np.ndarray:
@@ -158,7 +164,21 @@ def make_sac(env, cfg, seed: int):
     return SAC("MlpPolicy", env, learning_rate=cfg.lr, buffer_size=cfg.buffer_size,
                learning_starts=cfg.sac_learning_starts, batch_size=cfg.batch_size,
                gamma=cfg.sac_gamma, train_freq=1, gradient_steps=1,
-               policy_kwargs=dict(net_arch=[64, 64]), seed=seed, device="cpu", verbose=0)
+               policy_kwargs=SAC_POLICY, seed=seed, device="cpu", verbose=0)
+
+
+#: the SAC's actor and critics
+SAC_POLICY = dict(net_arch=[64, 64])
+
+
+def sac_policy(dim: int, cfg, policy_state: dict):
+    """A trained SAC's policy (what :func:`rollout` runs) rebuilt from its saved
+    ``state_dict``, for code vectors of ``dim``, without an environment or a buffer."""
+    from stable_baselines3.sac.policies import SACPolicy
+
+    policy = SACPolicy(*trajectory_spaces(dim), lambda _: cfg.lr, **SAC_POLICY)
+    policy.load_state_dict(policy_state)
+    return policy
 
 
 def sac_gradient_steps(cfg) -> int:
@@ -166,7 +186,8 @@ def sac_gradient_steps(cfg) -> int:
 
 
 def rollout(model, codes: np.ndarray, batch: int = 1024) -> np.ndarray:
-    """The SAC policy run deterministically along every trial: p (n_trials, T)."""
+    """The SAC policy (a SAC or its policy: anything with SB3's ``predict``) run
+    deterministically along every trial: p (n_trials, T)."""
     n, T, _ = codes.shape
     out = np.zeros((n, T), np.float32)
     for i in range(0, n, batch):
@@ -236,3 +257,20 @@ def twin_probability(model: GruTwin, codes: np.ndarray, batch: int = 512) -> np.
             out.append(torch.sigmoid(model(torch.from_numpy(np.ascontiguousarray(
                 codes[i:i + batch], dtype=np.float32)))).numpy())
     return np.concatenate(out) if out else np.zeros(codes.shape[:2], np.float32)
+
+
+# ------------------------------------------------------------------ predictions
+def channel_embeddings(tokens: np.ndarray) -> np.ndarray:
+    """The MAE's per-channel token embeddings (n_trials, n_chans, T, d) side by side,
+    (n_trials, T, n_chans * d): what the run-level prototypes quantise."""
+    return np.ascontiguousarray(tokens.transpose(0, 2, 1, 3).reshape(
+        tokens.shape[0], tokens.shape[2], -1))
+
+
+def tokens_to_timepoints(p: np.ndarray, n_times: int) -> np.ndarray:
+    """Per-token probabilities (n, T) -> every timepoint (linear interpolation)."""
+    t = torch.from_numpy(np.ascontiguousarray(p, dtype=np.float32))[:, None]
+    if t.shape[-1] != n_times and len(t):
+        t = torch.nn.functional.interpolate(t, size=n_times, mode="linear",
+                                            align_corners=False)
+    return t[:, 0].numpy().reshape(len(p), n_times).astype(np.float32)

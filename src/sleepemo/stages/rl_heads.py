@@ -173,15 +173,6 @@ def _dqn_callback(cfg: RLConfig, F: dict, inner_labels: dict, curves: dict, prog
 
 
 # ------------------------------------------------------------------ the SAC head
-def tokens_to_timepoints(p: np.ndarray, n_times: int) -> np.ndarray:
-    """Per-token probabilities (n, T) -> every timepoint (linear interpolation)."""
-    t = torch.from_numpy(np.ascontiguousarray(p, dtype=np.float32))[:, None]
-    if t.shape[-1] != n_times and len(t):
-        t = torch.nn.functional.interpolate(t, size=n_times, mode="linear",
-                                            align_corners=False)
-    return t[:, 0].numpy().reshape(len(p), n_times).astype(np.float32)
-
-
 def _token_score(p_by_subject: dict, labels: dict) -> float:
     """The competition metric on per-token probabilities (inner participants)."""
     return window_auc(labels, p_by_subject, min_run=1).score
@@ -194,7 +185,7 @@ def run_sac_fold(cfg: RLConfig, codes: dict, labels: dict, held: int, test_subje
     are the fold's training participants' only. Returns ``{"sac": arrays,
     "sac_twin": arrays}``."""
     from ..rl.sac import (TrajectoryEnv, make_sac, rollout, sac_gradient_steps,
-                          train_gru_twin, twin_probability)
+                          tokens_to_timepoints, train_gru_twin, twin_probability)
 
     if held in labels:
         raise ValueError(f"participant {held} is held out in fold {k}: its labels must not "
@@ -345,12 +336,10 @@ class SacSource:
 
     def mae_embeddings(self) -> dict:
         """participant -> (n_trials, n_decisions, n_chans * d) from the MAE token cache."""
-        cache, out = self._mae_cache(), {}
-        for s in self.subjects:
-            e = np.asarray(cache.load(s))
-            out[s] = np.ascontiguousarray(e.transpose(0, 2, 1, 3).reshape(
-                e.shape[0], e.shape[2], -1))
-        return out
+        from ..rl.sac import channel_embeddings
+
+        cache = self._mae_cache()
+        return {s: channel_embeddings(np.asarray(cache.load(s))) for s in self.subjects}
 
     def fused_embeddings(self, k: int) -> dict:
         """participant -> (n_trials, n_decisions, d) from fold k's fusion."""
@@ -538,10 +527,22 @@ def run(stage: Stage) -> StageOutput:
     seconds = {h: [s[h] for s in done.values() if h in s] for h in cfg.heads}
     finished = {n: w.finished() or w.finish(ds, seed=seed, diagnostic=cfg.shuffle_labels,
                                             config=dataclasses.asdict(cfg),
-                                            meta={"registry": "rl", "head": n})
+                                            meta={"registry": "rl", "head": n,
+                                                  **sac_meta(state, n)})
                 for n, w in writers.items()}
     record = prototype_record(state) if "sac" in cfg.heads else None
     return _report(stage, finished, writers, seconds, record)
+
+
+def sac_meta(state: FoldState, name: str) -> dict:
+    """What a SAC result's predictions rest on (sleepemo predict reads it): its
+    embeddings' source (:attr:`SacSource.key`) and the run-level prototypes' fingerprint
+    (with the MAE's embeddings)."""
+    if not name.startswith("sac"):
+        return {}
+    source, folds = state.source, state.folds
+    return {"sac_source": source.key, "prototypes_fingerprint": None if source.fused else
+            prototypes_fp(state.stage, source, folds.data_fingerprint, None)}
 
 
 def prototype_record(state: FoldState) -> dict:
