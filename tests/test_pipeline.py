@@ -135,15 +135,18 @@ def test_bad_data_folder_fails_with_a_clear_message(tmp_path):
 
 def test_predict_reproduces_every_lopo_result_and_refuses_the_others(smoke_run, smoke_dir):
     """sleepemo predict on the test files of the finished run gives exactly each LOPO
-    result's test predictions (baselines, both probes; no retraining); results it cannot
-    apply yet say so in one line."""
+    result's test predictions (baselines, both probes) and each stage-03 experts result's
+    (zero-shot and adapted; no retraining); results it cannot apply yet say so in one
+    line."""
     import numpy as np
+    import torch
 
     from sleepemo.artefacts import results
     from sleepemo.data import load_dataset
     from sleepemo.folds import read_folds
-    from sleepemo.predict import PredictError, Run, load_predictor
+    from sleepemo.predict import STAGE_PREDICTORS, PredictError, Run, load_predictor
 
+    torch.set_num_threads(1)  # as the smoke stages ran (conftest restores it)
     tmp, _ = smoke_run
     out = tmp / "out"
     ds = load_dataset(smoke_dir, progress=False)
@@ -151,14 +154,15 @@ def test_predict_reproduces_every_lopo_result_and_refuses_the_others(smoke_run, 
     run = Run.open(out)
     checked = set()
     for r in results(out):
-        if r.meta.get("family") != "lopo":
+        if r.meta.get("family") != "lopo" and r.stage not in STAGE_PREDICTORS:
             if r.stage != "ensemble":
                 with pytest.raises(PredictError, match="not supported"):
                     load_predictor(out, r.label, run)
             continue
         p = load_predictor(out, r.label, run)
-        got = np.concatenate([p.predict(ds.test[s].X, ds.sfreq)
+        got = np.concatenate([p.predict(ds.test[s].X, ds.sfreq, subject=s)
                               for s in folds.test_subjects])
         np.testing.assert_array_equal(got, r.test, err_msg=r.label)
         checked.add(r.label)
-    assert {"mae_probe", "band_probe", "starter", "riemann"} <= checked
+    assert {"mae_probe", "band_probe", "starter", "riemann", "experts_mae_fomaml",
+            "experts_mae_fomaml_tta"} <= checked
