@@ -71,14 +71,14 @@ def one_model(run: Path, model: str, trials: int, repeats: int) -> dict:
         return {"model": model, "supported": False, "reason": str(exc)}
     load_s = time.perf_counter() - t0
     sizes = [n for n in (trials, 2 * trials, 4 * trials) if n <= len(X)]
-    predictor.predict(X[:trials], r.sfreq)  # first calls pay for imports and caches
+    predictor.predict(X[:trials], r.sfreq, subject)  # first calls pay for imports and caches
     stream_ms, batch_ms = {}, {}
     for n in sizes:
         # a streamed trial after n - 1 others: predict n trials, keep the last
-        stream_ms[n] = 1e3 * _median_time(lambda: predictor.predict(X[:n], r.sfreq)[-1],
+        stream_ms[n] = 1e3 * _median_time(lambda: predictor.predict(X[:n], r.sfreq, subject)[-1],
                                           repeats)
         batch_ms[n] = stream_ms[n] / n  # the same call: n trials at once
-    full = 1e3 * _median_time(lambda: predictor.predict(X, r.sfreq), repeats) / len(X)
+    full = 1e3 * _median_time(lambda: predictor.predict(X, r.sfreq, subject), repeats) / len(X)
     return {"model": model, "supported": True, "participant": int(subject),
             "participant_trials": int(len(X)), "load_s": round(load_s, 3),
             "stream_ms_per_trial": {str(n): round(v, 2) for n, v in stream_ms.items()},

@@ -286,3 +286,77 @@ def test_experts_config_is_checked():
         load_config("smoke", ["experts.variants=[maml2]"])
     with pytest.raises(ConfigError, match="even"):
         load_config("smoke", ["experts.n_support=7"])
+
+
+# ---------------------------------------------------------------- sleepemo predict
+@pytest.fixture
+def experts_run(smoke_stage):
+    """The smoke stage's output made a run folder that sleepemo predict opens (stage 00's
+    record of the data's channels)."""
+    from sleepemo.config import load_config
+    from sleepemo.stage import open_stage
+    from sleepemo.stages import make_folds
+
+    stage, ds, folds, _ = smoke_stage
+    open_stage("folds", load_config("smoke"), stage.data_dir, stage.out, progress=False,
+               log=lambda m: None).run(make_folds.run)
+    torch.set_num_threads(1)  # as the stage ran (restored after the test)
+    return stage.out, ds, folds
+
+
+def test_predictor_reproduces_the_stage_test_predictions_exactly(experts_run):
+    """Each test participant predicted on its own, from the fold checkpoints and weights
+    (zero-shot, and _tta adapted on its own trials seeded by its id), equals the stage's
+    test.npy bit for bit."""
+    from sleepemo.artefacts import find
+    from sleepemo.predict import load_predictor
+
+    out, ds, folds = experts_run
+    for name in ("experts_mae_fomaml", "experts_mae_fomaml_tta"):
+        p = load_predictor(out, name)
+        got = np.concatenate([p.predict(ds.test[s].X, ds.sfreq, subject=s)
+                              for s in folds.test_subjects])
+        np.testing.assert_array_equal(got, find(out, name).test, err_msg=name)
+    # zero-shot needs no id; adapted with another id gives other (still valid) outputs
+    s = folds.test_subjects[0]
+    zs = load_predictor(out, "experts_mae_fomaml")
+    np.testing.assert_array_equal(zs.predict(ds.test[s].X, ds.sfreq),
+                                  zs.predict(ds.test[s].X, ds.sfreq, subject=99))
+    tta = load_predictor(out, "experts_mae_fomaml_tta")
+    assert not np.array_equal(tta.predict(ds.test[s].X, ds.sfreq, subject=s),
+                              tta.predict(ds.test[s].X, ds.sfreq, subject=s + 1))
+
+
+def test_predict_files_reads_the_participant_id_from_the_file_name(experts_run):
+    from sleepemo.artefacts import find
+    from sleepemo.predict import predict_files, recordings
+
+    out, ds, folds = experts_run
+    s = folds.test_subjects[-1]
+    res = predict_files(out, [recordings([ds.root / "testing"])[s]],
+                        "experts_mae_fomaml_tta", progress=False)["predictions"]
+    rows = folds.split_rows(find(out, "experts_mae_fomaml_tta").test, "test")[s]
+    np.testing.assert_array_equal(res[s][0], rows)
+
+
+def test_predictor_errors_are_one_clear_line(experts_run, tmp_path):
+    """A TTA predictor without the participant's id, and a run whose zero-shot checkpoint
+    (which the _tta result shares) is gone."""
+    import shutil
+
+    from sleepemo.predict import PredictError, Stream, load_predictor
+
+    out, ds, folds = experts_run
+    tta = load_predictor(out, "experts_mae_fomaml_tta")
+    X = ds.test[folds.test_subjects[0]].X
+    with pytest.raises(PredictError, match="experts_mae_fomaml_tta: test-time adaptation "
+                                           "is seeded by the participant's id"):
+        tta.predict(X, ds.sfreq)
+    with pytest.raises(PredictError, match="participant's id"):
+        Stream(tta, ds.sfreq).push(X[0])
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("cache"))
+    (copy / "03_experts" / "experts_mae_fomaml" / "fold5.pt").unlink()
+    with pytest.raises(PredictError, match=r"experts_mae_fomaml/fold5\.pt: the fold's "
+                                           "experts are missing"):
+        load_predictor(copy, "experts_mae_fomaml_tta")

@@ -137,16 +137,18 @@ def test_predict_reproduces_every_supported_result_and_refuses_the_others(smoke_
                                                                          smoke_dir):
     """sleepemo predict on the test files of the finished run gives exactly each
     supported result's test predictions (no retraining): the LOPO results (baselines,
-    both probes), stage 04's fusion, stage 05's heads, and the ensemble when
-    its members are all supported; the others say in one line that they are not
-    supported yet."""
+    both probes), stage 03's experts (zero-shot and adapted), stage 04's fusion, stage
+    05's heads, and the ensemble when its members are all supported; the others say in
+    one line that they are not supported yet."""
     import numpy as np
+    import torch
 
     from sleepemo.artefacts import results
     from sleepemo.data import load_dataset
     from sleepemo.folds import read_folds
     from sleepemo.predict import STAGE_PREDICTORS, PredictError, Run, load_predictor
 
+    torch.set_num_threads(1)  # as the smoke stages ran (conftest restores it)
     tmp, _ = smoke_run
     out = tmp / "out"
     ds = load_dataset(smoke_dir, progress=False)
@@ -172,10 +174,10 @@ def test_predict_reproduces_every_supported_result_and_refuses_the_others(smoke_
                 load_predictor(out, r.label, run)
             continue
         p = load_predictor(out, r.label, run)
-        got = np.concatenate([p.predict(ds.test[s].X, ds.sfreq)
+        got = np.concatenate([p.predict(ds.test[s].X, ds.sfreq, subject=s)
                               for s in folds.test_subjects])
         np.testing.assert_array_equal(got, r.test, err_msg=r.label)
         checked.add(r.label)
-    assert {"mae_probe", "band_probe", "starter", "riemann", "fusion_raw",
-            "fusion_experts", "rl_dqn", "rl_dqn_twin", "rl_sac", "rl_sac_twin"
-            } <= checked  # (the smoke profile's; its SAC reads the MAE: no fusion_mae)
+    assert {"mae_probe", "band_probe", "starter", "riemann", "experts_mae_fomaml",
+            "experts_mae_fomaml_tta", "fusion_raw", "fusion_experts", "rl_dqn", "rl_dqn_twin",
+            "rl_sac", "rl_sac_twin"} <= checked  # (the smoke profile's SAC reads the MAE)

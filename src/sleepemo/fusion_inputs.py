@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import torch
 
 from .artefacts import Result, load_checkpoint, results
 from .config import ConfigError, FusionConfig
@@ -184,13 +183,10 @@ class Inputs:
 
     def expert_params(self, k: int) -> dict:
         """Fold k's stage-03 experts: their stacked parameters."""
-        path = self.expert_result().folder / f"fold{k}.pt"
-        state = torch.load(path, map_location="cpu", weights_only=True) \
-            if path.is_file() else None
-        if state is None or "params" not in state:
-            raise FileNotFoundError(f"{path}: fold {k}'s experts are missing; run "
-                                    "src/03_train_experts.py again")
-        return {n: v.to(self.stage.device) for n, v in state["params"].items()}
+        from .experts_infer import load_expert_params
+
+        return load_expert_params(self.expert_result().folder / f"fold{k}.pt",
+                                  self.stage.device)
 
     def _experts(self, k: int, keep: dict) -> dict:
         params = self.expert_params(k)

@@ -11,12 +11,14 @@ P(emotional) per trial and timepoint, exactly as the stage computed its test pre
   ``recipe``, :data:`FEATURES`): the model's own ``transform`` or the MAE's / the band
   envelopes' window means. Every per-participant normalisation is computed on the new
   participant's own trials, label-free, as at training time.
-- **The ensemble** (stage 06): its members' predictors, blended by ``ensembler.json``.
-
+- **Stage 03's channel experts** (:mod:`sleepemo.predict_experts`): each fold's experts
+  and combination weights, the ``_tta`` results after the test-time adaptation on the
+  participant's own trials (seeded by its id: ``predict(X, sfreq, subject=<id>)``).
 - **Stage 04's fusion** (:mod:`sleepemo.predict_fusion`): its fold networks on the
   participant's rebuilt inputs, averaged.
 - **Stage 05's heads and their twins** (:mod:`sleepemo.predict_rl`): each fold's fitted
   features and network, averaged (a SAC on stage 04's fused tokens is refused).
+- **The ensemble** (stage 06): its members' predictors, blended by ``ensembler.json``.
 
 Other stages' results (:data:`STAGE_PREDICTORS` lists the supported ones) raise a clear
 error naming the result.
@@ -108,8 +110,11 @@ class Predictor:
 
     name: str = ""
 
-    def predict(self, X: np.ndarray, sfreq: float) -> np.ndarray:
-        """(n_trials, n_chans, n_times) -> P(emotional), (n_trials, n_times) float32."""
+    def predict(self, X: np.ndarray, sfreq: float, subject: int | None = None
+                ) -> np.ndarray:
+        """(n_trials, n_chans, n_times) -> P(emotional), (n_trials, n_times) float32.
+        ``subject``: the participant's id, for predictors seeded by it (stage 03's
+        test-time adaptation); the others ignore it."""
         raise NotImplementedError
 
 
@@ -169,7 +174,7 @@ class FoldAverage(Predictor):
             return self.proto.transform(X, sfreq)
         return FEATURES[kind](self.run, X, sfreq, self.recipe)
 
-    def predict(self, X, sfreq):
+    def predict(self, X, sfreq, subject=None):
         from .lopo import _as_2d
 
         feats = self.features(X, sfreq)
@@ -190,10 +195,10 @@ class Ensemble(Predictor):
         self.name, self.blend = result.label, OptunaBlend.load(path)
         self.members = {m: load_predictor(run.out, m, run) for m in self.blend.params_["models"]}
 
-    def predict(self, X, sfreq):
+    def predict(self, X, sfreq, subject=None):
         from .ensemble import Stack
 
-        stack = Stack({m: p.predict(X, sfreq) for m, p in self.members.items()},
+        stack = Stack({m: p.predict(X, sfreq, subject) for m, p in self.members.items()},
                       np.zeros(len(X), dtype=int))
         return self.blend.predict(stack).astype(np.float32)
 
@@ -235,13 +240,19 @@ def load_predictor(out: str | Path, name: str | None = None, run: Run | None = N
 
 #: result stage -> the library module whose ``load(run, result) -> Predictor`` rebuilds its
 #: results (modules of the library, never of :mod:`sleepemo.stages`)
-STAGE_PREDICTORS: dict[str, str] = {"fusion": "sleepemo.predict_fusion",
-                                     "rl_heads": "sleepemo.predict_rl"}
+STAGE_PREDICTORS: dict[str, str] = {
+    "experts": "sleepemo.predict_experts",
+    "fusion": "sleepemo.predict_fusion",
+    "rl_heads": "sleepemo.predict_rl",
+}
 
 
 def supported() -> str:
+    from .stage import spec
+
     return ", ".join(["stage 01 baselines", "stage 02 probes"] + [
-        f"stage {s}" for s in STAGE_PREDICTORS] + ["the stage 06 ensemble of those"])
+        f"stage {spec(s).number} {s}" for s in STAGE_PREDICTORS] +
+        ["the stage 06 ensemble of those"])
 
 
 # ------------------------------------------------------------------ streaming
@@ -257,10 +268,12 @@ class StreamStep:
 class Stream:
     """One participant's trials, one at a time (see the module docstring)."""
 
-    def __init__(self, predictor: Predictor, sfreq: float, warmup: int = 20):
+    def __init__(self, predictor: Predictor, sfreq: float, warmup: int = 20,
+                 subject: int | None = None):
         if warmup < 1:
             raise ValueError("warmup must be >= 1")
         self.predictor, self.sfreq, self.warmup = predictor, float(sfreq), int(warmup)
+        self.subject = subject
         self._trials: list = []
 
     def push(self, trial: np.ndarray) -> StreamStep:
@@ -268,7 +281,7 @@ class Stream:
         if trial.ndim != 2:
             raise PredictError(f"a streamed trial is (n_chans, n_times), got {trial.shape}")
         self._trials.append(trial)
-        probs = self.predictor.predict(np.stack(self._trials), self.sfreq)[-1]
+        probs = self.predictor.predict(np.stack(self._trials), self.sfreq, self.subject)[-1]
         n = len(self._trials)
         return StreamStep(probs, n - 1, n <= self.warmup)
 
@@ -326,12 +339,13 @@ def predict_files(out: str | Path, paths, model: str | None = None, stream: bool
         repairs[sid] = sum(r.samples for r in rec.repairs)
         run.check(rec.X, rec.sfreq, rec.ch_names, str(path))
         if stream:
-            s = Stream(predictor, rec.sfreq, warmup)
+            s = Stream(predictor, rec.sfreq, warmup, sid)
             steps = [s.push(x) for x in rec.X]
             done[sid] = (np.stack([st.probs for st in steps]),
                          np.array([st.warm_up for st in steps]))
         else:
-            done[sid] = (predictor.predict(rec.X, rec.sfreq), np.zeros(len(rec.X), bool))
+            done[sid] = (predictor.predict(rec.X, rec.sfreq, sid),
+                         np.zeros(len(rec.X), bool))
     return {"model": predictor.name, "predictions": done, "repairs": repairs}
 
 

@@ -89,7 +89,7 @@ class FusionPredictor(Predictor):
                                                   self.run.cfg.mae.n_heads),
                                      stride // estride))
 
-    def predict(self, X, sfreq):
+    def predict(self, X, sfreq, subject=None):
         m = self.run.cfg.mae
         band = np.asarray(token_features(X, sfreq, m.bands, m.feature, m.evoked()),
                           np.float32)

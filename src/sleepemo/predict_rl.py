@@ -65,7 +65,7 @@ class DqnPredictor(Predictor):
                 net.load_state_dict(state["twin"])
             self.folds.append((feats, net, _temperature(result, k)))
 
-    def predict(self, X, sfreq):
+    def predict(self, X, sfreq, subject=None):
         from .rl.features import participant_signals
         from .rl.heads import broadcast, trial_probability
 
@@ -130,7 +130,7 @@ class SacPredictor(Predictor):
                 twin.load_state_dict(state["twin"])
                 self.nets.append(twin)
 
-    def predict(self, X, sfreq):
+    def predict(self, X, sfreq, subject=None):
         from .features import pool_time
         from .models.mae import encode_tokens, load_encoder
         from .predict import _band

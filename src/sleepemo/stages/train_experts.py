@@ -9,7 +9,10 @@ adaptation** (a few SGD steps of the MAE reconstruction loss on that participant
 trials; ``_tta`` rows).
 The 16 experts' outputs are combined with weights fitted inside the fold: each expert's
 trial-level AUC on the training participants (mean over participants), less 0.5, floored
-at 0 (equal weights when no expert exceeds 0.5).
+at 0 (equal weights when no expert exceeds 0.5). Each participant is predicted on its own
+(its float rounding must not depend on who shares its batches), with the code of
+:mod:`sleepemo.experts_infer` that ``sleepemo predict`` runs on new recordings
+(:mod:`sleepemo.predict_experts`).
 
 Variants (``experts.variants``, table rows ``experts_<variant>[_tta][_shuffled]``):
 ``mae_fomaml`` (the design), ``mae_supervised`` (the same experts and data, plain Adam on
@@ -39,18 +42,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..artefacts import (Result, ResultWriter, code_hash, fingerprint, load_checkpoint,
                          save_checkpoint)
 from ..config import ConfigError, ExpertsConfig, fields_affecting
-from ..features import BandFeatureCache, pool_time, token_window
+from ..experts_infer import (ExpertInference, expert_encoder_config, output_names, tta_seed,
+                             uses_tta)
+from ..features import BandFeatureCache, pool_time
 from ..folds import balanced
-from ..fomaml import fomaml_step, sgd
+from ..fomaml import fomaml_step
 from ..metric import per_timepoint_auc
-from ..models.experts import (ExpertBank, classification_loss, make_experts, make_forward,
-                              reconstruction_loss)
-from ..models.mae import EncoderConfig, encoder_config, load_mae_weights, random_mask
+from ..models.experts import ExpertBank, classification_loss, make_experts
+from ..models.mae import EncoderConfig, load_mae_weights
 from ..parallel import run_folds
 from ..progress import bar
 from ..report import plot_topomaps
@@ -84,8 +87,10 @@ class FoldResult:
     losses: np.ndarray          # query loss per meta-step (fomaml) or loss per step
 
 
-class ExpertTrainer:
-    """Everything a fold needs: features, the initialisations and the batched forward.
+class ExpertTrainer(ExpertInference):
+    """Everything a fold needs: features, the initialisations and the batched forward
+    (prediction, test-time adaptation and the combination are
+    :class:`sleepemo.experts_infer.ExpertInference`'s, shared with ``sleepemo predict``).
 
     ``feats`` holds every participant's pooled band features (label-free); labels are
     only ever passed in explicitly, for the fold's training participants.
@@ -93,18 +98,10 @@ class ExpertTrainer:
 
     def __init__(self, cfg: ExpertsConfig, feats: dict, enc_cfg: EncoderConfig,
                  mae_state: tuple[dict, dict] | None, n_times: int, device: torch.device):
-        self.cfg, self.feats, self.n_times, self.dev = cfg, feats, n_times, device
-        self.window = token_window(tuple(cfg.window), cfg.stride)
-        self.enc_cfg = enc_cfg
+        super().__init__(cfg, enc_cfg, next(iter(feats.values())).shape[1], n_times, device)
+        self.feats = feats
         self.mae_state = mae_state
-        n_chans = next(iter(feats.values())).shape[1]
-        self.n_experts = n_chans
-        self.bank = ExpertBank(make_experts(n_chans, enc_cfg, window=self.window))
-        self.forward = make_forward(self.bank, cfg.batching, enc_cfg.n_heads, self.window)
-        self.forward_no_grad = make_forward(self.bank, cfg.predict_batching, enc_cfg.n_heads,
-                                            self.window)
         self.cls_loss = classification_loss(self.forward, cfg.time_loss_weight)
-        self.rec_loss = reconstruction_loss(self.forward)
 
     def init_params(self, init: str, seed: int) -> dict:
         """Stacked initial parameters: from the MAE (``mae``) or random (``random``)."""
@@ -165,19 +162,6 @@ class ExpertTrainer:
             raise ValueError(f"unknown training method {method!r}")
         return FoldResult({k: v.detach() for k, v in params.items()}, np.asarray(losses))
 
-    @torch.no_grad()
-    def predict(self, params: dict, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Logits of every expert for trials ``x`` (n_trials, n_experts, n_tokens,
-        n_bands): time (n_experts, n_trials, n_tokens), trial (n_experts, n_trials)."""
-        times, trials = [], []
-        b = self.cfg.predict_batch
-        for i in range(0, len(x), b):
-            t, r, _ = self.forward_no_grad(params, torch.from_numpy(
-                np.ascontiguousarray(x[i:i + b])).to(self.dev))
-            times.append(t.cpu().numpy())
-            trials.append(r.cpu().numpy())
-        return np.concatenate(times, 1), np.concatenate(trials, 1)
-
     def fit_weights(self, params: dict, labels: dict[int, np.ndarray],
                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Combination weights from the training participants (see module docstring);
@@ -193,48 +177,12 @@ class ExpertTrainer:
 
     def adapt_unsupervised(self, params: dict, subject: int, ratio: float,
                            seed: tuple) -> tuple[dict, float, float]:
-        """Test-time adaptation: SGD on the MAE loss over ``subject``'s own trials (no
-        labels). Returns the adapted parameters and the MAE loss on the first batch
-        before and after (label-free evidence that the adaptation did something)."""
-        cfg = self.cfg
-        rng = np.random.default_rng(seed)
-        gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
-        n = len(self.feats[subject])
-        batches = []
-        for _ in range(cfg.tta_steps):
-            x = self.tensor(subject, rng.choice(n, size=min(cfg.tta_trials, n), replace=False))
-            mask = random_mask(len(x) * x.shape[1], x.shape[2], ratio, gen)
-            batches.append((x, mask.reshape(x.shape[:3]).to(self.dev)))
-        fast = sgd(self.rec_loss, params, batches, cfg.tta_lr)
-        with torch.no_grad():
-            before, after = (self.rec_loss(p, batches[0]).item() / self.n_experts
-                             for p in (params, fast))
-        return fast, before, after
-
-    def combine(self, time_logits: np.ndarray, trial_logits: np.ndarray,
-                weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Weighted mean of the experts' logits -> probabilities per timepoint (tokens
-        interpolated back to samples) and per trial."""
-        t = torch.from_numpy(np.tensordot(weights, time_logits, 1))[:, None]
-        if t.shape[-1] != self.n_times:
-            t = F.interpolate(t, size=self.n_times, mode="linear", align_corners=False)
-        p_time = torch.sigmoid(t[:, 0]).numpy().astype(np.float32)
-        p_trial = torch.sigmoid(torch.from_numpy(np.tensordot(weights, trial_logits, 1)))
-        return p_time, p_trial.numpy().astype(np.float32)
+        """:meth:`~sleepemo.experts_infer.ExpertInference.adapt` on ``subject``'s own
+        trials (no labels)."""
+        return self.adapt(params, self.feats[subject], ratio, seed)
 
 
 # ------------------------------------------------------------------ the stage
-def uses_tta(cfg: ExpertsConfig, variant: str) -> bool:
-    return variant in cfg.tta_variants and cfg.tta_steps > 0
-
-
-def output_names(cfg: ExpertsConfig, variant: str) -> tuple[str, str | None]:
-    """Table names of a variant's zero-shot and (MAE init + ``tta``) adapted results."""
-    suffix = "_shuffled" if cfg.shuffle_labels else ""
-    tta = uses_tta(cfg, variant)
-    return f"experts_{variant}{suffix}", (f"experts_{variant}_tta{suffix}" if tta else None)
-
-
 def run_fold(trainer: ExpertTrainer, variant: str, k: int, held: int, test_subjects,
              labels: dict, seed: int, mask_ratio: float, ckpt: Path | None = None,
              train_fp: str = "", progress=None) -> dict:
@@ -261,21 +209,21 @@ def run_fold(trainer: ExpertTrainer, variant: str, k: int, held: int, test_subje
                                              np.random.default_rng([seed, k, vid, 1]))
 
     def outputs(adapt: bool) -> dict:
+        # one participant at a time, as sleepemo predict does (sleepemo.predict_experts):
+        # in a batch shared with other participants its float rounding would differ
         out = {"weights": weights, "train_auc": train_auc}
         for role, subjects in (("oof", [held]), ("test", list(test_subjects))):
-            if adapt:  # each participant gets its own adapted weights
-                logits = []
-                for s in subjects:
-                    fast, before, after = trainer.adapt_unsupervised(params, s, mask_ratio,
-                                                                     (seed, k, vid, s))
-                    logits.append(trainer.predict(fast, trainer.feats[s]))
+            parts = []
+            for s in subjects:
+                p = params
+                if adapt:  # each participant gets its own adapted weights
+                    p, before, after = trainer.adapt_unsupervised(
+                        params, s, mask_ratio, tta_seed(seed, k, variant, s))
                     out.setdefault("tta_mae_loss", []).append([before, after])
-                t, r = (np.concatenate([lg[i] for lg in logits], 1) for i in (0, 1))
-            else:
-                t, r = trainer.predict(params, np.concatenate([trainer.feats[s]
-                                                               for s in subjects]))
-            out[role], out[f"{role}_trial"] = trainer.combine(t, r, weights)
-            out[f"{role}_experts"] = r.T.astype(np.float32)
+                t, r = trainer.predict(p, trainer.feats[s])
+                parts.append((*trainer.combine(t, r, weights), r.T.astype(np.float32)))
+            out[role], out[f"{role}_trial"], out[f"{role}_experts"] = (
+                np.concatenate(a) for a in zip(*parts))
         return out
 
     return {"zero_shot": outputs(False),
@@ -293,13 +241,13 @@ def train_fingerprint(cfg: ExpertsConfig, variant: str, seed: int, data_fp: str,
 
 
 def _mae_init(stage: Stage, cache: BandFeatureCache):
-    """The stage-02 encoder and head, its fingerprint and encoder settings."""
+    """The stage-02 encoder and head, its fingerprint and ``run.json``."""
     enc, head, info = load_mae_weights(stage_dir(stage.out, "mae"))
     if info.get("band_cache") != cache.key:
         raise FileNotFoundError(
             f"{stage_dir(stage.out, 'mae')} was trained on other band features than the "
             "current mae: settings; run src/02_pretrain_mae.py again")
-    return (enc, head), info["fingerprint"], info["encoder"]
+    return (enc, head), info["fingerprint"], info
 
 
 @dataclass
@@ -335,11 +283,10 @@ def fold_state(stage: Stage) -> FoldState:
     feats = {s: pool_time(np.asarray(cache.load(s), dtype=np.float32), cfg.stride)
              for s in subjects}
 
-    mae_state, mae_fp = None, None
-    enc_values = dataclasses.asdict(encoder_config(mcfg, ds.n_times, ds.n_chans))
+    mae_state, mae_fp, mae_info = None, None, None
     if any(VARIANTS[v][0] == "mae" for v in cfg.variants):
-        mae_state, mae_fp, enc_values = _mae_init(stage, cache)
-    enc_cfg = EncoderConfig(**{**enc_values, "n_times": ds.n_times // cfg.stride})
+        mae_state, mae_fp, mae_info = _mae_init(stage, cache)
+    enc_cfg = expert_encoder_config(cfg, mcfg, ds.n_times, ds.n_chans, mae_info)
     trainer = ExpertTrainer(cfg, feats, enc_cfg, mae_state, ds.n_times, stage.device)
 
     jobs = []
