@@ -21,6 +21,19 @@ def pytest_configure(config):
         config._sleepemo_reliability = os.environ[ENV]
 
 
+#: the test files with the longest runs (./run.sh test lists the slowest tests), started
+#: first: two processes take files in this order, so that no long file starts last while
+#: the other process runs out of work
+LONGEST_FIRST = ("test_pipeline.py", "test_rl.py", "test_fusion.py", "test_faults.py",
+                 "test_experts.py", "test_mae.py", "test_predict.py", "test_lopo.py",
+                 "test_ensemble.py", "test_studies.py", "test_kaggle_bundle.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # (stable)
+
+
 def _whole_default_suite(config) -> bool:
     """True when the session ran the default suite: no -k, no marker other than the
     default ``not slow``, no file or test named on the command line."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import sys
 import types
 from pathlib import Path
 
@@ -29,7 +30,11 @@ def extended(smoke_dir, tmp_path_factory):
     toy stage 06 and stage 07."""
     model_block, stage_block = doc_blocks()
     saved = dict(models.REGISTRY)
-    exec(compile(model_block, str(DOC), "exec"), {})
+    # the model block as a module of its own, as a user's file would be (stage 01 keeps
+    # the fitted fold models as pickles, which refer to the class by its module)
+    toy_model = types.ModuleType("toy_model")
+    sys.modules["toy_model"] = toy_model
+    exec(compile(model_block, str(DOC), "exec"), toy_model.__dict__)
     toy = types.ModuleType("toy_ensemble")
     exec(compile(stage_block, str(DOC), "exec"), toy.__dict__)
     out = tmp_path_factory.mktemp("extended")

@@ -27,15 +27,28 @@ def stage(script: str, data, out, *sets, subs=None):
 
 
 @pytest.fixture(scope="module")
-def small_run(smoke_dir, tmp_path_factory):
-    """Stages 00, 01 (two fast baselines), 06 (their ensemble) and 07 on the smoke
-    data."""
+def small_dir(tmp_path_factory):
+    """The smoke data's size (10 % of the real trial counts) with five training
+    participants (2-6: five folds) and the three test participants."""
+    from sleepemo.synth import SynthConfig, generate
+
+    root = generate(tmp_path_factory.mktemp("data") / "small", SynthConfig(seed=0, scale=0.1),
+                    progress=False)
+    for f in (root / "training").glob("*/S_*_cleaned.mat"):
+        if f.name.split("_")[1] not in ("2", "3", "4", "5", "6"):
+            f.unlink()
+    return root
+
+
+@pytest.fixture(scope="module")
+def small_run(small_dir, tmp_path_factory):
+    """Stages 00, 01 (two fast baselines), 06 (their ensemble) and 07 on small data."""
     tmp = tmp_path_factory.mktemp("predict")
     out, subs = tmp / "out", tmp / "subs"
     sets = ["baselines.models=[riemann,erp_lda]", "ensemble.top_k=2"]
     for script in ("00_make_folds.py", "01_baselines.py", "06_ensemble.py"):
-        stage(script, smoke_dir, out, *sets)
-    text = stage("07_make_submission.py", smoke_dir, out, *sets, subs=subs)
+        stage(script, small_dir, out, *sets)
+    text = stage("07_make_submission.py", small_dir, out, *sets, subs=subs)
     sub = next(subs.rglob("submission.csv"))
     return out, sub, text
 
@@ -46,24 +59,24 @@ def run_cli(*args):
                           env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"})
 
 
-def test_cli_on_the_test_files_reproduces_the_submission_exactly(small_run, smoke_dir,
+def test_cli_on_the_test_files_reproduces_the_submission_exactly(small_run, small_dir,
                                                                   tmp_path):
     out, sub, _ = small_run
     proc = run_cli("--run", out, "--out", tmp_path / "p", "--no-progress",
-                   smoke_dir / "testing")
+                   small_dir / "testing")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "p" / "predictions.csv").read_bytes() == sub.read_bytes()
     assert {f.name for f in (tmp_path / "p").glob("S*.npy")} == \
-        {f"S{s}.npy" for s in recordings([smoke_dir / "testing"])}
-    again = run_cli("--run", out, "--out", tmp_path / "p", smoke_dir / "testing")
+        {f"S{s}.npy" for s in recordings([small_dir / "testing"])}
+    again = run_cli("--run", out, "--out", tmp_path / "p", small_dir / "testing")
     assert again.returncode == 2 and "never overwritten" in again.stderr
 
 
-def test_each_model_of_the_run_predicts_one_new_participant(small_run, smoke_dir):
+def test_each_model_of_the_run_predicts_one_new_participant(small_run, small_dir):
     """A training participant's own files, as if new: every model of the run (the
     ensemble included) gives probabilities for every trial and timepoint."""
     out, _, _ = small_run
-    files = list((smoke_dir / "training").rglob("S_2_cleaned.mat"))
+    files = list((small_dir / "training").rglob("S_2_cleaned.mat"))
     for model in ("riemann", "erp_lda", "ensemble"):
         res = predict_files(out, files[:1], model, progress=False)
         (p, warm), = res["predictions"].values()
@@ -71,20 +84,20 @@ def test_each_model_of_the_run_predicts_one_new_participant(small_run, smoke_dir
         assert np.isfinite(p).all() and p.min() >= 0 and p.max() <= 1
 
 
-def test_the_ensemble_reproduces_its_test_predictions_exactly(small_run, smoke_dir):
+def test_the_ensemble_reproduces_its_test_predictions_exactly(small_run, small_dir):
     from sleepemo.artefacts import find
     from sleepemo.folds import read_folds
 
     out, _, _ = small_run
     folds = read_folds(out / "folds.json")
-    files = recordings([smoke_dir / "testing"])
+    files = recordings([small_dir / "testing"])
     res = predict_files(out, [files[s] for s in folds.test_subjects], "ensemble",
                         progress=False)["predictions"]
     got = np.concatenate([res[s][0] for s in folds.test_subjects])
     np.testing.assert_array_equal(got, find(out, "ensemble").test)
 
 
-def test_streaming_after_warm_up_is_close_to_batch(small_run, smoke_dir, reliability):
+def test_streaming_after_warm_up_is_close_to_batch(small_run, small_dir, reliability):
     """One trial at a time with online normalisation: after the warm-up, within 0.05 of
     the batch output on average and 0.25 at most (per trial, mean over timepoints); the
     warm-up trials are flagged; the last trial, normalised on every trial, equals the
@@ -92,7 +105,7 @@ def test_streaming_after_warm_up_is_close_to_batch(small_run, smoke_dir, reliabi
     from sleepemo.data import read_mat
 
     out, _, _ = small_run
-    X = read_mat(sorted((smoke_dir / "testing").glob("*.mat"))[-1]).X[:60]
+    X = read_mat(sorted((small_dir / "testing").glob("*.mat"))[-1]).X[:60]
     p = load_predictor(out, "riemann")
     b = p.predict(X, 200.0)
     stream = Stream(p, 200.0, warmup=20)
@@ -108,7 +121,7 @@ def test_streaming_after_warm_up_is_close_to_batch(small_run, smoke_dir, reliabi
                 "max per trial < 0.25; the last trial equals the batch output")
 
 
-def test_a_trial_with_bad_samples_is_still_predicted(small_run, smoke_dir, tmp_path,
+def test_a_trial_with_bad_samples_is_still_predicted(small_run, small_dir, tmp_path,
                                                      reliability):
     """NaN samples in a new recording: refused by the run's default policy with the
     setting named; with --bad-values interpolate repaired, recorded and every trial
@@ -119,7 +132,7 @@ def test_a_trial_with_bad_samples_is_still_predicted(small_run, smoke_dir, tmp_p
     from sleepemo.synth import write_mat73
 
     out, _, _ = small_run
-    rec = read_mat(sorted((smoke_dir / "testing").glob("*.mat"))[0])
+    rec = read_mat(sorted((small_dir / "testing").glob("*.mat"))[0])
     X = rec.X.astype(np.float64)
     X[0, 3, 50:60] = np.nan
     X[1] = np.nan
@@ -146,16 +159,16 @@ def test_stream_refuses_a_trial_of_the_wrong_shape(small_run):
         s.push(np.zeros(200))
 
 
-def test_clear_errors(small_run, smoke_dir, tmp_path, reliability):
+def test_clear_errors(small_run, small_dir, tmp_path, reliability):
     out, _, _ = small_run
     cases = []
     q = "--no-progress"
-    proc = run_cli(q, "--run", tmp_path, smoke_dir / "testing")
+    proc = run_cli(q, "--run", tmp_path, small_dir / "testing")
     cases.append(("a folder that is not a run", proc, "not a run folder"))
-    proc = run_cli(q, "--run", out, "--model", "nope", smoke_dir / "testing")
+    proc = run_cli(q, "--run", out, "--model", "nope", small_dir / "testing")
     cases.append(("a model the run does not have", proc, "no result 'nope'"))
     odd = tmp_path / "recording one.mat"
-    shutil.copy(next((smoke_dir / "testing").glob("*.mat")), odd)
+    shutil.copy(next((small_dir / "testing").glob("*.mat")), odd)
     proc = run_cli(q, "--run", out, odd)
     cases.append(("a file named without a participant id", proc, "cannot tell the participant"))
     bad = tmp_path / "test_subject_99.mat"
