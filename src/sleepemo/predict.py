@@ -126,17 +126,30 @@ def _band(run: Run, X: np.ndarray, sfreq: float) -> np.ndarray:
     return token_features(X, sfreq, m.bands, m.feature, m.evoked())
 
 
-def _mae_window(run: Run, X, sfreq, recipe) -> np.ndarray:
-    from .features import pool_time, token_window, zscore_trials
-    from .models.mae import encode_tokens, load_encoder
+def mae_tokens(run: Run, X: np.ndarray, sfreq: float, stride: int) -> np.ndarray:
+    """Stage 02's encoder output for one participant's trials, pooled to ``stride``
+    samples per token: what :class:`~sleepemo.models.mae.TokenCache` holds for a
+    participant of the run (the same computation, at the MAE's own stride)."""
+    from .features import pool_time
+    from .models.mae import encode_tokens, load_encoder, load_mae_weights
     from .stage import stage_dir
 
-    enc = run.cached("mae_encoder", lambda: load_encoder(stage_dir(run.out, "mae")))
-    stride = run.cfg.mae.stride
+    folder = stage_dir(run.out, "mae")
+    enc = run.cached("mae_encoder", lambda: load_encoder(folder))
+    mstride = run.cached("mae_stride",
+                         lambda: int(load_mae_weights(folder)[2]["config"]["stride"]))
     tokens = encode_tokens(enc, pool_time(np.asarray(_band(run, X, sfreq), np.float32),
-                                          stride))
-    w = token_window(tuple(recipe["window"]), stride)
-    return zscore_trials(tokens[:, :, w[0]:w[1]].mean(2).reshape(len(X), -1))
+                                          mstride))
+    return np.ascontiguousarray(pool_time(tokens, stride // mstride), dtype=np.float32)
+
+
+def _mae_window(run: Run, X, sfreq, recipe) -> np.ndarray:
+    from .features import zscore_trials
+    from .models.mae import window_means
+
+    stride = run.cfg.mae.stride
+    return zscore_trials(window_means(mae_tokens(run, X, sfreq, stride),
+                                      tuple(recipe["window"]), stride))
 
 
 def _band_window(run: Run, X, sfreq, recipe) -> np.ndarray:

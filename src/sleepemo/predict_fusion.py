@@ -28,7 +28,7 @@ from .config import FusionConfig
 from .features import pool_time, token_features
 from .fusion_inputs import new_model
 from .models.fusion import electrode_positions, predict, standardise, to_timepoints
-from .predict import PredictError, Predictor, Run
+from .predict import PredictError, Predictor, Run, _band, mae_tokens
 
 VARIANTS = FusionConfig.VARIANTS
 
@@ -67,21 +67,13 @@ class FusionPredictor(Predictor):
                 params = torch.load(path, map_location="cpu", weights_only=True)["params"]
                 self.experts.append(params)
 
-    def _base(self, band: np.ndarray, k: int) -> np.ndarray:
+    def _base(self, X, sfreq, band: np.ndarray, k: int) -> np.ndarray:
         """The variant's input without evoked tokens (fold k's, for the experts)."""
         stride = self.cfg.stride
         if self.kind == "raw":
             return standardise(pool_time(band, stride)[..., :len(self.run.cfg.mae.bands)])
         if self.kind == "mae":
-            from .models.mae import encode_tokens, load_encoder
-            from .stage import stage_dir
-
-            mstride = self.run.cfg.mae.stride
-            enc = self.run.cached("mae_encoder",
-                                  lambda: load_encoder(stage_dir(self.run.out, "mae")))
-            tokens = np.ascontiguousarray(encode_tokens(enc, pool_time(band, mstride)),
-                                          dtype=np.float32)
-            return standardise(pool_time(tokens, stride // mstride))
+            return standardise(mae_tokens(self.run, X, sfreq, stride))
         from .models.experts import embed_tokens
 
         estride = self.run.cfg.experts.stride
@@ -91,17 +83,16 @@ class FusionPredictor(Predictor):
 
     def predict(self, X, sfreq, subject=None):
         m = self.run.cfg.mae
-        band = np.asarray(token_features(X, sfreq, m.bands, m.feature, m.evoked()),
-                          np.float32)
+        band = np.asarray(_band(self.run, X, sfreq), np.float32)
         ev = None
         if self.evoked:
             ev = pool_time(np.asarray(token_features(X, sfreq, (), m.feature,
                                                      self.cfg.evoked_band), np.float32),
                            self.cfg.stride)
-        shared = None if self.kind == "experts" else self._base(band, 0)
+        shared = None if self.kind == "experts" else self._base(X, sfreq, band, 0)
         preds = []
         for k, state in enumerate(self.states):
-            x = shared if shared is not None else self._base(band, k)
+            x = shared if shared is not None else self._base(X, sfreq, band, k)
             if ev is not None:
                 x = np.concatenate([x, ev], axis=-1)
             model = new_model(self.cfg, x.shape[-1], x.shape[1], self.positions)

@@ -108,7 +108,6 @@ class SacPredictor(Predictor):
         info = load_mae_weights(mae)[2]
         if info["fingerprint"] != source[len("mae:"):]:
             raise PredictError(f"{mae}: not the MAE {result.label} was trained on")
-        self.mae_stride = int(info["config"]["stride"])  # as the MAE token cache pools
         path = folder / "prototypes.pt"
         state = load_checkpoint(path, result.meta.get("prototypes_fingerprint", ""))
         if state is None:
@@ -131,19 +130,11 @@ class SacPredictor(Predictor):
                 self.nets.append(twin)
 
     def predict(self, X, sfreq, subject=None):
-        from .features import pool_time
-        from .models.mae import encode_tokens, load_encoder
-        from .predict import _band
+        from .predict import mae_tokens
         from .rl.sac import (channel_embeddings, code_vectors, rollout, tokens_to_timepoints,
                              twin_probability)
 
-        enc = self.run.cached("mae_encoder",
-                              lambda: load_encoder(stage_dir(self.run.out, "mae")))
-        mstride = self.mae_stride
-        band = pool_time(np.asarray(_band(self.run, X, sfreq), np.float32), mstride)
-        tokens = np.ascontiguousarray(pool_time(encode_tokens(enc, band),
-                                                self.cfg.sac_stride // mstride),
-                                      dtype=np.float32)
+        tokens = mae_tokens(self.run, X, sfreq, self.cfg.sac_stride)
         codes = code_vectors(self.prototypes, channel_embeddings(tokens))[0]
         return np.mean([tokens_to_timepoints(
             rollout(net, codes) if self.head == "sac" else twin_probability(net, codes),

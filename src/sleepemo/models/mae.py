@@ -307,15 +307,8 @@ class TokenCache:
         return cache
 
     def window_means(self, subject: int, window: tuple[int, int]):
-        """One participant's embeddings averaged over the tokens overlapping ``window``
-        (samples), channels concatenated: (n_trials, n_chans * d_model)."""
-        import numpy as np
-
-        from ..features import token_window
-
-        w = token_window(window, self.stride)
-        x = np.asarray(self.load(subject)[:, :, w[0]:w[1]]).mean(2)
-        return x.reshape(len(x), -1)
+        """One participant's embeddings averaged over ``window`` (:func:`window_means`)."""
+        return window_means(self.load(subject), window, self.stride)
 
     def load(self, subject: int):
         """Memory-mapped embeddings of one participant."""
@@ -326,3 +319,16 @@ class TokenCache:
             raise FileNotFoundError(f"{path}: MAE token embeddings not built (the stage's "
                                     "process builds them before its fold workers start)")
         return np.load(path, mmap_mode="r")
+
+
+def window_means(tokens, window: tuple[int, int], stride: int):
+    """Token embeddings (n_trials, n_chans, n_tokens, d) of ``stride`` samples each,
+    averaged over the tokens overlapping ``window`` (samples), channels concatenated:
+    (n_trials, n_chans * d)."""
+    import numpy as np
+
+    from ..features import token_window
+
+    w = token_window(window, stride)
+    x = np.asarray(tokens[:, :, w[0]:w[1]]).mean(2)
+    return x.reshape(len(x), -1)
