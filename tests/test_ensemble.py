@@ -80,9 +80,12 @@ def test_nested_score_removes_the_tuners_optimism_on_noise(tmp_path):
                           sfreq=100.0).fit(stack.rows(set(range(8)) - {held}), y[~rows])
         nested[rows] = est.predict(stack.rows([held]))
     nested_score = score(y, nested, stack.subjects, 100.0)
-    # (one fixed noise draw, seeded sampler: the same numbers every run)
+    # (one fixed noise draw, seeded sampler: the same numbers every run). The metric's
+    # chance level is above 0.5 (it keeps the best window): random predictions score
+    # 0.517 +- 0.014 on draws like this one. Over noise draws 4-8 the nested score was
+    # 0.522-0.536 and always below the tuned one, by 0.005-0.021.
     assert tuned > 0.52
-    assert abs(nested_score - 0.5) < 0.035 and nested_score < tuned - 0.015
+    assert abs(nested_score - 0.5) < 0.035 and nested_score < tuned
 
 
 # ------------------------------------------------------------------ the stage

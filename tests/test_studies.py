@@ -10,6 +10,7 @@ as the unprivileged user ``nobody``. A server that does not start fails the test
 from __future__ import annotations
 
 import importlib.util
+import multiprocessing
 import os
 import pwd
 import shutil
@@ -25,8 +26,8 @@ import optuna
 import pytest
 
 from sleepemo.config import ConfigError
-from sleepemo.studies import (StudyError, mask_url, n_finished, open_study, optimize,
-                              study_url)
+from sleepemo.studies import (FINISHED, StudyError, mask_url, n_finished, open_study,
+                              optimize, study_url)
 
 N_TRIALS = 12
 PG_PASSWORD = "s3cret-Pw-4-tests"
@@ -137,6 +138,45 @@ def test_a_killed_study_resumes_and_retries_the_killed_trial(tmp_path):
         assert len(retry) == 1 and retry[0].state == optuna.trial.TrialState.COMPLETE
         # (a trial killed before its suggestions had none: the retry draws new ones)
         assert before[k].params.items() <= retry[0].params.items()
+
+
+def enqueue_then_optimize(name: str, url: str, folder: Path, kill_after: int | None):
+    """What the ensembler does with its study (sleepemo.ensemble.OptunaBlend.fit): open it
+    exclusively, enqueue two first trials into a new study, run it in this process."""
+    study = open_study(name, url, 5, exclusive=True)
+    if not study.trials:
+        study.enqueue_trial({"x": 0.1, "y": 0.2})
+        study.enqueue_trial({"x": -1.0, "y": 1.0})
+    return optimize(name, url, Quadratic(folder, kill_after=kill_after), n_trials=N_TRIALS,
+                    n_workers=1, seed=5, progress=False, exclusive=True)
+
+
+def finished_trials(study) -> list:
+    return [(t.params, t.value) for t in study.get_trials(states=FINISHED)]
+
+
+@pytest.mark.parametrize("kill_after", [0, 1, 6, 11])
+def test_an_exclusive_study_killed_and_resumed_ends_as_an_uninterrupted_one(tmp_path,
+                                                                          kill_after):
+    """SIGKILL during the first (enqueued) trial, the second (enqueued), a random start-up
+    trial and a TPE trial; the rerun comes at once (no grace period), and the study's
+    finished trials (parameters and values, in order) and best trial are those of a run
+    never killed."""
+    straight = enqueue_then_optimize("s", study_url(None, tmp_path / "a", "s"), tmp_path / "a",
+                                     None)
+    url = study_url(None, tmp_path / "b", "s")
+    child = multiprocessing.get_context("spawn").Process(
+        target=enqueue_then_optimize, args=("s", url, tmp_path / "b", kill_after))
+    child.start()
+    child.join(120)
+    assert child.exitcode == -signal.SIGKILL and (tmp_path / "b" / "killed").exists()
+    killed = open_study("s", url, 5)
+    assert n_finished(killed) == kill_after and len(finished_trials(killed)) == kill_after
+    resumed = enqueue_then_optimize("s", url, tmp_path / "b", None)
+    assert finished_trials(resumed) == finished_trials(straight)
+    assert resumed.best_params == straight.best_params
+    states = [t.state for t in resumed.trials]
+    assert states.count(optuna.trial.TrialState.FAIL) == (kill_after > 0)
 
 
 def test_fail_stale_trials_catches_a_trial_killed_before_its_first_heartbeat(tmp_path):

@@ -285,7 +285,10 @@ class OptunaBlend:
                                    self.min_run)
         url = studies.study_url(self.storage, self.folder, self.study_name,
                                 key="ensemble.storage")
-        study = studies.open_study(self.study_name, url, self.seed)
+        # the default SQLite file in the run folder is this run's alone (the run lock), so
+        # a killed study resumes to the uninterrupted result (studies: *Replay*)
+        exclusive = not self.storage
+        study = studies.open_study(self.study_name, url, self.seed, exclusive=exclusive)
         if not study.trials:  # a new study: equal weights, and the best model alone
             base = {"norm": "rank"}
             for m in self.candidates_:
@@ -295,7 +298,8 @@ class OptunaBlend:
             study.enqueue_trial({**base, **{f"{m}.use": m == first for m in self.candidates_}})
         try:
             study = studies.optimize(self.study_name, url, objective, self.n_trials,
-                                     self.n_workers, self.seed, progress=self.progress)
+                                     self.n_workers, self.seed, progress=self.progress,
+                                     exclusive=exclusive)
         finally:
             _PACKS.clear()
             shutil.rmtree(pack, ignore_errors=True)

@@ -30,6 +30,17 @@ the database only (:class:`optuna.study.MaxTrialsCallback`, checked after each t
 ``m`` machines the study can end with up to ``m - 1`` extra trials, one per machine that
 had a trial running when the total was reached.
 
+**Replay** (design choice). The sampler is :class:`HistorySeededTPE`: before each trial its
+random state is reseeded from the study's seed and its number of finished trials, so a
+trial's suggestions depend on the study's history, not on how many trials this process has
+drawn before. A study that only one process uses (``exclusive``: the default SQLite file in
+a run folder, which the run's lock, :mod:`sleepemo.runlock`, keeps to one run) therefore
+resumes after a SIGKILL to exactly the trials, values and best trial of an uninterrupted
+run: :func:`recover_killed` fails the killed trial at once (no grace period is needed when
+no other process can own it), re-queues it only if its parameters were fixed by
+``enqueue_trial`` (a drawn trial is drawn again, identically, from the same history), and
+starts a study that holds trials but no finished one over (its caller enqueues again).
+
 Passwords in URLs are never printed: every message shows :func:`mask_url`'s form.
 """
 from __future__ import annotations
@@ -161,9 +172,27 @@ def _engine_kwargs(url: str) -> dict:
     return {"pool_pre_ping": True}
 
 
+class HistorySeededTPE(optuna.samplers.TPESampler):
+    """Optuna's TPE sampler (its defaults; see :func:`open_study`) whose random state, before
+    each trial, is reseeded from ``seed`` and the study's number of finished trials (see
+    *Replay* in the module docstring). Uses the sampler's private random states (Optuna
+    pinned in requirements.txt; ``tests/test_studies.py`` checks the replay)."""
+
+    def __init__(self, seed: int):
+        super().__init__(seed=seed)
+        self.base_seed = int(seed) % 2**32
+
+    def before_trial(self, study: optuna.Study, trial) -> None:
+        done = n_finished(study)
+        self._rng.rng.seed([self.base_seed, done])
+        self._random_sampler._rng.rng.seed([self.base_seed, done, 1])
+        super().before_trial(study, trial)
+
+
 def open_study(name: str, url: str, seed: int, direction: str = "maximize", *,
                heartbeat_interval: int = HEARTBEAT_INTERVAL, grace_period: int = GRACE_PERIOD,
-               pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
+               pruner: optuna.pruners.BasePruner | None = None,
+               exclusive: bool = False) -> optuna.Study:
     """Open study ``name`` at ``url``, creating it if it does not exist.
 
     The storage is an :class:`optuna.storages.RDBStorage` with the heartbeat and retry of
@@ -173,15 +202,27 @@ def open_study(name: str, url: str, seed: int, direction: str = "maximize", *,
     the same point); the pruner (default: :class:`~optuna.pruners.MedianPruner` after 5
     trials) acts only on objectives that call ``trial.report``/``trial.should_prune``.
     The study's first opener records ``seed`` as its user attr ``seed``. An existing study
-    whose direction differs is refused.
+    whose direction differs is refused. ``exclusive``: no other process can be using the
+    study, so a killed earlier run's trials are recovered at once (:func:`recover_killed`).
     """
-    return _open(name, url, seed, direction, heartbeat_interval, grace_period, pruner)[0]
+    return _open(name, url, seed, direction, heartbeat_interval, grace_period, pruner,
+                 exclusive)[0]
 
 
 def _open(name: str, url: str, seed: int, direction: str = "maximize",
           heartbeat_interval: int = HEARTBEAT_INTERVAL, grace_period: int = GRACE_PERIOD,
-          pruner: optuna.pruners.BasePruner | None = None):
+          pruner: optuna.pruners.BasePruner | None = None, exclusive: bool = False):
     """:func:`open_study`, returning ``(study, its RDBStorage)``."""
+    study, storage = _open_once(name, url, seed, direction, heartbeat_interval, grace_period,
+                                pruner)
+    if exclusive and recover_killed(study, storage) == "restart":
+        optuna.delete_study(study_name=name, storage=storage)
+        study, storage = _open_once(name, url, seed, direction, heartbeat_interval,
+                                    grace_period, pruner)
+    return study, storage
+
+
+def _open_once(name, url, seed, direction, heartbeat_interval, grace_period, pruner):
     from sqlalchemy.exc import SQLAlchemyError
 
     pruner = pruner if pruner is not None else optuna.pruners.MedianPruner(n_startup_trials=5)
@@ -195,7 +236,7 @@ def _open(name: str, url: str, seed: int, direction: str = "maximize",
                     max_retry=MAX_RETRY))
             study = optuna.create_study(
                 study_name=name, storage=storage, direction=direction, load_if_exists=True,
-                sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner)
+                sampler=HistorySeededTPE(seed), pruner=pruner)
     except (SQLAlchemyError, ImportError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise StudyError(f"cannot open study {name!r} at {mask_url(url)}: "
@@ -248,6 +289,30 @@ def fail_stale_trials(study: optuna.Study, storage, grace_period: int) -> list[i
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass  # another process failed it first
     return sorted(set(before) - set(running()))
+
+
+def recover_killed(study: optuna.Study, storage, restart: bool = True) -> str:
+    """For a study no other process is using: fail every ``RUNNING`` trial (its process is
+    gone) and re-queue, in order, those whose parameters were enqueued; returns ``"restart"``
+    when the study should be started over instead (trials but no finished one: a run killed
+    while enqueuing or running its first trials, whose enqueued trials would otherwise run
+    out of order or be missing; only with ``restart``: :func:`open_study` restarts, and its
+    caller enqueues again before :func:`optimize`, which does not), ``"recovered"`` when
+    trials were failed, ``""`` when none was running. See *Replay* in the module docstring.
+    """
+    if not study.get_trials(deepcopy=False):
+        return ""
+    if restart and n_finished(study) == 0:
+        return "restart"
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
+        return ""
+    for t in sorted(running, key=lambda t: t.number):
+        storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        fixed = t.system_attrs.get("fixed_params")
+        if fixed:
+            study.enqueue_trial(fixed, user_attrs={"failed_trial": t.number})
+    return "recovered"
 
 
 def n_finished(study: optuna.Study) -> int:
@@ -306,7 +371,7 @@ def _work(name: str, url: str, objective: Callable, n_trials: int, seed: int,
           study_kwargs: dict, slots, stop, callbacks=()) -> None:
     """One worker: open the study with sampler seed ``seed`` and run trials while it can
     claim them and the study (other machines included) holds fewer than ``n_trials``."""
-    study = open_study(name, url, seed, **study_kwargs)
+    study = open_study(name, url, seed, **study_kwargs)  # (recovered by the parent)
     if n_finished(study) >= n_trials or not _claim(slots, stop):
         return
     study.optimize(_Tagged(objective), gc_after_trial=False, callbacks=[
@@ -328,7 +393,7 @@ def _pool_work(*args) -> None:
 def optimize(name: str, url: str, objective: Callable, n_trials: int, n_workers: int,
              seed: int, progress: bool = True, *, direction: str = "maximize",
              heartbeat_interval: int = HEARTBEAT_INTERVAL,
-             grace_period: int = GRACE_PERIOD) -> optuna.Study:
+             grace_period: int = GRACE_PERIOD, exclusive: bool = False) -> optuna.Study:
     """Run ``objective`` until study ``name`` at ``url`` holds ``n_trials`` finished trials.
 
     A study that already holds some (a killed or shorter earlier run) runs only the rest.
@@ -340,13 +405,16 @@ def optimize(name: str, url: str, objective: Callable, n_trials: int, n_workers:
     the storage. A worker's exception stops the others after their current trial and is
     raised here as :class:`StudyError` with the worker's message (chained to the original,
     whose ``__cause__`` holds the worker's traceback); finished trials stay in the storage,
-    so a rerun resumes. Returns the study, opened in this process.
+    so a rerun resumes. Returns the study, opened in this process. ``exclusive``: see
+    :func:`open_study` (with one worker, a resumed study then ends as an uninterrupted one).
     """
     if n_trials < 0:
         raise ValueError(f"n_trials must be >= 0, got {n_trials}")
     study_kwargs = dict(direction=direction, heartbeat_interval=heartbeat_interval,
                         grace_period=grace_period)
     study, storage = _open(name, url, seed, **study_kwargs)  # created before any worker
+    if exclusive:
+        recover_killed(study, storage, restart=False)
     fail_stale_trials(study, storage, grace_period)  # a killed earlier run's trials
     done = n_finished(study)
     todo = n_trials - done
