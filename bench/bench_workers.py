@@ -28,21 +28,13 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from sleepemo.artefacts import drop_folds  # noqa: E402
+
 SCRIPTS = {"experts": ("03_experts", "03_train_experts.py"),
            "fusion": ("04_fusion", "04_fusion.py"),
            "rl": ("05_rl_heads", "05_rl_heads.py")}
-
-
-def drop_folds(folder: Path, folds: list[int]) -> None:
-    """Remove the folds' files (and the assembled arrays) of every result in ``folder``."""
-    for result in (p for p in folder.iterdir() if p.is_dir()):
-        for k in folds:
-            for f in result.glob(f"fold{k}.*"):
-                f.unlink()
-        (result / "meta.json").unlink(missing_ok=True)
-    for k in folds:  # stage-level fold checkpoints (stage 05)
-        for f in folder.glob(f"*_fold{k}.pt"):
-            f.unlink()
 
 
 def run_stage(stage: str, out: Path, profile: str, workers: int) -> float:

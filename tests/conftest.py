@@ -126,6 +126,32 @@ def stage_with_random_mae(name: str, out, data_dir, sets=()):
     return open_stage(name, cfg, data_dir, out, progress=False, log=lambda m: None), ds, folds
 
 
+#: the folds a fold-worker test computes again with two workers (the others are loaded)
+WORKER_FOLDS = (0, 5, 9, 13)
+
+
+def copy_without_folds(serial_out, out, stage_folder: str, keep=None, folds=WORKER_FOLDS):
+    """``out``: a copy of the finished run ``serial_out`` whose stage ``stage_folder``
+    (e.g. ``"05_rl_heads"``) has lost folds ``folds`` of every result
+    (:func:`sleepemo.artefacts.drop_folds`), and every result not named in ``keep``: the
+    next run of the stage computes those folds again and assembles its results from them
+    and the serial run's other folds, so its arrays equal the serial run's only if the
+    recomputed folds do."""
+    import shutil
+    from pathlib import Path
+
+    from sleepemo.artefacts import drop_folds
+
+    shutil.copytree(serial_out, out, dirs_exist_ok=True)
+    folder = Path(out) / stage_folder
+    if keep is not None:
+        for result in [p for p in folder.iterdir() if p.is_dir() and p.name not in keep]:
+            shutil.rmtree(result)
+    removed = drop_folds(folder, folds)
+    assert any(f.name == f"fold{folds[0]}.npz" for f in removed), removed
+    return out
+
+
 @pytest.fixture(scope="session")
 def smoke_dir(tmp_path_factory):
     """Synthetic data at 10 % of the real trial counts (the smoke profile's scale)."""

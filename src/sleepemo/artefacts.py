@@ -206,6 +206,38 @@ def find(out: str | Path, label: str) -> Result:
 
 
 # ------------------------------------------------------------------ writing
+def fold_mean(arrays) -> np.ndarray:
+    """The fold models' mean prediction (float32), summed fold by fold in float64: the
+    same numbers for any number of rows, so a participant predicted alone
+    (:mod:`sleepemo.predict`) gets exactly its rows of the stage's test array (numpy's
+    float32 mean over a stack may sum in another order depending on the stack's shape)."""
+    arrays = list(arrays)
+    total = np.zeros(np.shape(arrays[0]), np.float64)
+    for a in arrays:
+        total += a
+    return (total / len(arrays)).astype(np.float32)
+
+
+def drop_folds(stage_folder: str | Path, folds) -> list[Path]:
+    """Forget folds ``folds`` of a stage's run (its folder, e.g. ``<out>/05_rl_heads``):
+    each result's fold files (``fold<k>.*``) and the stage's own (``*_fold<k>.*``: stage
+    05's networks, fitted features and prototypes) are removed, and each result's
+    ``meta.json``, so that the next run of the stage computes those folds again, loads the
+    others and assembles every result anew (as after a stage killed mid-run). For
+    checking a changed setting or worker count on some folds (``tests/``, ``bench/``).
+    Returns the removed files."""
+    folder, removed = Path(stage_folder), []
+    for k in folds:
+        pattern = f"fold{int(k)}.*"
+        for f in [*folder.glob(f"*/{pattern}"), *folder.glob(f"*_{pattern}")]:
+            f.unlink()
+            removed.append(f)
+    for meta in folder.glob("*/meta.json"):
+        meta.unlink()
+        removed.append(meta)
+    return removed
+
+
 class ResultWriter:
     """Writes one result of ``stage`` named ``name`` (see the module docstring).
 
@@ -304,7 +336,7 @@ class ResultWriter:
                 arrays = [p[key] for p in parts.values()]
                 assembled[key] = np.asarray(arrays[0], np.float32) \
                     if all(a is arrays[0] for a in arrays) else \
-                    np.mean(arrays, axis=0).astype(np.float32)
+                    fold_mean(arrays)
         oof = assembled["oof"]
         if oof.ndim != 2 or not np.isfinite(oof).all() or oof.min() < 0 or oof.max() > 1:
             raise ValueError(f"{self.stage}/{self.name}: oof must be (n_trials, n_times) "
