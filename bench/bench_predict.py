@@ -8,8 +8,11 @@ its own process (so that its peak memory is its own), on one thread, on the tria
 run's first test participant:
 
 - **stream, per trial**: one streamed trial (:class:`sleepemo.predict.Stream`: the new
-  trial predicted with the normalisation of every trial seen so far) after ``n`` trials,
-  for n = 1x, 2x, 4x ``--trials``: the latency of a closed-loop decision at batch 1;
+  trial predicted with the normalisation of every trial seen so far) when ``n`` trials
+  have been seen, for n = 1x, 2x, 4x ``--trials``: the latency of a closed-loop decision
+  at batch 1. An online predictor (``Predictor.online``) is timed pushing the trials one
+  by one (median of the ``--repeats`` pushes up to the n-th); the others recompute the n
+  trials at each push, timed as that call;
 - **batch, per trial**: one participant's ``n`` trials predicted at once, divided by n,
   for the same n (the throughput at large batch);
 - **peak RSS** of the process after loading the model and predicting (and before loading
@@ -55,7 +58,7 @@ def one_model(run: Path, model: str, trials: int, repeats: int) -> dict:
 
     from sleepemo.data import read_mat
     from sleepemo.folds import read_folds
-    from sleepemo.predict import PredictError, Run, load_predictor, recordings
+    from sleepemo.predict import PredictError, Run, Stream, load_predictor, recordings
 
     torch.set_num_threads(1)
     r = Run.open(run)
@@ -72,14 +75,21 @@ def one_model(run: Path, model: str, trials: int, repeats: int) -> dict:
     load_s = time.perf_counter() - t0
     sizes = [n for n in (trials, 2 * trials, 4 * trials) if n <= len(X)]
     predictor.predict(X[:trials], r.sfreq, subject)  # first calls pay for imports and caches
-    stream_ms, batch_ms = {}, {}
-    for n in sizes:
-        # a streamed trial after n - 1 others: predict n trials, keep the last
-        stream_ms[n] = 1e3 * _median_time(lambda: predictor.predict(X[:n], r.sfreq, subject)[-1],
-                                          repeats)
-        batch_ms[n] = stream_ms[n] / n  # the same call: n trials at once
+    calls = {n: 1e3 * _median_time(lambda: predictor.predict(X[:n], r.sfreq, subject),
+                                   repeats) for n in sizes}
+    batch_ms = {n: calls[n] / n for n in sizes}
+    if predictor.online:  # each push computes the new trial alone
+        stream, pushes = Stream(predictor, r.sfreq, subject=subject), []
+        for trial in X[:max(sizes)]:
+            t0 = time.perf_counter()
+            stream.push(trial)
+            pushes.append(1e3 * (time.perf_counter() - t0))
+        stream_ms = {n: float(np.median(pushes[max(0, n - repeats):n])) for n in sizes}
+    else:  # a push recomputes the trials seen: the cost of predicting n trials
+        stream_ms = calls
     full = 1e3 * _median_time(lambda: predictor.predict(X, r.sfreq, subject), repeats) / len(X)
-    return {"model": model, "supported": True, "participant": int(subject),
+    return {"model": model, "supported": True, "online": bool(predictor.online),
+            "participant": int(subject),
             "participant_trials": int(len(X)), "load_s": round(load_s, 3),
             "stream_ms_per_trial": {str(n): round(v, 2) for n, v in stream_ms.items()},
             "batch_ms_per_trial": {str(n): round(v, 3) for n, v in batch_ms.items()},
@@ -93,17 +103,19 @@ def one_model(run: Path, model: str, trials: int, repeats: int) -> dict:
 
 
 def table(rows: list[dict], submitted: str, trials: int) -> str:
-    lines = [f"| model | stream, ms per trial at {trials} / {2 * trials} / {4 * trials} trials "
-             "seen (ratio 2x, 4x) | batch, ms per trial (all trials) | load s | peak RSS MB "
-             "(before loading the model) |",
-             "|---|---|---|---|---|"]
+    lines = [f"| model | stream | stream, ms per trial at {trials} / {2 * trials} / "
+             f"{4 * trials} trials seen (ratio 2x, 4x) | batch, ms per trial (all trials) | "
+             "load s | peak RSS MB (before loading the model) |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         name = f"`{r['model']}`" + (" (submitted)" if r["model"] == submitted else "")
         if not r["supported"]:
-            lines.append(f"| {name} | not supported: {r['reason'].split(': ', 1)[-1]} | | | |")
+            lines.append(f"| {name} | | not supported: {r['reason'].split(': ', 1)[-1]} "
+                         "| | | |")
             continue
         s = r["stream_ms_per_trial"]
-        lines.append(f"| {name} | {' / '.join(f'{v:.1f}' for v in s.values())} "
+        kind = "online" if r.get("online") else "recomputed"
+        lines.append(f"| {name} | {kind} | {' / '.join(f'{v:.1f}' for v in s.values())} "
                      f"({r['stream_ratio_2x']}, {r['stream_ratio_4x']}) | "
                      f"{r['batch_ms_per_trial_all']:.2f} ({r['participant_trials']}) | "
                      f"{r['load_s']:.2f} | {r['peak_rss_mb']:.0f} "

@@ -121,6 +121,59 @@ def test_streaming_after_warm_up_is_close_to_batch(small_run, small_dir, reliabi
                 "max per trial < 0.25; the last trial equals the batch output")
 
 
+def test_online_streaming_computes_each_trial_alone(small_run, small_dir, monkeypatch,
+                                                    reliability):
+    """``erp_lda`` (its only per-participant step is a z-score) streams each trial alone
+    with running statistics: its predictor is called with one trial per step, after the
+    warm-up within 0.05 of the batch output on average, and its last trial (every trial's
+    statistics, one level of normalisation) equals the batch output; ``riemann`` (a
+    re-centring) is not online."""
+    from sleepemo.data import read_mat
+
+    out, _, _ = small_run
+    X = read_mat(sorted((small_dir / "testing").glob("*.mat"))[-1]).X[:60]
+    p = load_predictor(out, "erp_lda")
+    assert p.online and not load_predictor(out, "riemann").online
+    b = p.predict(X, 200.0)
+    sizes, predict = [], p.predict
+    monkeypatch.setattr(p, "predict", lambda x, sfreq, subject=None: (
+        sizes.append(len(x)), predict(x, sfreq, subject))[1])
+    stream = Stream(p, 200.0, warmup=20)
+    s = np.stack([stream.push(x).probs for x in X])
+    assert sizes == [1] * len(X)
+    diff = np.abs(s - b)[20:].mean(1)
+    assert diff.mean() < 0.05 and diff.max() < 0.25, (diff.mean(), diff.max())
+    np.testing.assert_allclose(s[-1], b[-1], atol=1e-6)
+    reliability("predict", "streaming one trial at a time with running statistics "
+                "(`erp_lda`, 60 trials of a test participant)", "each trial computed alone; "
+                "after 20 warm-up trials mean |stream - batch| < 0.05, max per trial < 0.25; "
+                "the last trial equals the batch output")
+
+
+def test_online_normaliser_matches_the_batch_z_scores():
+    """Running statistics over trials given one or several at a time: the newest trials
+    are normalised as the batch z-score of every trial seen normalises them; each call
+    site keeps its own statistics; a call site changing shape is an error."""
+    from sleepemo.features import OnlineNormaliser, zscore_participant, zscore_trials
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(3.0, 2.0, (30, 4, 50, 2)).astype(np.float32)
+    f = rng.normal(-1.0, 5.0, (30, 7))
+    norm = OnlineNormaliser()
+    for lo, hi in [(0, 1), (1, 2), (2, 12), (12, 30)]:
+        with norm:
+            zp, zt = zscore_participant(x[lo:hi]), zscore_trials(f[lo:hi])
+        assert zp.dtype == np.float32
+        np.testing.assert_allclose(zp, zscore_participant(x[:hi])[lo:hi], atol=1e-5)
+        np.testing.assert_allclose(zt, zscore_trials(f[:hi])[lo:hi], atol=1e-10)
+    np.testing.assert_allclose(zscore_participant(x), zscore_participant(x))  # outside: batch
+    before = [m.copy() for _, m, _ in norm.stats]
+    with pytest.raises(ValueError, match="online normalisation 1"), norm:
+        zscore_participant(x[:1])
+        zscore_trials(f[:1, :3])
+    np.testing.assert_array_equal(norm.stats[0][1], before[0])  # the failed block undone
+
+
 def test_a_trial_with_bad_samples_is_still_predicted(small_run, small_dir, tmp_path,
                                                      reliability):
     """NaN samples in a new recording: refused by the run's default policy with the

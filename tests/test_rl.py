@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import stage_with_random_mae, with_flipped_labels
+from conftest import copy_without_folds, stage_with_random_mae, with_flipped_labels
 from sleepemo.rl.features import STATS, FoldFeatures, Signals, fit_fold, participant_signals
 
 
@@ -274,10 +274,12 @@ def test_stage_writes_every_head_through_the_contract_and_resumes(rl_run, monkey
 
 
 def test_rl_fold_workers_give_the_serial_results(rl_run, tmp_path):
-    """Folds trained by two one-thread worker processes equal the serial run's."""
+    """Folds trained by two one-thread worker processes equal the serial run's. (Four
+    folds are computed again, the others loaded: :func:`conftest.copy_without_folds`.)"""
     from sleepemo.stages import rl_heads
 
     serial, *_ = rl_run
+    copy_without_folds(serial.out, tmp_path, "05_rl_heads")
     stage, *_ = _rl_stage(tmp_path, serial.data_dir, **{"rl.workers": "2"})
     stage.run(rl_heads.run)
     for name in ("rl_dqn", "rl_dqn_twin", "rl_sac", "rl_sac_twin"):
@@ -320,8 +322,8 @@ def test_predictor_reproduces_every_head_exactly(rl_run):
     """sleepemo predict's stage-05 predictor on each test participant's trials gives the
     DQN's, the SAC's (on the MAE's embeddings) and their twins' test predictions bit for
     bit (fold features, networks, temperatures and prototypes as kept by the stage); a
-    run without a fold's features, or a SAC on stage 04's fused tokens, is refused in one
-    line."""
+    run without a fold's features, or a SAC that read a stage-04 result the run does not
+    have, is refused in one line."""
     import dataclasses
     import shutil
 
@@ -355,7 +357,7 @@ def test_predictor_reproduces_every_head_exactly(rl_run):
         shutil.move(path.with_suffix(".bak"), path)
     sac = listed["rl_sac"]
     fused = dataclasses.replace(sac, meta={**sac.meta, "sac_source": "fusion:abc"})
-    with pytest.raises(PredictError, match="fused tokens are not supported"):
+    with pytest.raises(PredictError, match="stage-04 result the run no longer has"):
         load(run, fused)
 
 
@@ -468,7 +470,11 @@ def test_sac_reads_fold_k_fused_tokens_once_stage_04_has_them(smoke_dir, tmp_pat
     """Without stage 04 the SAC's prototypes are the run's, over the MAE's embeddings (and
     the report says so); once stage 04 has ``fusion_mae``, they are per fold, over fold
     k's fused tokens, whose shape is (trials, decisions, fusion.d_model), and the SAC
-    retrains (its fingerprint names its source)."""
+    retrains (its fingerprint names its source). sleepemo predict rebuilds each fold's
+    fused tokens of a test participant and reproduces the SAC's test predictions bit for
+    bit (its twin reads the same code vectors)."""
+    from sleepemo.artefacts import find
+    from sleepemo.predict import Run, load_predictor
     from sleepemo.stages import rl_heads, train_fusion
     from sleepemo.stages.rl_heads import fold_state
 
@@ -492,3 +498,9 @@ def test_sac_reads_fold_k_fused_tokens_once_stage_04_has_them(smoke_dir, tmp_pat
     assert all((stage.dir / f"prototypes_fold{k}.pt").is_file()
                for k in range(folds.n_folds))
     assert "fused tokens" in (stage.dir / "evidence.md").read_text()
+    run = Run(stage.out, stage.cfg, list(ds.ch_names), ds.sfreq, ds.n_times, folds.n_folds)
+    first_test = folds.test_subjects[0]
+    p = load_predictor(stage.out, "rl_sac", run)
+    assert p.fusion is not None and len(p.prototypes) == folds.n_folds
+    np.testing.assert_array_equal(p.predict(ds.test[first_test].X, ds.sfreq),
+                                  find(stage.out, "rl_sac").test[:folds.n_trials[first_test]])

@@ -6,6 +6,8 @@ LOPO-safe.
 """
 from __future__ import annotations
 
+import contextvars
+
 import numpy as np
 import scipy.signal
 
@@ -38,8 +40,12 @@ def hilbert_power(X: np.ndarray) -> np.ndarray:
 
 
 def zscore_trials(F: np.ndarray) -> np.ndarray:
-    """Z-score every feature across one participant's trials (axis 0)."""
+    """Z-score every feature across one participant's trials (axis 0). Inside an
+    :class:`OnlineNormaliser`, with the statistics of every trial it has seen."""
     F = np.asarray(F, dtype=np.float64)
+    online = _ONLINE.get()
+    if online is not None:
+        return online.normalise(F, (0,))
     sd = F.std(axis=0)
     return (F - F.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
 
@@ -47,9 +53,70 @@ def zscore_trials(F: np.ndarray) -> np.ndarray:
 def zscore_participant(x: np.ndarray) -> np.ndarray:
     """Z-score ``x`` (n_trials, n_chans, n_times[, n_features]) per channel (and feature)
     over one participant's trials and timepoints (axes 0 and 2), label-free; a constant
-    channel becomes zeros. In the input's floating dtype."""
+    channel becomes zeros. In the input's floating dtype. Inside an
+    :class:`OnlineNormaliser`, with the statistics of every trial it has seen."""
+    online = _ONLINE.get()
+    if online is not None:
+        return online.normalise(x, (0, 2)).astype(x.dtype, copy=False)
     sd = x.std(axis=(0, 2), keepdims=True)
     return (x - x.mean(axis=(0, 2), keepdims=True)) / np.where(sd > 0, sd, 1.0)
+
+
+_ONLINE: contextvars.ContextVar = contextvars.ContextVar("sleepemo_online", default=None)
+
+
+class OnlineNormaliser:
+    """One participant's normalisation, updated one trial (or batch) at a time: for
+    streaming (:class:`sleepemo.predict.Stream`).
+
+    Inside ``with normaliser:``, :func:`zscore_participant` and :func:`zscore_trials` add
+    the trials they are given to running statistics (count, mean and sum of squared
+    deviations, float64, merged by Chan et al.'s parallel update) and normalise them with
+    the statistics of every trial seen so far: the cost of a call no longer grows with
+    the trials seen. A transform calls them in the same order for every batch, so each
+    call site keeps its own statistics by its position in that order (a call of another
+    shape than the last time is an error). Features computed from normalised values keep
+    the normalisation of their own time (an earlier trial is not recomputed). A block
+    that raises leaves the statistics as they were before it.
+    """
+
+    def __init__(self):
+        self.stats: list[tuple[float, np.ndarray, np.ndarray]] = []
+        self._next, self._token = 0, None
+
+    def __enter__(self) -> "OnlineNormaliser":
+        if self._token is not None:
+            raise RuntimeError("an OnlineNormaliser is not re-entrant")
+        self._next, self._token = 0, _ONLINE.set(self)
+        self._before = list(self.stats)
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        _ONLINE.reset(self._token)
+        self._token = None
+        if exc_type is not None:
+            self.stats = self._before
+
+    def normalise(self, x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        n = float(np.prod([x.shape[a] for a in axes]))
+        mean = x.mean(axis=axes, keepdims=True)
+        m2 = ((x - mean) ** 2).sum(axis=axes, keepdims=True)
+        i, self._next = self._next, self._next + 1
+        if i == len(self.stats):
+            self.stats.append((n, mean, m2))
+        else:
+            n0, mean0, m20 = self.stats[i]
+            if mean0.shape != mean.shape:
+                raise ValueError(f"online normalisation {i}: features of shape {x.shape} "
+                                 f"after {mean0.shape}")
+            total = n0 + n
+            delta = mean - mean0
+            self.stats[i] = (total, mean0 + delta * (n / total),
+                             m20 + m2 + delta ** 2 * (n0 * n / total))
+        total, mean, m2 = self.stats[i]
+        sd = np.sqrt(m2 / total)
+        return (x - mean) / np.where(sd > 0, sd, 1.0)
 
 
 def covariances(X: np.ndarray, estimator: str = "cov") -> np.ndarray:

@@ -17,7 +17,8 @@ P(emotional) per trial and timepoint, exactly as the stage computed its test pre
 - **Stage 04's fusion** (:mod:`sleepemo.predict_fusion`): its fold networks on the
   participant's rebuilt inputs, averaged.
 - **Stage 05's heads and their twins** (:mod:`sleepemo.predict_rl`): each fold's fitted
-  features and network, averaged (a SAC on stage 04's fused tokens is refused).
+  features and network (a SAC on stage 04's fused tokens: fold k's fusion and
+  prototypes first), averaged.
 - **The ensemble** (stage 06): its members' predictors, blended by ``ensembler.json``.
 
 Other stages' results (:data:`STAGE_PREDICTORS` lists the supported ones) raise a clear
@@ -27,8 +28,16 @@ error naming the result.
 participant's normalisation is updated online: each new trial is predicted with the
 normalisation of every trial of that participant seen so far (the trial included), so its
 output approaches the batch output as trials accumulate; the first ``warmup`` trials are
-marked as warm-up. The cost of one step grows with the trials seen
-(``bench/bench_predict.py`` measures it).
+marked as warm-up. A predictor whose per-participant normalisation is only the z-scores
+of :mod:`sleepemo.features` (``Predictor.online``: the probes, the fusion, the stage-05
+heads and the baselines that say so) keeps running statistics
+(:class:`~sleepemo.features.OnlineNormaliser`) and computes the new trial alone, at a
+cost that does not grow with the trials seen; a feature computed from normalised values
+keeps the normalisation of its trial's time, so even the last trial differs slightly from
+the batch. The others (a Riemannian re-centring, the experts' test-time adaptation)
+recompute the participant's trials seen so far at every step, exactly as a batch of them.
+The ensemble blends its members' streamed outputs, re-normalised over the trials seen
+(``bench/bench_predict.py`` measures both kinds).
 
 Command line::
 
@@ -49,7 +58,7 @@ from typing import Callable
 
 import numpy as np
 
-from .artefacts import Result, find
+from .artefacts import Result, find, fold_mean
 from .config import Config, load_config
 from .io import read_json
 
@@ -117,6 +126,23 @@ class Predictor:
         test-time adaptation); the others ignore it."""
         raise NotImplementedError
 
+    #: whether a streamed trial is computed alone (see *Streaming* in the module docstring)
+    online: bool = False
+
+    def stream_step(self, trial: np.ndarray, sfreq: float, subject: int | None,
+                    state: dict) -> np.ndarray:
+        """The output (n_times,) for ``trial`` (n_chans, n_times), the newest of a
+        participant's stream; ``state`` is this predictor's own for that participant
+        (empty at its first trial)."""
+        if self.online:
+            from .features import OnlineNormaliser
+
+            with state.setdefault("norm", OnlineNormaliser()):
+                return self.predict(trial[None], sfreq, subject)[0]
+        trials = state.setdefault("trials", [])
+        trials.append(trial)
+        return self.predict(np.stack(trials), sfreq, subject)[-1]
+
 
 def _band(run: Run, X: np.ndarray, sfreq: float) -> np.ndarray:
     """Stage 02's token features of one participant (as its BandFeatureCache holds)."""
@@ -179,6 +205,7 @@ class FoldAverage(Predictor):
             raise PredictError(f"{result.label}: unknown feature recipe {kind!r}")
         self.proto = make_model(result.meta["registry"], random_state=result.meta["seed"],
                                 **result.meta.get("params", {}))
+        self.online = kind != "transform" or bool(getattr(self.proto, "online", False))
         self.models = [load_fold_model(result.folder, k) for k in range(run.n_folds)]
 
     def features(self, X: np.ndarray, sfreq: float):
@@ -192,8 +219,7 @@ class FoldAverage(Predictor):
 
         feats = self.features(X, sfreq)
         n, t = len(X), X.shape[-1]
-        return np.mean([_as_2d(m.predict_proba(feats), n, t) for m in self.models],
-                       axis=0).astype(np.float32)
+        return fold_mean(_as_2d(m.predict_proba(feats), n, t) for m in self.models)
 
 
 class Ensemble(Predictor):
@@ -207,6 +233,7 @@ class Ensemble(Predictor):
             raise PredictError(f"{path} is missing: stage 06 did not finish")
         self.name, self.blend = result.label, OptunaBlend.load(path)
         self.members = {m: load_predictor(run.out, m, run) for m in self.blend.params_["models"]}
+        self.online = all(p.online for p in self.members.values())
 
     def predict(self, X, sfreq, subject=None):
         from .ensemble import Stack
@@ -214,6 +241,19 @@ class Ensemble(Predictor):
         stack = Stack({m: p.predict(X, sfreq, subject) for m, p in self.members.items()},
                       np.zeros(len(X), dtype=int))
         return self.blend.predict(stack).astype(np.float32)
+
+    def stream_step(self, trial, sfreq, subject, state):
+        """Each member streams the trial (its own state); the blend re-normalises the
+        members' outputs over the trials seen (per-participant ranks), a cost that grows
+        with them but is small beside the members'."""
+        from .ensemble import Stack
+
+        outs = state.setdefault("outputs", {m: [] for m in self.members})
+        for m, p in self.members.items():
+            outs[m].append(p.stream_step(trial, sfreq, subject, state.setdefault(m, {})))
+        n = len(outs[next(iter(outs))])
+        stack = Stack({m: np.stack(v) for m, v in outs.items()}, np.zeros(n, dtype=int))
+        return self.blend.predict(stack)[-1].astype(np.float32)
 
 
 def submitted_model(out: str | Path) -> str:
@@ -287,16 +327,20 @@ class Stream:
             raise ValueError("warmup must be >= 1")
         self.predictor, self.sfreq, self.warmup = predictor, float(sfreq), int(warmup)
         self.subject = subject
-        self._trials: list = []
+        self._state: dict = {}
+        self._n, self._shape = 0, None
 
     def push(self, trial: np.ndarray) -> StreamStep:
         trial = np.asarray(trial, dtype=np.float32)
-        if trial.ndim != 2:
-            raise PredictError(f"a streamed trial is (n_chans, n_times), got {trial.shape}")
-        self._trials.append(trial)
-        probs = self.predictor.predict(np.stack(self._trials), self.sfreq, self.subject)[-1]
-        n = len(self._trials)
-        return StreamStep(probs, n - 1, n <= self.warmup)
+        if trial.ndim != 2 or (self._shape is not None and trial.shape != self._shape):
+            raise PredictError(f"a streamed trial is (n_chans, n_times) like the first "
+                               f"one{'' if self._shape is None else f' {self._shape}'}, got "
+                               f"{trial.shape}")
+        self._shape = trial.shape
+        probs = self.predictor.stream_step(trial, self.sfreq, self.subject, self._state)
+        self._n += 1
+        return StreamStep(np.asarray(probs, dtype=np.float32), self._n - 1,
+                          self._n <= self.warmup)
 
 
 # ------------------------------------------------------------------ files

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .artefacts import Result
+from .artefacts import Result, fold_mean
 from .config import ExpertsConfig
 from .experts_infer import (VARIANTS, ExpertInference, expert_encoder_config,
                             load_expert_params, output_names, tta_seed)
@@ -40,6 +40,7 @@ class ExpertsPredictor(Predictor):
                                f"cannot read ({exc}); run src/03_train_experts.py again"
                                ) from None
         self.variant, self.tta = meta["variant"], bool(meta["test_time_adaptation"])
+        self.online = not self.tta  # the adaptation needs the participant's trials
         self.seed = int(meta["seed"])
         self.mask_ratio = run.cfg.mae.mask_ratio
         zero_shot = result.folder.parent / output_names(cfg, self.variant)[0]
@@ -73,7 +74,7 @@ class ExpertsPredictor(Predictor):
                 params, _, _ = self.infer.adapt(params, feats, self.mask_ratio,
                                                 tta_seed(self.seed, k, self.variant, subject))
             probs.append(self.infer.combine(*self.infer.predict(params, feats), weights)[0])
-        return np.mean(probs, axis=0).astype(np.float32)
+        return fold_mean(probs)
 
 
 def load(run: Run, result: Result) -> Predictor:

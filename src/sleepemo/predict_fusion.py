@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .artefacts import Result, load_checkpoint
+from .artefacts import Result, fold_mean, load_checkpoint
 from .config import FusionConfig
 from .features import pool_time, token_features
 from .fusion_inputs import new_model
@@ -34,6 +34,8 @@ VARIANTS = FusionConfig.VARIANTS
 
 
 class FusionPredictor(Predictor):
+    online = True  # per participant: the z-scores of the features and tokens only
+
     def __init__(self, run: Run, result: Result):
         import torch
 
@@ -47,7 +49,7 @@ class FusionPredictor(Predictor):
                                "supported by sleepemo predict yet")
         self.cfg = run.cfg.fusion
         self.positions = electrode_positions(run.channels)
-        self.states = []
+        self.states, self._models = [], {}
         for k in range(run.n_folds):
             path = result.folder / f"fold{k}.pt"
             state = load_checkpoint(path, result.fingerprint, "cpu")
@@ -67,6 +69,15 @@ class FusionPredictor(Predictor):
                 params = torch.load(path, map_location="cpu", weights_only=True)["params"]
                 self.experts.append(params)
 
+    def _model(self, k: int, n_in: int, n_chans: int):
+        """Fold k's network, built once (a streamed trial would otherwise rebuild 14)."""
+        key = (k, n_in, n_chans)
+        if key not in self._models:
+            model = new_model(self.cfg, n_in, n_chans, self.positions)
+            model.load_state_dict(self.states[k])
+            self._models[key] = model
+        return self._models[key]
+
     def _base(self, X, sfreq, band: np.ndarray, k: int) -> np.ndarray:
         """The variant's input without evoked tokens (fold k's, for the experts)."""
         stride = self.cfg.stride
@@ -81,7 +92,12 @@ class FusionPredictor(Predictor):
                                                   self.run.cfg.mae.n_heads),
                                      stride // estride))
 
-    def predict(self, X, sfreq, subject=None):
+    def fold_inputs(self, X, sfreq):
+        """Fold k's input (n_trials, n_chans, n_tokens, n_features) for k = 0, 1, ...: one
+        array for every fold, or built fold by fold when the variant reads fold k's
+        experts."""
+        import itertools
+
         m = self.run.cfg.mae
         band = np.asarray(_band(self.run, X, sfreq), np.float32)
         ev = None
@@ -89,17 +105,29 @@ class FusionPredictor(Predictor):
             ev = pool_time(np.asarray(token_features(X, sfreq, (), m.feature,
                                                      self.cfg.evoked_band), np.float32),
                            self.cfg.stride)
-        shared = None if self.kind == "experts" else self._base(X, sfreq, band, 0)
+
+        def build(k: int) -> np.ndarray:
+            x = self._base(X, sfreq, band, k)
+            return x if ev is None else np.concatenate([x, ev], axis=-1)
+
+        if self.kind == "experts":
+            return (build(k) for k in range(len(self.states)))
+        return itertools.repeat(build(0), len(self.states))
+
+    def fused(self, k: int, x: np.ndarray) -> np.ndarray:
+        """Fold k's fused per-token embeddings (n_trials, n_tokens, d) of input ``x``
+        (what stage 05's SAC reads: :class:`sleepemo.fusion_inputs.FusedTokens`)."""
+        from .models.fusion import fused_tokens
+
+        return fused_tokens(self._model(k, x.shape[-1], x.shape[1]), x, self.cfg.predict_batch)
+
+    def predict(self, X, sfreq, subject=None):
         preds = []
-        for k, state in enumerate(self.states):
-            x = shared if shared is not None else self._base(X, sfreq, band, k)
-            if ev is not None:
-                x = np.concatenate([x, ev], axis=-1)
-            model = new_model(self.cfg, x.shape[-1], x.shape[1], self.positions)
-            model.load_state_dict(state)
-            tok, _, _ = predict(model, x, self.cfg.predict_batch)
+        for k, x in enumerate(self.fold_inputs(X, sfreq)):
+            tok, _, _ = predict(self._model(k, x.shape[-1], x.shape[1]), x,
+                                self.cfg.predict_batch)
             preds.append(to_timepoints(tok, X.shape[-1]))
-        return np.mean(preds, axis=0).astype(np.float32)
+        return fold_mean(preds)
 
 
 def _results(run: Run, stage: str):

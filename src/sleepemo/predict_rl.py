@@ -21,20 +21,26 @@ the stage-02 encoder's token embeddings of the participant's band features (as
 channels side by side, coded by the run's prototypes (``05_rl_heads/prototypes.pt``); per
 fold the SAC's policy (run along each trial, :func:`sleepemo.rl.sac.rollout`) or the GRU
 twin (``sac_fold<k>.pt``) gives per-token probabilities, interpolated to every timepoint;
-the folds' mean. SAC heads on stage 04's fused tokens (per-fold prototypes) are refused:
-this module does not rebuild fold k's fused tokens of a new participant.
+the folds' mean. SAC heads on stage 04's fused tokens (``rl.sac_inputs: fusion``, the
+result's ``sac_source`` names the stage-04 result by its fingerprint): per fold k, fold
+k's fusion network (:meth:`sleepemo.predict_fusion.FusionPredictor.fused`) embeds the
+participant's rebuilt fusion input, pooled to ``rl.sac_stride``, coded by fold k's
+prototypes (``prototypes_fold<k>.pt``, checked against the fingerprint recorded beside
+it), then fold k's policy or twin as above.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .artefacts import Result, load_checkpoint
+from .artefacts import Result, fold_mean, load_checkpoint
 from .predict import PredictError, Predictor, Run
 from .stage import stage_dir
 
 
 class DqnPredictor(Predictor):
     """The DQN (``head="dqn"``) or its twin (``head="dqn_twin"``) of every fold."""
+
+    online = True  # per participant: zscore_participant only
 
     def __init__(self, run: Run, result: Result):
         from .rl.env import observation_space
@@ -70,9 +76,8 @@ class DqnPredictor(Predictor):
         from .rl.heads import broadcast, trial_probability
 
         sig = participant_signals(X, sfreq, tuple(self.cfg.band), self.cfg.decim)
-        return np.mean([broadcast(trial_probability(net, feats.transform(sig), temp),
-                                  X.shape[-1]) for feats, net, temp in self.folds],
-                       axis=0).astype(np.float32)
+        return fold_mean(broadcast(trial_probability(net, feats.transform(sig), temp),
+                                   X.shape[-1]) for feats, net, temp in self.folds)
 
 
 def _temperature(result: Result, k: int) -> float:
@@ -91,30 +96,31 @@ class SacPredictor(Predictor):
     """The SAC (``head="sac"``) or its GRU twin (``head="sac_twin"``) of every fold, on
     code vectors of the MAE's embeddings (see the module docstring)."""
 
+    online = True  # per participant: the band features' z-scores only
+
     def __init__(self, run: Run, result: Result):
         from .models.mae import load_mae_weights
-        from .rl.sac import GruTwin, Prototypes, sac_policy
+        from .rl.sac import GruTwin, sac_policy
 
         self.run, self.name, self.cfg = run, result.label, run.cfg.rl
         self.head = result.meta["head"]
         source = str(result.meta.get("sac_source"))
-        if not source.startswith("mae:"):
+        folder, mae = stage_dir(run.out, "rl_heads"), stage_dir(run.out, "mae")
+        self.fusion = None
+        if source.startswith("fusion:"):
+            self.fusion = self._fusion(run, source[len("fusion:"):], result.label)
+            self.prototypes = [self._prototypes(folder / f"prototypes_fold{k}.pt", None)
+                               for k in range(run.n_folds)]
+        elif source.startswith("mae:"):
+            info = load_mae_weights(mae)[2]
+            if info["fingerprint"] != source[len("mae:"):]:
+                raise PredictError(f"{mae}: not the MAE {result.label} was trained on")
+            self.prototypes = self._prototypes(folder / "prototypes.pt",
+                                               result.meta.get("prototypes_fingerprint", ""))
+        else:
             raise PredictError(
-                f"{result.label}: SAC heads on stage 04's fused tokens are not supported "
-                "by sleepemo predict yet" if source.startswith("fusion:") else
                 f"{result.label}: the result does not record its embeddings' source (a run "
                 "made before sleepemo predict read SAC heads): rerun src/05_rl_heads.py")
-        folder, mae = stage_dir(run.out, "rl_heads"), stage_dir(run.out, "mae")
-        info = load_mae_weights(mae)[2]
-        if info["fingerprint"] != source[len("mae:"):]:
-            raise PredictError(f"{mae}: not the MAE {result.label} was trained on")
-        path = folder / "prototypes.pt"
-        state = load_checkpoint(path, result.meta.get("prototypes_fingerprint", ""))
-        if state is None:
-            raise PredictError(f"{path}: the SAC's prototypes are missing or of another run")
-        n_in = state["model"]["norm.weight"].shape[0]
-        self.prototypes = Prototypes(n_in, self.cfg.sac_dim, self.cfg.codebook)
-        self.prototypes.load_state_dict(state["model"])
         self.nets = []
         for k in range(run.n_folds):
             path = folder / f"sac_fold{k}.pt"
@@ -129,16 +135,56 @@ class SacPredictor(Predictor):
                 twin.load_state_dict(state["twin"])
                 self.nets.append(twin)
 
-    def predict(self, X, sfreq, subject=None):
-        from .predict import mae_tokens
-        from .rl.sac import (channel_embeddings, code_vectors, rollout, tokens_to_timepoints,
-                             twin_probability)
+    @staticmethod
+    def _fusion(run: Run, fp: str, label: str):
+        """The stage-04 result (by fingerprint) whose fused tokens the SAC read."""
+        from .artefacts import results
+        from .predict_fusion import FusionPredictor
 
-        tokens = mae_tokens(self.run, X, sfreq, self.cfg.sac_stride)
-        codes = code_vectors(self.prototypes, channel_embeddings(tokens))[0]
-        return np.mean([tokens_to_timepoints(
+        found = [r for r in results(run.out, "fusion") if r.fingerprint == fp]
+        if not found:
+            raise PredictError(f"{label} read the fused tokens of a stage-04 result the run "
+                               "no longer has: rerun src/05_rl_heads.py")
+        return FusionPredictor(run, found[0])
+
+    def _prototypes(self, path, fp: str | None):
+        """The prototypes in ``path``; ``fp`` None: the fingerprint recorded beside them
+        (per-fold prototypes, whose fingerprint names the code that made them)."""
+        from .io import read_json
+        from .rl.sac import Prototypes
+
+        if fp is None:
+            record = path.with_suffix(".json")
+            fp = read_json(record).get("fingerprint", "") if record.is_file() else ""
+        state = load_checkpoint(path, fp)
+        if state is None:
+            raise PredictError(f"{path}: the SAC's prototypes are missing or of another run")
+        model = Prototypes(state["model"]["norm.weight"].shape[0], self.cfg.sac_dim,
+                           self.cfg.codebook)
+        model.load_state_dict(state["model"])
+        return model
+
+    def fold_codes(self, X, sfreq):
+        """Fold k's code vectors (n_trials, n_decisions, rl.sac_dim) for k = 0, 1, ..."""
+        from .features import pool_time
+        from .predict import mae_tokens
+        from .rl.sac import channel_embeddings, code_vectors
+
+        if self.fusion is None:
+            tokens = mae_tokens(self.run, X, sfreq, self.cfg.sac_stride)
+            codes = code_vectors(self.prototypes, channel_embeddings(tokens))[0]
+            yield from (codes for _ in self.nets)
+            return
+        ratio = self.cfg.sac_stride // self.run.cfg.fusion.stride
+        for k, x in enumerate(self.fusion.fold_inputs(X, sfreq)):
+            yield code_vectors(self.prototypes[k], pool_time(self.fusion.fused(k, x), ratio))[0]
+
+    def predict(self, X, sfreq, subject=None):
+        from .rl.sac import rollout, tokens_to_timepoints, twin_probability
+
+        return fold_mean(tokens_to_timepoints(
             rollout(net, codes) if self.head == "sac" else twin_probability(net, codes),
-            X.shape[-1]) for net in self.nets], axis=0).astype(np.float32)
+            X.shape[-1]) for net, codes in zip(self.nets, self.fold_codes(X, sfreq)))
 
 
 def load(run: Run, result: Result) -> Predictor:

@@ -24,6 +24,10 @@ class BaselineModel:
 
     #: excluded from choosing the submission model (leakage alarms, references)
     diagnostic: bool = False
+    #: every per-participant step of ``transform`` and ``predict_proba`` is a z-score of
+    #: :mod:`sleepemo.features` (``zscore_trials``, ``zscore_participant``), so a streamed
+    #: trial can be computed alone with running statistics (:mod:`sleepemo.predict`)
+    online: bool = False
 
     def __init__(self, random_state: int = 0, **params):
         self.random_state = random_state
@@ -43,6 +47,7 @@ class Constant(BaselineModel):
     """P = 0.5 everywhere: the score of knowing nothing (exactly 0.5)."""
 
     diagnostic = True
+    online = True
 
     def transform(self, X, sfreq):
         return np.zeros(len(X))
@@ -59,6 +64,8 @@ class Starter(BaselineModel):
 
     One LDA per timepoint on the 16 channels' theta power (MNE's ``SlidingEstimator``).
     """
+
+    online = True
 
     def __init__(self, random_state=0, band=(4.0, 8.0)):
         super().__init__(random_state)
@@ -89,6 +96,8 @@ class SecondPlace(BaselineModel):
     participant-out over the fold's own training participants (|mean| / std of the
     coefficients); shrinkage LDA; one probability per trial (broadcast).
     """
+
+    online = True
 
     def __init__(self, random_state=0, band=(4.0, 8.0), window=(70, 130), n_keep=75):
         super().__init__(random_state)
@@ -212,6 +221,10 @@ class XdawnTS(BaselineModel):
         wave = F.zscore_participant(lowpass_decimate(X, sfreq, self.band, self.decim))
         return wave.astype(np.float32)
 
+    @property
+    def online(self) -> bool:
+        return not self.recentre  # the re-centring needs all of the participant's trials
+
     def _covariances(self, feats):
         C = self.xdawn_.transform(np.asarray(feats, dtype=np.float64))
         return F.recentre(C) if self.recentre else C
@@ -247,6 +260,8 @@ class ErpLDA(BaselineModel):
     the trial length must be a multiple of ``decim``. float32 windows: about 110 MB for
     7,000 trials.
     """
+
+    online = True
 
     def __init__(self, random_state=0, band=(0.5, 15.0), decim=4, width=5):
         super().__init__(random_state)
@@ -303,6 +318,7 @@ class Shuffled(BaselineModel):
 
         self.base = base
         self.model = make_model(base, random_state=random_state, **base_params)
+        self.online = self.model.online
 
     def transform(self, X, sfreq):
         return self.model.transform(X, sfreq)
