@@ -237,9 +237,11 @@ def run_sac_fold(cfg: RLConfig, codes: dict, labels: dict, held: int, test_subje
         arrays = {"lam": np.float64(lam), "inner": np.asarray(inner),
                   "lambda_scores": np.asarray(curves["lambda_scores"])}
         for role, subs in (("oof", [held]), ("test", list(test_subjects))):
-            p = np.concatenate([predict(codes[s]) for s in subs]) if subs else \
-                np.zeros((0, codes[held].shape[1]), np.float32)
-            arrays[role] = tokens_to_timepoints(p, n_times)
+            parts = [predict(codes[s]) for s in subs] or \
+                [np.zeros((0, codes[held].shape[1]), np.float32)]
+            p = np.concatenate(parts)
+            # per participant, as sleepemo predict interpolates (see stage 04)
+            arrays[role] = np.concatenate([tokens_to_timepoints(q, n_times) for q in parts])
             arrays[f"{role}_trial"] = p.mean(1).astype(np.float32)
         arrays["curve"] = np.asarray(curves["sac_curve" if name == "sac" else "twin_curve"])
         if name == "sac":

@@ -149,7 +149,9 @@ def run_fold(cfg: FusionConfig, variant: str, inputs: dict, labels: dict, held: 
         parts = [predict(model, inputs[s], cfg.predict_batch) for s in subs] or \
             [predict(model, inputs[held][:0])]  # one participant at a time (TunedFusion)
         tok, trial, att = (np.concatenate([p[j] for p in parts]) for j in range(3))
-        out[role] = to_timepoints(tok, n_times)
+        # interpolated participant by participant, as sleepemo predict does: a batch's
+        # size decides which elements take torch's vectorised path (a 1-ulp difference)
+        out[role] = np.concatenate([to_timepoints(p[0], n_times) for p in parts])
         out[f"{role}_trial"] = (1 / (1 + np.exp(-trial))).astype(np.float32)
         if role == "oof":
             out["oof_attention"] = att[:, window[0]:window[1]].mean(1).astype(np.float32)
