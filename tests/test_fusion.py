@@ -314,6 +314,24 @@ def test_training_participants_keep_a_label_free_subset(smoke_dir, tmp_path):
     assert x[folds.held_out(3)].shape[-1] == len(stage.cfg.mae.bands) + 1  # + evoked
 
 
+def test_predictor_reproduces_the_fine_tuned_experts_variant(fusion_run):
+    """sleepemo predict rebuilds ``experts_finetune`` (fold k's fine-tuned experts and
+    fusion from its checkpoint) and gives the stage's test predictions of a test
+    participant bit for bit; it is not online (its z-score is over the participant)."""
+    from sleepemo.artefacts import find
+    from sleepemo.predict import Run, load_predictor
+
+    stage, ds, folds, _ = fusion_run
+    torch.set_num_threads(1)  # as the stage ran (conftest restores it)
+    run = Run(stage.out, stage.cfg, list(ds.ch_names), ds.sfreq, ds.n_times, folds.n_folds)
+    p = load_predictor(stage.out, "fusion_experts_finetune", run)
+    assert not p.online
+    first = folds.test_subjects[0]
+    np.testing.assert_array_equal(
+        p.predict(ds.test[first].X, ds.sfreq),
+        find(stage.out, "fusion_experts_finetune").test[:folds.n_trials[first]])
+
+
 def test_fold_workers_give_the_serial_results(fusion_run, tmp_path):
     """Folds trained by two one-thread worker processes equal the serial run's
     (one thread) bit for bit: a fold's seeds are its own. (Four folds are computed again,

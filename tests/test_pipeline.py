@@ -133,20 +133,18 @@ def test_bad_data_folder_fails_with_a_clear_message(tmp_path):
     assert proc.returncode == 2 and "--stages: no stage 42" in proc.stderr
 
 
-def test_predict_reproduces_every_supported_result_and_refuses_the_others(smoke_run,
-                                                                         smoke_dir):
-    """sleepemo predict on the test files of the finished run gives exactly each
-    supported result's test predictions (no retraining): the LOPO results (baselines,
-    both probes), stage 03's experts (zero-shot and adapted), stage 04's fusion, stage
-    05's heads, and the ensemble when its members are all supported; the others say in
-    one line that they are not supported yet."""
+def test_predict_reproduces_every_result_of_the_run(smoke_run, smoke_dir):
+    """sleepemo predict on the test files of the finished run gives exactly every
+    result's test predictions (no retraining): the LOPO results (baselines, both probes),
+    stage 03's experts (zero-shot and adapted), stage 04's fusion, stage 05's heads and the
+    ensemble."""
     import numpy as np
     import torch
 
     from sleepemo.artefacts import results
     from sleepemo.data import load_dataset
     from sleepemo.folds import read_folds
-    from sleepemo.predict import STAGE_PREDICTORS, PredictError, Run, load_predictor
+    from sleepemo.predict import Run, load_predictor
 
     torch.set_num_threads(1)  # as the smoke stages ran (conftest restores it)
     tmp, _ = smoke_run
@@ -155,29 +153,11 @@ def test_predict_reproduces_every_supported_result_and_refuses_the_others(smoke_
     folds = read_folds(out / "folds.json")
     run = Run.open(out)
     listed = results(out)
-
-    def supported(r) -> bool:
-        if r.stage == "ensemble":
-            members = json.loads((r.folder.parent / "ensembler.json").read_text())
-            return all(supported(next(x for x in listed if x.label == m))
-                       for m in members["params"]["models"])
-        if r.stage == "fusion":
-            return r.meta.get("variant") != "experts_finetune"
-        if r.stage == "rl_heads":  # the SAC heads only on the MAE's embeddings
-            return not str(r.meta.get("sac_source")).startswith("fusion:")
-        return r.meta.get("family") == "lopo" or r.stage in STAGE_PREDICTORS
-
-    checked = set()
     for r in listed:
-        if not supported(r):
-            with pytest.raises(PredictError, match="not supported"):
-                load_predictor(out, r.label, run)
-            continue
         p = load_predictor(out, r.label, run)
         got = np.concatenate([p.predict(ds.test[s].X, ds.sfreq, subject=s)
                               for s in folds.test_subjects])
         np.testing.assert_array_equal(got, r.test, err_msg=r.label)
-        checked.add(r.label)
     assert {"mae_probe", "band_probe", "starter", "riemann", "experts_mae_fomaml",
             "experts_mae_fomaml_tta", "fusion_raw", "fusion_experts", "rl_dqn", "rl_dqn_twin",
-            "rl_sac", "rl_sac_twin"} <= checked  # (the smoke profile's SAC reads the MAE)
+            "rl_sac", "rl_sac_twin", "ensemble"} <= {r.label for r in listed}

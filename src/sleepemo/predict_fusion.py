@@ -16,8 +16,10 @@ settings), then per variant
 plus the evoked tokens (``fusion.evoked_band`` waveform, pooled) where the variant has
 them. Each fold's network predicts the participant (:func:`sleepemo.models.fusion.predict`,
 interpolated to timepoints); the prediction is the folds' mean, as the stage's test
-predictions are. ``experts_finetune`` (experts fine-tuned inside the fusion) is not
-supported yet.
+predictions are. ``experts_finetune``: fold k's fine-tuned experts (in its ``fold<k>.pt``
+with the fusion) embed the experts' own inputs (the features pooled to
+``experts.stride``, the evoked tokens repeated to that rate), z-scored over the
+participant's trials, then fold k's fusion.
 """
 from __future__ import annotations
 
@@ -44,9 +46,9 @@ class FusionPredictor(Predictor):
         if self.variant not in VARIANTS:
             raise PredictError(f"{result.label}: unknown fusion variant {self.variant!r}")
         self.kind, self.evoked, _ = VARIANTS[self.variant]
-        if self.kind == "experts_tuned":
-            raise PredictError(f"{result.label}: the fine-tuned experts variant is not "
-                               "supported by sleepemo predict yet")
+        # the fine-tuned experts' embeddings are z-scored over the participant in torch
+        # (models.fusion.zscore_groups), which running statistics do not reach
+        self.online = self.kind != "experts_tuned"
         self.cfg = run.cfg.fusion
         self.positions = electrode_positions(run.channels)
         self.states, self._models = [], {}
@@ -57,7 +59,7 @@ class FusionPredictor(Predictor):
                 raise PredictError(f"{path}: fold {k}'s fusion is missing or of another run")
             self.states.append(state["model"])
         self.experts = []
-        if self.kind == "experts":
+        if self.kind in ("experts", "experts_tuned"):
             found = [r for r in _results(run, "experts") if r.name == self.cfg.expert_result]
             if not found:
                 raise PredictError(f"{result.label} reads stage 03's {self.cfg.expert_result}"
@@ -70,10 +72,22 @@ class FusionPredictor(Predictor):
                 self.experts.append(params)
 
     def _model(self, k: int, n_in: int, n_chans: int):
-        """Fold k's network, built once (a streamed trial would otherwise rebuild 14)."""
+        """Fold k's network, built once (a streamed trial would otherwise rebuild 14);
+        ``experts_finetune``: fold k's fine-tuned experts in front of it
+        (:class:`~sleepemo.models.fusion.TunedFusion`, as stage 04 builds it)."""
         key = (k, n_in, n_chans)
         if key not in self._models:
-            model = new_model(self.cfg, n_in, n_chans, self.positions)
+            if self.kind == "experts_tuned":
+                from .models.fusion import TunedFusion
+
+                experts = self.experts[k]
+                n_exp = experts["encoder.embed.weight"].shape[-1]
+                fusion = new_model(self.cfg, experts["encoder.embed.weight"].shape[1] + n_in -
+                                   n_exp, n_chans, self.positions)
+                model = TunedFusion(experts, self.run.cfg.mae.n_heads, n_exp,
+                                    self.cfg.stride // self.run.cfg.experts.stride, fusion)
+            else:
+                model = new_model(self.cfg, n_in, n_chans, self.positions)
             model.load_state_dict(self.states[k])
             self._models[key] = model
         return self._models[key]
@@ -81,6 +95,8 @@ class FusionPredictor(Predictor):
     def _base(self, X, sfreq, band: np.ndarray, k: int) -> np.ndarray:
         """The variant's input without evoked tokens (fold k's, for the experts)."""
         stride = self.cfg.stride
+        if self.kind == "experts_tuned":  # the experts' own inputs (evoked: fold_inputs)
+            return pool_time(band, self.run.cfg.experts.stride)
         if self.kind == "raw":
             return standardise(pool_time(band, stride)[..., :len(self.run.cfg.mae.bands)])
         if self.kind == "mae":
@@ -108,7 +124,12 @@ class FusionPredictor(Predictor):
 
         def build(k: int) -> np.ndarray:
             x = self._base(X, sfreq, band, k)
-            return x if ev is None else np.concatenate([x, ev], axis=-1)
+            if ev is None:
+                return x
+            if self.kind == "experts_tuned":  # evoked tokens repeated to the experts' rate
+                ev_k = np.repeat(ev, self.cfg.stride // self.run.cfg.experts.stride, axis=2)
+                return np.concatenate([x, ev_k], axis=-1)
+            return np.concatenate([x, ev], axis=-1)
 
         if self.kind == "experts":
             return (build(k) for k in range(len(self.states)))
