@@ -362,3 +362,30 @@ def test_predictor_errors_are_one_clear_line(experts_run, tmp_path):
     with pytest.raises(PredictError, match=r"experts_mae_fomaml/fold5\.pt: the fold's "
                                            "experts are missing"):
         load_predictor(copy, "experts_mae_fomaml_tta")
+
+
+def test_combining_the_experts_does_not_depend_on_blas_threads():
+    """The experts' weighted mean gives the same bits on one BLAS thread (sleepemo
+    predict) and on two (a stage run without OMP_NUM_THREADS). ``np.tensordot``, which
+    the stage used before, fails this on the 2-core development machine (1 ulp in a few
+    elements; a quick run's ``experts_mae_supervised`` differed from sleepemo predict
+    in 1 of 346800 values)."""
+    from types import SimpleNamespace
+
+    from threadpoolctl import threadpool_limits
+
+    from sleepemo.experts_infer import ExpertInference
+
+    rng = np.random.default_rng(0)
+    w = rng.dirichlet(np.ones(16)).astype(np.float32)
+    t = rng.standard_normal((16, 900, 50)).astype(np.float32)
+    r = rng.standard_normal((16, 900)).astype(np.float32)
+    me = SimpleNamespace(n_times=200)
+    out = {}
+    for n in (1, 2):
+        with threadpool_limits(n, user_api="blas"):
+            out[n] = ExpertInference.combine(me, t, r, w)
+    for a, b in zip(out[1], out[2]):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(out[1][1], 1 / (1 + np.exp(-(w.astype(np.float64) @ r))),
+                               rtol=0, atol=1e-6)  # and it is the weighted mean

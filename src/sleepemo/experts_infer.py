@@ -120,9 +120,21 @@ class ExpertInference:
                 weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Weighted mean of the experts' logits -> probabilities per timepoint (tokens
         interpolated back to samples) and per trial."""
-        t = torch.from_numpy(np.tensordot(weights, time_logits, 1))[:, None]
+        t = torch.from_numpy(weighted_sum(weights, time_logits))[:, None]
         if t.shape[-1] != self.n_times:
             t = F.interpolate(t, size=self.n_times, mode="linear", align_corners=False)
         p_time = torch.sigmoid(t[:, 0]).numpy().astype(np.float32)
-        p_trial = torch.sigmoid(torch.from_numpy(np.tensordot(weights, trial_logits, 1)))
+        p_trial = torch.sigmoid(torch.from_numpy(weighted_sum(weights, trial_logits)))
         return p_time, p_trial.numpy().astype(np.float32)
+
+
+def weighted_sum(weights: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``sum_i weights[i] * x[i]``, expert by expert with element-wise operations: the
+    same numbers for any number of BLAS threads (``np.tensordot`` splits a long product
+    over the threads and rounds a few elements 1 ulp differently, so that a stage run on
+    2 threads and ``sleepemo predict`` on one disagreed in the last digit)."""
+    w = np.asarray(weights)
+    out = w[0] * x[0]
+    for i in range(1, len(w)):
+        out = out + w[i] * x[i]
+    return out
