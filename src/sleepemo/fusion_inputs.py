@@ -16,7 +16,8 @@ from .artefacts import Result, load_checkpoint, results
 from .config import ConfigError, FusionConfig
 from .features import BandFeatureCache, pool_time
 from .models.experts import embed_tokens
-from .models.fusion import FusionNet, electrode_positions, fused_tokens, standardise
+from .models.fusion import (FusionNet, TunedFusion, electrode_positions, fused_tokens,
+                             standardise)
 from .models.mae import TokenCache, load_mae_weights
 from .progress import bar
 from .stage import Stage, stage_dir
@@ -36,6 +37,23 @@ def token_window(cfg: FusionConfig) -> tuple[int, int]:
 def new_model(cfg: FusionConfig, n_feat: int, n_chans: int, positions=None) -> FusionNet:
     return FusionNet(n_feat, n_chans, positions, cfg.d_model, cfg.n_heads, cfg.n_temporal,
                      cfg.kernel, token_window(cfg), cfg.dropout)
+
+
+def new_tuned_model(cfg: FusionConfig, experts: dict, n_feat: int, n_chans: int,
+                    positions, n_heads: int, ratio: int) -> TunedFusion:
+    """The ``experts_finetune`` network: fold k's experts (stacked parameters, fine-tuned)
+    in front of a fusion, for inputs of ``n_feat`` features per token (the experts' own
+    inputs, then the extras: :func:`tuned_input`) at ``ratio`` tokens per fusion token."""
+    n_in = experts["encoder.embed.weight"].shape[-1]
+    fusion = new_model(cfg, experts["encoder.embed.weight"].shape[1] + n_feat - n_in,
+                       n_chans, positions)
+    return TunedFusion(experts, n_heads, n_in, ratio, fusion)
+
+
+def tuned_input(x: np.ndarray, evoked: np.ndarray, ratio: int) -> np.ndarray:
+    """The ``experts_finetune`` input: the experts' inputs ``x`` at their token rate, then
+    the evoked tokens repeated to that rate (:class:`TunedFusion` pools them back)."""
+    return np.concatenate([x, np.repeat(evoked, ratio, axis=2)], axis=-1)
 
 
 class FusedTokens:
@@ -222,8 +240,8 @@ class Inputs:
         tokens repeated to that rate (:class:`TunedFusion` pools them back)."""
         stride = self.stage.cfg.experts.stride
         ev = self.evoked()
-        return {s: np.concatenate([self._pooled(self.band, s, stride), np.repeat(
-            ev[s], self.cfg.stride // stride, axis=2)], axis=-1) for s in self.subjects}
+        return {s: tuned_input(self._pooled(self.band, s, stride), ev[s],
+                               self.cfg.stride // stride) for s in self.subjects}
 
     def variant(self, v: str, k: int) -> dict:
         """Variant ``v``'s input of every participant for fold ``k``."""

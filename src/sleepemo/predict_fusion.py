@@ -28,7 +28,7 @@ import numpy as np
 from .artefacts import Result, fold_mean, load_checkpoint
 from .config import FusionConfig
 from .features import pool_time, token_features
-from .fusion_inputs import new_model
+from .fusion_inputs import new_model, new_tuned_model, tuned_input
 from .models.fusion import electrode_positions, predict, standardise, to_timepoints
 from .predict import PredictError, Predictor, Run, _band, mae_tokens
 
@@ -78,14 +78,9 @@ class FusionPredictor(Predictor):
         key = (k, n_in, n_chans)
         if key not in self._models:
             if self.kind == "experts_tuned":
-                from .models.fusion import TunedFusion
-
-                experts = self.experts[k]
-                n_exp = experts["encoder.embed.weight"].shape[-1]
-                fusion = new_model(self.cfg, experts["encoder.embed.weight"].shape[1] + n_in -
-                                   n_exp, n_chans, self.positions)
-                model = TunedFusion(experts, self.run.cfg.mae.n_heads, n_exp,
-                                    self.cfg.stride // self.run.cfg.experts.stride, fusion)
+                model = new_tuned_model(self.cfg, self.experts[k], n_in, n_chans,
+                                        self.positions, self.run.cfg.mae.n_heads,
+                                        self.cfg.stride // self.run.cfg.experts.stride)
             else:
                 model = new_model(self.cfg, n_in, n_chans, self.positions)
             model.load_state_dict(self.states[k])
@@ -126,9 +121,8 @@ class FusionPredictor(Predictor):
             x = self._base(X, sfreq, band, k)
             if ev is None:
                 return x
-            if self.kind == "experts_tuned":  # evoked tokens repeated to the experts' rate
-                ev_k = np.repeat(ev, self.cfg.stride // self.run.cfg.experts.stride, axis=2)
-                return np.concatenate([x, ev_k], axis=-1)
+            if self.kind == "experts_tuned":
+                return tuned_input(x, ev, self.cfg.stride // self.run.cfg.experts.stride)
             return np.concatenate([x, ev], axis=-1)
 
         if self.kind == "experts":

@@ -50,9 +50,9 @@ from ..artefacts import (ResultWriter, code_hash, fingerprint, load_checkpoint, 
                          save_checkpoint)
 from ..config import ConfigError, FusionConfig, fields_affecting
 from ..folds import balanced
-from ..fusion_inputs import Inputs, new_model, output_name, token_window
+from ..fusion_inputs import Inputs, new_model, new_tuned_model, output_name, token_window
 from ..metric import window_auc
-from ..models.fusion import (FusionNet, TunedFusion, electrode_positions, fusion_loss, predict,
+from ..models.fusion import (FusionNet, electrode_positions, fusion_loss, predict,
                              to_timepoints)
 from ..parallel import run_folds
 from ..progress import bar
@@ -94,16 +94,12 @@ def run_fold(cfg: FusionConfig, variant: str, inputs: dict, labels: dict, held: 
     n_chans, n_tokens, n_feat = next(iter(inputs.values())).shape[1:]
     window = token_window(cfg)
     tuned = VARIANTS[variant][0] == "experts_tuned"
-    if tuned:
-        if experts is None:
-            raise ValueError(f"variant {variant} fine-tunes fold {k}'s experts: pass them")
-        n_in = experts["encoder.embed.weight"].shape[-1]
-        ratio = n_tokens * cfg.stride // n_times
-        n_feat = experts["encoder.embed.weight"].shape[1] + n_feat - n_in
+    if tuned and experts is None:
+        raise ValueError(f"variant {variant} fine-tunes fold {k}'s experts: pass them")
     torch.manual_seed(seed * 1000 + k)
-    model = new_model(cfg, n_feat, n_chans, positions)
-    if tuned:
-        model = TunedFusion(experts, n_heads, n_in, ratio, model)
+    model = new_tuned_model(cfg, experts, n_feat, n_chans, positions, n_heads,
+                            n_tokens * cfg.stride // n_times) if tuned else \
+        new_model(cfg, n_feat, n_chans, positions)
     model = model.to(device)
     min_run = max(1, math.ceil(10 / cfg.stride))
     state = load_checkpoint(ckpt, fp, device) if ckpt else None
@@ -148,7 +144,7 @@ def run_fold(cfg: FusionConfig, variant: str, inputs: dict, labels: dict, held: 
     for role, subs in (("oof", [held]), ("test", list(test_subjects))):
         parts = [predict(model, inputs[s], cfg.predict_batch) for s in subs] or \
             [predict(model, inputs[held][:0])]  # one participant at a time (TunedFusion)
-        tok, trial, att = (np.concatenate([p[j] for p in parts]) for j in range(3))
+        trial, att = (np.concatenate([p[j] for p in parts]) for j in (1, 2))
         # interpolated participant by participant, as sleepemo predict does: a batch's
         # size decides which elements take torch's vectorised path (a 1-ulp difference)
         out[role] = np.concatenate([to_timepoints(p[0], n_times) for p in parts])
