@@ -11,7 +11,7 @@
 #       unless you ask: -m slow; one process: -n 0).
 #   ./run.sh submit [--run RUN] [--model MODEL] [--dry-run] [--timeout S] [...]
 #       submit a finished run (default: the newest) to Kaggle, wait for the public score,
-#       append a row to submissions/leaderboard.csv (python -m sleepemo.submit --help).
+#       append a row to submissions/leaderboard.csv (python -m sleepemo.kaggle.submit --help).
 #   ./run.sh predict --run OUT [--model NAME] [--stream] [--out DIR] FILE_OR_FOLDER...
 #       apply a finished run to new .mat recordings without retraining
 #       (python -m sleepemo predict --help; README "Predict new recordings").
@@ -62,11 +62,11 @@ stage() {  # stage SCRIPT ARGS...: run one stage and report its wall time
   echo "   $script: $((SECONDS - t0)) s"
 }
 
-lock_out() {  # lock_out OUT COMMAND: hold OUT's lock (sleepemo.runlock) until run.sh exits
+lock_out() {  # lock_out OUT COMMAND: hold OUT's lock (sleepemo.pipeline.runlock) until run.sh exits
   mkdir -p "$1"
   # the descriptor stays open in this shell (and its stages) until it exits: the lock with it
   exec {LOCK_FD}>>"$1/.sleepemo.lock"
-  SLEEPEMO_LOCK_TOKEN=$(python -m sleepemo.runlock take "$1" --fd "$LOCK_FD" --pid $$ \
+  SLEEPEMO_LOCK_TOKEN=$(python -m sleepemo.pipeline.runlock take "$1" --fd "$LOCK_FD" --pid $$ \
     --command "$2")
   export SLEEPEMO_LOCK_TOKEN
   LOCK_RECORD="$1/.sleepemo.lock.json"
@@ -129,12 +129,12 @@ case "${1:-}" in
   submit)
     shift
     setup
-    python -m sleepemo.submit "$@"
+    python -m sleepemo.kaggle.submit "$@"
     ;;
   kaggle-bundle)
     shift
     setup
-    python -m sleepemo.kaggle_bundle "$@"
+    python -m sleepemo.kaggle.bundle "$@"
     ;;
   predict)
     shift

@@ -2,7 +2,7 @@
 
     python bench/bench_experts.py [--repeats 5] [--batch 16] [--tasks 3] [--stride 4]
 
-The three batchings of ``sleepemo.models.experts.make_forward`` run the same first-order MAML
+The three batchings of ``sleepemo.experts.model.make_forward`` run the same first-order MAML
 meta-step (per task: 3 SGD steps on a support batch, the query gradient at the adapted
 weights; Adam on the meta-parameters) on the same random band features, with the stage's
 loss (per-timepoint and trial BCE):
@@ -34,11 +34,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from sleepemo.fomaml import fomaml_step  # noqa: E402
-from sleepemo.models.experts import (  # noqa: E402
+from sleepemo.experts.fomaml import fomaml_step  # noqa: E402
+from sleepemo.experts.model import (  # noqa: E402
     ExpertBank, classification_loss, make_experts, make_forward, token_window)
-from sleepemo.models.mae import EncoderConfig  # noqa: E402
-from sleepemo.stage import flush_denormals  # noqa: E402
+from sleepemo.mae.model import EncoderConfig  # noqa: E402
+from sleepemo.pipeline.stage import flush_denormals  # noqa: E402
 
 
 def main() -> None:

@@ -30,10 +30,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from sleepemo.features import token_window  # noqa: E402
-from sleepemo.models.experts import ExpertBank, embed_tokens, make_experts  # noqa: E402
-from sleepemo.models.fusion import FusionNet, fusion_loss, predict  # noqa: E402
-from sleepemo.models.mae import ChannelEncoder, EncoderConfig, encode_tokens  # noqa: E402
-from sleepemo.stage import flush_denormals  # noqa: E402
+from sleepemo.experts.model import ExpertBank, embed_tokens, make_experts  # noqa: E402
+from sleepemo.fusion.model import FusionNet, fusion_loss, predict  # noqa: E402
+from sleepemo.mae.model import ChannelEncoder, EncoderConfig, encode_tokens  # noqa: E402
+from sleepemo.pipeline.stage import flush_denormals  # noqa: E402
 
 
 def median_rate(fn, n: int, repeats: int) -> float:

@@ -38,8 +38,8 @@ def measure(profile: str, steps: int, device: str) -> dict:
     import torch
 
     from sleepemo.config import load_config
-    from sleepemo.models.mae import MaskedAutoencoder, encoder_config, random_mask
-    from sleepemo.stage import flush_denormals
+    from sleepemo.mae.model import MaskedAutoencoder, encoder_config, random_mask
+    from sleepemo.pipeline.stage import flush_denormals
 
     flush_denormals()  # as the stage does
     cfg = load_config(profile, [f"mae.device={device}"]).mae

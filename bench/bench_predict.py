@@ -3,11 +3,11 @@
     python bench/bench_predict.py --run output/quick-synthetic [--trials 64] [--repeats 5]
                                   [--models a,b] [--json bench/results/predict-cpu.json]
 
-Every model of the run that :func:`sleepemo.predict.load_predictor` supports is measured in
+Every model of the run that :func:`sleepemo.predict.api.load_predictor` supports is measured in
 its own process (so that its peak memory is its own), on one thread, on the trials of the
 run's first test participant:
 
-- **stream, per trial**: one streamed trial (:class:`sleepemo.predict.Stream`: the new
+- **stream, per trial**: one streamed trial (:class:`sleepemo.predict.api.Stream`: the new
   trial predicted with the normalisation of every trial seen so far) when ``n`` trials
   have been seen, for n = 1x, 2x, 4x ``--trials``: the latency of a closed-loop decision
   at batch 1. An online predictor (``Predictor.online``) is timed pushing the trials one
@@ -56,9 +56,9 @@ def one_model(run: Path, model: str, trials: int, repeats: int) -> dict:
     """Measure ``model`` in this process (called in a child process by :func:`main`)."""
     import torch
 
-    from sleepemo.data import read_mat
-    from sleepemo.folds import read_folds
-    from sleepemo.predict import PredictError, Run, Stream, load_predictor, recordings
+    from sleepemo.data.reader import read_mat
+    from sleepemo.data.folds import read_folds
+    from sleepemo.predict.api import PredictError, Run, Stream, load_predictor, recordings
 
     torch.set_num_threads(1)
     r = Run.open(run)
@@ -135,8 +135,8 @@ def main() -> None:
     if args.one:
         print(json.dumps(one_model(args.run, args.one, args.trials, args.repeats)))
         return
-    from sleepemo.artefacts import results
-    from sleepemo.predict import submitted_model
+    from sleepemo.pipeline.artefacts import results
+    from sleepemo.predict.api import submitted_model
 
     models = args.models.split(",") if args.models else [r.label for r in results(args.run)]
     try:

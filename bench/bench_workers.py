@@ -30,11 +30,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from sleepemo.artefacts import drop_folds  # noqa: E402
+from sleepemo.pipeline.artefacts import drop_folds  # noqa: E402
 
 SCRIPTS = {"experts": ("03_experts", "03_train_experts.py"),
            "fusion": ("04_fusion", "04_fusion.py"),
-           "rl": ("05_rl_heads", "05_rl_heads.py")}
+           "rl": ("05_rl", "05_rl.py")}
 
 
 def run_stage(stage: str, out: Path, profile: str, workers: int) -> float:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sleepemo import CHANNELS, N_TIMES, SFREQ
-from sleepemo.synth import SynthConfig, generate, write_mat73
+from sleepemo.data.synth import SynthConfig, generate, write_mat73
 
 
 def pytest_configure(config):
@@ -107,11 +107,11 @@ def stage_with_random_mae(name: str, out, data_dir, sets=()):
     import torch
 
     from sleepemo.config import load_config
-    from sleepemo.data import load_dataset
+    from sleepemo.data.reader import load_dataset
     from sleepemo.features import BandFeatureCache
-    from sleepemo.folds import write_folds
-    from sleepemo.models.mae import MaskedAutoencoder, encoder_config, save_encoder
-    from sleepemo.stage import open_stage, stage_dir
+    from sleepemo.data.folds import write_folds
+    from sleepemo.mae.model import MaskedAutoencoder, encoder_config, save_encoder
+    from sleepemo.pipeline.stage import open_stage, stage_dir
 
     cfg = load_config("smoke", list(sets))
     ds = load_dataset(data_dir, progress=False)
@@ -132,15 +132,15 @@ WORKER_FOLDS = (0, 5, 9, 13)
 
 def copy_without_folds(serial_out, out, stage_folder: str, keep=None, folds=WORKER_FOLDS):
     """``out``: a copy of the finished run ``serial_out`` whose stage ``stage_folder``
-    (e.g. ``"05_rl_heads"``) has lost folds ``folds`` of every result
-    (:func:`sleepemo.artefacts.drop_folds`), and every result not named in ``keep``: the
+    (e.g. ``"05_rl"``) has lost folds ``folds`` of every result
+    (:func:`sleepemo.pipeline.artefacts.drop_folds`), and every result not named in ``keep``: the
     next run of the stage computes those folds again and assembles its results from them
     and the serial run's other folds, so its arrays equal the serial run's only if the
     recomputed folds do."""
     import shutil
     from pathlib import Path
 
-    from sleepemo.artefacts import drop_folds
+    from sleepemo.pipeline.artefacts import drop_folds
 
     shutil.copytree(serial_out, out, dirs_exist_ok=True)
     folder = Path(out) / stage_folder

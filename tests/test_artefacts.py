@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sleepemo.artefacts import ResultWriter, find, results, stored_fingerprint
-from sleepemo.data import load_dataset
-from sleepemo.folds import make_folds
-from sleepemo.report import write_report
+from sleepemo.pipeline.artefacts import ResultWriter, find, results, stored_fingerprint
+from sleepemo.data.reader import load_dataset
+from sleepemo.data.folds import make_folds
+from sleepemo.pipeline.report import write_report
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_assembly_follows_folds_json_order_and_averages_test(smoke, tmp_path):
     stack = np.stack([p["test"] for p in parts.values()])
     np.testing.assert_array_equal(res.test, stack.astype(np.float64).mean(0).astype(np.float32))
     # a participant's rows averaged alone are its rows of the whole (sleepemo predict)
-    from sleepemo.artefacts import fold_mean
+    from sleepemo.pipeline.artefacts import fold_mean
     np.testing.assert_array_equal(fold_mean(stack[:, :3]), res.test[:3])
     assert not (res.folder / "weights.npy").exists()  # not oof*/test*: stays per fold
     with pytest.raises(KeyError, match="no array 'weights'"):
@@ -119,7 +119,7 @@ def test_results_of_an_older_format_are_not_listed(smoke, tmp_path):
 def test_compare_runs_pairs_models_on_the_same_participants(tmp_path, capsys):
     import pandas as pd
 
-    from sleepemo.report import compare_runs, main
+    from sleepemo.pipeline.report import compare_runs, main
 
     def run(name, rows):
         folder = tmp_path / name

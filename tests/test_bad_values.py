@@ -10,11 +10,11 @@ import pytest
 
 from sleepemo import CHANNELS, N_TIMES, SFREQ
 from sleepemo.config import ConfigError, load_config
-from sleepemo.data import DataError, Repair, load_dataset, read_mat, repair_bad_values
-from sleepemo.folds import data_fingerprint, make_folds
-from sleepemo.stage import open_stage
-from sleepemo.stages import make_folds as stage00
-from sleepemo.synth import write_mat73
+from sleepemo.data.reader import DataError, Repair, load_dataset, read_mat, repair_bad_values
+from sleepemo.data.folds import data_fingerprint, make_folds
+from sleepemo.pipeline.stage import open_stage
+from sleepemo.pipeline import folds as stage00
+from sleepemo.data.synth import write_mat73
 
 from conftest import random_trials
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from sleepemo.config import PROFILES, Config, ConfigError, load_config, setting
-from sleepemo.models import REGISTRY, make_model
+from sleepemo.baselines import REGISTRY, make_model
 
 
 @pytest.mark.parametrize("profile", PROFILES)

@@ -9,8 +9,8 @@ import pytest
 import scipy.io
 
 from sleepemo import CHANNELS, N_TIMES, SFREQ
-from sleepemo.data import DataError, load_dataset, load_solution, read_mat
-from sleepemo.synth import write_mat73
+from sleepemo.data.reader import DataError, load_dataset, load_solution, read_mat
+from sleepemo.data.synth import write_mat73
 
 from conftest import random_trials
 

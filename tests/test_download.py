@@ -1,4 +1,4 @@
-"""Tests for sleepemo.download. None of them reaches the network or real credentials:
+"""Tests for sleepemo.data.download. None of them reaches the network or real credentials:
 HOME is an empty temporary folder, the Kaggle variables are unset, any socket connection
 or name lookup fails the test, and where the real kaggle package is used its transfer
 method is replaced."""
@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from sleepemo import COMPETITION_SLUG
-from sleepemo import download as dl
+from sleepemo.data.reader import download as dl
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "s3cr3t-kaggle-key-0123456789"
@@ -467,7 +467,7 @@ def test_download_competition_replaces_empty_dest(tmp_path):
 KILLED = """
 import os, signal, sys, zipfile
 from pathlib import Path
-from sleepemo import download as dl
+from sleepemo.data.reader import download as dl
 
 point, dest = sys.argv[1], Path(sys.argv[2])
 files = sys.argv[3:]
@@ -697,7 +697,7 @@ def test_cli_without_credentials_exits_1(tmp_path, isolated, capsys, reliability
     assert SECRET not in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "input").exists()
-    reliability("download", "python -m sleepemo.download without credentials (kaggle.json "
+    reliability("download", "python -m sleepemo.data.download without credentials (kaggle.json "
                 "with a key but no user name)", "exit code 1; one line saying where "
                 "kaggle.json goes, the key not printed; nothing written")
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import with_flipped_labels
-from sleepemo.ensemble import OptunaBlend, Stack, normalise, score
+from sleepemo.ensemble.blend import OptunaBlend, Stack, normalise, score
 
 
 def _noise_stack(n_subjects=14, n_trials=40, n_times=60, n_models=6, seed=0):
@@ -92,7 +92,7 @@ def test_nested_score_removes_the_tuners_optimism_on_noise(tmp_path):
 def _fake_results(out, ds, folds, strengths: dict):
     """Results of the predictions contract: out-of-fold predictions carrying
     ``strength`` x the true label in a window (0: noise), random test predictions."""
-    from sleepemo.artefacts import ResultWriter
+    from sleepemo.pipeline.artefacts import ResultWriter
 
     rng = np.random.default_rng(0)
     n_test = sum(folds.n_trials[s] for s in folds.test_subjects)
@@ -110,10 +110,10 @@ def _fake_results(out, ds, folds, strengths: dict):
 @pytest.fixture(scope="module")
 def ens_run(smoke_dir, tmp_path_factory):
     from sleepemo.config import load_config
-    from sleepemo.data import load_dataset
-    from sleepemo.folds import write_folds
-    from sleepemo.stage import open_stage
-    from sleepemo.stages import ensemble
+    from sleepemo.data.reader import load_dataset
+    from sleepemo.data.folds import write_folds
+    from sleepemo.pipeline.stage import open_stage
+    from sleepemo.ensemble import stage as ensemble
 
     out = tmp_path_factory.mktemp("ens")
     ds = load_dataset(smoke_dir, progress=False)
@@ -128,8 +128,8 @@ def ens_run(smoke_dir, tmp_path_factory):
 
 
 def test_stage_writes_the_nested_ensemble_through_the_contract(ens_run):
-    from sleepemo.artefacts import find
-    from sleepemo.ensemble import OptunaBlend
+    from sleepemo.pipeline.artefacts import find
+    from sleepemo.ensemble.blend import OptunaBlend
 
     stage, ds, folds, output, _ = ens_run
     m = output.metrics
@@ -142,7 +142,7 @@ def test_stage_writes_the_nested_ensemble_through_the_contract(ens_run):
     n_test = sum(folds.n_trials[s] for s in folds.test_subjects)
     assert res.test.shape == (n_test, ds.n_times)
     # the saved final ensembler reproduces the submitted test predictions
-    from sleepemo.stages.ensemble import fold_state
+    from sleepemo.ensemble.stage import fold_state
     final = OptunaBlend.load(stage.dir / "ensembler.json")
     np.testing.assert_allclose(final.predict(fold_state(stage).test), res.test, atol=1e-6)
     for f in ("ensemble_curve.png", "optimization_history.png", "param_importances.png",
@@ -154,8 +154,8 @@ def test_stage_writes_the_nested_ensemble_through_the_contract(ens_run):
 
 
 def test_stage_resumes_a_lost_fold_and_reuses_a_finished_run(ens_run):
-    from sleepemo.stage import open_stage
-    from sleepemo.stages import ensemble
+    from sleepemo.pipeline.stage import open_stage
+    from sleepemo.ensemble import stage as ensemble
 
     stage, ds, folds, output, _ = ens_run
     oof = np.load(stage.dir / "ensemble" / "oof.npy")
@@ -183,8 +183,8 @@ def test_held_out_labels_never_reach_the_nested_tuner(ens_run, tmp_path):
     labels flipped: the same settings and the same held-out predictions."""
     import shutil
 
-    from sleepemo.stage import open_stage
-    from sleepemo.stages.ensemble import fold_state, tune_fold
+    from sleepemo.pipeline.stage import open_stage
+    from sleepemo.ensemble.stage import fold_state, tune_fold
 
     stage, ds, folds, _, _ = ens_run
     copy = tmp_path / "run"
@@ -208,10 +208,10 @@ def test_held_out_labels_never_reach_the_nested_tuner(ens_run, tmp_path):
 
 def test_label_shuffled_ensemble_of_noise_scores_about_chance(smoke_dir, tmp_path):
     from sleepemo.config import load_config
-    from sleepemo.data import load_dataset
-    from sleepemo.folds import write_folds
-    from sleepemo.stage import open_stage
-    from sleepemo.stages import ensemble
+    from sleepemo.data.reader import load_dataset
+    from sleepemo.data.folds import write_folds
+    from sleepemo.pipeline.stage import open_stage
+    from sleepemo.ensemble import stage as ensemble
 
     ds = load_dataset(smoke_dir, progress=False)
     folds, _ = write_folds(ds, tmp_path / "folds.json")
@@ -221,15 +221,15 @@ def test_label_shuffled_ensemble_of_noise_scores_about_chance(smoke_dir, tmp_pat
                        log=lambda m: None)
     out = stage.run(ensemble.run)
     assert out.metrics["label"] == "ensemble_shuffled"
-    from sleepemo.artefacts import find
+    from sleepemo.pipeline.artefacts import find
     res = find(tmp_path, "ensemble_shuffled")
     assert res.diagnostic and abs(res.score()[0].score - 0.5) < 0.05
 
 
 def test_stage_07_submits_the_ensemble_only_when_its_nested_score_wins(ens_run, tmp_path):
-    from sleepemo.artefacts import results
-    from sleepemo.report import results_table
-    from sleepemo.stages.make_submission import choose_model, ensemble_choice
+    from sleepemo.pipeline.artefacts import results
+    from sleepemo.pipeline.report import results_table
+    from sleepemo.kaggle.stage import choose_model, ensemble_choice
 
     stage = ens_run[0]
     listed = results(stage.out)

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from sleepemo import N_TIMES, SFREQ
-from sleepemo.data import load_dataset
-from sleepemo.folds import make_folds
-from sleepemo.lopo import run_lopo
+from sleepemo.data.reader import load_dataset
+from sleepemo.data.folds import make_folds
+from sleepemo.baselines.lopo import run_lopo
 from sleepemo.metric import window_auc
-from sleepemo.models import make_model
+from sleepemo.baselines import make_model
 
 #: (registry name, parameters) of every evoked model variant
 VARIANTS = [("erp_lda", {}), ("xdawn_ts", {"recentre": True}),

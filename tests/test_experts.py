@@ -11,9 +11,9 @@ from torch import nn
 from torch.func import functional_call
 
 from conftest import copy_without_folds, stage_with_random_mae, with_flipped_labels
-from sleepemo.fomaml import adapt, fomaml_step
-from sleepemo.models.experts import ExpertBank, loop_forward, make_experts
-from sleepemo.models.mae import ChannelEncoder, EncoderConfig, n_parameters
+from sleepemo.experts.fomaml import adapt, fomaml_step
+from sleepemo.experts.model import ExpertBank, loop_forward, make_experts
+from sleepemo.mae.model import ChannelEncoder, EncoderConfig, n_parameters
 
 
 def test_expert_size_and_mae_initialisation():
@@ -89,7 +89,7 @@ def test_fomaml_init_adapts_faster_than_random_init_on_new_tasks():
 
 
 def test_folded_forward_matches_the_experts():
-    from sleepemo.models.experts import folded_forward, make_forward
+    from sleepemo.experts.model import folded_forward, make_forward
 
     experts = make_experts(16, encoder_state=ChannelEncoder(EncoderConfig()).state_dict(),
                            seed=2)
@@ -110,7 +110,7 @@ def test_folded_forward_matches_the_experts():
 
 
 def test_pooled_experts_embed_a_pooled_token_as_the_mean_of_its_timepoints():
-    from sleepemo.models.experts import pool_time, token_window
+    from sleepemo.experts.model import pool_time, token_window
 
     enc = ChannelEncoder(EncoderConfig())
     experts = make_experts(16, EncoderConfig(n_times=50), enc.state_dict(), window=(17, 33))
@@ -125,7 +125,7 @@ def test_pooled_experts_embed_a_pooled_token_as_the_mean_of_its_timepoints():
 
 
 def test_support_and_query_are_disjoint_and_class_balanced():
-    from sleepemo.stages.train_experts import support_query
+    from sleepemo.experts.stage import support_query
 
     y = np.array([0] * 30 + [1] * 11)
     sup, qry = support_query(y, 8, 8, np.random.default_rng(0))
@@ -144,7 +144,7 @@ def _stage(out, data_dir, **experts):
 
 @pytest.fixture(scope="module")
 def smoke_stage(smoke_dir, tmp_path_factory):
-    from sleepemo.stages import train_experts
+    from sleepemo.experts import stage as train_experts
 
     stage, ds, folds = _stage(tmp_path_factory.mktemp("experts"), smoke_dir)
     metrics = stage.run(train_experts.run).metrics
@@ -152,7 +152,7 @@ def smoke_stage(smoke_dir, tmp_path_factory):
 
 
 def test_stage_writes_predictions_scores_and_topomap(smoke_stage):
-    from sleepemo.artefacts import results, score_oof
+    from sleepemo.pipeline.artefacts import results, score_oof
 
     stage, ds, folds, metrics = smoke_stage
     run = stage.out / "03_experts"
@@ -185,7 +185,7 @@ def test_stage_writes_predictions_scores_and_topomap(smoke_stage):
 
 
 def test_killed_stage_resumes_from_fold_checkpoints(smoke_stage, monkeypatch):
-    from sleepemo.stages import train_experts
+    from sleepemo.experts import stage as train_experts
 
     stage, ds, folds, _ = smoke_stage
     run = stage.out / "03_experts" / "experts_mae_fomaml"
@@ -208,7 +208,7 @@ def test_fold_workers_give_the_serial_results(smoke_stage, tmp_path):
     """Folds trained by two one-thread worker processes equal the serial run's (one
     thread) bit for bit, with test-time adaptation: a fold's seeds are its own. (Four
     folds are computed again, the others loaded: :func:`conftest.copy_without_folds`.)"""
-    from sleepemo.stages import train_experts
+    from sleepemo.experts import stage as train_experts
 
     serial, *_ = smoke_stage
     copy_without_folds(serial.out, tmp_path, "03_experts")
@@ -226,9 +226,9 @@ def test_held_out_labels_never_reach_the_fitted_experts(smoke_dir, tmp_path, var
     """Fold 0 with the held-out participant's labels flipped gives bit-identical
     predictions, and a label dict that includes the held-out participant is refused."""
     from sleepemo.features import BandFeatureCache
-    from sleepemo.models.experts import pool_time
-    from sleepemo.models.mae import load_mae_weights
-    from sleepemo.stages.train_experts import ExpertTrainer, run_fold
+    from sleepemo.experts.model import pool_time
+    from sleepemo.mae.model import load_mae_weights
+    from sleepemo.experts.stage import ExpertTrainer, run_fold
 
     stage, ds, folds = _stage(tmp_path, smoke_dir, variants=f"[{variant}]",
                               tta_variants="[mae_fomaml]" if variant == "mae_fomaml" else "[]")
@@ -267,7 +267,7 @@ def test_label_shuffled_stage_scores_about_chance(medium_dir, tmp_path):
     """Leakage alarm for the whole stage: labels permuted within each training
     participant -> the zero-shot and adapted predictions score about 0.5."""
     from sleepemo.io import read_json
-    from sleepemo.stages import train_experts
+    from sleepemo.experts import stage as train_experts
 
     stage, ds, folds = _stage(tmp_path, medium_dir, shuffle_labels="true")
     metrics = stage.run(train_experts.run).metrics
@@ -296,8 +296,8 @@ def experts_run(smoke_stage):
     """The smoke stage's output made a run folder that sleepemo predict opens (stage 00's
     record of the data's channels)."""
     from sleepemo.config import load_config
-    from sleepemo.stage import open_stage
-    from sleepemo.stages import make_folds
+    from sleepemo.pipeline.stage import open_stage
+    from sleepemo.pipeline import folds as make_folds
 
     stage, ds, folds, _ = smoke_stage
     open_stage("folds", load_config("smoke"), stage.data_dir, stage.out, progress=False,
@@ -310,8 +310,8 @@ def test_predictor_reproduces_the_stage_test_predictions_exactly(experts_run):
     """Each test participant predicted on its own, from the fold checkpoints and weights
     (zero-shot, and _tta adapted on its own trials seeded by its id), equals the stage's
     test.npy bit for bit."""
-    from sleepemo.artefacts import find
-    from sleepemo.predict import load_predictor
+    from sleepemo.pipeline.artefacts import find
+    from sleepemo.predict.api import load_predictor
 
     out, ds, folds = experts_run
     for name in ("experts_mae_fomaml", "experts_mae_fomaml_tta"):
@@ -330,8 +330,8 @@ def test_predictor_reproduces_the_stage_test_predictions_exactly(experts_run):
 
 
 def test_predict_files_reads_the_participant_id_from_the_file_name(experts_run):
-    from sleepemo.artefacts import find
-    from sleepemo.predict import predict_files, recordings
+    from sleepemo.pipeline.artefacts import find
+    from sleepemo.predict.api import predict_files, recordings
 
     out, ds, folds = experts_run
     s = folds.test_subjects[-1]
@@ -346,7 +346,7 @@ def test_predictor_errors_are_one_clear_line(experts_run, tmp_path):
     (which the _tta result shares) is gone."""
     import shutil
 
-    from sleepemo.predict import PredictError, Stream, load_predictor
+    from sleepemo.predict.api import PredictError, Stream, load_predictor
 
     out, ds, folds = experts_run
     tta = load_predictor(out, "experts_mae_fomaml_tta")
@@ -374,7 +374,7 @@ def test_combining_the_experts_does_not_depend_on_blas_threads():
 
     from threadpoolctl import threadpool_limits
 
-    from sleepemo.experts_infer import ExpertInference
+    from sleepemo.experts.infer import ExpertInference
 
     rng = np.random.default_rng(0)
     w = rng.dirichlet(np.ones(16)).astype(np.float32)

@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sleepemo import models
-from sleepemo.artefacts import find, results
+from sleepemo import baselines as models
+from sleepemo.pipeline.artefacts import find, results
 from sleepemo.config import load_config
-from sleepemo.data import load_dataset
-from sleepemo.folds import write_folds
-from sleepemo.stage import open_stage
-from sleepemo.stages import baselines, make_submission
+from sleepemo.data.reader import load_dataset
+from sleepemo.data.folds import write_folds
+from sleepemo.pipeline.stage import open_stage
+from sleepemo.baselines import stage as baselines
+from sleepemo.kaggle import stage as make_submission
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
 

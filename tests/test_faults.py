@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sleepemo.synth import SynthConfig, generate
+from sleepemo.data.synth import SynthConfig, generate
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE_SCRIPTS = sorted(p.name for p in (REPO / "src").glob("[0-9][0-9]_*.py"))
@@ -282,7 +282,7 @@ def test_lock_left_by_a_killed_run_is_taken_over_with_a_log_line(tiny_dir, tmp_p
 
 def test_run_sh_holds_the_lock_from_its_first_stage_to_its_last(tiny_dir, tmp_path,
                                                                 reliability):
-    from sleepemo.runlock import FolderLocked, acquire
+    from sleepemo.pipeline.runlock import FolderLocked, acquire
 
     out = tmp_path / "out"
     p = subprocess.Popen([str(REPO / "run.sh"), "--profile", "smoke", "--data-dir",
@@ -327,7 +327,7 @@ def test_run_sh_holds_the_lock_from_its_first_stage_to_its_last(tiny_dir, tmp_pa
 WRITER = r"""
 import sys, time
 import pandas as pd
-from sleepemo.submission import new_run_dir, write_submission
+from sleepemo.data.submission import new_run_dir, write_submission
 root, tag, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
 while time.time() < start:
     time.sleep(0.001)
@@ -417,9 +417,9 @@ def test_full_disk_keeps_earlier_artefacts_checkpoints_and_submissions(tmp_path,
                                                                        reliability):
     import torch
 
-    from sleepemo.artefacts import load_checkpoint, save_checkpoint
+    from sleepemo.pipeline.artefacts import load_checkpoint, save_checkpoint
     from sleepemo.io import DiskFull, write_npy
-    from sleepemo.submission import new_run_dir, write_submission
+    from sleepemo.data.submission import new_run_dir, write_submission
 
     out, subs = tmp_path / "out", tmp_path / "subs"
     write_npy(out / "01_baselines" / "starter" / "oof.npy", np.arange(10.0))

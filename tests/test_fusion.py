@@ -11,7 +11,7 @@ import torch
 from conftest import copy_without_folds, stage_with_random_mae, with_flipped_labels
 from sleepemo import CHANNELS
 from sleepemo.config import ConfigError, load_config
-from sleepemo.models.fusion import (FusionNet, electrode_positions, fusion_loss,
+from sleepemo.fusion.model import (FusionNet, electrode_positions, fusion_loss,
                                     pairwise_auc_loss)
 
 
@@ -62,7 +62,7 @@ def test_pairwise_loss_ranks_within_groups_only():
 def test_fusion_learns_a_class_effect_between_channels():
     """An effect that only exists as the difference of two channels in some tokens
     (invisible to each channel alone) is learned and generalises to a new participant."""
-    from sleepemo.stages.train_fusion import run_fold
+    from sleepemo.fusion.stage import run_fold
 
     rng = np.random.default_rng(0)
 
@@ -94,9 +94,9 @@ def test_tuned_fusion_pools_and_zscores_like_the_frozen_path():
     """Two expert tokens per fusion token: the fine-tuned path's inputs equal the frozen
     path's (experts' embeddings pooled, z-scored over the participant; extras pooled)."""
     from sleepemo.features import pool_time
-    from sleepemo.models.experts import ExpertBank, embed_tokens, make_experts
-    from sleepemo.models.fusion import TunedFusion, standardise
-    from sleepemo.models.mae import EncoderConfig
+    from sleepemo.experts.model import ExpertBank, embed_tokens, make_experts
+    from sleepemo.fusion.model import TunedFusion, standardise
+    from sleepemo.mae.model import EncoderConfig
 
     rng = np.random.default_rng(0)
     params = {k: v.detach() for k, v in ExpertBank(make_experts(
@@ -134,9 +134,9 @@ def _stage(out, data_dir, name="fusion", **sets):
 def _untrained_experts(stage, ds, folds):
     """A finished stage-03 result whose fold checkpoints hold freshly initialised
     experts: what stage 04 reads from stage 03, without stage 03's training time."""
-    from sleepemo.artefacts import ResultWriter, save_checkpoint
-    from sleepemo.models.experts import ExpertBank, make_experts
-    from sleepemo.models.mae import encoder_config
+    from sleepemo.pipeline.artefacts import ResultWriter, save_checkpoint
+    from sleepemo.experts.model import ExpertBank, make_experts
+    from sleepemo.mae.model import encoder_config
 
     cfg = stage.cfg
     enc = dataclasses.replace(encoder_config(cfg.mae, ds.n_times, ds.n_chans),
@@ -156,7 +156,7 @@ def _untrained_experts(stage, ds, folds):
 @pytest.fixture(scope="module")
 def fusion_run(smoke_dir, tmp_path_factory):
     """Stage 04 with five variants on stage-03 experts (untrained: plumbing)."""
-    from sleepemo.stages import train_fusion
+    from sleepemo.fusion import stage as train_fusion
 
     stage, ds, folds = _stage(tmp_path_factory.mktemp("fusion"), smoke_dir, **{
         "fusion.variants": "[experts, experts_noevoked, experts_pairwise, experts_finetune, "
@@ -167,7 +167,7 @@ def fusion_run(smoke_dir, tmp_path_factory):
 
 
 def test_stage_writes_every_variant_through_the_contract(fusion_run):
-    from sleepemo.artefacts import results, score_oof
+    from sleepemo.pipeline.artefacts import results, score_oof
 
     stage, ds, folds, metrics = fusion_run
     run = stage.out / "04_fusion"
@@ -198,7 +198,7 @@ def test_stage_writes_every_variant_through_the_contract(fusion_run):
 
 
 def test_killed_stage_resumes_from_fold_checkpoints(fusion_run, monkeypatch):
-    from sleepemo.stages import train_fusion
+    from sleepemo.fusion import stage as train_fusion
 
     stage, *_ = fusion_run
     run = stage.out / "04_fusion" / "fusion_raw"
@@ -217,7 +217,7 @@ def test_killed_stage_resumes_from_fold_checkpoints(fusion_run, monkeypatch):
 
 
 def test_missing_experts_is_a_clear_error(smoke_dir, tmp_path):
-    from sleepemo.stages import train_fusion
+    from sleepemo.fusion import stage as train_fusion
 
     stage, *_ = _stage(tmp_path, smoke_dir)
     with pytest.raises(FileNotFoundError, match="03_train_experts"):
@@ -228,8 +228,8 @@ def test_missing_experts_is_a_clear_error(smoke_dir, tmp_path):
 def test_held_out_labels_never_reach_the_fitted_fusion(fusion_run, variant):
     """Fold 0 with the held-out participant's labels flipped gives bit-identical
     outputs, and a label dict that includes the held-out participant is refused."""
-    from sleepemo.fusion_inputs import Inputs
-    from sleepemo.stages.train_fusion import run_fold
+    from sleepemo.fusion.inputs import Inputs
+    from sleepemo.fusion.stage import run_fold
 
     stage, ds, folds, _ = fusion_run
     torch.set_num_threads(1)
@@ -259,8 +259,8 @@ def test_fine_tuned_experts_start_as_the_frozen_ones_and_are_trained(fusion_run)
     """Before training, the fine-tuned path feeds the fusion exactly what the frozen
     experts variant does (embeddings z-scored per participant, evoked tokens); the
     stage's fold checkpoints hold experts that moved away from stage 03's."""
-    from sleepemo.models.fusion import TunedFusion
-    from sleepemo.fusion_inputs import Inputs
+    from sleepemo.fusion.model import TunedFusion
+    from sleepemo.fusion.inputs import Inputs
 
     stage, ds, folds, _ = fusion_run
     source = Inputs(stage, ds, folds)
@@ -283,7 +283,7 @@ def test_fine_tuned_experts_start_as_the_frozen_ones_and_are_trained(fusion_run)
 def test_label_shuffled_stage_scores_about_chance(medium_dir, tmp_path):
     """Leakage alarm for the whole stage: labels permuted within each training
     participant -> about 0.5 (raw inputs: no stage 03 needed)."""
-    from sleepemo.stages import train_fusion
+    from sleepemo.fusion import stage as train_fusion
 
     stage, *_ = _stage(tmp_path, medium_dir, **{"fusion.shuffle_labels": "true",
                                                 "fusion.variants": "[raw]",
@@ -300,7 +300,7 @@ def test_label_shuffled_stage_scores_about_chance(medium_dir, tmp_path):
 def test_training_participants_keep_a_label_free_subset(smoke_dir, tmp_path):
     """At most ``fusion.train_trials`` per training participant, the same rows in every
     input and in the labels; the held-out and test participants keep every trial."""
-    from sleepemo.fusion_inputs import Inputs
+    from sleepemo.fusion.inputs import Inputs
 
     stage, ds, folds = _stage(tmp_path, smoke_dir, **{"fusion.train_trials": "20"})
     source = Inputs(stage, ds, folds)
@@ -318,8 +318,8 @@ def test_predictor_reproduces_the_fine_tuned_experts_variant(fusion_run):
     """sleepemo predict rebuilds ``experts_finetune`` (fold k's fine-tuned experts and
     fusion from its checkpoint) and gives the stage's test predictions of a test
     participant bit for bit; it is not online (its z-score is over the participant)."""
-    from sleepemo.artefacts import find
-    from sleepemo.predict import Run, load_predictor
+    from sleepemo.pipeline.artefacts import find
+    from sleepemo.predict.api import Run, load_predictor
 
     stage, ds, folds, _ = fusion_run
     torch.set_num_threads(1)  # as the stage ran (conftest restores it)
@@ -336,7 +336,7 @@ def test_fold_workers_give_the_serial_results(fusion_run, tmp_path):
     """Folds trained by two one-thread worker processes equal the serial run's
     (one thread) bit for bit: a fold's seeds are its own. (Four folds are computed again,
     the others loaded: :func:`conftest.copy_without_folds`.)"""
-    from sleepemo.stages import train_fusion
+    from sleepemo.fusion import stage as train_fusion
 
     serial, ds, folds, _ = fusion_run
     copy_without_folds(serial.out, tmp_path, "04_fusion", keep=("fusion_experts", "fusion_raw"))

@@ -32,8 +32,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from sleepemo import CHANNELS, SFREQ
-from sleepemo.data import DataError, read_mat, scan
-from sleepemo.synth import write_mat73
+from sleepemo.data.reader import DataError, read_mat, scan
+from sleepemo.data.synth import write_mat73
 
 from conftest import random_trials
 
@@ -380,7 +380,7 @@ def _enormous(d: Path) -> dict[str, Path]:
 _LIMITED_READ = textwrap.dedent("""
     import json, resource, sys
     import h5py, numpy as np
-    from sleepemo.data import DataError, read_mat
+    from sleepemo.data.reader import DataError, read_mat
     status = open("/proc/self/status").read()
     vm = int(next(l for l in status.splitlines() if l.startswith("VmSize")).split()[1]) * 1024
     limit = vm + 256 * 2**20  # what is mapped now, plus 256 MiB

@@ -15,8 +15,8 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 from sleepemo import COMPETITION_SLUG
-from sleepemo import kaggle_bundle as kb
-from sleepemo.submission import expected_from_data, validate_submission
+from sleepemo.kaggle import bundle as kb
+from sleepemo.data.submission import expected_from_data, validate_submission
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "kaggle_kernel.ipynb"
@@ -36,7 +36,7 @@ def kaggle_config(folder: Path, username: str | None) -> dict:
 
 
 def bundle_cli(*args, env):
-    return subprocess.run([sys.executable, "-m", "sleepemo.kaggle_bundle", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "sleepemo.kaggle.bundle", *map(str, args)],
                           env=env, capture_output=True, text=True, cwd=REPO)
 
 

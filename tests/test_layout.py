@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sleepemo.stage import STAGES, spec
+from sleepemo.pipeline.stage import STAGES, spec
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "src" / "sleepemo"
@@ -34,14 +34,14 @@ def imported_modules(path: Path, package: str) -> set[str]:
 
 
 def _module_package(path: Path) -> str:
-    """The package a module's relative imports start from (``sleepemo.models``, ...)."""
+    """The package a module's relative imports start from (``sleepemo.baselines``, ...)."""
     return ".".join(path.relative_to(REPO / "src").parent.parts)
 
 
 def test_the_import_checker_sees_relative_and_absolute_imports():
     f = PACKAGE / "stages" / "train_experts.py"
     names = imported_modules(f, "sleepemo.stages")
-    assert "sleepemo.artefacts" in names and "sleepemo.models.mae" in names
+    assert "sleepemo.pipeline.artefacts" in names and "sleepemo.mae.model" in names
 
 
 @pytest.mark.parametrize("module", STAGE_MODULES)
@@ -50,7 +50,7 @@ def test_no_stage_module_imports_another_stage(module):
     others = {f"sleepemo.stages.{m}" for m in STAGE_MODULES if m != module}
     bad = sorted(n for n in imported_modules(path, "sleepemo.stages")
                  if any(n == o or n.startswith(o + ".") for o in others))
-    assert not bad, f"stage module {module} imports {bad}: go through sleepemo.artefacts"
+    assert not bad, f"stage module {module} imports {bad}: go through sleepemo.pipeline.artefacts"
 
 
 def test_the_library_does_not_depend_on_the_stages():

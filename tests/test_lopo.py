@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sleepemo import models
-from sleepemo.data import load_dataset
-from sleepemo.folds import make_folds, read_folds, write_folds
-from sleepemo.artefacts import score_oof
-from sleepemo.lopo import run_lopo
-from sleepemo.models.baselines import BaselineModel, SecondPlace
+from sleepemo import baselines as models
+from sleepemo.data.reader import load_dataset
+from sleepemo.data.folds import make_folds, read_folds, write_folds
+from sleepemo.pipeline.artefacts import score_oof
+from sleepemo.baselines.lopo import run_lopo
+from sleepemo.baselines.models import BaselineModel, SecondPlace
 
 
 @pytest.fixture(scope="module")

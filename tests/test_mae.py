@@ -15,7 +15,7 @@ import torch
 
 from sleepemo.features import BANDS, BandFeatureCache, band_features
 from sleepemo.io import write_json
-from sleepemo.models.mae import (ChannelEncoder, EncoderConfig, MaskedAutoencoder,
+from sleepemo.mae.model import (ChannelEncoder, EncoderConfig, MaskedAutoencoder,
                                  encode_tokens, n_parameters, random_mask)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,8 +106,8 @@ def _stage(args, out, smoke_dir, **popen):
 @pytest.fixture(scope="module")
 def folds_out(smoke_dir, tmp_path_factory):
     """Two artefact folders with the smoke data's folds.json."""
-    from sleepemo.data import load_dataset
-    from sleepemo.folds import write_folds
+    from sleepemo.data.reader import load_dataset
+    from sleepemo.data.folds import write_folds
 
     ds = load_dataset(smoke_dir, progress=False)
     outs = [tmp_path_factory.mktemp(name) for name in ("straight", "killed")]
@@ -140,7 +140,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(smoke_dir, folds_out):
     log = p.communicate(timeout=600)[0]
     assert p.returncode == 0, log
     assert f"resuming after epoch {state['epoch'] + 1} of 4" in log
-    from sleepemo.models.mae import load_encoder
+    from sleepemo.mae.model import load_encoder
     enc = load_encoder(straight / "02_mae")
     assert enc.pos.shape == (1, 50, 16)
     a = torch.load(straight / "02_mae" / "encoder.pt", weights_only=True)
@@ -166,8 +166,8 @@ def test_token_cache_is_the_encoders_pooled_output_and_rebuilds_for_another_mae(
     stale one is removed; a participant not built is a clear error."""
     from conftest import stage_with_random_mae
     from sleepemo.features import pool_time
-    from sleepemo.models.mae import TokenCache, load_encoder
-    from sleepemo.stage import stage_dir
+    from sleepemo.mae.model import TokenCache, load_encoder
+    from sleepemo.pipeline.stage import stage_dir
 
     stage, ds, folds = stage_with_random_mae("fusion", tmp_path, smoke_dir)
     mcfg = stage.cfg.mae
@@ -197,8 +197,8 @@ def test_coarser_token_caches_are_pooled_from_stage_02s_without_encoding_again(
     probe's window means are the tokens overlapping the window, averaged."""
     from conftest import stage_with_random_mae
     from sleepemo.features import pool_time, token_window
-    from sleepemo.models import mae as mae_module
-    from sleepemo.models.mae import TokenCache
+    from sleepemo.baselines import mae as mae_module
+    from sleepemo.mae.model import TokenCache
 
     stage, ds, folds = stage_with_random_mae("fusion", tmp_path, smoke_dir,
                                              sets=["mae.stride=4"])

@@ -1,4 +1,4 @@
-"""Fold-parallel stages (sleepemo.parallel): results, progress and errors."""
+"""Fold-parallel stages (sleepemo.pipeline.executor): results, progress and errors."""
 from __future__ import annotations
 
 import os
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from sleepemo.config import load_config
-from sleepemo.parallel import resolve_workers, run_folds
-from sleepemo.stage import Stage, spec
+from sleepemo.pipeline.executor import resolve_workers, run_folds
+from sleepemo.pipeline.stage import Stage, spec
 
 
 def _setup(stage):

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from sleepemo.config import load_config
-from sleepemo.submission import validate_submission
+from sleepemo.data.submission import validate_submission
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,7 +40,7 @@ def _submission(stdout: str) -> Path:
 def test_run_writes_a_valid_submission_and_report(smoke_run, smoke_dir):
     tmp, stdout = smoke_run
     sub = _submission(stdout)
-    from sleepemo.data import load_dataset
+    from sleepemo.data.reader import load_dataset
     ds = load_dataset(smoke_dir, progress=False)
     validate_submission(sub, {s: (t.n_trials, 200) for s, t in ds.test.items()})
     assert (tmp / "subs" / "latest.csv").read_bytes() == sub.read_bytes()
@@ -76,9 +76,9 @@ def test_run_writes_a_valid_submission_and_report(smoke_run, smoke_dir):
                     "## Run times"):
         assert heading in report, heading
     assert f"| {best} | " in report and "(03_experts/expert_topomap.png)" in report
-    assert table.loc[best, "stage"] in ("baselines", "mae", "experts", "fusion", "rl_heads",
+    assert table.loc[best, "stage"] in ("baselines", "mae", "experts", "fusion", "rl",
                                         "ensemble")
-    assert "(05_rl_heads/learning_curves.png)" in report
+    assert "(05_rl/learning_curves.png)" in report
     # stage 06: tuned and nested scores side by side; stage 07 says why it chose
     ens = json.loads((tmp / "out" / "06_ensemble" / "metrics.json").read_text())
     assert ens["nested"] == pytest.approx(table.loc["ensemble", "overall"], abs=1e-4)
@@ -141,10 +141,10 @@ def test_predict_reproduces_every_result_of_the_run(smoke_run, smoke_dir):
     import numpy as np
     import torch
 
-    from sleepemo.artefacts import results
-    from sleepemo.data import load_dataset
-    from sleepemo.folds import read_folds
-    from sleepemo.predict import Run, load_predictor
+    from sleepemo.pipeline.artefacts import results
+    from sleepemo.data.reader import load_dataset
+    from sleepemo.data.folds import read_folds
+    from sleepemo.predict.api import Run, load_predictor
 
     torch.set_num_threads(1)  # as the smoke stages ran (conftest restores it)
     tmp, _ = smoke_run

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sleepemo.predict import PredictError, Stream, load_predictor, predict_files, recordings
+from sleepemo.predict.api import PredictError, Stream, load_predictor, predict_files, recordings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ def stage(script: str, data, out, *sets, subs=None):
 def small_dir(tmp_path_factory):
     """The smoke data's size (10 % of the real trial counts) with five training
     participants (2-6: five folds) and the three test participants."""
-    from sleepemo.synth import SynthConfig, generate
+    from sleepemo.data.synth import SynthConfig, generate
 
     root = generate(tmp_path_factory.mktemp("data") / "small", SynthConfig(seed=0, scale=0.1),
                     progress=False)
@@ -85,8 +85,8 @@ def test_each_model_of_the_run_predicts_one_new_participant(small_run, small_dir
 
 
 def test_the_ensemble_reproduces_its_test_predictions_exactly(small_run, small_dir):
-    from sleepemo.artefacts import find
-    from sleepemo.folds import read_folds
+    from sleepemo.pipeline.artefacts import find
+    from sleepemo.data.folds import read_folds
 
     out, _, _ = small_run
     folds = read_folds(out / "folds.json")
@@ -102,7 +102,7 @@ def test_streaming_after_warm_up_is_close_to_batch(small_run, small_dir, reliabi
     the batch output on average and 0.25 at most (per trial, mean over timepoints); the
     warm-up trials are flagged; the last trial, normalised on every trial, equals the
     batch."""
-    from sleepemo.data import read_mat
+    from sleepemo.data.reader import read_mat
 
     out, _, _ = small_run
     X = read_mat(sorted((small_dir / "testing").glob("*.mat"))[-1]).X[:60]
@@ -128,7 +128,7 @@ def test_online_streaming_computes_each_trial_alone(small_run, small_dir, monkey
     warm-up within 0.05 of the batch output on average, and its last trial (every trial's
     statistics, one level of normalisation) equals the batch output; ``riemann`` (a
     re-centring) is not online."""
-    from sleepemo.data import read_mat
+    from sleepemo.data.reader import read_mat
 
     out, _, _ = small_run
     X = read_mat(sorted((small_dir / "testing").glob("*.mat"))[-1]).X[:60]
@@ -181,8 +181,8 @@ def test_a_trial_with_bad_samples_is_still_predicted(small_run, small_dir, tmp_p
     predicted (a fully bad trial included)."""
     import json
 
-    from sleepemo.data import read_mat
-    from sleepemo.synth import write_mat73
+    from sleepemo.data.reader import read_mat
+    from sleepemo.data.synth import write_mat73
 
     out, _, _ = small_run
     rec = read_mat(sorted((small_dir / "testing").glob("*.mat"))[0])

@@ -55,8 +55,8 @@ def test_fold_features_find_a_spatial_effect_on_a_new_participant():
 def test_a_fitted_feature_step_cannot_see_the_held_out_labels(smoke_dir):
     """The API refuses the held-out participant's labels, and flipping them leaves the
     fold's features of every participant bit-identical."""
-    from sleepemo.data import load_dataset
-    from sleepemo.folds import make_folds
+    from sleepemo.data.reader import load_dataset
+    from sleepemo.data.folds import make_folds
 
     ds = load_dataset(smoke_dir, progress=False)
     folds = make_folds(ds)
@@ -222,26 +222,26 @@ def test_dqn_weights_round_trip_without_unpickling():
 def _rl_stage(out, data_dir, **sets):
     """A stage-05 context on ``data_dir`` with a (random) stage-02 MAE in ``out`` (the
     SAC head's prototypes are built on its embeddings)."""
-    return stage_with_random_mae("rl_heads", out, data_dir,
+    return stage_with_random_mae("rl", out, data_dir,
                                  [f"{k}={v}" for k, v in sets.items()])
 
 
 @pytest.fixture(scope="module")
 def rl_run(smoke_dir, tmp_path_factory):
-    from sleepemo.stages import rl_heads
+    from sleepemo.rl import stage as rl_heads
 
     stage, ds, folds = _rl_stage(tmp_path_factory.mktemp("rl"), smoke_dir)
     return stage, ds, folds, stage.run(rl_heads.run).metrics
 
 
 def test_stage_writes_every_head_through_the_contract_and_resumes(rl_run, monkeypatch):
-    from sleepemo.artefacts import results, score_oof
-    from sleepemo.stages import rl_heads
+    from sleepemo.pipeline.artefacts import results, score_oof
+    from sleepemo.rl import stage as rl_heads
 
     stage, ds, folds, metrics = rl_run
-    run = stage.out / "05_rl_heads"
+    run = stage.out / "05_rl"
     names = ["rl_dqn", "rl_dqn_twin", "rl_sac", "rl_sac_twin"]
-    assert [r.name for r in results(stage.out, "rl_heads")] == names
+    assert [r.name for r in results(stage.out, "rl")] == names
     n_train = sum(folds.n_trials[s] for s in folds.train_subjects)
     for name in names:
         oof = np.load(run / name / "oof.npy")
@@ -276,17 +276,17 @@ def test_stage_writes_every_head_through_the_contract_and_resumes(rl_run, monkey
 def test_rl_fold_workers_give_the_serial_results(rl_run, tmp_path):
     """Folds trained by two one-thread worker processes equal the serial run's. (Four
     folds are computed again, the others loaded: :func:`conftest.copy_without_folds`.)"""
-    from sleepemo.stages import rl_heads
+    from sleepemo.rl import stage as rl_heads
 
     serial, *_ = rl_run
-    copy_without_folds(serial.out, tmp_path, "05_rl_heads")
+    copy_without_folds(serial.out, tmp_path, "05_rl")
     stage, *_ = _rl_stage(tmp_path, serial.data_dir, **{"rl.workers": "2"})
     stage.run(rl_heads.run)
     for name in ("rl_dqn", "rl_dqn_twin", "rl_sac", "rl_sac_twin"):
         for array in ("oof.npy", "test.npy"):
             np.testing.assert_array_equal(
-                np.load(stage.out / "05_rl_heads" / name / array),
-                np.load(serial.out / "05_rl_heads" / name / array), err_msg=f"{name} {array}")
+                np.load(stage.out / "05_rl" / name / array),
+                np.load(serial.out / "05_rl" / name / array), err_msg=f"{name} {array}")
 
 
 @pytest.mark.parametrize("head", ["dqn", "sac"])
@@ -295,7 +295,7 @@ def test_held_out_labels_never_reach_the_rl_heads(rl_run, head):
     the head and its twin; a label dict with the held-out participant is refused."""
     import torch
 
-    from sleepemo.stages.rl_heads import fold_state, run_fold, run_sac_fold
+    from sleepemo.rl.stage import fold_state, run_fold, run_sac_fold
 
     stage, ds, folds, _ = rl_run
     torch.set_num_threads(1)
@@ -327,13 +327,13 @@ def test_predictor_reproduces_every_head_exactly(rl_run):
     import dataclasses
     import shutil
 
-    from sleepemo.artefacts import results
-    from sleepemo.predict import PredictError, Run, load_predictor
-    from sleepemo.predict_rl import load
+    from sleepemo.pipeline.artefacts import results
+    from sleepemo.predict.api import PredictError, Run, load_predictor
+    from sleepemo.rl.predict import load
 
     stage, ds, folds, _ = rl_run
     run = Run(stage.out, stage.cfg, list(ds.ch_names), ds.sfreq, ds.n_times, folds.n_folds)
-    listed = {r.name: r for r in results(stage.out, "rl_heads")}
+    listed = {r.name: r for r in results(stage.out, "rl")}
     for name, r in listed.items():
         p = load_predictor(stage.out, r.label, run)
         got = np.concatenate([p.predict(ds.test[s].X, ds.sfreq)
@@ -343,7 +343,7 @@ def test_predictor_reproduces_every_head_exactly(rl_run):
     assert sorted(listed) == ["rl_dqn", "rl_dqn_twin", "rl_sac", "rl_sac_twin"]
     # the predictor follows what each fold kept: fold 5's features swapped for fold 6's
     # change the output (the test can fail), a missing file is named
-    path = stage.out / "05_rl_heads" / "rl_features_fold5.joblib"
+    path = stage.out / "05_rl" / "rl_features_fold5.joblib"
     shutil.copy(path, path.with_suffix(".bak"))
     try:
         shutil.copy(path.with_name("rl_features_fold6.joblib"), path)
@@ -362,7 +362,7 @@ def test_predictor_reproduces_every_head_exactly(rl_run):
 
 
 def test_label_shuffled_rl_stage_scores_about_chance(medium_dir, tmp_path):
-    from sleepemo.stages import rl_heads
+    from sleepemo.rl import stage as rl_heads
 
     stage, *_ = _rl_stage(tmp_path, medium_dir, **{"rl.shuffle_labels": "true"})
     scores = stage.run(rl_heads.run).metrics["lopo_window_auc"]
@@ -473,10 +473,11 @@ def test_sac_reads_fold_k_fused_tokens_once_stage_04_has_them(smoke_dir, tmp_pat
     retrains (its fingerprint names its source). sleepemo predict rebuilds each fold's
     fused tokens of a test participant and reproduces the SAC's test predictions bit for
     bit (its twin reads the same code vectors)."""
-    from sleepemo.artefacts import find
-    from sleepemo.predict import Run, load_predictor
-    from sleepemo.stages import rl_heads, train_fusion
-    from sleepemo.stages.rl_heads import fold_state
+    from sleepemo.pipeline.artefacts import find
+    from sleepemo.predict.api import Run, load_predictor
+    from sleepemo.rl import stage as rl_heads
+    from sleepemo.fusion import stage as train_fusion
+    from sleepemo.rl.stage import fold_state
 
     sets = {"rl.heads": "[sac]", "fusion.variants": "[mae]"}
     stage, ds, folds = _rl_stage(tmp_path, smoke_dir, **sets)

@@ -1,4 +1,4 @@
-"""Optuna studies (sleepemo.studies): two worker processes on one SQLite study and on a real
+"""Optuna studies (sleepemo.ensemble.studies): two worker processes on one SQLite study and on a real
 PostgreSQL server, resume after a worker is killed with SIGKILL, a worker's error in the
 parent, URL checks and password masking.
 
@@ -26,7 +26,7 @@ import optuna
 import pytest
 
 from sleepemo.config import ConfigError
-from sleepemo.studies import (FINISHED, StudyError, mask_url, n_finished, open_study,
+from sleepemo.ensemble.studies import (FINISHED, StudyError, mask_url, n_finished, open_study,
                               optimize, study_url)
 
 N_TRIALS = 12
@@ -141,7 +141,7 @@ def test_a_killed_study_resumes_and_retries_the_killed_trial(tmp_path):
 
 
 def enqueue_then_optimize(name: str, url: str, folder: Path, kill_after: int | None):
-    """What the ensembler does with its study (sleepemo.ensemble.OptunaBlend.fit): open it
+    """What the ensembler does with its study (sleepemo.ensemble.blend.OptunaBlend.fit): open it
     exclusively, enqueue two first trials into a new study, run it in this process."""
     study = open_study(name, url, 5, exclusive=True)
     if not study.trials:
@@ -180,7 +180,7 @@ def test_an_exclusive_study_killed_and_resumed_ends_as_an_uninterrupted_one(tmp_
 
 
 def test_fail_stale_trials_catches_a_trial_killed_before_its_first_heartbeat(tmp_path):
-    from sleepemo.studies import _open, fail_stale_trials
+    from sleepemo.ensemble.studies import _open, fail_stale_trials
 
     study, storage = _open("early", study_url(None, tmp_path, "early"), 0)
     with warnings.catch_warnings():  # "heartbeat ... supposed to be used with optimize"
@@ -208,7 +208,7 @@ def test_a_worker_error_reaches_the_parent_with_its_message(tmp_path):
 def test_progress_bar_counts_the_finished_trials(tmp_path, monkeypatch):
     import io
 
-    import sleepemo.studies as studies
+    import sleepemo.ensemble.studies as studies
 
     stream, real_bar = io.StringIO(), studies.bar
     url = study_url(None, tmp_path, "bar")

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sleepemo.submission import (SubmissionError, build_submission, main, make_ids,
+from sleepemo.data.submission import (SubmissionError, build_submission, main, make_ids,
                                  validate_submission, write_submission)
 
 FULL_EXPECTED = {1: (372, 200), 7: (479, 200), 12: (883, 200)}

@@ -1,4 +1,4 @@
-"""sleepemo.submit: submit, poll, log. The Kaggle API is a fake that hands out the real
+"""sleepemo.kaggle.submit: submit, poll, log. The Kaggle API is a fake that hands out the real
 kagglesdk objects (so the attribute names are the installed package's); no socket may be
 opened and no real credential is read."""
 from __future__ import annotations
@@ -19,7 +19,7 @@ from kagglesdk.competitions.types.competition_api_service import (
 from kagglesdk.competitions.types.submission_status import SubmissionStatus
 
 from sleepemo import COMPETITION_SLUG
-from sleepemo import submit as sm
+from sleepemo.kaggle import submit as sm
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "s3cr3t-kaggle-key-0123456789"
@@ -338,9 +338,9 @@ def test_append_refuses_a_foreign_file_and_leaves_it(tmp_path):
 def finished_run(tmp_path, make_folder):
     """A finished run on a tiny data folder (with solution.csv): folds and a
     ``starter`` result with known test predictions, and its stage-07 summary."""
-    from sleepemo.artefacts import ResultWriter
-    from sleepemo.data import load_dataset
-    from sleepemo.folds import write_folds
+    from sleepemo.pipeline.artefacts import ResultWriter
+    from sleepemo.data.reader import load_dataset
+    from sleepemo.data.folds import write_folds
 
     data = make_folder(train={2: (3, 4), 3: (4, 3), 4: (3, 3)}, test={1: 6})
     pd.DataFrame({"subject": 1, "trial": range(6), "label": [0, 1, 0, 1, 1, 0]}).to_csv(

@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sleepemo.data import load_dataset
+from sleepemo.data.reader import load_dataset
 from sleepemo.features import bandpass, hilbert_power
-from sleepemo.synth import TEST_COUNTS, TRAIN_COUNTS, SynthConfig, _count, generate, main
+from sleepemo.data.synth import TEST_COUNTS, TRAIN_COUNTS, SynthConfig, _count, generate, main
 
 
 def test_real_layout_and_counts_at_full_scale():

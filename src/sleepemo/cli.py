@@ -3,7 +3,7 @@
 ``python -m sleepemo.cli data --profile quick`` resolves the data folder (real data in
 ``input/<slug>/``, a Kaggle download when credentials exist, else the built-in synthetic
 data) and prints its path; ``run.sh`` passes it to every stage. The stages' own plumbing
-(arguments, opening and closing work) is :mod:`sleepemo.stage`.
+(arguments, opening and closing work) is :mod:`sleepemo.pipeline.stage`.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import PROFILES, Config, load_config
+from sleepemo.config import PROFILES, Config, load_config
 
 
 def synthetic_dir(cfg: Config) -> Path:
@@ -27,8 +27,8 @@ def synthetic_dir(cfg: Config) -> Path:
 def resolve_data_dir(cfg: Config, data_dir: str | None = None, log=print) -> Path:
     """The data folder, first found of: given, configured, mounted in a Kaggle kernel,
     real in ``input/<slug>/``, downloaded with Kaggle credentials, built-in synthetic."""
-    from . import synth
-    from .download import find_data_root, get_data
+    from sleepemo.data.reader import synth
+    from sleepemo.data.download import find_data_root, get_data
 
     if data_dir or cfg.data.dir:
         return Path(data_dir or cfg.data.dir)
@@ -60,6 +60,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from .stage import guarded
+    from sleepemo.pipeline.stage import guarded
 
     guarded(main)

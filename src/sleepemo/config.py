@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from . import COMPETITION_SLUG
+from sleepemo import COMPETITION_SLUG
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILES_DIR = REPO / "configs"
@@ -85,7 +85,7 @@ class DataConfig:
                               "no trial dropped; <out>/00_folds/repairs.csv lists them)")
 
     def validate(self, cfg: "Config") -> None:
-        from .data import BAD_VALUES
+        from sleepemo.data.reader import BAD_VALUES
 
         _check(self.bad_values in BAD_VALUES, f"data.bad_values must be one of "
                f"{', '.join(BAD_VALUES)}, not {self.bad_values!r}")
@@ -96,7 +96,7 @@ class DataConfig:
 
 @dataclass
 class BaselinesConfig:
-    """Stage 01: models of the registry (``sleepemo.models``) run under LOPO."""
+    """Stage 01: models of the registry (``sleepemo.baselines``) run under LOPO."""
     models: list[str] = setting(factory=lambda: [
         "constant", "shuffled", "starter", "second_place", "riemann", "xdawn_ts", "erp_lda"],
         affects="nothing")
@@ -106,7 +106,7 @@ class BaselinesConfig:
                                 "each uses one BLAS thread")
 
     def validate(self, cfg: "Config") -> None:
-        from .models import REGISTRY
+        from sleepemo.baselines import REGISTRY
 
         bad = [m for m in self.models if m not in REGISTRY]
         _check(not bad, f"unknown baseline model(s) {bad}; registered: {sorted(REGISTRY)}")
@@ -494,6 +494,6 @@ def load_config(profile: str = "quick", overrides: list[str] | None = None,
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    from .io import write_text
+    from sleepemo.io import write_text
 
     write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -67,7 +67,7 @@ _ONLINE: contextvars.ContextVar = contextvars.ContextVar("sleepemo_online", defa
 
 class OnlineNormaliser:
     """One participant's normalisation, updated one trial (or batch) at a time: for
-    streaming (:class:`sleepemo.predict.Stream`).
+    streaming (:class:`sleepemo.predict.api.Stream`).
 
     Inside ``with normaliser:``, :func:`zscore_participant` and :func:`zscore_trials` add
     the trials they are given to running statistics (count, mean and sum of squared
@@ -288,8 +288,8 @@ class BandFeatureCache:
         """Compute the missing participants' features (``subjects``: id -> trials array)."""
         import shutil
 
-        from .io import write_json, write_npy
-        from .progress import bar
+        from sleepemo.io import write_json, write_npy
+        from sleepemo.progress import bar
 
         if self.root.is_dir():
             for stale in self.root.iterdir():

@@ -15,7 +15,7 @@ Two parts, kept apart so that a label can only enter where it is allowed:
 
 :meth:`FoldFeatures.transform` takes no label: the features of a trial cannot depend on
 its class. Stage 05 keeps each fold's fitted features (:func:`save_fold_features`) so that
-:mod:`sleepemo.predict_rl` applies them to new recordings.
+:mod:`sleepemo.rl.predict` applies them to new recordings.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..features import bandpass, zscore_participant
+from sleepemo.features import bandpass, zscore_participant
 
 STATS = ("ptp", "rms", "abs_diff", "skew", "kurtosis", "alpha", "beta")
 PSD_BANDS = {"alpha": (8.0, 12.0), "beta": (12.0, 30.0)}
@@ -123,17 +123,17 @@ class FoldFeatures:
 
 def features_path(folder, k: int) -> Path:
     """Where stage 05 keeps fold k's fitted :class:`FoldFeatures` (what
-    :mod:`sleepemo.predict_rl` transforms a new participant's signals with)."""
+    :mod:`sleepemo.rl.predict` transforms a new participant's signals with)."""
     return Path(folder) / f"rl_features_fold{k}.joblib"
 
 
 def save_fold_features(path, feats: FoldFeatures, fp: str) -> None:
     """A fitted :class:`FoldFeatures` (an MNE CSP and arrays: a joblib pickle, as
-    :mod:`sleepemo.lopo` keeps its fold models) with the fingerprint of its head,
+    :mod:`sleepemo.baselines.lopo` keeps its fold models) with the fingerprint of its head,
     atomically."""
     import joblib
 
-    from ..io import atomic_path
+    from sleepemo.io import atomic_path
 
     with atomic_path(path) as tmp:
         joblib.dump({"features": feats, "fingerprint": fp}, tmp)

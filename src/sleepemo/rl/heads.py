@@ -193,7 +193,7 @@ def trial_probability(net, feats: dict, temperature: float) -> np.ndarray:
     """P(emotional) of one participant's trials (n,) float32: the network's two outputs
     on the fold's features (:meth:`sleepemo.rl.features.FoldFeatures.transform`) through
     the fold's softmax temperature. Stage 05's test predictions and
-    :mod:`sleepemo.predict_rl` both use it."""
+    :mod:`sleepemo.rl.predict` both use it."""
     return probability(outputs(net, feats), temperature)
 
 

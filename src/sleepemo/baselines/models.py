@@ -1,0 +1,358 @@
+"""Baselines every stage is measured against (``docs/method.md``, "Baselines").
+
+Each model has three steps, so that LOPO can be run without leakage:
+
+- ``transform(X, sfreq)``: label-free features of ONE participant's trials (band-pass,
+  per-participant normalisation, covariances); safe for held-out and test participants;
+- ``fit(features, labels)``: lists with one entry per training participant of the fold;
+- ``predict_proba(features)``: P(emotional) for one participant, shape (n_trials,) for a
+  trial-level model (broadcast to every timepoint by the caller) or (n_trials, n_times).
+"""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from sleepemo import features as F
+
+
+class BaselineModel:
+    """Common defaults; subclasses override what they need."""
+
+    #: excluded from choosing the submission model (leakage alarms, references)
+    diagnostic: bool = False
+    #: every per-participant step of ``transform`` and ``predict_proba`` is a z-score of
+    #: :mod:`sleepemo.features` (``zscore_trials``, ``zscore_participant``), so a streamed
+    #: trial can be computed alone with running statistics (:mod:`sleepemo.predict.api`)
+    online: bool = False
+
+    def __init__(self, random_state: int = 0, **params):
+        self.random_state = random_state
+        self.params = params
+
+    def transform(self, X: np.ndarray, sfreq: float) -> np.ndarray:
+        return X
+
+    def fit(self, feats: list[np.ndarray], labels: list[np.ndarray]) -> "BaselineModel":
+        raise NotImplementedError
+
+    def predict_proba(self, feats: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class Constant(BaselineModel):
+    """P = 0.5 everywhere: the score of knowing nothing (exactly 0.5)."""
+
+    diagnostic = True
+    online = True
+
+    def transform(self, X, sfreq):
+        return np.zeros(len(X))
+
+    def fit(self, feats, labels):
+        return self
+
+    def predict_proba(self, feats):
+        return np.full(len(feats), 0.5)
+
+
+class Starter(BaselineModel):
+    """Organisers' starter: theta Hilbert power, per-participant z-score, LDA per timepoint.
+
+    One LDA per timepoint on the 16 channels' theta power (MNE's ``SlidingEstimator``).
+    """
+
+    online = True
+
+    def __init__(self, random_state=0, band=(4.0, 8.0)):
+        super().__init__(random_state)
+        self.band = tuple(band)
+
+    def transform(self, X, sfreq):
+        power = F.hilbert_power(F.bandpass(X, sfreq, self.band))
+        return F.zscore_trials(power).astype(np.float32)
+
+    def fit(self, feats, labels):
+        from mne.decoding import SlidingEstimator
+
+        self.est_ = SlidingEstimator(LinearDiscriminantAnalysis(), n_jobs=1, verbose=False)
+        self.est_.fit(np.concatenate(feats), np.concatenate(labels))
+        return self
+
+    def predict_proba(self, feats):
+        return self.est_.predict_proba(feats)[..., 1]
+
+
+class SecondPlace(BaselineModel):
+    """Public 2nd-place recipe: theta covariance in 350-650 ms, stable features, sLDA.
+
+    Theta band-pass (4th-order Butterworth, zero phase); per-participant z-score of each
+    channel x timepoint across trials; samples ``window`` (70:130); 16 x 16 covariance
+    upper triangle (136 features); per-participant feature z-score; keep the ``n_keep``
+    features whose LDA coefficients are most stable across an inner leave-one-
+    participant-out over the fold's own training participants (|mean| / std of the
+    coefficients); shrinkage LDA; one probability per trial (broadcast).
+    """
+
+    online = True
+
+    def __init__(self, random_state=0, band=(4.0, 8.0), window=(70, 130), n_keep=75):
+        super().__init__(random_state)
+        self.band, self.window, self.n_keep = tuple(band), tuple(window), int(n_keep)
+
+    def transform(self, X, sfreq):
+        theta = F.zscore_trials(F.bandpass(X, sfreq, self.band))
+        C = F.covariances(theta[:, :, slice(*self.window)], estimator="cov")
+        return F.zscore_trials(F.upper_triangle(C))
+
+    @staticmethod
+    def _lda():
+        return LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")
+
+    def select(self, feats, labels) -> np.ndarray:
+        """Indices of the ``n_keep`` most stable features (inner LOPO, this fold only)."""
+        n_feat = feats[0].shape[1]
+        if self.n_keep >= n_feat or len(feats) < 3:
+            return np.arange(n_feat)
+        coefs = []
+        for i in range(len(feats)):
+            Xi = np.concatenate(feats[:i] + feats[i + 1:])
+            yi = np.concatenate(labels[:i] + labels[i + 1:])
+            coefs.append(self._lda().fit(Xi, yi).coef_.ravel())
+        coefs = np.array(coefs)
+        stability = np.abs(coefs.mean(0)) / (coefs.std(0) + 1e-12)
+        return np.sort(np.argsort(-stability, kind="stable")[: self.n_keep])
+
+    def fit(self, feats, labels):
+        self.keep_ = self.select(list(feats), list(labels))
+        X = np.concatenate(feats)[:, self.keep_]
+        self.lda_ = self._lda().fit(X, np.concatenate(labels))
+        return self
+
+    def predict_proba(self, feats):
+        return self.lda_.predict_proba(feats[:, self.keep_])[:, 1]
+
+
+class RiemannTS(BaselineModel):
+    """Tangent space with per-participant re-centring + logistic regression.
+
+    Theta band-pass, OAS covariance over samples ``window``, each participant's
+    covariances whitened by their own Riemannian mean (label-free), Riemannian tangent
+    space at the identity, standardised, L2 logistic regression; broadcast.
+    """
+
+    def __init__(self, random_state=0, band=(4.0, 8.0), window=(70, 130), C=0.1):
+        super().__init__(random_state)
+        self.band, self.window, self.C = tuple(band), tuple(window), float(C)
+
+    def transform(self, X, sfreq):
+        theta = F.bandpass(X, sfreq, self.band)[:, :, slice(*self.window)]
+        return F.recentre(F.covariances(theta, estimator="oas"))
+
+    def fit(self, feats, labels):
+        from pyriemann.tangentspace import TangentSpace
+
+        self.pipe_ = make_pipeline(
+            TangentSpace(metric="riemann"), StandardScaler(),
+            LogisticRegression(C=self.C, max_iter=2000, random_state=self.random_state))
+        self.pipe_.fit(np.concatenate(feats), np.concatenate(labels))
+        return self
+
+    def predict_proba(self, feats):
+        return self.pipe_.predict_proba(feats)[:, 1]
+
+
+def one_blas_thread(method):
+    """Run ``method`` with a single BLAS thread: its many small matrix operations gain
+    nothing from more, and oversubscribed BLAS threads are very slow when another process
+    shares the cores (one fold's fit on 2 busy cores, full-size synthetic data: erp_lda
+    2 s instead of 33-44 s, xdawn_ts 6.5 s instead of 13.7 s)."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="blas"):
+            return method(*args, **kwargs)
+
+    return wrapper
+
+
+def lowpass_decimate(X: np.ndarray, sfreq: float, band=(0.5, 15.0),
+                     decim: int = 4) -> np.ndarray:
+    """Cue-locked waveform of one participant: zero-phase band-pass, every ``decim``-th
+    sample (200 -> 50 Hz for ``decim=4``). Label-free.
+
+    Returns
+    -------
+    ndarray, shape (n_trials, n_chans, ceil(n_times / decim)), float64
+    """
+    decim = int(decim)
+    if decim < 1 or band[1] >= sfreq / decim / 2:
+        raise ValueError(f"band {tuple(band)} Hz does not fit below the Nyquist frequency "
+                         f"of {sfreq} Hz decimated by {decim}")
+    return F.bandpass(X, sfreq, tuple(band))[..., ::decim]
+
+
+class XdawnTS(BaselineModel):
+    """Evoked response: Xdawn covariances of the 0.5-15 Hz waveform, tangent space, LR.
+
+    Per participant (label-free): band-pass ``band``, decimate by ``decim`` (50 Hz), z-score
+    each channel over its trials and timepoints. Fit: pyriemann ``XdawnCovariances``
+    (``nfilter`` filters per class, class prototypes from the fold's training trials,
+    OAS covariances), optionally each participant's matrices whitened by their own
+    Riemannian mean (``recentre``, label-free, also for the predicted participant),
+    tangent space, standardised, L2 logistic regression; broadcast. ``recentre=True`` was
+    chosen by LOPO on recorded EEG (eegmat: 0.634 against 0.630 without, a near tie).
+    """
+
+    def __init__(self, random_state=0, band=(0.5, 15.0), decim=4, nfilter=4,
+                 xdawn_estimator="lwf", recentre=True, C=0.1):
+        super().__init__(random_state)
+        self.band, self.decim, self.nfilter = tuple(band), int(decim), int(nfilter)
+        self.xdawn_estimator, self.recentre = xdawn_estimator, bool(recentre)
+        self.C = float(C)
+
+    def transform(self, X, sfreq):
+        wave = F.zscore_participant(lowpass_decimate(X, sfreq, self.band, self.decim))
+        return wave.astype(np.float32)
+
+    @property
+    def online(self) -> bool:
+        return not self.recentre  # the re-centring needs all of the participant's trials
+
+    def _covariances(self, feats):
+        C = self.xdawn_.transform(np.asarray(feats, dtype=np.float64))
+        return F.recentre(C) if self.recentre else C
+
+    @one_blas_thread
+    def fit(self, feats, labels):
+        from pyriemann.estimation import XdawnCovariances
+        from pyriemann.tangentspace import TangentSpace
+
+        self.xdawn_ = XdawnCovariances(nfilter=self.nfilter, estimator="oas",
+                                       xdawn_estimator=self.xdawn_estimator)
+        self.xdawn_.fit(np.concatenate(feats).astype(np.float64), np.concatenate(labels))
+        self.pipe_ = make_pipeline(
+            TangentSpace(metric="riemann"), StandardScaler(),
+            LogisticRegression(C=self.C, max_iter=2000, random_state=self.random_state))
+        self.pipe_.fit(np.concatenate([self._covariances(f) for f in feats]),
+                       np.concatenate(labels))
+        return self
+
+    @one_blas_thread
+    def predict_proba(self, feats):
+        return self.pipe_.predict_proba(self._covariances(feats))[:, 1]
+
+
+class ErpLDA(BaselineModel):
+    """Evoked response: shrinkage LDA per timepoint on the 0.5-15 Hz waveform (sliding).
+
+    Per participant (label-free): band-pass ``band``, decimate by ``decim`` (50 Hz),
+    z-score each channel x timepoint across its trials. One shrinkage LDA per decimated
+    timepoint on all channels in a centred window of ``width`` decimated samples (edge
+    padded; 5 = 100 ms), MNE's ``SlidingEstimator``; the probability curve is linearly
+    interpolated back to ``decim`` x the decimated timepoints (a per-timepoint model), so
+    the trial length must be a multiple of ``decim``. float32 windows: about 110 MB for
+    7,000 trials.
+    """
+
+    online = True
+
+    def __init__(self, random_state=0, band=(0.5, 15.0), decim=4, width=5):
+        super().__init__(random_state)
+        self.band, self.decim, self.width = tuple(band), int(decim), int(width)
+        if self.width < 1 or self.width % 2 == 0:
+            raise ValueError(f"width must be a positive odd number, not {width}")
+
+    def transform(self, X, sfreq):
+        wave = lowpass_decimate(X, sfreq, self.band, self.decim)
+        return F.zscore_trials(wave).astype(np.float32)
+
+    def windows(self, feats: np.ndarray) -> np.ndarray:
+        """(n, n_chans, n_dec) -> (n, n_chans * width, n_dec): every channel's samples in
+        the centred window around each timepoint (edges repeated), float32."""
+        h = self.width // 2
+        feats = np.asarray(feats, dtype=np.float32)
+        n_dec = feats.shape[-1]
+        padded = np.pad(feats, ((0, 0), (0, 0), (h, h)), mode="edge")
+        win = np.stack([padded[..., o:o + n_dec] for o in range(self.width)], axis=2)
+        return win.reshape(len(feats), -1, n_dec)
+
+    @one_blas_thread
+    def fit(self, feats, labels):
+        from mne.decoding import SlidingEstimator
+
+        lda = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")
+        self.est_ = SlidingEstimator(lda, n_jobs=1, verbose=False)
+        self.est_.fit(self.windows(np.concatenate(feats)), np.concatenate(labels))
+        return self
+
+    @one_blas_thread
+    def predict_proba(self, feats):
+        p = self.est_.predict_proba(self.windows(feats))[..., 1]  # (n, n_dec)
+        n_dec = p.shape[1]
+        t = np.arange(n_dec * self.decim) / self.decim  # in decimated samples
+        i0 = np.minimum(np.floor(t).astype(int), n_dec - 1)
+        i1 = np.minimum(i0 + 1, n_dec - 1)
+        frac = (t - i0).astype(np.float32)
+        return p[:, i0] * (1 - frac) + p[:, i1] * frac
+
+
+class Shuffled(BaselineModel):
+    """Leakage alarm: another model trained on labels permuted within each participant.
+
+    The held-out participant is scored with its true labels, so an honest pipeline
+    scores about 0.5; anything clearly above means information leaks around the split.
+    """
+
+    diagnostic = True
+
+    def __init__(self, random_state=0, base="second_place", **base_params):
+        super().__init__(random_state)
+        from sleepemo.baselines import make_model
+
+        self.base = base
+        self.model = make_model(base, random_state=random_state, **base_params)
+        self.online = self.model.online
+
+    def transform(self, X, sfreq):
+        return self.model.transform(X, sfreq)
+
+    def fit(self, feats, labels):
+        rng = np.random.default_rng(self.random_state)
+        self.model.fit(feats, [rng.permutation(y) for y in labels])
+        return self
+
+    def predict_proba(self, feats):
+        return self.model.predict_proba(feats)
+
+
+class LinearProbe(BaselineModel):
+    """Logistic regression on precomputed per-trial features (stage 02's probes).
+
+    The features (e.g. frozen encoder embeddings or band features averaged over
+    350-650 ms) are z-scored per participant before they reach this model; it
+    standardises them over the training participants, fits an L2 logistic regression and
+    gives one probability per trial (broadcast).
+    """
+
+    def __init__(self, random_state=0, C=0.01):
+        super().__init__(random_state)
+        self.C = float(C)
+
+    def transform(self, X, sfreq):
+        raise NotImplementedError("LinearProbe works on precomputed features only")
+
+    def fit(self, feats, labels):
+        self.pipe_ = make_pipeline(StandardScaler(), LogisticRegression(
+            C=self.C, max_iter=2000, random_state=self.random_state))
+        self.pipe_.fit(np.concatenate(feats), np.concatenate(labels))
+        return self
+
+    def predict_proba(self, feats):
+        return self.pipe_.predict_proba(feats)[:, 1]

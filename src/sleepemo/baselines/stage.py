@@ -1,0 +1,28 @@
+"""Stage 01: every model of ``baselines.models`` (the registry) under LOPO."""
+from __future__ import annotations
+
+from sleepemo.pipeline.artefacts import results
+from sleepemo.baselines.lopo import run_lopo
+from sleepemo.baselines import REGISTRY
+from sleepemo.pipeline.report import results_table, to_markdown
+from sleepemo.pipeline.stage import Stage, StageOutput
+
+
+def run(stage: Stage) -> StageOutput:
+    ds = stage.dataset()
+    folds = stage.folds(ds)
+    cfg = stage.cfg
+    for name in cfg.baselines.models:
+        run_lopo(name, ds, folds, stage.out, stage.spec.name, seed=cfg.seed,
+                 params=cfg.baselines.params.get(name, {}), progress=stage.progress,
+                 log=stage.log, workers=cfg.baselines.workers)
+    listed = [r for r in results(stage.out, stage.spec.name)
+              if r.name in cfg.baselines.models]
+    table, _, _ = results_table(listed)
+    what = "\n".join(f"- `{name}`: {(REGISTRY[name].__doc__ or '').strip().splitlines()[0]}"
+                     for name in cfg.baselines.models)
+    evidence = f"Models run (registry `sleepemo.baselines`):\n\n{what}\n\n" + to_markdown(
+        table[["overall", "window_ms", "diagnostic"]])
+    return StageOutput({"lopo_window_auc": {r.label: float(table.loc[r.label, "overall"])
+                                            for r in listed}},
+                       table.drop(columns=["diagnostic", "stage"]).to_string(), evidence)

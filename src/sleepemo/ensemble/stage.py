@@ -1,0 +1,257 @@
+"""Stage 06: an Optuna-tuned ensemble of every model's out-of-fold predictions, scored by a
+nested leave-one-participant-out loop.
+
+The candidates are every non-diagnostic result of the run (the predictions contract,
+:func:`sleepemo.pipeline.artefacts.results`) except stage 06's own and ``ensemble.exclude``. The
+ensembler is :class:`sleepemo.ensemble.blend.OptunaBlend` (its docstring has the search space).
+
+- **Nested score**: for fold k, the ensembler is tuned on the out-of-fold predictions and
+  labels of fold k's 13 training participants only (:meth:`Folds.labels_of`) and predicts
+  the held-out participant. The 14 held-out predictions form the ``ensemble`` result, so
+  its LOPO score (``lopo.csv``) *is* the nested score.
+- **Tuned score**: the final ensembler, tuned on all 14 participants, scores its own best
+  trial: optimistic (the settings were chosen on those very participants). The report
+  shows both side by side; the expected score of a submission is the nested one.
+- **Test predictions**: the final ensembler's, applied to the test participants' test
+  predictions of its models (per-participant normalisation, label-free).
+
+Every study is resumable (an SQLite file per study under ``06_ensemble/studies/`` by
+default, or ``ensemble.storage``, any SQLAlchemy URL); a finished fold is not tuned again.
+Stage 07 submits the ensemble when its nested score beats the best single model's LOPO.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import time
+
+import numpy as np
+
+from sleepemo.pipeline.artefacts import ResultWriter, code_hash, fingerprint, results
+from sleepemo.config import fields_affecting
+from sleepemo.ensemble.blend import OptunaBlend, Stack, best_single, curves_of
+from sleepemo.io import read_json
+from sleepemo.pipeline.executor import run_folds
+from sleepemo.progress import bar
+from sleepemo.pipeline.report import plot_curves, pyplot, results_table, save_figure
+from sleepemo.pipeline.stage import Stage, StageOutput
+
+
+@dataclasses.dataclass
+class FoldState:
+    """What every nested fold needs (built in the stage's process and in fold workers)."""
+
+    stage: Stage
+    ds: object
+    folds: object
+    models: list
+    stack: Stack        # out-of-fold predictions of the training participants
+    test: Stack         # test predictions of the test participants
+    writer: ResultWriter
+    nested_workers: int
+
+    @property
+    def fp(self) -> str:
+        return self.writer.fp
+
+    @functools.cached_property
+    def curves(self) -> dict | None:
+        """Every model's per-timepoint AUC curve per training participant (the same in
+        every fold; each fold reads only its tuning participants'). None with shuffled
+        labels, which are permuted per fold."""
+        if self.stage.cfg.ensemble.shuffle_labels:
+            return None
+        y = np.concatenate([self.ds.train[s].y for s in self.folds.train_subjects])
+        return curves_of(self.stack, y)
+
+
+def candidates(stage: Stage) -> list:
+    """The results the ensemble may blend (see the module docstring)."""
+    skip = set(stage.cfg.ensemble.exclude)
+    return [r for r in results(stage.out) if not r.diagnostic and r.stage != "ensemble"
+            and r.label not in skip]
+
+
+def fold_state(stage: Stage) -> FoldState:
+    cfg, seed = stage.cfg.ensemble, stage.cfg.seed
+    ds = stage.dataset()
+    folds = stage.folds(ds)
+    listed = candidates(stage)
+    if not listed:
+        raise FileNotFoundError(f"no model results under {stage.out} to ensemble: run "
+                                "stages 01-05 first")
+    rows = np.repeat(folds.train_subjects, [folds.n_trials[s] for s in folds.train_subjects])
+    test_rows = np.repeat(folds.test_subjects, [folds.n_trials[s] for s in folds.test_subjects])
+    stack = Stack({r.label: r.array("oof", mmap=True) for r in listed}, rows)
+    test = Stack({r.label: r.array("test", mmap=True) for r in listed}, test_rows)
+    fp = fingerprint(stage="ensemble", inputs={r.label: r.fingerprint for r in listed},
+                     ensemble=fields_affecting(cfg, "weights"), seed=seed,
+                     data=folds.data_fingerprint, code=code_hash())
+    name = "ensemble_shuffled" if cfg.shuffle_labels else "ensemble"
+    writer = ResultWriter(stage.out, "ensemble", name, fp, folds)
+    nested_workers = 1 if cfg.workers != 1 else cfg.study_workers
+    return FoldState(stage, ds, folds, [r.label for r in listed], stack, test, writer,
+                     nested_workers)
+
+
+def blender(state: FoldState, study: str, n_workers: int) -> OptunaBlend:
+    cfg, stage = state.stage.cfg.ensemble, state.stage
+    return OptunaBlend(stage.dir / "studies", f"{study}-{state.fp[:12]}", cfg.n_trials,
+                       cfg.top_k, cfg.smooth_choices, stage.cfg.seed, cfg.storage,
+                       n_workers, state.ds.sfreq, progress=False)
+
+
+def final_labels(state: FoldState) -> np.ndarray:
+    """Every training participant's labels (permuted within participant when
+    ``ensemble.shuffle_labels``, as :meth:`Folds.labels_of` permutes them)."""
+    cfg, seed = state.stage.cfg.ensemble, state.stage.cfg.seed
+    ys = []
+    for s in state.folds.train_subjects:
+        y = np.asarray(state.ds.train[s].y)
+        if cfg.shuffle_labels:
+            y = np.random.default_rng([seed, 1000 + int(s), 77]).permutation(y)
+        ys.append(y)
+    return np.concatenate(ys)
+
+
+def tune_fold(state: FoldState, k: int, step) -> dict:
+    """Nested fold k: tune on fold k's training participants, predict the held-out one."""
+    folds, cfg = state.folds, state.stage.cfg.ensemble
+    t0 = time.perf_counter()
+    held = folds.held_out(k)
+    labels = folds.labels_of(state.ds, k, cfg.shuffle_labels, state.stage.cfg.seed)
+    if held in labels:
+        raise ValueError(f"participant {held} is held out in fold {k}: its labels must not "
+                         "reach the tuner")
+    tune = list(labels)
+    est = blender(state, f"nested{k}", state.nested_workers).fit(
+        state.stack.rows(tune), np.concatenate([labels[s] for s in tune]), state.curves)
+    oof = est.predict(state.stack.rows([held]))
+    state.writer.save_fold(k, oof=oof.astype(np.float32), tuned=np.float64(est.best_score_),
+                           settings=np.array(json.dumps(est.to_json())))
+    step()
+    return {"seconds": time.perf_counter() - t0}
+
+
+def run(stage: Stage) -> StageOutput:
+    """Everything stage 06 does (see the module docstring)."""
+    cfg, seed = stage.cfg.ensemble, stage.cfg.seed
+    state = fold_state(stage)
+    ds, folds, writer = state.ds, state.folds, state.writer
+    stage.log(f"ensemble: {len(state.models)} candidate models, {cfg.n_trials} trials per "
+              f"study, {folds.n_folds} nested studies + 1 final")
+    path = stage.dir / "ensembler.json"
+    result = writer.finished()
+    if result is not None and path.is_file() and \
+            read_json(path).get("fingerprint") == writer.fp:
+        stage.log(f"{writer.name}: unchanged, reusing {writer.folder}")
+        return _report(stage, state, OptunaBlend.load(path), result, writer.load_parts(),
+                       [], 0.0)
+    pending = [k for k in range(folds.n_folds) if not writer.fold_done(k)]
+    progress = bar(total=folds.n_folds, desc="ensemble: nested studies", unit="fold",
+                   enabled=stage.progress)
+    progress.update(folds.n_folds - len(pending))
+    done = run_folds(stage, pending, fold_state, tune_fold, cfg.workers, progress, state)
+    progress.close()
+    t0 = time.perf_counter()
+    final = blender(state, "final", cfg.study_workers)
+    final.progress = stage.progress
+    final.fit(state.stack, final_labels(state), state.curves)
+    final_seconds = time.perf_counter() - t0
+    test_pred = final.predict(state.test).astype(np.float32)
+    parts = writer.load_parts()
+    for p in parts.values():
+        p["test"] = test_pred
+    result = writer.finish(ds, parts=parts, seed=seed, diagnostic=cfg.shuffle_labels,
+                           config=dataclasses.asdict(cfg),
+                           meta={"registry": "ensemble", "tuned_score": final.best_score_,
+                                 "test_predictions": "the final ensembler (tuned on every "
+                                 "training participant)"})
+    final.save(path, fingerprint=writer.fp)  # last: marks the stage's work as complete
+    fold_seconds = [d["seconds"] for d in done.values()]
+    return _report(stage, state, final, result, parts, fold_seconds, final_seconds)
+
+
+# ------------------------------------------------------------------ report
+def _report(stage: Stage, state: FoldState, final: OptunaBlend, result, parts: dict,
+            fold_seconds: list, final_seconds: float) -> StageOutput:
+    folds, ds = state.folds, state.ds
+    best, lopo = best_single(results_table(results(stage.out))[0])
+    score = result.score()[0]
+    nested, tuned = float(score.score), float(final.best_score_)
+    nested_tuned = [float(parts[folds.held_out(k)]["tuned"]) for k in range(folds.n_folds)]
+    metrics = {
+        "nested": nested, "tuned": tuned,
+        "nested_fold_tuned_median": float(np.median(nested_tuned)),
+        "best_single": {"model": best, "lopo": lopo},
+        "beats_best_single": nested > lopo,
+        "n_candidates": len(state.models), "final_candidates": final.candidates_,
+        "final_params": final.params_, "n_trials": stage.cfg.ensemble.n_trials,
+        "median_fold_seconds": float(np.median(fold_seconds)) if fold_seconds else None,
+        "final_study_seconds": round(final_seconds, 1),
+        "label": result.label,
+    }
+    if getattr(final, "study_", None) is not None:  # (a reused run keeps its pictures)
+        _plots(stage, final, score, ds)
+    n = folds.n_folds
+    verdict = ("beats" if metrics["beats_best_single"] else "does not beat")
+    lines = [
+        f"{metrics['n_candidates']} candidate models (every non-diagnostic result); "
+        f"{stage.cfg.ensemble.n_trials} Optuna trials per study (seeded TPE, median pruner "
+        "after half the participants), the best candidates "
+        f"(top {stage.cfg.ensemble.top_k} by the tuning participants' score) searched.",
+        "",
+        "| score | value | what it is |",
+        "|---|---|---|",
+        f"| tuned | {tuned:.4f} | best trial of the final study on all {n} participants "
+        "(optimistic: chosen on them) |",
+        f"| nested | **{nested:.4f}** | outer LOPO around the whole tuner: the expected "
+        "score |",
+        f"| nested folds' own tuned scores | {metrics['nested_fold_tuned_median']:.4f} "
+        f"(median) | each nested study's best trial on its {n - 1} participants |",
+        f"| best single model ({best}) | {lopo:.4f} | its LOPO score |",
+        "",
+        f"The ensemble's nested score {verdict} the best single model's LOPO "
+        f"({nested:.4f} vs {lopo:.4f}); stage 07 submits "
+        + ("the ensemble." if metrics["beats_best_single"] else "the best single model."),
+        "",
+        "Final settings (normalisation `" + final.params_["norm"] + "`): " + ", ".join(
+            f"`{m}` w {p['w']:.2f}, smooth {p['smooth']}, broadcast {p['broadcast']:.2f}"
+            for m, p in final.params_["models"].items()) + ".",
+        "",
+        "![ensemble curve](ensemble_curve.png) ![history](optimization_history.png) "
+        "![importances](param_importances.png)",
+    ]
+    if fold_seconds:
+        lines.append(f"\nMedian seconds per nested study: {metrics['median_fold_seconds']:.1f}; "
+                     f"final study: {final_seconds:.1f}.")
+    summary = (f"ensemble: nested {nested:.4f}, tuned {tuned:.4f}; best single "
+               f"{best} {lopo:.4f}")
+    return StageOutput(metrics, summary, "\n".join(lines))
+
+
+def _plots(stage: Stage, final: OptunaBlend, score, ds) -> None:
+    """The nested ensemble's per-timepoint AUC curve with its window, and the final study's
+    optimisation history and parameter importances (Optuna's matplotlib visualisers)."""
+    import warnings
+
+    import optuna
+
+    plot_curves({"ensemble (nested)": score}, ds.sfreq, stage.dir / "ensemble_curve.png",
+                title="Ensemble, nested LOPO: mean per-timepoint AUC")
+    plt = pyplot()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        ax = optuna.visualization.matplotlib.plot_optimization_history(final.study_)
+        save_figure(ax.figure, stage.dir / "optimization_history.png")
+        try:
+            ax = optuna.visualization.matplotlib.plot_param_importances(final.study_)
+            ax.figure.set_size_inches(9, 0.25 * len(final.study_.best_params) + 2)
+            ax.figure.tight_layout()  # room for the parameters' names
+            save_figure(ax.figure, stage.dir / "param_importances.png")
+        except (RuntimeError, ValueError) as e:  # too few finished trials
+            fig, ax = plt.subplots(figsize=(5, 2))
+            ax.text(0.5, 0.5, f"no importances: {e}", ha="center", wrap=True)
+            ax.axis("off")
+            save_figure(fig, stage.dir / "param_importances.png")

@@ -1,0 +1,1 @@
+"""Spatiotemporal fusion (stage 04): model, input builder, stage, predictor."""

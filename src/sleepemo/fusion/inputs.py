@@ -1,0 +1,270 @@
+"""The fusion's inputs (stage 04) and its trained folds' fused tokens (read by stage 05).
+
+A library module, so that stage 05 reads stage 04's artefacts without importing another
+stage: :class:`Inputs` builds every variant's input from the run's caches and stage 03's
+fold checkpoints; :class:`FusedTokens` rebuilds fold k's trained fusion from its
+checkpoint and gives its per-token embeddings. Nothing here sees a label except
+:meth:`Inputs.labels`, which gives a fold's training labels only.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from sleepemo.pipeline.artefacts import Result, load_checkpoint, results
+from sleepemo.config import ConfigError, FusionConfig
+from sleepemo.features import BandFeatureCache, pool_time
+from sleepemo.experts.model import embed_tokens
+from sleepemo.fusion.model import (FusionNet, TunedFusion, electrode_positions, fused_tokens,
+                             standardise)
+from sleepemo.mae.model import TokenCache, load_mae_weights
+from sleepemo.progress import bar
+from sleepemo.pipeline.stage import Stage, stage_dir
+
+VARIANTS = FusionConfig.VARIANTS
+
+
+def output_name(cfg: FusionConfig, variant: str) -> str:
+    return f"fusion_{variant}" + ("_shuffled" if cfg.shuffle_labels else "")
+
+
+def token_window(cfg: FusionConfig) -> tuple[int, int]:
+    """The trial head's window in tokens."""
+    return cfg.window[0] // cfg.stride, -(-cfg.window[1] // cfg.stride)
+
+
+def new_model(cfg: FusionConfig, n_feat: int, n_chans: int, positions=None) -> FusionNet:
+    return FusionNet(n_feat, n_chans, positions, cfg.d_model, cfg.n_heads, cfg.n_temporal,
+                     cfg.kernel, token_window(cfg), cfg.dropout)
+
+
+def new_tuned_model(cfg: FusionConfig, experts: dict, n_feat: int, n_chans: int,
+                    positions, n_heads: int, ratio: int) -> TunedFusion:
+    """The ``experts_finetune`` network: fold k's experts (stacked parameters, fine-tuned)
+    in front of a fusion, for inputs of ``n_feat`` features per token (the experts' own
+    inputs, then the extras: :func:`tuned_input`) at ``ratio`` tokens per fusion token."""
+    n_in = experts["encoder.embed.weight"].shape[-1]
+    fusion = new_model(cfg, experts["encoder.embed.weight"].shape[1] + n_feat - n_in,
+                       n_chans, positions)
+    return TunedFusion(experts, n_heads, n_in, ratio, fusion)
+
+
+def tuned_input(x: np.ndarray, evoked: np.ndarray, ratio: int) -> np.ndarray:
+    """The ``experts_finetune`` input: the experts' inputs ``x`` at their token rate, then
+    the evoked tokens repeated to that rate (:class:`TunedFusion` pools them back)."""
+    return np.concatenate([x, np.repeat(evoked, ratio, axis=2)], axis=-1)
+
+
+class FusedTokens:
+    """Stage 04's fused per-token embeddings (:func:`fused_tokens`) of a finished
+    variant (``mae`` or ``raw``: inputs shared by every fold): :meth:`fold` gives fold
+    k's, from fold k's trained fusion, for every trial of every participant. Stage 05's
+    SAC builds its prototypes on them. Fold k's fusion was trained on fold k's training
+    labels only, so its embeddings of the held-out participant carry no held-out label.
+    """
+
+    def __init__(self, stage: Stage, ds, folds, variant: str):
+        self.stage, self.ds, self.folds, self.variant = stage, ds, folds, variant
+        if VARIANTS[variant][0] not in ("mae", "raw"):
+            raise ConfigError(f"fusion variant {variant} reads fold-specific experts; the "
+                              "SAC reads the fused tokens of a mae or raw variant")
+        name = output_name(dataclasses.replace(stage.cfg.fusion, shuffle_labels=False),
+                           variant)
+        found = [r for r in results(stage.out, "fusion") if r.name == name]
+        self.result = found[0] if found else None
+        self._inputs = None
+
+    @property
+    def key(self) -> str | None:
+        """The stage-04 result's fingerprint; None when it is absent."""
+        return None if self.result is None else self.result.fingerprint
+
+    def prepare(self) -> None:
+        """Build the run-level caches of the variant's inputs (in a stage's own process,
+        before its fold workers start)."""
+        inputs = Inputs(self.stage, self.ds, self.folds)
+        inputs.band
+        if VARIANTS[self.variant][1]:
+            inputs.evoked_cache
+        if VARIANTS[self.variant][0] == "mae":
+            inputs.mae_tokens()
+
+    def fold(self, k: int) -> dict:
+        """participant -> (n_trials, n_tokens, d) from fold k's fusion."""
+        if self.result is None:
+            raise FileNotFoundError(f"no finished stage-04 result fusion_{self.variant} in "
+                                    f"{stage_dir(self.stage.out, 'fusion')}")
+        if self._inputs is None:
+            self._inputs = Inputs(self.stage, self.ds, self.folds).full(self.variant)
+        cfg = self.stage.cfg.fusion
+        path = self.result.folder / f"fold{k}.pt"
+        state = load_checkpoint(path, self.key, self.stage.device)
+        if state is None:
+            raise FileNotFoundError(f"{path}: fold {k}'s fusion is missing or of another "
+                                    "run; run src/04_fusion.py again")
+        x0 = next(iter(self._inputs.values()))
+        model = new_model(cfg, x0.shape[-1], x0.shape[1], electrode_positions(
+            self.ds.ch_names)).to(self.stage.device)
+        model.load_state_dict(state["model"])
+        return {s: fused_tokens(model, x, cfg.predict_batch) for s, x in self._inputs.items()}
+
+
+class Inputs:
+    """Where every variant's input comes from, built lazily and kept while needed.
+
+    ``get(kind, k)`` -> participant -> (n_trials, n_chans, n_tokens, n_features) at the
+    fusion's token rate, z-scored per participant; ``key(kind)`` identifies it for the
+    fingerprints. Nothing here sees a label.
+    """
+
+    def __init__(self, stage: Stage, ds, folds):
+        self.stage, self.ds, self.folds = stage, ds, folds
+        self.cfg, self.mcfg = stage.cfg.fusion, stage.cfg.mae
+        self.subjects = list(folds.train_subjects) + list(folds.test_subjects)
+        self._band = self._evoked = None
+        self._kept: dict = {}
+
+    @property
+    def band(self) -> BandFeatureCache:
+        """Stage 02/03's token features (the same cache)."""
+        if self._band is None:
+            self._band = BandFeatureCache.for_run(
+                self.stage.out, self.ds, self.folds, self.mcfg.bands, self.mcfg.feature,
+                self.stage.progress, evoked=self.mcfg.evoked())
+        return self._band
+
+    @property
+    def evoked_cache(self) -> BandFeatureCache:
+        if self._evoked is None:
+            self._evoked = BandFeatureCache.for_run(
+                self.stage.out, self.ds, self.folds, (), progress=self.stage.progress,
+                evoked=self.cfg.evoked_band, name="evoked")
+        return self._evoked
+
+    def _pooled(self, cache: BandFeatureCache, s: int, stride: int) -> np.ndarray:
+        return pool_time(np.asarray(cache.load(s), dtype=np.float32), stride)
+
+    def evoked(self) -> dict:
+        if "evoked" not in self._kept:
+            self._kept["evoked"] = {s: self._pooled(self.evoked_cache, s, self.cfg.stride)
+                                    for s in self.subjects}
+        return self._kept["evoked"]
+
+    def expert_result(self) -> Result:
+        name = self.cfg.expert_result
+        found = [r for r in results(self.stage.out, "experts") if r.name == name]
+        if not found:
+            raise FileNotFoundError(
+                f"no finished stage-03 result {name!r} in {stage_dir(self.stage.out, 'experts')}"
+                ": run src/03_train_experts.py first, or leave the experts variants out "
+                "(--set 'fusion.variants=[mae,raw]')")
+        return found[0]
+
+    def key(self, kind: str) -> str:
+        if kind == "experts":
+            return self.expert_result().fingerprint
+        if kind == "experts_tuned":
+            return f"{self.expert_result().fingerprint}|{self.band.key}"
+        if kind == "mae":
+            return load_mae_weights(stage_dir(self.stage.out, "mae"))[2]["fingerprint"]
+        return self.band.key
+
+    def keep(self, k: int) -> dict:
+        """Fold k's training trials (at most ``fusion.train_trials`` per training
+        participant, a seeded random subset chosen without labels): training draws
+        fewer trials than that, and every trial kept costs an expert embedding."""
+        rng = np.random.default_rng([self.stage.cfg.seed, k, 5])
+        n = self.folds.n_trials
+        return {s: np.sort(rng.choice(n[s], size=min(self.cfg.train_trials, n[s]),
+                                      replace=False)) for s in self.folds.train_of(k)}
+
+    def get(self, kind: str, k: int) -> dict:
+        """The input ``kind`` of every participant for fold ``k``: the kept trials of
+        its training participants (:meth:`keep`), every trial of the others."""
+        keep = self.keep(k)
+        if kind == "experts":
+            if self._kept.get("experts_fold") != k:
+                self._kept.pop("experts", None)
+                self._kept["experts"] = self._experts(k, keep)
+                self._kept["experts_fold"] = k
+            return self._kept["experts"]
+        return {s: x[keep[s]] if s in keep else x for s, x in self._shared(kind).items()}
+
+    def _shared(self, kind: str) -> dict:
+        """Every trial's input ``kind`` for the kinds that are the same in every fold
+        (``mae``, ``raw``, ``experts_tuned``), built once and kept."""
+        if kind not in self._kept:
+            self._kept[kind] = {"mae": self._mae, "raw": self._raw,
+                                "experts_tuned": self._tuned}[kind]()
+        return self._kept[kind]
+
+    def expert_params(self, k: int) -> dict:
+        """Fold k's stage-03 experts: their stacked parameters."""
+        from sleepemo.experts.infer import load_expert_params
+
+        return load_expert_params(self.expert_result().folder / f"fold{k}.pt",
+                                  self.stage.device)
+
+    def _experts(self, k: int, keep: dict) -> dict:
+        params = self.expert_params(k)
+        stride = self.stage.cfg.experts.stride
+        n_heads = self.mcfg.n_heads
+        out = {}
+        for s in bar(self.subjects, desc=f"fold {k}: experts' embeddings",
+                     enabled=self.stage.progress, leave=False):
+            x = self._pooled(self.band, s, stride)
+            if s in keep:  # training participants: only the kept trials are embedded
+                x = x[keep[s]]
+            out[s] = standardise(pool_time(embed_tokens(params, x, n_heads),
+                                           self.cfg.stride // stride))
+        return out
+
+    def mae_tokens(self) -> TokenCache:
+        """The stage-02 MAE's token embeddings at the fusion's token rate (a run-level
+        cache, built by the stage's process before fold workers start)."""
+        return TokenCache.for_run(self.stage.out, self.band, self.subjects, self.cfg.stride,
+                                  self.stage.progress)
+
+    def _mae(self) -> dict:
+        cache = self.mae_tokens()
+        return {s: standardise(np.asarray(cache.load(s))) for s in self.subjects}
+
+    def _raw(self) -> dict:
+        n_bands = len(self.mcfg.bands)  # without the MAE's evoked tokens, if it has them
+        return {s: standardise(self._pooled(self.band, s, self.cfg.stride)[..., :n_bands])
+                for s in self.subjects}
+
+    def _tuned(self) -> dict:
+        """The experts' own inputs (band features at their token rate), then the evoked
+        tokens repeated to that rate (:class:`TunedFusion` pools them back)."""
+        stride = self.stage.cfg.experts.stride
+        ev = self.evoked()
+        return {s: tuned_input(self._pooled(self.band, s, stride), ev[s],
+                               self.cfg.stride // stride) for s in self.subjects}
+
+    def variant(self, v: str, k: int) -> dict:
+        """Variant ``v``'s input of every participant for fold ``k``."""
+        kind, evoked, _ = VARIANTS[v]
+        base = self.get(kind, k)
+        if not evoked or kind == "experts_tuned":  # (its evoked tokens are packed in)
+            return base
+        keep = self.keep(k)
+        ev = {s: x[keep[s]] if s in keep else x for s, x in self.evoked().items()}
+        return {s: np.concatenate([base[s], ev[s]], axis=-1) for s in self.subjects}
+
+    def full(self, v: str) -> dict:
+        """Variant ``v``'s input of every trial of every participant (variants whose
+        input does not depend on the fold: ``mae``, ``raw``)."""
+        kind, evoked, _ = VARIANTS[v]
+        if kind not in ("mae", "raw"):
+            raise ConfigError(f"fusion variant {v} reads fold-specific experts: only the "
+                              "mae and raw variants have one input for every fold")
+        base, ev = self._shared(kind), self.evoked() if evoked else None
+        return {s: np.concatenate([x, ev[s]], -1) if evoked else x for s, x in base.items()}
+
+    def labels(self, k: int, shuffle: bool = False) -> dict:
+        """Fold k's training labels (:meth:`Folds.labels_of`) of the kept trials."""
+        keep = self.keep(k)
+        return {s: y[keep[s]] for s, y in self.folds.labels_of(
+            self.ds, k, shuffle, self.stage.cfg.seed).items()}

@@ -1,0 +1,1 @@
+"""Kaggle: stage 07 (the submission), submitting a run, and the offline kernel bundle."""

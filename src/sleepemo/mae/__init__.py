@@ -1,0 +1,1 @@
+"""Masked-autoencoder pre-training (stage 02): the model, its input builder and the stage."""

@@ -1,0 +1,354 @@
+"""The predictions contract: the one door between stages.
+
+A **result** is one model's out-of-fold and test predictions under LOPO, written by one
+stage into ``<out>/<NN_stage>/<name>/``::
+
+    fold<k>.npz   what fold k produced (arrays named oof*, test* and any others) and the
+                  fingerprint; a fold whose file carries the current fingerprint is done
+    oof.npy       (n_train_trials, n_times) P(emotional), rows in folds.json order
+    test.npy      (n_test_trials, n_times), mean of the fold models' test predictions
+    oof_<x>.npy, test_<x>.npy   optional extra arrays assembled the same way (e.g.
+                  trial-level or per-expert outputs)
+    score.json    the result's LOPO window AUC, window, mean and per-participant curves
+    meta.json     written last (its presence means "complete"): stage, name, fingerprint,
+                  seed, config, diagnostic, the arrays, plus what the stage adds
+
+Assembly is one rule for every stage: arrays whose name starts with ``oof`` are
+concatenated over the folds in ``folds.json`` row order (fold k holds participant k's
+rows); arrays whose name starts with ``test`` are averaged over the folds; others stay in
+the fold files.
+
+Writing goes through :class:`ResultWriter`; reading through :func:`results` (every result
+of a run, in stage order) and :func:`find`. Results are keyed by (stage, name): two stages
+may use the same name, both are listed, neither overwrites the other, and a bare name that
+two stages use is refused as ambiguous (``stage/name`` picks one).
+
+:func:`fingerprint` and :func:`code_hash` are the one resume helper: a fold, result or
+checkpoint (:func:`save_checkpoint`, :func:`load_checkpoint`) whose stored fingerprint
+equals the current one is reused, otherwise recomputed.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sleepemo.io import read_json, write_json, write_npy, write_npz
+
+PACKAGE = Path(__file__).resolve().parent
+CONTRACT = 1
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@functools.lru_cache(maxsize=1)
+def code_hash() -> str:
+    """sha256 over the package's Python sources: results are tied to the code."""
+    h = hashlib.sha256()
+    for p in sorted(PACKAGE.rglob("*.py")):
+        h.update(str(p.relative_to(PACKAGE)).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def fingerprint(**parts) -> str:
+    """sha256 of the JSON of ``parts`` (config, seed, data fingerprint, code, ...)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def stored_fingerprint(path: str | Path) -> str | None:
+    """The fingerprint stored in a ``.npz`` or ``.json`` artefact, None if absent."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    if path.suffix == ".json":
+        return read_json(path).get("fingerprint")
+    with np.load(path) as z:
+        return str(z["fingerprint"]) if "fingerprint" in z.files else None
+
+
+def save_checkpoint(path: str | Path, state: dict, fp: str) -> None:
+    """Save a PyTorch checkpoint (a dict of tensors and plain values) atomically, with
+    the fingerprint it belongs to."""
+    import torch
+
+    from sleepemo.io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        # through a Python file: a full disk is an OSError (ENOSPC), not torch's opaque
+        # RuntimeError from its own writer
+        torch.save({**state, "fingerprint": fp}, fh)
+
+
+def load_checkpoint(path: str | Path, fp: str, device="cpu") -> dict | None:
+    """The checkpoint at ``path`` if it exists and carries fingerprint ``fp``, else None
+    (loaded with ``weights_only=True``)."""
+    import torch
+
+    if not Path(path).is_file():
+        return None
+    state = torch.load(path, map_location=device, weights_only=True)
+    return state if state.get("fingerprint") == fp else None
+
+
+# ------------------------------------------------------------------ scoring
+def score_oof(oof: np.ndarray, ds, folds):
+    """Window AUC (:class:`sleepemo.metric.WindowAUC`) of out-of-fold predictions
+    against the training labels (scoring only, never fitting)."""
+    from sleepemo.metric import window_auc
+
+    preds = folds.split_rows(oof, "train")
+    return window_auc({s: ds.train[s].y for s in folds.train_subjects}, preds, ds.sfreq)
+
+
+def _score_to_json(res, sfreq: float) -> dict:
+    return {"overall": res.score, "window": list(res.window) if res.window else None,
+            "sfreq": sfreq, "curve": np.asarray(res.curve).tolist(),
+            "subjects": [int(s) for s in res.per_subject],  # folds.json order
+            "per_subject": [np.asarray(c).tolist() for c in res.per_subject.values()]}
+
+
+# ------------------------------------------------------------------ reading
+@dataclass(frozen=True)
+class Result:
+    """A complete result on disk. ``label`` is unique within a listing: the name, or
+    ``stage/name`` when another stage has a result of the same name."""
+
+    stage: str
+    name: str
+    folder: Path
+    meta: dict
+    label: str
+
+    @property
+    def diagnostic(self) -> bool:
+        return bool(self.meta.get("diagnostic", False))
+
+    @property
+    def fingerprint(self) -> str:
+        return self.meta["fingerprint"]
+
+    def array(self, key: str, mmap: bool = False) -> np.ndarray:
+        """An assembled array (``oof``, ``test``, ``oof_trial``, ...)."""
+        if key not in self.meta.get("arrays", []):
+            raise KeyError(f"result {self.label} has no array {key!r}; it has "
+                           f"{self.meta.get('arrays')}")
+        return np.load(self.folder / f"{key}.npy", mmap_mode="r" if mmap else None)
+
+    @property
+    def oof(self) -> np.ndarray:
+        return self.array("oof")
+
+    @property
+    def test(self) -> np.ndarray:
+        return self.array("test")
+
+    def score(self):
+        """The stored :class:`~sleepemo.metric.WindowAUC` and the sampling rate."""
+        from sleepemo.metric import WindowAUC
+
+        d = read_json(self.folder / "score.json")
+        return WindowAUC(score=float(d["overall"]), curve=np.asarray(d["curve"]),
+                         window=tuple(d["window"]) if d["window"] else None,
+                         per_subject={s: np.asarray(c) for s, c in
+                                      zip(d["subjects"], d["per_subject"])}), d["sfreq"]
+
+
+def _read_result(meta_path: Path) -> dict | None:
+    try:
+        meta = read_json(meta_path)
+    except (OSError, ValueError):
+        return None
+    if meta.get("contract") != CONTRACT or not (meta_path.parent / "score.json").is_file():
+        return None  # written by an older version of the code: stale, recomputed on rerun
+    return meta
+
+
+def results(out: str | Path, stage: str | None = None) -> list[Result]:
+    """Every complete result under ``out``, in stage order then name order.
+
+    ``stage`` keeps one stage's results; labels are computed over the whole run so that
+    they do not change with the filter.
+    """
+    from sleepemo.pipeline.stage import STAGES, spec
+
+    found = []
+    for s in STAGES:
+        for meta_path in sorted((Path(out) / s.folder).glob("*/meta.json")):
+            meta = _read_result(meta_path)
+            if meta is not None:
+                found.append((s.name, meta_path.parent.name, meta_path.parent, meta))
+    counts: dict[str, int] = {}
+    for _, name, _, _ in found:
+        counts[name] = counts.get(name, 0) + 1
+    listed = [Result(st, name, folder, meta, name if counts[name] == 1 else f"{st}/{name}")
+              for st, name, folder, meta in found]
+    if stage is not None:
+        listed = [r for r in listed if r.stage == spec(stage).name]
+    return listed
+
+
+def find(out: str | Path, label: str) -> Result:
+    """A result by its label, its name (refused if two stages have it) or
+    ``stage/name``."""
+    listed = results(out)
+    for r in listed:
+        if label in (r.label, f"{r.stage}/{r.name}"):
+            return r
+    named = [f"{r.stage}/{r.name}" for r in listed if r.name == label]
+    if named:  # a bare name is a label unless two stages use it
+        raise KeyError(f"{label!r} is ambiguous: {named}")
+    raise KeyError(f"no result {label!r} under {out}; have {[r.label for r in listed]}")
+
+
+# ------------------------------------------------------------------ writing
+def fold_mean(arrays) -> np.ndarray:
+    """The fold models' mean prediction (float32), summed fold by fold in float64: the
+    same numbers for any number of rows, so a participant predicted alone
+    (:mod:`sleepemo.predict.api`) gets exactly its rows of the stage's test array (numpy's
+    float32 mean over a stack may sum in another order depending on the stack's shape)."""
+    arrays = list(arrays)
+    total = np.zeros(np.shape(arrays[0]), np.float64)
+    for a in arrays:
+        total += a
+    return (total / len(arrays)).astype(np.float32)
+
+
+def drop_folds(stage_folder: str | Path, folds) -> list[Path]:
+    """Forget folds ``folds`` of a stage's run (its folder, e.g. ``<out>/05_rl``):
+    each result's fold files (``fold<k>.*``) and the stage's own (``*_fold<k>.*``: stage
+    05's networks, fitted features and prototypes) are removed, and each result's
+    ``meta.json``, so that the next run of the stage computes those folds again, loads the
+    others and assembles every result anew (as after a stage killed mid-run). For
+    checking a changed setting or worker count on some folds (``tests/``, ``bench/``).
+    Returns the removed files."""
+    folder, removed = Path(stage_folder), []
+    for k in folds:
+        pattern = f"fold{int(k)}.*"
+        for f in [*folder.glob(f"*/{pattern}"), *folder.glob(f"*_{pattern}")]:
+            f.unlink()
+            removed.append(f)
+    for meta in folder.glob("*/meta.json"):
+        meta.unlink()
+        removed.append(meta)
+    return removed
+
+
+class ResultWriter:
+    """Writes one result of ``stage`` named ``name`` (see the module docstring).
+
+    Parameters
+    ----------
+    out : path
+        The run's artefact folder.
+    stage : str
+        The stage writing it (a name of :data:`sleepemo.pipeline.stage.STAGES`).
+    name : str
+        The result's name: letters, digits, ``_``, ``.``, ``-``.
+    fingerprint : str
+        Identifies everything the result depends on (see :func:`fingerprint`).
+    folds : sleepemo.data.folds.Folds
+    """
+
+    def __init__(self, out: str | Path, stage: str, name: str, fingerprint: str, folds):
+        from sleepemo.pipeline.stage import spec
+
+        if not _NAME.match(name):
+            raise ValueError(f"result name {name!r}: use letters, digits, '_', '.', '-'")
+        self.stage = spec(stage).name
+        self.name, self.fp, self.folds = name, fingerprint, folds
+        self.folder = Path(out) / spec(stage).folder / name
+        self.out = Path(out)
+
+    def path(self, filename: str) -> Path:
+        """A file of this result's folder (e.g. a fold checkpoint)."""
+        return self.folder / filename
+
+    def finished(self) -> Result | None:
+        """The complete result if it exists with the current fingerprint."""
+        meta_path = self.folder / "meta.json"
+        meta = _read_result(meta_path) if meta_path.is_file() else None
+        if meta is None or meta.get("fingerprint") != self.fp:
+            return None
+        return self._result()
+
+    def _result(self) -> Result:
+        """This result as listed (its label depends on the other results of the run)."""
+        return next(r for r in results(self.out, self.stage) if r.name == self.name)
+
+    def fold_done(self, k: int) -> bool:
+        return stored_fingerprint(self.path(f"fold{k}.npz")) == self.fp
+
+    def load_fold(self, k: int) -> dict | None:
+        """Fold k's arrays if its file carries the current fingerprint, else None."""
+        if not self.fold_done(k):
+            return None
+        with np.load(self.path(f"fold{k}.npz")) as z:
+            return {key: z[key] for key in z.files if key != "fingerprint"}
+
+    def save_fold(self, k: int, **arrays) -> dict:
+        """Write fold k's arrays (``oof*`` rows of held-out participant k, ``test*`` rows
+        of the test participants, anything else) atomically."""
+        held = self.folds.held_out(k)
+        n_test = sum(self.folds.n_trials[s] for s in self.folds.test_subjects)
+        for key, arr in arrays.items():
+            want = self.folds.n_trials[held] if key.startswith("oof") else \
+                n_test if key.startswith("test") else None
+            if want is not None and np.shape(arr)[0] != want:
+                raise ValueError(f"{self.stage}/{self.name} fold {k}: {key} has "
+                                 f"{np.shape(arr)[0]} rows, expected {want}")
+        write_npz(self.path(f"fold{k}.npz"), **arrays, fingerprint=np.array(self.fp))
+        return arrays
+
+    def load_parts(self) -> dict[int, dict]:
+        """Held-out participant -> its fold's arrays, for every fold (all must be done)."""
+        parts = {}
+        for k in range(self.folds.n_folds):
+            arrays = self.load_fold(k)
+            if arrays is None:
+                raise FileNotFoundError(f"{self.path(f'fold{k}.npz')} is missing or from "
+                                        "another run: the stage has not finished fold "
+                                        f"{k}")
+            parts[self.folds.held_out(k)] = arrays
+        return parts
+
+    def finish(self, ds, meta: dict | None = None, parts: dict[int, dict] | None = None,
+               diagnostic: bool = False, seed: int | None = None,
+               config: dict | None = None) -> Result:
+        """Assemble the folds (see the module docstring), score the out-of-fold
+        predictions, write the arrays, ``score.json`` and, last, ``meta.json``."""
+        parts = self.load_parts() if parts is None else parts
+        first = next(iter(parts.values()))
+        keys = [k for k in first if k.startswith(("oof", "test"))]
+        if "oof" not in keys or "test" not in keys:
+            raise ValueError(f"{self.stage}/{self.name}: a result needs 'oof' and 'test' "
+                             f"arrays, got {sorted(first)}")
+        assembled = {}
+        for key in keys:
+            if key.startswith("oof"):
+                assembled[key] = np.concatenate([parts[s][key]
+                                                 for s in self.folds.train_subjects])
+            else:  # the fold models' mean; one array shared by every fold is itself
+                arrays = [p[key] for p in parts.values()]
+                assembled[key] = np.asarray(arrays[0], np.float32) \
+                    if all(a is arrays[0] for a in arrays) else \
+                    fold_mean(arrays)
+        oof = assembled["oof"]
+        if oof.ndim != 2 or not np.isfinite(oof).all() or oof.min() < 0 or oof.max() > 1:
+            raise ValueError(f"{self.stage}/{self.name}: oof must be (n_trials, n_times) "
+                             "probabilities in [0, 1]")
+        for key, arr in assembled.items():
+            write_npy(self.path(f"{key}.npy"), arr)
+        write_json(self.path("score.json"), _score_to_json(score_oof(oof, ds, self.folds),
+                                                             ds.sfreq))
+        full = {"contract": CONTRACT, "stage": self.stage, "name": self.name,
+                "model": self.name, "fingerprint": self.fp, "seed": seed,
+                "config": config, "diagnostic": bool(diagnostic),
+                "arrays": sorted(assembled), "test_predictions": "mean of fold models",
+                **(meta or {})}
+        write_json(self.path("meta.json"), full)
+        return self._result()

@@ -1,0 +1,293 @@
+"""The stage runner: stage names and folders, and the work every stage does around its own.
+
+Every ``src/NN_*.py`` script is ``stage.main(<name>, __doc__, <body>)``:
+
+- **opening** (:func:`open_stage`): load and validate the config (profile, ``--set``),
+  resolve the data folder and the artefact folder ``<out>``, save the resolved config,
+  and for stages that run PyTorch flush denormal floats to zero (before torch starts its
+  threads), set the thread count and choose the device from the stage's config section;
+- the stage's **body** (a function ``body(stage) -> StageOutput`` of its module in
+  :mod:`sleepemo.stages`), which writes its results through :mod:`sleepemo.pipeline.artefacts`;
+- **closing** (:meth:`Stage.run`): wall time, peak memory, threads and device are added to
+  the body's metrics and written to ``<out>/<folder>/metrics.json``; the body's evidence
+  (Markdown) to ``<out>/<folder>/evidence.md``; the summary is printed.
+
+Each stage writes only inside its own folder. The run's score table and report are written
+by one owner, :func:`sleepemo.pipeline.report.write_report` (stage 07, or
+``python -m sleepemo.pipeline.report <out>``), from the scores each result carries.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from sleepemo.config import PROFILES, REPO, Config, ConfigError, load_config, save_config
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage of the pipeline."""
+
+    number: str           # "03"
+    name: str             # "experts": how code, scripts and artefact folders name the stage
+    section: str | None   # its config section (device, num_threads), if any
+    torch: bool           # opens with the PyTorch set-up
+    title: str
+    body: str = ""        # the module whose run(stage) is the body; default sleepemo.<name>.stage
+
+    @property
+    def script(self) -> str:
+        """Its script in src/, e.g. ``03_experts.py``."""
+        return f"{self.number}_{self.name}.py"
+
+    @property
+    def module(self) -> str:
+        """The module of its body, e.g. ``sleepemo.experts.stage``."""
+        return self.body or f"sleepemo.{self.name}.stage"
+
+    @property
+    def folder(self) -> str:
+        """Its folder under the run's artefact folder, e.g. ``03_experts``."""
+        return f"{self.number}_{self.name}"
+
+
+#: The pipeline in order. Adding a stage: a line here, a config section, a module in
+#: sleepemo/<name>/stage.py and a script src/NN_<name>.py (docs/extending.md).
+STAGES: tuple[StageSpec, ...] = (
+    StageSpec("00", "folds", None, False, "LOPO folds", "sleepemo.pipeline.folds"),
+    StageSpec("01", "baselines", "baselines", False, "Baselines"),
+    StageSpec("02", "mae", "mae", True, "Band features and masked-autoencoder pre-training"),
+    StageSpec("03", "experts", "experts", True, "Channel experts meta-learned with FOMAML"),
+    StageSpec("04", "fusion", "fusion", True, "Spatiotemporal fusion"),
+    StageSpec("05", "rl", "rl", True, "Reinforcement-learning heads"),
+    StageSpec("06", "ensemble", "ensemble", False, "Optuna ensemble"),
+    StageSpec("07", "submission", None, False, "Submission", "sleepemo.kaggle.stage"),
+)
+
+
+def spec(name: str) -> StageSpec:
+    """A stage by name (``experts``), number (``03``) or folder (``03_experts``)."""
+    for s in STAGES:
+        if name in (s.name, s.number, s.folder):
+            return s
+    raise KeyError(f"unknown stage {name!r}; stages: {[s.name for s in STAGES]}")
+
+
+def stage_dir(out: str | Path, name: str) -> Path:
+    """``<out>/<NN_name>``: the folder of a stage's artefacts."""
+    return Path(out) / spec(name).folder
+
+
+def flush_denormals() -> bool:
+    """Treat denormal floats as zero on the CPU (FTZ/DAZ); returns whether supported.
+
+    Once the 200-token MAE encoder had learned peaked attention, the backward pass of
+    PyTorch's fused CPU attention met many denormal numbers and training steps slowed
+    down (docs/benchmarks.md). Threads inherit the setting when they are created, so this
+    must run before torch starts its worker threads: the stage runner does it first thing
+    for every PyTorch stage.
+    """
+    import torch
+
+    return torch.set_flush_denormal(True)
+
+
+def choose_device(setting: str = "auto"):
+    """``auto`` -> CUDA when present, else the CPU; otherwise the named device."""
+    import torch
+
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+@dataclass
+class StageOutput:
+    """What a stage's body returns: metrics (to ``metrics.json``), a summary (printed)
+    and evidence (Markdown for the run's report)."""
+
+    metrics: dict = field(default_factory=dict)
+    summary: str = ""
+    evidence: str = ""
+
+
+@dataclass
+class Stage:
+    """What a stage's body works with."""
+
+    cfg: Config
+    data_dir: Path
+    out: Path
+    spec: StageSpec
+    progress: bool = True
+    log: Callable[[str], None] = print
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def dir(self) -> Path:
+        """This stage's folder, ``<out>/<NN_name>``."""
+        return self.out / self.spec.folder
+
+    @property
+    def section(self):
+        """This stage's config section (None if it has none)."""
+        return getattr(self.cfg, self.spec.section) if self.spec.section else None
+
+    @property
+    def device(self):
+        return choose_device(getattr(self.section, "device", "auto"))
+
+    def dataset(self):
+        from sleepemo.data.reader import load_dataset
+
+        return load_dataset(self.data_dir, progress=self.progress,
+                            bad_values=self.cfg.data.bad_values)
+
+    def folds(self, ds=None):
+        from sleepemo.data.folds import read_folds
+
+        folds = read_folds(self.out / "folds.json")
+        if ds is not None:
+            folds.check(ds)
+        return folds
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+    def write_evidence(self, markdown: str) -> None:
+        """This stage's section of the run report (``<folder>/evidence.md``)."""
+        from sleepemo.io import write_text
+
+        write_text(self.dir / "evidence.md", markdown.rstrip() + "\n")
+
+    def run(self, body: Callable[["Stage"], StageOutput]) -> StageOutput:
+        """Run the stage's body, then the closing work (see the module docstring)."""
+        from sleepemo.io import write_json
+
+        output = body(self)
+        metrics = dict(output.metrics)
+        metrics.update(stage=self.spec.name, stage_seconds=round(self.seconds(), 1),
+                       peak_rss_mb=peak_rss_mb(), profile=self.cfg.profile,
+                       seed=self.cfg.seed)
+        if self.spec.torch:
+            import torch
+
+            metrics.update(torch_threads=torch.get_num_threads(), device=str(self.device))
+        output.metrics = metrics
+        write_json(self.dir / "metrics.json", metrics)
+        if output.evidence:
+            self.write_evidence(output.evidence)
+        return output
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def open_stage(name: str, cfg: Config, data_dir: str | Path, out: str | Path,
+               progress: bool = True, log: Callable[[str], None] = print) -> Stage:
+    """The opening work of stage ``name`` (see the module docstring)."""
+    s = spec(name)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    stage = Stage(cfg, Path(data_dir), out, s, progress, log)
+    if s.torch:
+        import torch
+
+        flush_denormals()  # first, before torch creates its thread pool
+        threads = getattr(stage.section, "num_threads", None)
+        if threads:
+            torch.set_num_threads(threads)
+    return stage
+
+
+# ------------------------------------------------------------------ scripts
+def stage_parser(doc: str) -> argparse.ArgumentParser:
+    """Arguments every stage accepts."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.
+                                 RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", choices=PROFILES, default="quick")
+    ap.add_argument("--data-dir", help="data folder with training/ and testing/ "
+                                       "(default: real data if present, else synthetic)")
+    ap.add_argument("--out", help="artefact folder (default output/<profile>-<data name>)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    metavar="KEY=VALUE", help="override a config value, e.g. seed=1")
+    ap.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    ap.add_argument("--no-lock", action="store_true",
+                    help="do not lock <out>: only to run different stages or models side by "
+                         "side on one artefact folder on purpose (README: Scaling out)")
+    return ap
+
+
+def resolve_args(args: argparse.Namespace) -> tuple[Config, Path, Path]:
+    """The config, data folder and artefact folder of a script's parsed arguments."""
+    from sleepemo.cli import resolve_data_dir
+
+    cfg = load_config(args.profile, args.overrides)
+    data_dir = resolve_data_dir(cfg, args.data_dir, log=lambda m: print(m, file=sys.stderr))
+    out = Path(args.out) if args.out else REPO / "output" / f"{cfg.profile}-{data_dir.name}"
+    return cfg, data_dir, out
+
+
+def stage_from_args(name: str, args: argparse.Namespace) -> Stage:
+    """Open stage ``name`` from a script's parsed arguments (no lock: see :func:`main`)."""
+    cfg, data_dir, out = resolve_args(args)
+    return open_stage(name, cfg, data_dir, out, progress=not args.no_progress)
+
+
+def guarded(fn: Callable[[], object]) -> None:
+    """Run ``fn``; expected input problems, a folder in use by another run and a full
+    disk end in one line and exit code 2, not a traceback."""
+    from sleepemo.data.reader import DataError
+    from sleepemo.io import DiskFull, disk_full
+    from sleepemo.pipeline.runlock import FolderLocked
+    from sleepemo.data.submission import SubmissionError
+
+    try:
+        fn()
+    except (DataError, SubmissionError, ConfigError, FileExistsError,
+            FileNotFoundError, FolderLocked, DiskFull) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except Exception as exc:
+        full = disk_full(exc)
+        if full is None:
+            raise
+        print(f"error: {DiskFull(full.filename, full)}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def main(name: str, doc: str, body: Callable[..., StageOutput],
+         add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
+    """A stage script: parse the arguments, lock ``<out>`` (:mod:`sleepemo.pipeline.runlock`),
+    open, run ``body``, close, print the summary.
+
+    ``body(stage)``, or ``body(stage, args)`` when the script adds arguments.
+    """
+    ap = stage_parser(doc)
+    if add_arguments:
+        add_arguments(ap)
+    args = ap.parse_args()
+
+    def go():
+        from sleepemo.pipeline.runlock import command_line, hold
+
+        cfg, data_dir, out = resolve_args(args)
+        # one run at a time in <out> (sleepemo.pipeline.runlock): taken before anything is written
+        with contextlib.nullcontext() if args.no_lock else \
+                hold(out, command_line(), spec(name).folder,
+                     log=lambda m: print(m, file=sys.stderr)):
+            stage = open_stage(name, cfg, data_dir, out, progress=not args.no_progress)
+            output = stage.run((lambda s: body(s, args)) if add_arguments else body)
+        if output.summary:
+            print(output.summary)
+
+    guarded(go)
