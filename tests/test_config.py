@@ -153,7 +153,8 @@ def test_a_shipped_profile_is_named_relative_to_the_repository(tmp_path):
 
 @pytest.mark.parametrize("override,message", [
     ("mae.epochs=[1", r"^--set mae.epochs=\[1: not valid YAML \(expected ',' or ']'"),
-    ("seed.x=1", r"^seed = 0 is a value, not a section with a key 'x' \(from --set seed.x=1\)$"),
+    ("seed.x=1",
+     r"^seed = 0 is a value, not a section with a key 'x' \(from --set seed.x=1\)$"),
     ("baselines.foo=1", r"\(from --set baselines.foo=1\)$"),
 ])
 def test_other_malformed_overrides_are_one_line_config_errors(override, message):
