@@ -1,11 +1,13 @@
 """Config profiles: typed, validated, overridable."""
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
 
 import pytest
 
-from sleepemo.config import PROFILES, Config, ConfigError, load_config, setting
+from sleepemo.config import (PROFILES, PROFILES_DIR, Config, ConfigError, load_config,
+                             setting)
 from sleepemo.baselines import REGISTRY, make_model
 
 
@@ -98,3 +100,161 @@ def test_a_new_section_is_one_dataclass_and_one_field():
         _build(ExtendedConfig, {"toy": {"n_layers": 0}}, "").validate()
     with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['depth'\] in 'toy'"):
         _build(ExtendedConfig, {"toy": {"depth": 1}}, "")
+
+
+# ---------------------------------------------------------------- value types
+@pytest.mark.parametrize("override,key,value,expected", [
+    ("seed=abc", "seed", "abc", "an integer"),
+    ("mae.epochs=abc", "mae.epochs", "abc", "an integer"),
+    ("mae.epochs=1.5", "mae.epochs", 1.5, "an integer"),
+    ("experts.workers=abc", "experts.workers", "abc", "an integer"),
+    ("fusion.steps=true", "fusion.steps", True, "an integer"),
+    ("mae.channel_embedding=maybe", "mae.channel_embedding", "maybe", "true or false"),
+    ("rl.shuffle_labels=1", "rl.shuffle_labels", 1, "true or false"),
+    ("experts.inner_lr=fast", "experts.inner_lr", "fast", "a number"),
+    ("mae.seqs_per_epoch=all", "mae.seqs_per_epoch", "all", "an integer or null"),
+    ("ensemble.storage=5", "ensemble.storage", 5, "a string or null"),
+    ("data.synthetic_design=[theta]", "data.synthetic_design", ["theta"], "a string"),
+    ("baselines.models=starter", "baselines.models", "starter", "a list of strings"),
+    ("mae.bands=[[1, x]]", "mae.bands", [[1, "x"]], "a list of lists of numbers"),
+    ("fusion.window=[70.5, 130]", "fusion.window", [70.5, 130], "a list of integers"),
+    ("baselines.params={starter: 3}", "baselines.params", {"starter": 3},
+     "a mapping of strings to mappings"),
+    ("rl=3", "rl", 3, "a mapping"),
+])
+def test_a_value_of_the_wrong_type_is_one_line_naming_key_value_and_type(
+        override, key, value, expected):
+    with pytest.raises(ConfigError) as e:
+        load_config("smoke", [override])
+    assert str(e.value) == f"{key} = {value!r}: expected {expected} (from --set {override})"
+
+
+def test_a_profile_file_with_a_wrong_type_names_the_file(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("profile: smoke\nmae:\n  epochs: abc\n  lr: 0.1\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path=path)
+    assert str(e.value) == f"mae.epochs = 'abc': expected an integer (from {path})"
+    # a --set of that key replaces the file's value; of another key, the file is blamed
+    assert load_config(path=path, overrides=["mae.epochs=3"]).mae.epochs == 3
+    with pytest.raises(ConfigError, match=f"mae.epochs = 'abc'.*from {path}"):
+        load_config(path=path, overrides=["mae.lr=0.2"])
+    # a whole section given by --set is blamed for what is inside it
+    with pytest.raises(ConfigError, match=r"mae.lr = 'x': expected a number \(from --set "
+                                          r"mae=\{lr: x\}\)"):
+        load_config("smoke", ["mae={lr: x}"])
+
+
+def test_a_shipped_profile_is_named_relative_to_the_repository(tmp_path):
+    from sleepemo.config import _Sources
+
+    assert _Sources(PROFILES_DIR / "smoke.yaml").of("seed") == "configs/smoke.yaml"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("mae.epochs=[1", r"^--set mae.epochs=\[1: not valid YAML \(expected ',' or ']'"),
+    ("seed.x=1",
+     r"^seed = 0 is a value, not a section with a key 'x' \(from --set seed.x=1\)$"),
+    ("baselines.foo=1", r"\(from --set baselines.foo=1\)$"),
+])
+def test_other_malformed_overrides_are_one_line_config_errors(override, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        load_config("smoke", [override])
+    assert "\n" not in str(e.value)
+
+
+def test_a_malformed_profile_file_is_a_config_error(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("seed: [1\n")
+    with pytest.raises(ConfigError, match=f"^{path}: not valid YAML .* at line 2"):
+        load_config(path=path)
+    path.write_text("- seed\n")
+    with pytest.raises(ConfigError, match=r"^the config = \['seed'\]: expected a mapping"):
+        load_config(path=path)
+
+
+def test_well_typed_values_load_unchanged():
+    cfg = load_config("smoke", ["mae.lr=1", "mae.seqs_per_epoch=null", "experts.outer_lr=1e-3",
+                                "mae.channel_embedding=false", "rl.sac_lambdas=[0, 0.5]",
+                                "ensemble.storage=sqlite:///x.db"])
+    assert cfg.mae.lr == 1 and type(cfg.mae.lr) is int  # a number may be an integer
+    assert cfg.mae.seqs_per_epoch is None and cfg.mae.channel_embedding is False
+    assert cfg.experts.outer_lr == 0.001  # YAML 1.2 float, a string in PyYAML's YAML 1.1
+    assert cfg.rl.sac_lambdas == [0, 0.5] and cfg.ensemble.storage == "sqlite:///x.db"
+
+
+def test_every_default_has_its_annotated_type():
+    """The type check covers every field of every section: the defaults pass it."""
+    import dataclasses
+    import typing
+
+    from sleepemo.config import _fits
+
+    cfg = Config()
+    for section in [cfg, *cfg.sections().values()]:
+        hints = typing.get_type_hints(type(section))
+        for f in dataclasses.fields(section):
+            if not dataclasses.is_dataclass(hints[f.name]):
+                assert _fits(getattr(section, f.name), hints[f.name]), \
+                    f"{type(section).__name__}.{f.name}: {hints[f.name]}"
+
+
+@dataclass
+class TypedSection:
+    mode: typing.Literal["fast", "exact"] = "fast"
+    pair: tuple[int, float] = (1, 2.0)
+    sizes: tuple[int, ...] = ()
+    anything: typing.Any = None
+
+    def validate(self, cfg):
+        pass
+
+
+@dataclass
+class TypedConfig(Config):
+    typed: TypedSection = field(default_factory=TypedSection)
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"mode": "slow"}, "typed.mode = 'slow': expected one of fast, exact"),
+    ({"mode": True}, "typed.mode = True: expected one of fast, exact"),
+    ({"pair": [1, 2, 3]}, "typed.pair = [1, 2, 3]: expected a list of 2 items (an integer, "
+                          "a number)"),
+    ({"pair": [1.5, 2]}, "typed.pair = [1.5, 2]: expected a list of 2 items (an integer, "
+                         "a number)"),
+    ({"sizes": [1, "x"]}, "typed.sizes = [1, 'x']: expected a list of integers"),
+])
+def test_literal_and_tuple_annotations_are_checked(values, message):
+    from sleepemo.config import _build
+
+    with pytest.raises(ConfigError) as e:
+        _build(TypedConfig, {"typed": values}, "")
+    assert str(e.value) == message
+    ok = _build(TypedConfig, {"typed": {"mode": "exact", "pair": [3, 4], "sizes": [5],
+                                        "anything": {"x": [1]}}}, "")
+    assert ok.typed.mode == "exact" and ok.typed.pair == [3, 4]
+
+
+@pytest.mark.parametrize("args", [
+    ["src/00_make_folds.py", "--profile", "smoke"],
+    ["-m", "sleepemo", "data", "--profile", "smoke"],
+])
+def test_entry_points_print_a_config_error_as_one_line_and_exit_2(tmp_path, args):
+    import os
+    import subprocess
+    import sys
+
+    from sleepemo.config import REPO
+
+    if args[0].startswith("src/"):
+        args = [str(REPO / args[0]), *args[1:], "--data-dir", str(tmp_path / "data"),
+                "--out", str(tmp_path / "out")]
+    proc = subprocess.run([sys.executable, *args, "--set", "seed=abc"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(REPO / "src"),
+                                   OMP_NUM_THREADS="1", MPLBACKEND="Agg"))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "config error: seed = 'abc': expected an integer (from --set seed=abc)"]
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert not (tmp_path / "out").exists()

@@ -14,6 +14,8 @@ list of fields to ignore.
 from __future__ import annotations
 
 import dataclasses
+import re
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,12 +118,12 @@ class BaselinesConfig:
 @dataclass
 class MAEConfig:
     """Stage 02: band features and masked-autoencoder pre-training (``models/mae.py``)."""
-    bands: list = setting(factory=lambda: [[0.5, 4.0], [4.0, 8.0], [8.0, 12.0],
-                                           [12.0, 16.0], [16.0, 30.0]])
+    bands: list[list[float]] = setting(factory=lambda: [[0.5, 4.0], [4.0, 8.0], [8.0, 12.0],
+                                                       [12.0, 16.0], [16.0, 30.0]])
     feature: str = setting("log_envelope")     # or log_power
     evoked_tokens: bool = setting(False, help="one more token feature after the band "
                                   "envelopes: the evoked waveform (phase kept)")
-    evoked_band: list = setting(factory=lambda: [0.5, 8.0])  # Hz, of the evoked tokens
+    evoked_band: list[float] = setting(factory=lambda: [0.5, 8.0])  # Hz: evoked tokens
     stride: int = setting(1)                   # timepoints averaged into one token (1: all 200)
     d_model: int = setting(16)
     n_heads: int = setting(4)
@@ -137,7 +139,7 @@ class MAEConfig:
     warmup_epochs: float = setting(0.5)
     n_val_subjects: int = setting(2)           # training participants kept out of pre-training
     eval_seqs: int = setting(4000, affects="nothing")  # masked sequences for the report
-    probe_window: list = setting(factory=lambda: [70, 130], affects="predictions")
+    probe_window: list[int] = setting(factory=lambda: [70, 130], affects="predictions")
     probe_C: float = setting(0.01, affects="predictions")
     device: str = setting("auto", affects="nothing")   # auto = cuda when present, else cpu
     num_threads: int | None = setting(None, affects="nothing")  # None = torch's default
@@ -192,7 +194,7 @@ class ExpertsConfig:
     tta_steps: int = setting(5, affects="predictions")  # SGD steps of the MAE loss
     tta_trials: int = setting(32, affects="predictions")
     tta_lr: float = setting(0.01, affects="predictions")
-    window: list = setting(factory=lambda: [70, 130])  # trial-head window (samples)
+    window: list[int] = setting(factory=lambda: [70, 130])  # trial-head window (samples)
     batching: str = setting("folded", affects="nothing",
                             help="folded | vmap | loop: the same function; speed measured "
                                  "by bench/bench_experts.py (training steps)")
@@ -251,7 +253,7 @@ class FusionConfig:
     expert_result: str = setting("experts_mae_fomaml",
                                  help="the stage-03 result whose fold weights give the "
                                       "experts' embeddings (fold k uses fold k's experts)")
-    evoked_band: list = setting(factory=lambda: [0.5, 8.0])  # Hz
+    evoked_band: list[float] = setting(factory=lambda: [0.5, 8.0])  # Hz
     stride: int = setting(8)          # samples per fusion token (a multiple of the inputs')
     d_model: int = setting(32)
     n_heads: int = setting(4)
@@ -269,7 +271,7 @@ class FusionConfig:
     n_inner_val: int = setting(2)     # training participants that early-stop the fold
     eval_trials: int = setting(256)   # per inner participant, for early stopping
     train_trials: int = setting(256)  # per training participant and fold, kept at random
-    window: list = setting(factory=lambda: [70, 130])  # trial-head window (samples)
+    window: list[int] = setting(factory=lambda: [70, 130])  # trial-head window (samples)
     shuffle_labels: bool = setting(False)  # leakage alarm: labels permuted within participant
     predict_batch: int = setting(128, affects="nothing")  # trials per forward pass
     device: str = setting("auto", affects="nothing")
@@ -314,7 +316,7 @@ class RLConfig:
     HEADS: typing.ClassVar[tuple[str, ...]] = ("dqn", "sac")
 
     heads: list[str] = setting(factory=lambda: ["dqn", "sac"], affects="nothing")
-    band: list = setting(factory=lambda: [4.0, 30.0])  # Hz: the CSP's band-pass
+    band: list[float] = setting(factory=lambda: [4.0, 30.0])  # Hz: the CSP's band-pass
     decim: int = setting(2)           # the band-passed waveform keeps every decim-th sample
     n_csp: int = setting(4)           # CSP components (csp_space: time axis kept)
     lstm: int = setting(128)
@@ -350,7 +352,8 @@ class RLConfig:
     sac_env_steps: int = setting(3000)
     sac_learning_starts: int = setting(500)
     sac_gamma: float = setting(0.9)   # the smoothness term ties a decision to the next
-    sac_lambdas: list = setting(factory=lambda: [0.0, 0.5])  # chosen in the fold by the twin
+    # the smoothness term's weights, one chosen in each fold by the twin
+    sac_lambdas: list[float] = setting(factory=lambda: [0.0, 0.5])
     eval_every: int = setting(250, affects="nothing")  # steps between learning-curve points
     shuffle_labels: bool = setting(False)  # leakage alarm: labels permuted within participant
     device: str = setting("cpu", affects="nothing")
@@ -400,9 +403,10 @@ class EnsembleConfig:
 
     n_trials: int = setting(60)       # finished trials per study (one per fold + 1 final)
     top_k: int = setting(6)           # candidates kept per study, best alone first
-    smooth_choices: list = setting(factory=lambda: [0, 2, 5, 10])  # Gaussian sigma, samples
-    exclude: list = setting(factory=list, help="results never blended (labels as in "
-                            "lopo.csv); diagnostic results are always left out")
+    # Gaussian smoothing sigmas (samples) a study chooses from
+    smooth_choices: list[int] = setting(factory=lambda: [0, 2, 5, 10])
+    exclude: list[str] = setting(factory=list, help="results never blended (labels as "
+                                 "in lopo.csv); diagnostic results are always left out")
     storage: str | None = setting(None, affects="nothing",
                                   help="SQLAlchemy URL of the studies' database (e.g. "
                                   "postgresql://user@host/db); default one SQLite file per "
@@ -453,44 +457,172 @@ class Config:
         return self
 
 
-def _build(cls, values: dict, where: str):
-    """Instantiate a (nested) dataclass from a dict, rejecting unknown keys."""
+class _Sources:
+    """Where each value of a config came from: the profile file, or the ``--set`` that
+    wrote it (the latest override of the key or of a section holding it)."""
+
+    def __init__(self, path: Path | None = None):
+        self.path = path
+        self.sets: list[tuple[str, str]] = []  # (dotted key, the override as given)
+
+    def of(self, key: str) -> str:
+        for k, item in reversed(self.sets):
+            if key == k or key.startswith(k + ".") or k.startswith(key + "."):
+                return f"--set {item}"
+        if self.path is None:
+            return ""
+        try:
+            return str(self.path.resolve().relative_to(REPO))
+        except ValueError:
+            return str(self.path)
+
+
+_NAMES = {int: ("an integer", "integers"), float: ("a number", "numbers"),
+          bool: ("true or false", "true/false values"), str: ("a string", "strings"),
+          type(None): ("null", "nulls")}
+
+
+def _expected(tp, plural: bool = False) -> str:
+    """``tp`` (a field annotation) in words: ``a list of numbers``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp in _NAMES:
+        return _NAMES[tp][plural]
+    if tp is Any:
+        return "values" if plural else "any value"
+    if origin is typing.Literal:
+        return ("values among " if plural else "one of ") + ", ".join(map(str, args))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_expected(a, plural) for a in args)
+    if tp in (list, tuple) or origin in (list, tuple):
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            what = f"{len(args)} items ({', '.join(_expected(a) for a in args)})"
+        else:
+            what = _expected(args[0], True) if args else ""
+        return ("lists" if plural else "a list") + (f" of {what}" if what else "")
+    if tp is dict or origin is dict or dataclasses.is_dataclass(tp):
+        what = f" of {_expected(args[0], True)} to {_expected(args[1], True)}" if args else ""
+        return ("mappings" if plural else "a mapping") + what
+    name = getattr(tp, "__name__", str(tp))
+    return f"{name}s" if plural else f"a {name}"
+
+
+def _fits(value: Any, tp) -> bool:
+    """Whether ``value`` (as YAML reads it) has the type of annotation ``tp``. Exact: a
+    bool is no number, a float no integer; a number (float) may be an integer."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return True
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is typing.Literal:
+        return any(value == a and type(value) is type(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if tp in (list, tuple) or origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(map(_fits, value, args))
+        return not args or all(_fits(v, args[0]) for v in value)
+    if tp is dict or origin is dict:
+        return isinstance(value, dict) and (not args or all(
+            _fits(k, args[0]) and _fits(v, args[1]) for k, v in value.items()))
+    if isinstance(tp, type):
+        return isinstance(value, tp)
+    return True  # an annotation this checker does not know: left to validate()
+
+
+def _type_error(key: str, value: Any, tp, sources: _Sources | None) -> ConfigError:
+    source = sources.of(key) if sources else ""
+    return ConfigError(f"{key or 'the config'} = {value!r}: expected {_expected(tp)}"
+                       + (f" (from {source})" if source else ""))
+
+
+def _build(cls, values: dict, where: str, sources: _Sources | None = None):
+    """Instantiate a (nested) dataclass from a dict, rejecting unknown keys and values
+    that do not have their field's annotated type (:func:`_fits`)."""
     if not isinstance(values, dict):
-        raise ConfigError(f"config '{where}' must be a mapping, got {values!r}")
+        raise _type_error(where, values, cls, sources)
     known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
+    unknown = sorted(set(values) - known, key=str)
     if unknown:
+        froms = sorted({sources.of(f"{where}.{k}".strip(".")) for k in unknown} - {""}
+                       if sources else ())
         raise ConfigError(f"unknown config key(s) {unknown} in '{where or 'top level'}'; "
-                         f"known: {sorted(known)}")
+                          f"known: {sorted(known)}"
+                          + (f" (from {'; '.join(froms)})" if froms else ""))
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():
-        sub = hints[name]
-        kwargs[name] = (_build(sub, value, f"{where}.{name}".strip("."))
-                        if dataclasses.is_dataclass(sub) else value)
+        sub, key = hints[name], f"{where}.{name}".strip(".")
+        if dataclasses.is_dataclass(sub):
+            kwargs[name] = _build(sub, value, key, sources)
+        elif not _fits(value, sub):
+            raise _type_error(key, value, sub, sources)
+        else:
+            kwargs[name] = value
     return cls(**kwargs)
 
 
-def _set(d: dict, dotted: str, value: Any) -> None:
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2's floats: ``1e-3`` is a number (PyYAML reads a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def _yaml(text: str, what: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"{what}: not valid YAML ({problem}{where})") from None
+
+
+def _set(d: dict, dotted: str, value: Any, source: str = "") -> None:
     keys = dotted.split(".")
-    for k in keys[:-1]:
+    for i, k in enumerate(keys[:-1]):
         d = d.setdefault(k, {})
+        if not isinstance(d, dict):
+            raise ConfigError(f"{'.'.join(keys[:i + 1])} = {d!r} is a value, not a section "
+                              f"with a key {keys[i + 1]!r}"
+                              + (f" (from {source})" if source else ""))
     d[keys[-1]] = value
 
 
 def load_config(profile: str = "quick", overrides: list[str] | None = None,
                 path: str | Path | None = None) -> Config:
-    """Load ``configs/<profile>.yaml`` (or ``path``) and apply ``key=value`` overrides."""
+    """Load ``configs/<profile>.yaml`` (or ``path``) and apply ``key=value`` overrides.
+
+    A value of the wrong type, in the file or an override, is a :class:`ConfigError`
+    naming the key, the value, the expected type and where the value came from."""
     path = Path(path) if path else PROFILES_DIR / f"{profile}.yaml"
     if not path.is_file():
         raise ConfigError(f"config file {path} not found (profiles: {PROFILES})")
-    values = yaml.safe_load(path.read_text()) or {}
+    sources = _Sources(path)
+    values = _yaml(path.read_text(), str(path))
+    values = {} if values is None else values
+    if not isinstance(values, dict):
+        raise _type_error("", values, Config, sources)
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value")
         key, raw = item.split("=", 1)
-        _set(values, key.strip(), yaml.safe_load(raw))
-    return _build(Config, values, "").validate()
+        key = key.strip()
+        _set(values, key, _yaml(raw, f"--set {item}"), f"--set {item}")
+        sources.sets.append((key, item))
+    return _build(Config, values, "", sources).validate()
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

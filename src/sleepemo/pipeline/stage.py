@@ -255,7 +255,8 @@ def guarded(fn: Callable[[], object]) -> None:
         fn()
     except (DataError, SubmissionError, ConfigError, FileExistsError,
             FileNotFoundError, FolderLocked, DiskFull) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        kind = "config error" if isinstance(exc, ConfigError) else "error"
+        print(f"{kind}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     except Exception as exc:
         full = disk_full(exc)
