@@ -315,7 +315,7 @@ def test_a_postgresql_password_can_come_from_a_pgpass_file(postgres_url, tmp_pat
     bare = f"postgresql://{u.username}@{u.host}:{u.port}/{u.database}"
     with pytest.raises(StudyError, match="no password supplied"):
         open_study("pgpass", bare, 0)
-    pgpass = tmp_path / "pgpass"  # what README.md recommends, as ~/.pgpass
+    pgpass = tmp_path / "pgpass"  # what docs/scaling.md recommends, as ~/.pgpass
     pgpass.write_text(f"{u.host}:{u.port}:{u.database}:{u.username}:{PG_PASSWORD}\n")
     pgpass.chmod(0o600)
     monkeypatch.setenv("PGPASSFILE", str(pgpass))
