@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from sleepemo import COMPETITION_SLUG
-from sleepemo.data.reader import download as dl
+from sleepemo.data import download as dl
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "s3cr3t-kaggle-key-0123456789"
@@ -467,7 +467,7 @@ def test_download_competition_replaces_empty_dest(tmp_path):
 KILLED = """
 import os, signal, sys, zipfile
 from pathlib import Path
-from sleepemo.data.reader import download as dl
+from sleepemo.data import download as dl
 
 point, dest = sys.argv[1], Path(sys.argv[2])
 files = sys.argv[3:]

@@ -27,7 +27,7 @@ def synthetic_dir(cfg: Config) -> Path:
 def resolve_data_dir(cfg: Config, data_dir: str | None = None, log=print) -> Path:
     """The data folder, first found of: given, configured, mounted in a Kaggle kernel,
     real in ``input/<slug>/``, downloaded with Kaggle credentials, built-in synthetic."""
-    from sleepemo.data.reader import synth
+    from sleepemo.data import synth
     from sleepemo.data.download import find_data_root, get_data
 
     if data_dir or cfg.data.dir:

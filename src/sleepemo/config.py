@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from sleepemo import COMPETITION_SLUG
+from sleepemo.errors import InputError
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILES_DIR = REPO / "configs"
@@ -35,8 +36,10 @@ PROFILES = ("smoke", "quick", "full")
 AFFECTS = ("weights", "predictions", "nothing")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError, ValueError):
     """A profile or override is invalid."""
+
+    kind = "config error"
 
 
 def setting(default: Any = dataclasses.MISSING, *, affects: str = "weights",

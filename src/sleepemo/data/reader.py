@@ -49,7 +49,7 @@ MAX_ARRAY_BYTES = 1 << 30
 BAD_VALUES = ("error", "interpolate")
 
 
-class DataError(ValueError):
+class DataError(InputError, ValueError):
     """A competition file or folder is missing, malformed or inconsistent."""
 
     def __init__(self, path: str | Path, problem: str):

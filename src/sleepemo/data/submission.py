@@ -32,7 +32,7 @@ LATEST_NAME = "latest.csv"
 N_EXAMPLES = 5
 
 
-class SubmissionError(ValueError):
+class SubmissionError(InputError, ValueError):
     """A submission file or frame breaks the format.
 
     Attributes

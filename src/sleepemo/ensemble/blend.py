@@ -262,7 +262,7 @@ class OptunaBlend:
         depend on the fold, so a nested loop computes them once; see :func:`curves_of`)."""
         import optuna
 
-        from sleepemo.ensemble.blend import studies
+        from sleepemo.ensemble import studies
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress: our bar, the study
         y = np.asarray(y)

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from sleepemo.errors import InputError, guarded
 from sleepemo.io import write_json
 
 LOCK_NAME = ".sleepemo.lock"
@@ -44,7 +45,7 @@ RECORD_NAME = ".sleepemo.lock.json"
 ENV = "SLEEPEMO_LOCK_TOKEN"
 
 
-class FolderLocked(RuntimeError):
+class FolderLocked(InputError, RuntimeError):
     """Another process holds the artefact folder's lock."""
 
 
