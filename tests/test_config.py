@@ -43,7 +43,7 @@ def test_unknown_model_name():
 
 
 def test_data_folder_resolution_order(tmp_path, make_folder):
-    from sleepemo.cli import resolve_data_dir
+    from sleepemo.data.location import resolve_data_dir
 
     cfg = load_config("smoke", [f"data.kaggle_input={tmp_path / 'kaggle'}",
                                 f"data.input_dir={tmp_path / 'input'}"])

@@ -169,7 +169,7 @@ def test_each_design_carries_its_effect_and_not_the_other(smoke_dir, evoked_dir)
 
 
 def test_design_is_validated_and_names_its_folder(tmp_path):
-    from sleepemo.cli import synthetic_dir
+    from sleepemo.data.location import synthetic_dir
     from sleepemo.config import ConfigError, load_config
 
     with pytest.raises(ValueError, match=r"design must be one of \('theta', 'evoked'\)"):

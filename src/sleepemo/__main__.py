@@ -13,7 +13,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return cli(argv[1:])
     from sleepemo.cli import main as data_main
-    from sleepemo.pipeline.stage import guarded
+    from sleepemo.errors import guarded
 
     guarded(lambda: data_main(argv))
     return 0

@@ -35,6 +35,9 @@ PROFILES = ("smoke", "quick", "full")
 #: is computed (speed, device, which variants run).
 AFFECTS = ("weights", "predictions", "nothing")
 
+#: ``data.bad_values``: what the reader does with NaN/Inf samples in a file.
+BAD_VALUES = ("error", "interpolate")
+
 
 class ConfigError(InputError, ValueError):
     """A profile or override is invalid."""
@@ -90,8 +93,6 @@ class DataConfig:
                               "no trial dropped; <out>/00_folds/repairs.csv lists them)")
 
     def validate(self, cfg: "Config") -> None:
-        from sleepemo.data.reader import BAD_VALUES
-
         _check(self.bad_values in BAD_VALUES, f"data.bad_values must be one of "
                f"{', '.join(BAD_VALUES)}, not {self.bad_values!r}")
         _check(0 < float(self.synthetic_scale) <= 10, "data.synthetic_scale must be in (0, 10]")

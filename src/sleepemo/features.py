@@ -10,6 +10,8 @@ import contextvars
 
 import numpy as np
 import scipy.signal
+from sleepemo.io import write_json, write_npy
+from sleepemo.progress import bar
 
 
 def bandpass(X: np.ndarray, sfreq: float, band: tuple[float, float],
@@ -288,8 +290,6 @@ class BandFeatureCache:
         """Compute the missing participants' features (``subjects``: id -> trials array)."""
         import shutil
 
-        from sleepemo.io import write_json, write_npy
-        from sleepemo.progress import bar
 
         if self.root.is_dir():
             for stale in self.root.iterdir():

@@ -27,6 +27,7 @@ from sleepemo.data.folds import Folds
 from sleepemo.baselines import make_model
 from sleepemo.pipeline.executor import resolve_workers
 from sleepemo.progress import bar
+from sleepemo.io import atomic_path
 
 
 def _as_2d(p: np.ndarray, n_trials: int, n_times: int) -> np.ndarray:
@@ -62,7 +63,6 @@ def fold_model_path(folder: str | Path, k: int) -> Path:
 def save_fold_model(folder: str | Path, k: int, model) -> Path:
     import joblib
 
-    from sleepemo.io import atomic_path
 
     with atomic_path(fold_model_path(folder, k)) as tmp:
         joblib.dump(model, tmp)

@@ -314,7 +314,6 @@ class Shuffled(BaselineModel):
 
     def __init__(self, random_state=0, base="second_place", **base_params):
         super().__init__(random_state)
-        from sleepemo.baselines import make_model
 
         self.base = base
         self.model = make_model(base, random_state=random_state, **base_params)
@@ -356,3 +355,25 @@ class LinearProbe(BaselineModel):
 
     def predict_proba(self, feats):
         return self.pipe_.predict_proba(feats)[:, 1]
+
+
+#: Model registry: name -> class. Stages look models up here, never with if/elif.
+REGISTRY = {
+    "constant": Constant,
+    "shuffled": Shuffled,
+    "starter": Starter,
+    "second_place": SecondPlace,
+    "riemann": RiemannTS,
+    "xdawn_ts": XdawnTS,
+    "erp_lda": ErpLDA,
+    "linear_probe": LinearProbe,
+}
+
+
+def make_model(name: str, random_state: int = 0, **params):
+    """Instantiate a registered model."""
+    try:
+        cls = REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; registered: {sorted(REGISTRY)}") from None
+    return cls(random_state=random_state, **params)

@@ -30,6 +30,10 @@ import numpy as np
 import scipy.io
 
 from sleepemo import CHANNELS, SFREQ
+from sleepemo.config import BAD_VALUES
+from sleepemo.errors import InputError
+from sleepemo.metric import read_solution
+from sleepemo.progress import bar
 
 CLASS_DIRS = {"sleep_emo": 1, "sleep_neu": 0}
 # ASCII digits only: ``\d`` would take "S_\u0662_cleaned.mat" (an Arabic-Indic two) for S_2
@@ -44,9 +48,6 @@ _MAT5_MAGIC = b"MATLAB 5.0 MAT-file"
 #: HDF5 chunked dataset with unwritten chunks stores nothing at all. The competition's
 #: largest file holds ~23 MB of float64 trials, so 1 GiB leaves a 40-fold margin.
 MAX_ARRAY_BYTES = 1 << 30
-
-#: ``data.bad_values``: what the reader does with NaN/Inf samples (``config.DataConfig``).
-BAD_VALUES = ("error", "interpolate")
 
 
 class DataError(InputError, ValueError):
@@ -846,7 +847,6 @@ def load_dataset(root: str | Path, subjects: Iterable[int] | None = None,
         What NaN/Inf samples do (config ``data.bad_values``, :func:`read_mat`); the
         repairs made are in ``Dataset.repairs``. Every trial is kept either way.
     """
-    from sleepemo.progress import bar
 
     root = Path(root)
     train_files, test_files = scan(root)
@@ -889,7 +889,6 @@ def load_solution(path: str | Path, dataset: Dataset | None = None) -> dict[int,
     Parsing and row checks are :func:`sleepemo.metric.read_solution`'s; with ``dataset``
     given, also checks that the file covers exactly the test trials.
     """
-    from sleepemo.metric import read_solution
 
     path = Path(path)
     try:

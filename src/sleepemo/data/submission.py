@@ -22,7 +22,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from sleepemo.errors import InputError
 from sleepemo.io import atomic_path, copy_file
+from sleepemo.data.reader import read_mat, scan
 
 HEADER = "id,prediction"
 COLUMNS = ("id", "prediction")
@@ -376,7 +378,6 @@ def _parse_expected(text: str) -> tuple[int, int, int]:
 
 def expected_from_data(data_dir: str | os.PathLike) -> dict[int, tuple[int, int]]:
     """Subject -> (n_trials, n_times) of every test file in a data folder."""
-    from sleepemo.data.reader import read_mat, scan
 
     _, test = scan(data_dir)
     # shapes only: NaN/Inf samples do not change them (no policy drops a trial)

@@ -65,6 +65,7 @@ import numpy as np
 from sleepemo import CHANNELS, N_TIMES, SFREQ
 from sleepemo.io import write_json
 from sleepemo.data.montage import positions
+from sleepemo.progress import bar
 
 #: Real per-participant trial counts (emotional, neutral).
 TRAIN_COUNTS = {2: (269, 278), 3: (351, 334), 4: (400, 371), 5: (250, 311), 6: (386, 359),
@@ -269,7 +270,6 @@ def generate(out: str | Path, cfg: SynthConfig = SynthConfig(), progress: bool =
     run leaves nothing that looks complete. An existing folder made with the same
     settings is reused; a folder made with other settings raises unless ``force``.
     """
-    from sleepemo.progress import bar
 
     out = Path(out)
     meta_path = out / "synth.json"

@@ -46,6 +46,7 @@ from scipy.ndimage import gaussian_filter1d
 from sleepemo.io import write_json, write_npy
 from sleepemo.metric import (column_ranks, default_min_run, per_timepoint_auc, score_from_curve,
                      window_auc)
+from sleepemo.ensemble import studies
 
 NORMS = ("rank", "zscore")
 _PACKS: dict = {}  # pack folder -> {name: array}: one load per process
@@ -262,7 +263,6 @@ class OptunaBlend:
         depend on the fold, so a nested loop computes them once; see :func:`curves_of`)."""
         import optuna
 
-        from sleepemo.ensemble import studies
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress: our bar, the study
         y = np.asarray(y)

@@ -22,14 +22,14 @@ from sleepemo.experts.infer import (VARIANTS, ExpertInference, expert_encoder_co
                             load_expert_params, output_names, tta_seed)
 from sleepemo.features import pool_time
 from sleepemo.predict.api import Predictor, PredictError, Run, _band
+from sleepemo.mae.model import load_mae_weights
+from sleepemo.pipeline.stage import stage_dir
 
 
 class ExpertsPredictor(Predictor):
     """A stage-03 result: the mean over folds of the combined experts' probabilities."""
 
     def __init__(self, run: Run, result: Result):
-        from sleepemo.mae.model import load_mae_weights
-        from sleepemo.pipeline.stage import stage_dir
 
         meta = result.meta
         self.name, self.run = result.label, run

@@ -21,6 +21,7 @@ from sleepemo.fusion.model import (FusionNet, TunedFusion, electrode_positions, 
 from sleepemo.mae.model import TokenCache, load_mae_weights
 from sleepemo.progress import bar
 from sleepemo.pipeline.stage import Stage, stage_dir
+from sleepemo.experts.infer import load_expert_params
 
 VARIANTS = FusionConfig.VARIANTS
 
@@ -201,7 +202,6 @@ class Inputs:
 
     def expert_params(self, k: int) -> dict:
         """Fold k's stage-03 experts: their stacked parameters."""
-        from sleepemo.experts.infer import load_expert_params
 
         return load_expert_params(self.expert_result().folder / f"fold{k}.pt",
                                   self.stage.device)

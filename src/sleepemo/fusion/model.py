@@ -28,11 +28,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from sleepemo.data.montage import positions
+from sleepemo.experts.model import folded_encode
+from sleepemo.features import zscore_participant
 
 
 def electrode_positions(ch_names) -> np.ndarray | None:
     """Template positions scaled to about unit size, or None if a channel has none."""
-    from sleepemo.data.montage import positions
 
     try:
         pos = positions(list(ch_names))
@@ -191,7 +193,6 @@ class TunedFusion(nn.Module):
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pooled expert embeddings (not yet z-scored) and pooled extras."""
-        from sleepemo.experts.model import folded_encode
 
         params = {k: self.experts[k.replace(".", "__")] for k in self.names}
         h = folded_encode(params, x[..., :self.n_in], self.n_heads).transpose(0, 1)
@@ -222,7 +223,6 @@ class TunedFusion(nn.Module):
 def standardise(x: np.ndarray) -> np.ndarray:
     """Z-score every (channel, feature) over one participant's trials and tokens (numpy;
     :func:`zscore_groups` is its torch twin)."""
-    from sleepemo.features import zscore_participant
 
     return zscore_participant(x).astype(np.float32)
 

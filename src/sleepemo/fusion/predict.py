@@ -31,6 +31,9 @@ from sleepemo.features import pool_time, token_features
 from sleepemo.fusion.inputs import new_model, new_tuned_model, tuned_input
 from sleepemo.fusion.model import electrode_positions, predict, standardise, to_timepoints
 from sleepemo.predict.api import PredictError, Predictor, Run, _band, mae_tokens
+from sleepemo.experts.model import embed_tokens
+from sleepemo.fusion.model import fused_tokens
+from sleepemo.pipeline.artefacts import results
 
 VARIANTS = FusionConfig.VARIANTS
 
@@ -96,7 +99,6 @@ class FusionPredictor(Predictor):
             return standardise(pool_time(band, stride)[..., :len(self.run.cfg.mae.bands)])
         if self.kind == "mae":
             return standardise(mae_tokens(self.run, X, sfreq, stride))
-        from sleepemo.experts.model import embed_tokens
 
         estride = self.run.cfg.experts.stride
         return standardise(pool_time(embed_tokens(self.experts[k], pool_time(band, estride),
@@ -132,7 +134,6 @@ class FusionPredictor(Predictor):
     def fused(self, k: int, x: np.ndarray) -> np.ndarray:
         """Fold k's fused per-token embeddings (n_trials, n_tokens, d) of input ``x``
         (what stage 05's SAC reads: :class:`sleepemo.fusion.inputs.FusedTokens`)."""
-        from sleepemo.fusion.model import fused_tokens
 
         return fused_tokens(self._model(k, x.shape[-1], x.shape[1]), x, self.cfg.predict_batch)
 
@@ -146,7 +147,6 @@ class FusionPredictor(Predictor):
 
 
 def _results(run: Run, stage: str):
-    from sleepemo.pipeline.artefacts import results
 
     return results(run.out, stage)
 

@@ -36,6 +36,7 @@ from typing import Callable, Sequence
 from sleepemo import COMPETITION_SLUG
 from sleepemo.config import PROFILES, REPO, ConfigError, load_config
 from sleepemo.io import atomic_dir, read_json, write_json, write_text
+from sleepemo.data.download import kaggle_username
 
 #: The packages of requirements.txt that a current Kaggle Python image lacks, and their
 #: dependencies that it lacks too: the wheels dataset holds exactly these. Decided from
@@ -100,7 +101,6 @@ def pinned_versions(requirements: Path, names: Sequence[str] = KAGGLE_LACKS) -> 
 def resolve_user(user: str | None = None) -> tuple[str, str]:
     """``(user name, where it came from)``: ``--user``, else the Kaggle configuration's
     user name (never its key), else the placeholder to edit."""
-    from sleepemo.data.download import kaggle_username
 
     source = "--user"
     if user is None:

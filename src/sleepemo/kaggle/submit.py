@@ -51,6 +51,11 @@ from sleepemo.data.download import KaggleApiError, _short_message, credentials_h
     kaggle_api, mask_secrets
 from sleepemo.io import atomic_path, read_json, write_json
 from sleepemo.pipeline.stage import stage_dir
+from sleepemo.data.folds import read_folds
+from sleepemo.data.reader import DataError, load_dataset
+from sleepemo.data.submission import (SubmissionError, new_run_dir, run_name, write_test_submission)
+from sleepemo.metric import score_files
+from sleepemo.pipeline.artefacts import find
 
 LEADERBOARD_NAME = "leaderboard.csv"
 #: Columns of ``leaderboard.csv``, in order.
@@ -161,11 +166,6 @@ def write_model_submission(run_dir: Path, summary: dict, model: str,
     keys of stage 07's (model, stage, lopo_window_auc, submission, rows, data_dir,
     artefacts, profile, local_leaderboard when scored) and ``from_run``.
     """
-    from sleepemo.pipeline.artefacts import find
-    from sleepemo.data.reader import load_dataset
-    from sleepemo.data.folds import read_folds
-    from sleepemo.metric import score_files
-    from sleepemo.data.submission import new_run_dir, run_name, write_test_submission
 
     for key in ("artefacts", "data_dir"):
         if not summary.get(key):
@@ -448,8 +448,6 @@ def run(args) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line; returns the exit code (see the module docstring)."""
-    from sleepemo.data.reader import DataError
-    from sleepemo.data.submission import SubmissionError
 
     ap = _parser()
     args = ap.parse_args(argv)

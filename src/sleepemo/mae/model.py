@@ -30,6 +30,11 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from sleepemo.io import atomic_path, read_json, write_json
+from sleepemo.config import ConfigError
+from sleepemo.features import pool_time, token_window
+from sleepemo.io import write_npy
+from sleepemo.pipeline.stage import stage_dir
+from sleepemo.progress import bar
 
 
 @dataclass(frozen=True)
@@ -141,7 +146,6 @@ def n_parameters(module: nn.Module) -> int:
 def encoder_config(cfg, n_times: int, n_chans: int) -> EncoderConfig:
     """The encoder that a ``mae:`` config section describes, for trials of ``n_times``
     samples pooled into tokens of ``cfg.stride`` samples and ``n_chans`` channels."""
-    from sleepemo.config import ConfigError
 
     if n_times % cfg.stride:
         raise ConfigError(f"mae.stride {cfg.stride} does not divide the {n_times} samples "
@@ -265,10 +269,6 @@ class TokenCache:
 
         import numpy as np
 
-        from sleepemo.features import pool_time
-        from sleepemo.io import write_npy
-        from sleepemo.progress import bar
-        from sleepemo.pipeline.stage import stage_dir
 
         folder = stage_dir(out, "mae")
         info = load_mae_weights(folder)[2]  # a clear error if stage 02 has not run
@@ -327,7 +327,6 @@ def window_means(tokens, window: tuple[int, int], stride: int):
     (n_trials, n_chans * d)."""
     import numpy as np
 
-    from sleepemo.features import token_window
 
     w = token_window(window, stride)
     x = np.asarray(tokens[:, :, w[0]:w[1]]).mean(2)

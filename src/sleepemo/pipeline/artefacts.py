@@ -39,6 +39,9 @@ from pathlib import Path
 import numpy as np
 
 from sleepemo.io import read_json, write_json, write_npy, write_npz
+from sleepemo.io import atomic_path
+from sleepemo.metric import WindowAUC, window_auc
+from sleepemo.pipeline.stage import STAGES, spec
 
 PACKAGE = Path(__file__).resolve().parent
 CONTRACT = 1
@@ -76,7 +79,6 @@ def save_checkpoint(path: str | Path, state: dict, fp: str) -> None:
     the fingerprint it belongs to."""
     import torch
 
-    from sleepemo.io import atomic_path
 
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         # through a Python file: a full disk is an OSError (ENOSPC), not torch's opaque
@@ -99,7 +101,6 @@ def load_checkpoint(path: str | Path, fp: str, device="cpu") -> dict | None:
 def score_oof(oof: np.ndarray, ds, folds):
     """Window AUC (:class:`sleepemo.metric.WindowAUC`) of out-of-fold predictions
     against the training labels (scoring only, never fitting)."""
-    from sleepemo.metric import window_auc
 
     preds = folds.split_rows(oof, "train")
     return window_auc({s: ds.train[s].y for s in folds.train_subjects}, preds, ds.sfreq)
@@ -149,7 +150,6 @@ class Result:
 
     def score(self):
         """The stored :class:`~sleepemo.metric.WindowAUC` and the sampling rate."""
-        from sleepemo.metric import WindowAUC
 
         d = read_json(self.folder / "score.json")
         return WindowAUC(score=float(d["overall"]), curve=np.asarray(d["curve"]),
@@ -174,7 +174,6 @@ def results(out: str | Path, stage: str | None = None) -> list[Result]:
     ``stage`` keeps one stage's results; labels are computed over the whole run so that
     they do not change with the filter.
     """
-    from sleepemo.pipeline.stage import STAGES, spec
 
     found = []
     for s in STAGES:
@@ -255,7 +254,6 @@ class ResultWriter:
     """
 
     def __init__(self, out: str | Path, stage: str, name: str, fingerprint: str, folds):
-        from sleepemo.pipeline.stage import spec
 
         if not _NAME.match(name):
             raise ValueError(f"result name {name!r}: use letters, digits, '_', '.', '-'")

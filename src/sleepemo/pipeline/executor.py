@@ -31,6 +31,7 @@ import queue as queue_module
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable
+from sleepemo.pipeline.stage import Stage, flush_denormals, spec
 
 _STATE: dict = {}
 
@@ -101,7 +102,6 @@ def _open_worker(opening: tuple, steps) -> None:
     """A worker's start: one torch thread, denormals flushed, the stage and its state."""
     import torch
 
-    from sleepemo.pipeline.stage import Stage, flush_denormals, spec
 
     cfg, data_dir, out, name, setup = opening
     flush_denormals()

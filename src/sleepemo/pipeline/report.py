@@ -32,6 +32,10 @@ import numpy as np
 import pandas as pd
 
 from sleepemo.io import atomic_path, copy_file, read_json, write_text
+from sleepemo.config import REPO
+from sleepemo.data.montage import montage
+from sleepemo.pipeline.artefacts import results
+from sleepemo.pipeline.stage import STAGES
 
 REPORT_FILES = ("report.md", "lopo.csv", "lopo_curves.png", "lopo_bars.png")
 
@@ -183,7 +187,6 @@ def plot_topomaps(values: dict[str, list], ch_names, path: Path,
     plt = pyplot()
     import mne
 
-    from sleepemo.data.montage import montage
 
     if not values:
         return None
@@ -219,7 +222,6 @@ def _rebase_images(markdown: str, prefix: str) -> str:
 def _git_commit() -> str | None:
     import subprocess
 
-    from sleepemo.config import REPO
 
     try:
         out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
@@ -231,7 +233,6 @@ def _git_commit() -> str | None:
 
 def run_times(out: Path, extra: dict | None = None) -> list[dict]:
     """Each stage's wall time and peak memory, from its ``metrics.json``."""
-    from sleepemo.pipeline.stage import STAGES
 
     rows = []
     for s in STAGES:
@@ -246,7 +247,6 @@ def run_times(out: Path, extra: dict | None = None) -> list[dict]:
 
 def render(out: Path, table: pd.DataFrame, extra_times: dict | None = None) -> str:
     """The Markdown report of the run in ``out``."""
-    from sleepemo.pipeline.stage import STAGES
 
     cfg_path = out / "config.yaml"
     profile = ""
@@ -291,7 +291,6 @@ def write_report(out: str | Path, extra_times: dict | None = None
                  ) -> tuple[pd.DataFrame, list]:
     """Write ``lopo.csv``, the pictures and ``report.md`` into ``out``; returns the
     table and the results (see the module docstring)."""
-    from sleepemo.pipeline.artefacts import results
 
     out = Path(out)
     listed = results(out)

@@ -177,7 +177,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from sleepemo.pipeline import runlock  # the module, not __main__: guarded knows its FolderLocked
-    from sleepemo.pipeline.stage import guarded
-
-    guarded(runlock.main)
+    guarded(main)

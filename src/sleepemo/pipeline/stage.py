@@ -27,7 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from sleepemo.config import PROFILES, REPO, Config, ConfigError, load_config, save_config
+from sleepemo.config import PROFILES, REPO, Config, load_config, save_config
+from sleepemo.errors import guarded
+from sleepemo.data.folds import read_folds
+from sleepemo.data.location import resolve_data_dir
+from sleepemo.data.reader import load_dataset
+from sleepemo.io import write_json, write_text
+from sleepemo.pipeline.runlock import command_line, hold
 
 
 @dataclass(frozen=True)
@@ -144,13 +150,11 @@ class Stage:
         return choose_device(getattr(self.section, "device", "auto"))
 
     def dataset(self):
-        from sleepemo.data.reader import load_dataset
 
         return load_dataset(self.data_dir, progress=self.progress,
                             bad_values=self.cfg.data.bad_values)
 
     def folds(self, ds=None):
-        from sleepemo.data.folds import read_folds
 
         folds = read_folds(self.out / "folds.json")
         if ds is not None:
@@ -162,13 +166,11 @@ class Stage:
 
     def write_evidence(self, markdown: str) -> None:
         """This stage's section of the run report (``<folder>/evidence.md``)."""
-        from sleepemo.io import write_text
 
         write_text(self.dir / "evidence.md", markdown.rstrip() + "\n")
 
     def run(self, body: Callable[["Stage"], StageOutput]) -> StageOutput:
         """Run the stage's body, then the closing work (see the module docstring)."""
-        from sleepemo.io import write_json
 
         output = body(self)
         metrics = dict(output.metrics)
@@ -229,7 +231,6 @@ def stage_parser(doc: str) -> argparse.ArgumentParser:
 
 def resolve_args(args: argparse.Namespace) -> tuple[Config, Path, Path]:
     """The config, data folder and artefact folder of a script's parsed arguments."""
-    from sleepemo.cli import resolve_data_dir
 
     cfg = load_config(args.profile, args.overrides)
     data_dir = resolve_data_dir(cfg, args.data_dir, log=lambda m: print(m, file=sys.stderr))
@@ -241,29 +242,6 @@ def stage_from_args(name: str, args: argparse.Namespace) -> Stage:
     """Open stage ``name`` from a script's parsed arguments (no lock: see :func:`main`)."""
     cfg, data_dir, out = resolve_args(args)
     return open_stage(name, cfg, data_dir, out, progress=not args.no_progress)
-
-
-def guarded(fn: Callable[[], object]) -> None:
-    """Run ``fn``; expected input problems, a folder in use by another run and a full
-    disk end in one line and exit code 2, not a traceback."""
-    from sleepemo.data.reader import DataError
-    from sleepemo.io import DiskFull, disk_full
-    from sleepemo.pipeline.runlock import FolderLocked
-    from sleepemo.data.submission import SubmissionError
-
-    try:
-        fn()
-    except (DataError, SubmissionError, ConfigError, FileExistsError,
-            FileNotFoundError, FolderLocked, DiskFull) as exc:
-        kind = "config error" if isinstance(exc, ConfigError) else "error"
-        print(f"{kind}: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except Exception as exc:
-        full = disk_full(exc)
-        if full is None:
-            raise
-        print(f"error: {DiskFull(full.filename, full)}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def main(name: str, doc: str, body: Callable[..., StageOutput],
@@ -279,7 +257,6 @@ def main(name: str, doc: str, body: Callable[..., StageOutput],
     args = ap.parse_args()
 
     def go():
-        from sleepemo.pipeline.runlock import command_line, hold
 
         cfg, data_dir, out = resolve_args(args)
         # one run at a time in <out> (sleepemo.pipeline.runlock): taken before anything is written

@@ -61,6 +61,18 @@ import numpy as np
 from sleepemo.pipeline.artefacts import Result, find, fold_mean
 from sleepemo.config import Config, load_config
 from sleepemo.io import read_json
+from sleepemo.baselines import make_model
+from sleepemo.baselines.lopo import _as_2d, load_fold_model
+from sleepemo.config import REPO
+from sleepemo.data.reader import read_mat
+from sleepemo.data.submission import build_submission, new_run_dir
+from sleepemo.ensemble.blend import OptunaBlend, Stack
+from sleepemo.errors import guarded
+from sleepemo.features import OnlineNormaliser, pool_time, token_features, zscore_trials
+from sleepemo.io import atomic_path, write_json, write_npy
+from sleepemo.mae.model import encode_tokens, load_encoder, load_mae_weights, window_means
+from sleepemo.pipeline.stage import spec, stage_dir
+from sleepemo.progress import bar
 
 
 class PredictError(ValueError):
@@ -135,7 +147,6 @@ class Predictor:
         participant's stream; ``state`` is this predictor's own for that participant
         (empty at its first trial)."""
         if self.online:
-            from sleepemo.features import OnlineNormaliser
 
             with state.setdefault("norm", OnlineNormaliser()):
                 return self.predict(trial[None], sfreq, subject)[0]
@@ -146,7 +157,6 @@ class Predictor:
 
 def _band(run: Run, X: np.ndarray, sfreq: float) -> np.ndarray:
     """Stage 02's token features of one participant (as its BandFeatureCache holds)."""
-    from sleepemo.features import token_features
 
     m = run.cfg.mae
     return token_features(X, sfreq, m.bands, m.feature, m.evoked())
@@ -156,9 +166,6 @@ def mae_tokens(run: Run, X: np.ndarray, sfreq: float, stride: int) -> np.ndarray
     """Stage 02's encoder output for one participant's trials, pooled to ``stride``
     samples per token: what :class:`~sleepemo.mae.model.TokenCache` holds for a
     participant of the run (the same computation, at the MAE's own stride)."""
-    from sleepemo.features import pool_time
-    from sleepemo.mae.model import encode_tokens, load_encoder, load_mae_weights
-    from sleepemo.pipeline.stage import stage_dir
 
     folder = stage_dir(run.out, "mae")
     enc = run.cached("mae_encoder", lambda: load_encoder(folder))
@@ -170,8 +177,6 @@ def mae_tokens(run: Run, X: np.ndarray, sfreq: float, stride: int) -> np.ndarray
 
 
 def _mae_window(run: Run, X, sfreq, recipe) -> np.ndarray:
-    from sleepemo.features import zscore_trials
-    from sleepemo.mae.model import window_means
 
     stride = run.cfg.mae.stride
     return zscore_trials(window_means(mae_tokens(run, X, sfreq, stride),
@@ -179,7 +184,6 @@ def _mae_window(run: Run, X, sfreq, recipe) -> np.ndarray:
 
 
 def _band_window(run: Run, X, sfreq, recipe) -> np.ndarray:
-    from sleepemo.features import zscore_trials
 
     w = recipe["window"]
     feats = np.asarray(_band(run, X, sfreq))
@@ -195,8 +199,6 @@ class FoldAverage(Predictor):
     predictions)."""
 
     def __init__(self, run: Run, result: Result):
-        from sleepemo.baselines.lopo import load_fold_model
-        from sleepemo.baselines import make_model
 
         self.name, self.run = result.label, run
         self.recipe = result.meta.get("recipe") or {"features": "transform"}
@@ -215,7 +217,6 @@ class FoldAverage(Predictor):
         return FEATURES[kind](self.run, X, sfreq, self.recipe)
 
     def predict(self, X, sfreq, subject=None):
-        from sleepemo.baselines.lopo import _as_2d
 
         feats = self.features(X, sfreq)
         n, t = len(X), X.shape[-1]
@@ -226,7 +227,6 @@ class Ensemble(Predictor):
     """Stage 06's blend of its members' predictions (``ensembler.json``)."""
 
     def __init__(self, run: Run, result: Result):
-        from sleepemo.ensemble.blend import OptunaBlend
 
         path = result.folder.parent / "ensembler.json"
         if not path.is_file():
@@ -236,7 +236,6 @@ class Ensemble(Predictor):
         self.online = all(p.online for p in self.members.values())
 
     def predict(self, X, sfreq, subject=None):
-        from sleepemo.ensemble.blend import Stack
 
         stack = Stack({m: p.predict(X, sfreq, subject) for m, p in self.members.items()},
                       np.zeros(len(X), dtype=int))
@@ -246,7 +245,6 @@ class Ensemble(Predictor):
         """Each member streams the trial (its own state); the blend re-normalises the
         members' outputs over the trials seen (per-participant ranks), a cost that grows
         with them but is small beside the members'."""
-        from sleepemo.ensemble.blend import Stack
 
         outs = state.setdefault("outputs", {m: [] for m in self.members})
         for m, p in self.members.items():
@@ -301,7 +299,6 @@ STAGE_PREDICTORS: dict[str, str] = {
 
 
 def supported() -> str:
-    from sleepemo.pipeline.stage import spec
 
     return ", ".join(["stage 01 baselines", "stage 02 probes"] + [
         f"stage {spec(s).number} {s}" for s in STAGE_PREDICTORS] +
@@ -383,8 +380,6 @@ def predict_files(out: str | Path, paths, model: str | None = None, stream: bool
     Returns ``{"model": label, "predictions": participant -> (probabilities (n_trials,
     n_times) float32, warm-up flags (n_trials,) bool; all False in batch mode),
     "repairs": participant -> repaired samples}``."""
-    from sleepemo.data.reader import read_mat
-    from sleepemo.progress import bar
 
     run = Run.open(out)
     predictor = load_predictor(run.out, model, run)
@@ -408,8 +403,6 @@ def predict_files(out: str | Path, paths, model: str | None = None, stream: bool
 
 def write_predictions(result: dict, dest: Path, meta: dict) -> Path:
     """``predictions.csv`` (competition format), ``S<id>.npy``, ``predict.json``."""
-    from sleepemo.io import atomic_path, write_json, write_npy
-    from sleepemo.data.submission import build_submission
 
     preds = result["predictions"]
     df = build_submission({s: p for s, (p, _) in preds.items()})
@@ -427,8 +420,6 @@ def write_predictions(result: dict, dest: Path, meta: dict) -> Path:
 def main(argv: list[str] | None = None) -> int:
     from datetime import datetime
 
-    from sleepemo.config import REPO
-    from sleepemo.data.submission import new_run_dir
 
     ap = argparse.ArgumentParser(prog="python -m sleepemo predict",
                                  description=__doc__.split("\n\n")[0])
@@ -464,7 +455,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def cli(argv: list[str] | None = None) -> int:
     """:func:`main` with expected problems as one line and exit code 2."""
-    from sleepemo.pipeline.stage import guarded
 
     try:
         guarded(lambda: main(argv))  # (a bad .mat file: DataError, one line, exit 2)

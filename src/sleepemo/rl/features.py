@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from sleepemo.features import bandpass, zscore_participant
+from sleepemo.io import atomic_path
 
 STATS = ("ptp", "rms", "abs_diff", "skew", "kurtosis", "alpha", "beta")
 PSD_BANDS = {"alpha": (8.0, 12.0), "beta": (12.0, 30.0)}
@@ -133,7 +134,6 @@ def save_fold_features(path, feats: FoldFeatures, fp: str) -> None:
     atomically."""
     import joblib
 
-    from sleepemo.io import atomic_path
 
     with atomic_path(path) as tmp:
         joblib.dump({"features": feats, "fingerprint": fp}, tmp)

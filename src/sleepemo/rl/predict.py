@@ -35,6 +35,16 @@ import numpy as np
 from sleepemo.pipeline.artefacts import Result, fold_mean, load_checkpoint
 from sleepemo.predict.api import PredictError, Predictor, Run
 from sleepemo.pipeline.stage import stage_dir
+from sleepemo.features import pool_time
+from sleepemo.fusion.predict import FusionPredictor
+from sleepemo.io import read_json
+from sleepemo.mae.model import load_mae_weights
+from sleepemo.pipeline.artefacts import results
+from sleepemo.predict.api import mae_tokens
+from sleepemo.rl.env import observation_space
+from sleepemo.rl.features import features_path, load_fold_features, participant_signals
+from sleepemo.rl.heads import Twin, broadcast, fold_checkpoint, q_network, trial_probability
+from sleepemo.rl.sac import (GruTwin, Prototypes, channel_embeddings, code_vectors, rollout, sac_policy, tokens_to_timepoints, twin_probability)
 
 
 class DqnPredictor(Predictor):
@@ -43,9 +53,6 @@ class DqnPredictor(Predictor):
     online = True  # per participant: zscore_participant only
 
     def __init__(self, run: Run, result: Result):
-        from sleepemo.rl.env import observation_space
-        from sleepemo.rl.features import features_path, load_fold_features
-        from sleepemo.rl.heads import Twin, fold_checkpoint, q_network
 
         self.run, self.name, self.cfg = run, result.label, run.cfg.rl
         head = result.meta.get("head")
@@ -72,8 +79,6 @@ class DqnPredictor(Predictor):
             self.folds.append((feats, net, _temperature(result, k)))
 
     def predict(self, X, sfreq, subject=None):
-        from sleepemo.rl.features import participant_signals
-        from sleepemo.rl.heads import broadcast, trial_probability
 
         sig = participant_signals(X, sfreq, tuple(self.cfg.band), self.cfg.decim)
         return fold_mean(broadcast(trial_probability(net, feats.transform(sig), temp),
@@ -99,8 +104,6 @@ class SacPredictor(Predictor):
     online = True  # per participant: the band features' z-scores only
 
     def __init__(self, run: Run, result: Result):
-        from sleepemo.mae.model import load_mae_weights
-        from sleepemo.rl.sac import GruTwin, sac_policy
 
         self.run, self.name, self.cfg = run, result.label, run.cfg.rl
         self.head = result.meta["head"]
@@ -138,8 +141,6 @@ class SacPredictor(Predictor):
     @staticmethod
     def _fusion(run: Run, fp: str, label: str):
         """The stage-04 result (by fingerprint) whose fused tokens the SAC read."""
-        from sleepemo.pipeline.artefacts import results
-        from sleepemo.fusion.predict import FusionPredictor
 
         found = [r for r in results(run.out, "fusion") if r.fingerprint == fp]
         if not found:
@@ -150,8 +151,6 @@ class SacPredictor(Predictor):
     def _prototypes(self, path, fp: str | None):
         """The prototypes in ``path``; ``fp`` None: the fingerprint recorded beside them
         (per-fold prototypes, whose fingerprint names the code that made them)."""
-        from sleepemo.io import read_json
-        from sleepemo.rl.sac import Prototypes
 
         if fp is None:
             record = path.with_suffix(".json")
@@ -166,9 +165,6 @@ class SacPredictor(Predictor):
 
     def fold_codes(self, X, sfreq):
         """Fold k's code vectors (n_trials, n_decisions, rl.sac_dim) for k = 0, 1, ..."""
-        from sleepemo.features import pool_time
-        from sleepemo.predict.api import mae_tokens
-        from sleepemo.rl.sac import channel_embeddings, code_vectors
 
         if self.fusion is None:
             tokens = mae_tokens(self.run, X, sfreq, self.cfg.sac_stride)
@@ -180,7 +176,6 @@ class SacPredictor(Predictor):
             yield code_vectors(self.prototypes[k], pool_time(self.fusion.fused(k, x), ratio))[0]
 
     def predict(self, X, sfreq, subject=None):
-        from sleepemo.rl.sac import rollout, tokens_to_timepoints, twin_probability
 
         return fold_mean(tokens_to_timepoints(
             rollout(net, codes) if self.head == "sac" else twin_probability(net, codes),

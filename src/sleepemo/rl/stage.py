@@ -61,6 +61,15 @@ from sleepemo.metric import window_auc
 from sleepemo.rl.features import FoldFeatures, participant_signals
 from sleepemo.rl.heads import fold_checkpoint
 from sleepemo.pipeline.stage import Stage, StageOutput
+from sleepemo.features import BandFeatureCache, pool_time
+from sleepemo.fusion.inputs import FusedTokens
+from sleepemo.io import read_json, write_json
+from sleepemo.mae.model import TokenCache, load_mae_weights
+from sleepemo.pipeline.stage import stage_dir
+from sleepemo.rl.env import TrialEnv
+from sleepemo.rl.features import features_path, save_fold_features
+from sleepemo.rl.heads import (Twin, broadcast, fit_temperature, gradient_steps, make_dqn, outputs, train_twin, trial_probability)
+from sleepemo.rl.sac import (GruTwin, Prototypes, TrajectoryEnv, channel_embeddings, code_vectors, make_sac, rollout, sac_gradient_steps, tokens_to_timepoints, train_gru_twin, train_prototypes, twin_probability)
 
 
 def _inner_auc(out_by_subject: dict, labels: dict) -> float:
@@ -87,10 +96,6 @@ def run_fold(cfg: RLConfig, signals: dict, labels: dict, held: int, test_subject
              seed: int, n_times: int, ckpt=None, fp: str = "", progress=None) -> dict:
     """Fold k's DQN and twin (see the module docstring); ``labels`` are the fold's
     training participants' only. Returns ``{"dqn": arrays, "dqn_twin": arrays}``."""
-    from sleepemo.rl.env import TrialEnv
-    from sleepemo.rl.features import features_path, save_fold_features
-    from sleepemo.rl.heads import (Twin, broadcast, fit_temperature, gradient_steps, make_dqn,
-                            outputs, train_twin, trial_probability)
 
     if held in labels:
         raise ValueError(f"participant {held} is held out in fold {k}: its labels must not "
@@ -152,7 +157,6 @@ def _dqn_callback(cfg: RLConfig, F: dict, inner_labels: dict, curves: dict, prog
     ``rl.eval_every`` environment steps, the progress bar."""
     from stable_baselines3.common.callbacks import BaseCallback
 
-    from sleepemo.rl.heads import outputs
 
     class Curves(BaseCallback):
         def _on_step(self) -> bool:
@@ -184,8 +188,6 @@ def run_sac_fold(cfg: RLConfig, codes: dict, labels: dict, held: int, test_subje
     """Fold k's SAC head and GRU twin on the code vectors (module docstring); ``labels``
     are the fold's training participants' only. Returns ``{"sac": arrays,
     "sac_twin": arrays}``."""
-    from sleepemo.rl.sac import (TrajectoryEnv, make_sac, rollout, sac_gradient_steps,
-                          tokens_to_timepoints, train_gru_twin, twin_probability)
 
     if held in labels:
         raise ValueError(f"participant {held} is held out in fold {k}: its labels must not "
@@ -200,7 +202,6 @@ def run_sac_fold(cfg: RLConfig, codes: dict, labels: dict, held: int, test_subje
     if state is not None:
         sac.policy.load_state_dict(state["sac"])
         lam = float(state["lam"])
-        from sleepemo.rl.sac import GruTwin
 
         twin = GruTwin(X.shape[-1])
         twin.load_state_dict(state["twin"])
@@ -255,7 +256,6 @@ def _sac_callback(cfg: RLConfig, codes: dict, inner_labels: dict, curves: dict, 
     every ``rl.eval_every`` environment steps, the progress bar."""
     from stable_baselines3.common.callbacks import BaseCallback
 
-    from sleepemo.rl.sac import rollout
 
     class Curves(BaseCallback):
         def _on_step(self) -> bool:
@@ -284,9 +284,6 @@ class SacSource:
     has no such result. Everything here is label-free."""
 
     def __init__(self, stage: Stage, ds, folds):
-        from sleepemo.mae.model import load_mae_weights
-        from sleepemo.pipeline.stage import stage_dir
-        from sleepemo.fusion.inputs import FusedTokens
 
         self.stage, self.ds, self.folds = stage, ds, folds
         cfg = stage.cfg.rl
@@ -322,8 +319,6 @@ class SacSource:
 
     def _mae_cache(self):
         """The MAE token cache at ``rl.sac_stride`` (built where missing)."""
-        from sleepemo.features import BandFeatureCache
-        from sleepemo.mae.model import TokenCache
 
         mcfg, folds = self.stage.cfg.mae, self.folds
         band = BandFeatureCache.for_run(self.stage.out, self.ds, folds, mcfg.bands,
@@ -338,14 +333,12 @@ class SacSource:
 
     def mae_embeddings(self) -> dict:
         """participant -> (n_trials, n_decisions, n_chans * d) from the MAE token cache."""
-        from sleepemo.rl.sac import channel_embeddings
 
         cache = self._mae_cache()
         return {s: channel_embeddings(np.asarray(cache.load(s))) for s in self.subjects}
 
     def fused_embeddings(self, k: int) -> dict:
         """participant -> (n_trials, n_decisions, d) from fold k's fusion."""
-        from sleepemo.features import pool_time
 
         ratio = self.stage.cfg.rl.sac_stride // self.stage.cfg.fusion.stride
         return {s: pool_time(e, ratio) for s, e in self.fused.fold(k).items()}
@@ -357,8 +350,6 @@ def prototype_codes(stage: Stage, emb: dict, fp: str, path, seed: int
     prototypes' record, from prototypes trained on unlabelled trials of ``emb``
     (participant -> (n_trials, n_decisions, n_in)), kept in ``path`` (loaded from it
     when its fingerprint ``fp`` matches) with the record beside it (``.json``)."""
-    from sleepemo.io import write_json
-    from sleepemo.rl.sac import Prototypes, code_vectors, train_prototypes
 
     cfg = stage.cfg.rl
     state = load_checkpoint(path, fp)
@@ -550,7 +541,6 @@ def sac_meta(state: FoldState, name: str) -> dict:
 def prototype_record(state: FoldState) -> dict:
     """The prototypes' records (written beside their checkpoints) of this run: one, or
     one per fold; codes in use and losses as ranges over folds."""
-    from sleepemo.io import read_json
 
     stage, data = state.stage, state.folds.data_fingerprint
     ks = [None] if state.source.fused is None else range(state.folds.n_folds)
@@ -580,8 +570,6 @@ def _span(values: list, fmt: str) -> str:
 
 def _report(stage: Stage, finished: dict, writers: dict, seconds: dict,
             record: dict | None) -> StageOutput:
-    from sleepemo.rl.heads import gradient_steps
-    from sleepemo.rl.sac import sac_gradient_steps
 
     cfg = stage.cfg.rl
     table, scores, _ = results_table(results(stage.out))
