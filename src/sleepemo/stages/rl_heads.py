@@ -51,8 +51,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..artefacts import (ResultWriter, code_hash, fingerprint, load_checkpoint, results,
-                         save_checkpoint)
+from ..artefacts import (Planned, ResultWriter, code_hash, fingerprint, listing,
+                         load_checkpoint, planned_or, results, save_checkpoint,
+                         stored_fingerprint)
 from ..config import RLConfig, fields_affecting
 from ..parallel import run_folds
 from ..progress import bar
@@ -60,7 +61,7 @@ from ..report import pyplot, results_table, save_figure, to_markdown
 from ..metric import window_auc
 from ..rl.features import FoldFeatures, participant_signals
 from ..rl.heads import fold_checkpoint
-from ..stage import Stage, StageOutput
+from ..stage import Stage, StageOutput, stage_dir
 
 
 def _inner_auc(out_by_subject: dict, labels: dict) -> float:
@@ -276,6 +277,12 @@ def _sac_callback(cfg: RLConfig, codes: dict, inner_labels: dict, curves: dict, 
     return Curves()
 
 
+def source_key(fused_fp: str | None, mae_fp: str | None) -> str:
+    """:attr:`SacSource.key`: the stage-04 result's fingerprint when the SAC reads its
+    fused tokens, else the stage-02 encoder's."""
+    return f"fusion:{fused_fp}" if fused_fp else f"mae:{mae_fp}"
+
+
 class SacSource:
     """What the SAC's prototypes quantise (``rl.sac_inputs``): fold k's stage-04 fused
     per-token embeddings (:class:`~sleepemo.fusion_inputs.FusedTokens` of variant
@@ -303,7 +310,7 @@ class SacSource:
     @property
     def key(self) -> str:
         """Identifies the embeddings (in the SAC's fingerprint)."""
-        return f"fusion:{self.fused.key}" if self.fused else f"mae:{self.mae_fp}"
+        return source_key(self.fused.key if self.fused else None, self.mae_fp)
 
     def note(self) -> str | None:
         """Why the MAE's embeddings are used though the fused ones were asked for."""
@@ -393,7 +400,7 @@ def prototypes_fp(stage: Stage, source: SacSource, data: str, k: int | None) -> 
     cfg = stage.cfg.rl
     return fingerprint(stage="rl_prototypes", seed=stage.cfg.seed, source=source.key,
                        fold=k, rl=fields_affecting(cfg, "weights"), data=data,
-                       code=code_hash())
+                       code=code_hash(__name__))
 
 
 def prototypes_path(stage: Stage, k: int | None):
@@ -419,7 +426,31 @@ def head_fingerprint(cfg: RLConfig, head: str, seed: int, data: str, source: str
     own = {k: v for k, v in fields.items()
            if (k.startswith(SAC_ONLY) == (head == "sac")) or k in SHARED}
     return fingerprint(stage="rl_heads", head=head, seed=seed, rl=own, data=data,
-                       mae=source if head == "sac" else None, code=code_hash())
+                       mae=source if head == "sac" else None, code=code_hash(__name__))
+
+
+def fingerprints(stage: Stage, planned: dict | None = None) -> list[Planned]:
+    """Every head's and twin's result as :func:`run` would write it now
+    (:mod:`sleepemo.plan`), with the stage-02 encoder and stage-04 results ``planned``
+    (or as on disk): the SAC reads the fused tokens when stage 04 has the result."""
+    from ..fusion_inputs import output_name as fusion_name
+
+    cfg, seed = stage.cfg.rl, stage.cfg.seed
+    data = stage.folds().data_fingerprint
+    source = None
+    if "sac" in cfg.heads:
+        fused = None
+        if cfg.sac_inputs == "fusion":
+            name = fusion_name(dataclasses.replace(stage.cfg.fusion, shuffle_labels=False),
+                               cfg.sac_fusion)
+            found = [r for r in listing(stage.out, planned, "fusion") if r.name == name]
+            fused = found[0].fingerprint if found else None
+        source = source_key(fused, planned_or(planned, "mae", "encoder", lambda: (
+            stored_fingerprint(stage_dir(stage.out, "mae") / "run.json"))))
+    return [Planned(stage.spec.name, output_name(cfg, n),
+                    head_fingerprint(cfg, h, seed, data, source),
+                    diagnostic=cfg.shuffle_labels)
+            for h in cfg.heads for n in (h, f"{h}_twin")]
 
 
 @dataclasses.dataclass
