@@ -215,6 +215,21 @@ def test_plan_says_which_setting_or_seed_changed_and_what_follows(run):
     assert "seed changed: 0 -> 1" in items[("baselines", "constant")]["why"]
 
 
+def test_plan_says_when_the_data_changed(run, tmp_path):
+    from sleepemo.plan import make_plan
+
+    data, out = run
+    other = shutil.copytree(data, tmp_path / "other")
+    victim = sorted((other / "training").rglob("*.mat"))[0]
+    raw = victim.read_bytes()
+    victim.write_bytes(raw[:-1] + bytes([raw[-1] ^ 0xFF]))  # one byte differs
+    plans = make_plan(load_config("smoke", FAST), other, out)
+    items = _items(plans)
+    assert items and all(i["action"] == "recompute" and i["why"][0].startswith(
+        "data changed") for i in items.values())
+    assert plans[0].note.startswith("data changed")  # stage 00 refuses it without --force
+
+
 # ------------------------------------------------------------------ edited code
 def copy_package(tmp: Path) -> Path:
     """The repository's code and profiles copied to ``tmp`` (a checkout of its own):
@@ -307,6 +322,13 @@ def test_editing_the_report_recomputes_only_the_results_whose_code_imports_it(
                 w.startswith("code changed") and report in w for w in item["why"]), item
         elif key[0] != "ensemble":
             assert item["action"] == "reuse", item
+        # the encoder is unchanged: stage 03 is recomputed for its own code only
+        if key[0] == "experts":
+            assert not any(w.startswith("input") for w in item["why"]), item
+    why = report_edited[("ensemble", "ensemble")]["why"]
+    changed = next(w for w in why if w.startswith("input changed: inputs"))
+    assert "experts_mae_fomaml" in changed and "starter" not in changed and \
+        "mae_probe" not in changed, why
 
 
 @pytest.mark.xfail(strict=True, reason="the bodies of stages 03-06 import sleepemo.report "

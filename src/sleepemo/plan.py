@@ -87,7 +87,7 @@ def _identity(value):
     if isinstance(value, dict) and "code_hash" in value:
         return ("code", value["code_hash"])
     if isinstance(value, dict) and "fingerprint" in value and "parts" in value:
-        return ("fingerprint", value["fingerprint"])
+        return value["fingerprint"]  # as a result read from disk records it: the string
     if isinstance(value, dict):
         return {k: _identity(v) for k, v in value.items()}
     if isinstance(value, list):

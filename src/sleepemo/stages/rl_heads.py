@@ -426,7 +426,7 @@ def head_fingerprint(cfg: RLConfig, head: str, seed: int, data: str, source: str
     own = {k: v for k, v in fields.items()
            if (k.startswith(SAC_ONLY) == (head == "sac")) or k in SHARED}
     return fingerprint(stage="rl_heads", head=head, seed=seed, rl=own, data=data,
-                       mae=source if head == "sac" else None, code=code_hash(__name__))
+                       source=source if head == "sac" else None, code=code_hash(__name__))
 
 
 def fingerprints(stage: Stage, planned: dict | None = None) -> list[Planned]:
