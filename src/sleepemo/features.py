@@ -276,12 +276,17 @@ class BandFeatureCache:
         """The run's cache (``<out>/cache/<name>``) of every training and test
         participant of ``folds``, built where missing. Caches of other settings under the
         same ``name`` are removed, so each user of a kind of features has its own name."""
+        subjects = list(folds.train_subjects) + list(folds.test_subjects)
+        cache = cls.of_run(out, folds.data_fingerprint, bands, kind, evoked, name)
+        return cache.build({s: ds.subject(s).X for s in subjects}, ds.sfreq, progress)
+
+    @classmethod
+    def of_run(cls, out, data_fingerprint: str, bands=BANDS, kind: str = "log_envelope",
+               evoked=None, name: str = "band_features") -> "BandFeatureCache":
+        """The run's cache as :meth:`for_run` names it, not built (its :attr:`key`)."""
         from pathlib import Path
 
-        subjects = list(folds.train_subjects) + list(folds.test_subjects)
-        cache = cls(Path(out) / "cache" / name, folds.data_fingerprint, bands, kind,
-                    evoked=evoked)
-        return cache.build({s: ds.subject(s).X for s in subjects}, ds.sfreq, progress)
+        return cls(Path(out) / "cache" / name, data_fingerprint, bands, kind, evoked=evoked)
 
     def path(self, subject: int):
         return self.dir / f"S{subject}.npy"

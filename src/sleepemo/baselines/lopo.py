@@ -28,6 +28,7 @@ from sleepemo.baselines import make_model
 from sleepemo.pipeline.executor import resolve_workers
 from sleepemo.progress import bar
 from sleepemo.io import atomic_path
+from sleepemo.baselines import REGISTRY
 
 
 def _as_2d(p: np.ndarray, n_trials: int, n_times: int) -> np.ndarray:
@@ -82,11 +83,24 @@ def load_fold_model(folder: str | Path, k: int):
     return joblib.load(path)
 
 
+def lopo_fingerprint(model_key: str, params: dict | None, seed: int, data: str,
+                     feature_key: str | None = None, code_from: tuple = ()) -> str:
+    """What a LOPO result depends on: the model and its parameters, the seed, the data,
+    the precomputed features (``feature_key``) and the code of this module, of the
+    model's own module and of ``code_from`` (modules that computed the features), with
+    what they import."""
+
+    family = getattr(REGISTRY.get(model_key), "__module__", None)
+    return fingerprint(model=model_key, params=dict(params or {}), seed=seed, data=data,
+                       code=code_hash(__name__, *([family] if family else []), *code_from),
+                       features=feature_key)
+
+
 def run_lopo(name: str, ds: Dataset, folds: Folds, out: str | Path, stage: str,
              seed: int = 0, params: dict | None = None, progress: bool = True, log=print,
              model: str | None = None, features: dict | None = None,
              feature_key: str | None = None, workers: int = 1,
-             recipe: dict | None = None) -> Result:
+             recipe: dict | None = None, code_from: tuple = ()) -> Result:
     """Train a registered model under LOPO and write its result (see the module
     docstring).
 
@@ -103,6 +117,10 @@ def run_lopo(name: str, ds: Dataset, folds: Folds, out: str | Path, stage: str,
         How :mod:`sleepemo.predict.api` computes those features for a new participant
         (``{"features": <kind>, ...}``, see :data:`sleepemo.predict.api.FEATURES`); kept in
         ``meta.json``. Without ``features`` the model's own ``transform`` is the recipe.
+    code_from : tuple of module names
+        Modules whose code computed ``features`` (e.g. the calling stage's
+        ``__name__``): their code, with what they import, enters the fingerprint
+        (:func:`lopo_fingerprint`).
     workers : int
         Folds fitted at once in joblib processes (one BLAS thread each; 0: one per core).
         The results do not depend on it beyond the last bits of floating-point sums.
@@ -112,8 +130,8 @@ def run_lopo(name: str, ds: Dataset, folds: Folds, out: str | Path, stage: str,
     model_key = model or name
     if features is not None and not feature_key:
         raise ValueError("precomputed features need a feature_key for the fingerprint")
-    fp = fingerprint(model=model_key, params=params, seed=seed, data=folds.data_fingerprint,
-                     code=code_hash(), features=feature_key)
+    fp = lopo_fingerprint(model_key, params, seed, folds.data_fingerprint, feature_key,
+                          code_from)
     writer = ResultWriter(out, stage, name, fp, folds)
     if (done := writer.finished()) is not None:
         log(f"{name}: unchanged, reusing {writer.folder}")

@@ -1,11 +1,20 @@
 """Stage 01: every model of ``baselines.models`` (the registry) under LOPO."""
 from __future__ import annotations
 
-from sleepemo.pipeline.artefacts import results
-from sleepemo.baselines.lopo import run_lopo
+from sleepemo.pipeline.artefacts import Planned, results
+from sleepemo.baselines.lopo import lopo_fingerprint, run_lopo
 from sleepemo.baselines import REGISTRY
 from sleepemo.pipeline.report import results_table, to_markdown
 from sleepemo.pipeline.stage import Stage, StageOutput
+
+
+def fingerprints(stage: Stage, planned: dict | None = None) -> list[Planned]:
+    """Each model's result as :func:`run` would write it now (:mod:`sleepemo.pipeline.plan`)."""
+    cfg, data = stage.cfg, stage.folds().data_fingerprint
+    return [Planned(stage.spec.name, name, lopo_fingerprint(
+                name, cfg.baselines.params.get(name, {}), cfg.seed, data),
+                diagnostic=bool(getattr(REGISTRY.get(name), "diagnostic", False)))
+            for name in cfg.baselines.models]
 
 
 def run(stage: Stage) -> StageOutput:

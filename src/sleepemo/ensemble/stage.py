@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from sleepemo.pipeline.artefacts import ResultWriter, code_hash, fingerprint, results
+from sleepemo.pipeline.artefacts import Planned, ResultWriter, code_hash, fingerprint, listing, results
 from sleepemo.config import fields_affecting
 from sleepemo.ensemble.blend import OptunaBlend, Stack, best_single, curves_of
 from sleepemo.io import read_json
@@ -66,11 +66,33 @@ class FoldState:
         return curves_of(self.stack, y)
 
 
-def candidates(stage: Stage) -> list:
-    """The results the ensemble may blend (see the module docstring)."""
+def candidates(stage: Stage, listed: list | None = None) -> list:
+    """The results the ensemble may blend (see the module docstring), among ``listed``
+    (default: every result of the run)."""
     skip = set(stage.cfg.ensemble.exclude)
-    return [r for r in results(stage.out) if not r.diagnostic and r.stage != "ensemble"
-            and r.label not in skip]
+    return [r for r in (results(stage.out) if listed is None else listed)
+            if not r.diagnostic and r.stage != "ensemble" and r.label not in skip]
+
+
+def ensemble_fingerprint(stage: Stage, listed: list, data_fp: str) -> str:
+    """What the ensemble depends on: its candidates' fingerprints, its settings, the
+    seed, the data and the code."""
+    return fingerprint(stage="ensemble", inputs={r.label: r.fingerprint for r in listed},
+                       ensemble=fields_affecting(stage.cfg.ensemble, "weights"),
+                       seed=stage.cfg.seed, data=data_fp, code=code_hash(__name__))
+
+
+def result_name(stage: Stage) -> str:
+    return "ensemble_shuffled" if stage.cfg.ensemble.shuffle_labels else "ensemble"
+
+
+def fingerprints(stage: Stage, planned: dict | None = None) -> list[Planned]:
+    """The ensemble as :func:`run` would write it now (:mod:`sleepemo.pipeline.plan`), over the
+    results the stages before it will have (``planned``) or have on disk."""
+    listed = candidates(stage, listing(stage.out, planned))
+    return [Planned(stage.spec.name, result_name(stage), ensemble_fingerprint(
+        stage, listed, stage.folds().data_fingerprint),
+        diagnostic=stage.cfg.ensemble.shuffle_labels)]
 
 
 def fold_state(stage: Stage) -> FoldState:
@@ -85,11 +107,8 @@ def fold_state(stage: Stage) -> FoldState:
     test_rows = np.repeat(folds.test_subjects, [folds.n_trials[s] for s in folds.test_subjects])
     stack = Stack({r.label: r.array("oof", mmap=True) for r in listed}, rows)
     test = Stack({r.label: r.array("test", mmap=True) for r in listed}, test_rows)
-    fp = fingerprint(stage="ensemble", inputs={r.label: r.fingerprint for r in listed},
-                     ensemble=fields_affecting(cfg, "weights"), seed=seed,
-                     data=folds.data_fingerprint, code=code_hash())
-    name = "ensemble_shuffled" if cfg.shuffle_labels else "ensemble"
-    writer = ResultWriter(stage.out, "ensemble", name, fp, folds)
+    fp = ensemble_fingerprint(stage, listed, folds.data_fingerprint)
+    writer = ResultWriter(stage.out, "ensemble", result_name(stage), fp, folds)
     nested_workers = 1 if cfg.workers != 1 else cfg.study_workers
     return FoldState(stage, ds, folds, [r.label for r in listed], stack, test, writer,
                      nested_workers)

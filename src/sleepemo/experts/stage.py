@@ -43,8 +43,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sleepemo.pipeline.artefacts import (Result, ResultWriter, code_hash, fingerprint, load_checkpoint,
-                         save_checkpoint)
+from sleepemo.pipeline.artefacts import (Planned, Result, ResultWriter, code_hash, fingerprint,
+                         load_checkpoint, planned_or, save_checkpoint, stored_fingerprint)
 from sleepemo.config import ConfigError, ExpertsConfig, fields_affecting
 from sleepemo.experts.infer import (ExpertInference, expert_encoder_config, output_names, tta_seed,
                              uses_tta)
@@ -237,7 +237,39 @@ def train_fingerprint(cfg: ExpertsConfig, variant: str, seed: int, data_fp: str,
     ``weights``, seed, data, band features, the MAE, code)."""
     return fingerprint(stage="experts", variant=variant,
                        experts=fields_affecting(cfg, "weights"), seed=seed, data=data_fp,
-                       bands=band_key, mae=mae_fp, code=code_hash())
+                       bands=band_key, mae=mae_fp, code=code_hash(__name__))
+
+
+def variant_fingerprints(cfg: ExpertsConfig, mcfg, seed: int, data_fp: str, band_key: str,
+                         mae_fp: str | None) -> list[tuple[str, str, dict]]:
+    """Per variant: (variant, its trained weights' fingerprint, {role: (result name, its
+    predictions' fingerprint)}) for the zero-shot and (``_tta``) adapted results."""
+    jobs = []
+    for v in cfg.variants:
+        tfp = train_fingerprint(cfg, v, seed, data_fp, band_key,
+                                mae_fp if VARIANTS[v][0] == "mae" else None)
+        pfp = fingerprint(train=tfp, tta=uses_tta(cfg, v), mask_ratio=mcfg.mask_ratio,
+                          **fields_affecting(cfg, "predictions"))
+        jobs.append((v, tfp, {role: (name, pfp) for role, name
+                              in zip(("zero_shot", "tta"), output_names(cfg, v)) if name}))
+    return jobs
+
+
+def fingerprints(stage: Stage, planned: dict | None = None) -> list[Planned]:
+    """Every result as :func:`run` would write it now (:mod:`sleepemo.pipeline.plan`), with the
+    stage-02 encoder ``planned`` (or as on disk)."""
+    cfg, mcfg = stage.cfg.experts, stage.cfg.mae
+    data = stage.folds().data_fingerprint
+    band_key = BandFeatureCache.of_run(stage.out, data, mcfg.bands, mcfg.feature,
+                                       mcfg.evoked()).key
+    mae_fp = None
+    if any(VARIANTS[v][0] == "mae" for v in cfg.variants):
+        mae_fp = planned_or(planned, "mae", "encoder", lambda: stored_fingerprint(
+            stage_dir(stage.out, "mae") / "run.json"))
+    return [Planned(stage.spec.name, name, pfp, diagnostic=cfg.shuffle_labels)
+            for _, _, outputs in variant_fingerprints(cfg, mcfg, stage.cfg.seed, data,
+                                                      band_key, mae_fp)
+            for name, pfp in outputs.values()]
 
 
 def _mae_init(stage: Stage, cache: BandFeatureCache):
@@ -289,16 +321,11 @@ def fold_state(stage: Stage) -> FoldState:
     enc_cfg = expert_encoder_config(cfg, mcfg, ds.n_times, ds.n_chans, mae_info)
     trainer = ExpertTrainer(cfg, feats, enc_cfg, mae_state, ds.n_times, stage.device)
 
-    jobs = []
-    for v in cfg.variants:
-        zs, tta = output_names(cfg, v)
-        tfp = train_fingerprint(cfg, v, seed, folds.data_fingerprint, cache.key,
-                                mae_fp if VARIANTS[v][0] == "mae" else None)
-        pfp = fingerprint(train=tfp, tta=uses_tta(cfg, v), mask_ratio=mcfg.mask_ratio,
-                          **fields_affecting(cfg, "predictions"))
-        writers = {role: ResultWriter(stage.out, stage.spec.name, name, pfp, folds)
-                   for role, name in (("zero_shot", zs), ("tta", tta)) if name}
-        jobs.append((v, tfp, writers))
+    jobs = [(v, tfp, {role: ResultWriter(stage.out, stage.spec.name, name, pfp, folds)
+                      for role, (name, pfp) in outputs.items()})
+            for v, tfp, outputs in variant_fingerprints(cfg, mcfg, seed,
+                                                        folds.data_fingerprint, cache.key,
+                                                        mae_fp)]
     return FoldState(stage, ds, folds, trainer, enc_cfg, jobs)
 
 

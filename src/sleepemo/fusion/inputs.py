@@ -111,6 +111,19 @@ class FusedTokens:
         return {s: fused_tokens(model, x, cfg.predict_batch) for s, x in self._inputs.items()}
 
 
+def input_key(kind: str, expert_fp, mae_fp, band_key) -> str:
+    """What identifies the input ``kind`` (in the fusion's fingerprints), from the one
+    of ``expert_fp()`` (the stage-03 result's fingerprint), ``mae_fp()`` (the stage-02
+    encoder's) and ``band_key()`` (the band features' cache key) it rests on."""
+    if kind == "experts":
+        return expert_fp()
+    if kind == "experts_tuned":
+        return f"{expert_fp()}|{band_key()}"
+    if kind == "mae":
+        return mae_fp()
+    return band_key()
+
+
 class Inputs:
     """Where every variant's input comes from, built lazily and kept while needed.
 
@@ -163,13 +176,9 @@ class Inputs:
         return found[0]
 
     def key(self, kind: str) -> str:
-        if kind == "experts":
-            return self.expert_result().fingerprint
-        if kind == "experts_tuned":
-            return f"{self.expert_result().fingerprint}|{self.band.key}"
-        if kind == "mae":
-            return load_mae_weights(stage_dir(self.stage.out, "mae"))[2]["fingerprint"]
-        return self.band.key
+        return input_key(kind, lambda: self.expert_result().fingerprint,
+                         lambda: load_mae_weights(stage_dir(self.stage.out, "mae"))[2][
+                             "fingerprint"], lambda: self.band.key)
 
     def keep(self, k: int) -> dict:
         """Fold k's training trials (at most ``fusion.train_trials`` per training

@@ -46,18 +46,22 @@ import time
 import numpy as np
 import torch
 
-from sleepemo.pipeline.artefacts import (ResultWriter, code_hash, fingerprint, load_checkpoint, results,
-                         save_checkpoint)
+from sleepemo.pipeline.artefacts import (Planned, ResultWriter, code_hash, fingerprint, listing,
+                         load_checkpoint, planned_or, results, save_checkpoint,
+                         stored_fingerprint)
 from sleepemo.config import ConfigError, FusionConfig, fields_affecting
+from sleepemo.features import BandFeatureCache
 from sleepemo.data.folds import balanced
-from sleepemo.fusion.inputs import Inputs, new_model, new_tuned_model, output_name, token_window
+from sleepemo.fusion.inputs import (Inputs, input_key, new_model, new_tuned_model, output_name,
+                             token_window)
+from sleepemo.io import read_json
 from sleepemo.metric import window_auc
 from sleepemo.fusion.model import (FusionNet, electrode_positions, fusion_loss, predict,
                              to_timepoints)
 from sleepemo.pipeline.executor import run_folds
 from sleepemo.progress import bar
 from sleepemo.pipeline.report import plot_curves, plot_topomaps, results_table, to_markdown
-from sleepemo.pipeline.stage import Stage, StageOutput
+from sleepemo.pipeline.stage import Stage, StageOutput, stage_dir
 
 VARIANTS = FusionConfig.VARIANTS
 
@@ -183,14 +187,56 @@ def fold_state(stage: Stage) -> FoldState:
     writers = {}
     for v in cfg.variants:
         kind, evoked, _ = VARIANTS[v]
-        fp = fingerprint(stage="fusion", variant=v, spec=VARIANTS[v], seed=seed,
-                         fusion=fields_affecting(cfg, "weights"),
-                         data=folds.data_fingerprint, inputs=inputs.key(kind),
-                         evoked=inputs.evoked_cache.key if evoked else None,
-                         positions=None if positions is None else positions.tolist(),
-                         code=code_hash())
+        fp = variant_fingerprint(cfg, v, seed, folds.data_fingerprint, inputs.key(kind),
+                                 inputs.evoked_cache.key if evoked else None, positions)
         writers[v] = ResultWriter(stage.out, stage.spec.name, output_name(cfg, v), fp, folds)
     return FoldState(stage, ds, folds, inputs, positions, writers)
+
+
+def variant_fingerprint(cfg: FusionConfig, v: str, seed: int, data_fp: str, input_key: str,
+                        evoked_key: str | None, positions) -> str:
+    """Everything variant ``v``'s weights depend on: its settings, seed, data, input
+    (:func:`~sleepemo.fusion.inputs.input_key`), evoked tokens, electrode positions and
+    code."""
+    return fingerprint(stage="fusion", variant=v, spec=VARIANTS[v], seed=seed,
+                       fusion=fields_affecting(cfg, "weights"), data=data_fp,
+                       inputs=input_key, evoked=evoked_key,
+                       positions=None if positions is None else positions.tolist(),
+                       code=code_hash(__name__))
+
+
+def _channels(stage: Stage) -> tuple:
+    """The data's channel names, as stage 00 recorded them (else read from the data)."""
+    metrics = stage_dir(stage.out, "folds") / "metrics.json"
+    channels = read_json(metrics).get("channels") if metrics.is_file() else None
+    return tuple(channels) if channels else stage.dataset().ch_names
+
+
+def fingerprints(stage: Stage, planned: dict | None = None) -> list[Planned]:
+    """Every variant's result as :func:`run` would write it now (:mod:`sleepemo.pipeline.plan`),
+    with the stage-02 encoder and stage-03 results ``planned`` (or as on disk)."""
+    cfg, mcfg = stage.cfg.fusion, stage.cfg.mae
+    data = stage.folds().data_fingerprint
+    band = BandFeatureCache.of_run(stage.out, data, mcfg.bands, mcfg.feature, mcfg.evoked())
+    evoked = BandFeatureCache.of_run(stage.out, data, (), evoked=cfg.evoked_band,
+                                     name="evoked")
+    positions = electrode_positions(_channels(stage))
+
+    def expert_fp():
+        found = [r for r in listing(stage.out, planned, "experts")
+                 if r.name == cfg.expert_result]
+        return found[0].fingerprint if found else None
+
+    def mae_fp():
+        return planned_or(planned, "mae", "encoder", lambda: stored_fingerprint(
+            stage_dir(stage.out, "mae") / "run.json"))
+
+    return [Planned(stage.spec.name, output_name(cfg, v), variant_fingerprint(
+                cfg, v, stage.cfg.seed, data,
+                input_key(VARIANTS[v][0], expert_fp, mae_fp, lambda: band.key),
+                evoked.key if VARIANTS[v][1] else None, positions),
+                diagnostic=cfg.shuffle_labels)
+            for v in cfg.variants]
 
 
 def train_fold(state: FoldState, k: int, step) -> dict:

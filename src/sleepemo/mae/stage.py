@@ -35,11 +35,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sleepemo.pipeline.artefacts import code_hash, fingerprint, load_checkpoint, save_checkpoint
+from sleepemo.pipeline.artefacts import Planned, code_hash
+from sleepemo.pipeline.artefacts import describe as fingerprint_parts
+from sleepemo.pipeline.artefacts import fingerprint, load_checkpoint, save_checkpoint
 from sleepemo.config import MAEConfig, fields_affecting
 from sleepemo.features import BandFeatureCache, pool_time, zscore_trials
 from sleepemo.io import read_json, write_json
-from sleepemo.baselines.lopo import run_lopo
+from sleepemo.baselines.lopo import lopo_fingerprint, run_lopo
 from sleepemo.mae.model import (EncoderConfig, MaskedAutoencoder, TokenCache, encoder_config,
                           encoder_saved, n_parameters, random_mask, save_encoder)
 from sleepemo.progress import bar
@@ -184,7 +186,40 @@ def reconstruction_report(model: MaskedAutoencoder, seqs: Sequences, ratio: floa
 
 def run_fingerprint(cfg: MAEConfig, data_fp: str, seed: int, val_subjects) -> str:
     return fingerprint(stage="mae", mae=fields_affecting(cfg, "weights"), data=data_fp, seed=seed,
-                       val=list(val_subjects), code=code_hash())
+                       val=list(val_subjects), code=code_hash(__name__))
+
+
+#: the linear probes: result name -> what they read
+PROBES = ("mae_probe", "band_probe")
+
+
+def probe_settings(cfg: MAEConfig, seed: int, run_fp: str, band_key: str) -> dict:
+    """Each probe's :func:`~sleepemo.baselines.lopo.run_lopo` arguments but the data and the
+    features themselves: its features' key (the encoder's fingerprint or the band
+    features' key, and the window), the model and its parameters, the recipe."""
+    w = tuple(cfg.probe_window)
+    return {name: dict(feature_key=key, model="linear_probe", params={"C": cfg.probe_C},
+                       seed=seed, code_from=(__name__,),
+                       recipe={"features": name.replace("probe", "window"),
+                               "window": list(w)})
+            for name, key in zip(PROBES, (f"{run_fp}:{w}", f"{band_key}:{w}"))}
+
+
+def fingerprints(stage: Stage, planned: dict | None = None) -> list[Planned]:
+    """The encoder (``run.json``) and the probes as :func:`run` would write them now
+    (:mod:`sleepemo.pipeline.plan`)."""
+    cfg, seed = stage.cfg.mae, stage.cfg.seed
+    folds = stage.folds()
+    run_fp = run_fingerprint(cfg, folds.data_fingerprint, seed,
+                             choose_val_subjects(folds.train_subjects, cfg.n_val_subjects,
+                                                 seed))
+    band_key = BandFeatureCache.of_run(stage.out, folds.data_fingerprint, cfg.bands,
+                                       cfg.feature, cfg.evoked()).key
+    probes = probe_settings(cfg, seed, run_fp, band_key)
+    return [Planned(stage.spec.name, "encoder", run_fp, record="run.json", folds=False),
+            *[Planned(stage.spec.name, name, lopo_fingerprint(
+                p["model"], p["params"], seed, folds.data_fingerprint, p["feature_key"],
+                p["code_from"])) for name, p in probes.items()]]
 
 
 def choose_val_subjects(train_subjects, n: int, seed: int) -> list[int]:
@@ -231,12 +266,10 @@ def run(stage: Stage) -> StageOutput:
             "fingerprint": run_fp, "seed": seed, "config": dataclasses.asdict(cfg),
             "encoder": dataclasses.asdict(enc_cfg), "val_subjects": val,
             "pretrain_subjects": pre, "band_cache": cache.key, "history": history,
-            "labels_used": False})
+            "labels_used": False, "fingerprint_parts": fingerprint_parts(run_fp)})
     recon = reconstruction_report(model, val_seqs, cfg.mask_ratio, cfg.eval_seqs, seed)
 
     w = tuple(cfg.probe_window)
-    quiet = dict(seed=seed, params={"C": cfg.probe_C}, progress=stage.progress,
-                 log=log, model="linear_probe")
 
     # every trial's tokens, kept: the probe reads them here, and stages 04 and 05 pool
     # them to their own token rate instead of encoding every trial again
@@ -250,11 +283,10 @@ def run(stage: Stage) -> StageOutput:
             len(feats[s]), -1)) for s in subjects}
 
     probes = {}
-    for name, fn, key in (("mae_probe", embeddings, f"{run_fp}:{w}"),
-                          ("band_probe", band_means, f"{cache.key}:{w}")):
+    for (name, settings), fn in zip(probe_settings(cfg, seed, run_fp, cache.key).items(),
+                                    (embeddings, band_means)):
         res = run_lopo(name, ds, folds, stage.out, stage.spec.name, features=fn,
-                       feature_key=key, recipe={"features": name.replace("probe", "window"),
-                                                "window": list(w)}, **quiet)
+                       progress=stage.progress, log=log, **settings)
         probes[name] = res.score()[0].score
 
     speeds = [h["seqs_per_second"] for h in history]

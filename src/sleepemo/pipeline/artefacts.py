@@ -25,7 +25,13 @@ two stages use is refused as ambiguous (``stage/name`` picks one).
 
 :func:`fingerprint` and :func:`code_hash` are the one resume helper: a fold, result or
 checkpoint (:func:`save_checkpoint`, :func:`load_checkpoint`) whose stored fingerprint
-equals the current one is reused, otherwise recomputed.
+equals the current one is reused, otherwise recomputed. ``code_hash(*modules)`` covers
+the code of the modules a result is made by and of every module of the package they
+import, transitively (:mod:`sleepemo.pipeline.codehash`): editing a module none of them imports
+(the report, the submit command, ``sleepemo predict``, the docs) recomputes nothing.
+``meta.json`` keeps what the fingerprint was built from (``fingerprint_parts``:
+:func:`describe`), so that ``python -m sleepemo.pipeline.plan`` tells why a result would be
+recomputed (settings, seed, data, code: which modules, or an input).
 """
 from __future__ import annotations
 
@@ -33,6 +39,7 @@ import functools
 import hashlib
 import json
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,25 +49,83 @@ from sleepemo.io import read_json, write_json, write_npy, write_npz
 from sleepemo.io import atomic_path
 from sleepemo.metric import WindowAUC, window_auc
 from sleepemo.pipeline.stage import STAGES, spec
+from sleepemo.pipeline.codehash import closure_hash, package_modules
 
-PACKAGE = Path(__file__).resolve().parent
+#: the top package (``sleepemo``), whatever module of it this file is
+TOP = __name__.split(".")[0]
 CONTRACT = 1
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
+#: what each fingerprint and code hash computed in this process was built from
+#: (:func:`describe`): result writers record it in ``meta.json``
+_BUILT: dict[str, dict] = {}
+_CODE: dict[str, dict] = {}
+
+
+def package_dir() -> Path:
+    """The folder of the top package (found from the package itself, not a fixed path)."""
+    return Path(sys.modules[TOP].__file__).resolve().parent
+
 
 @functools.lru_cache(maxsize=1)
-def code_hash() -> str:
-    """sha256 over the package's Python sources: results are tied to the code."""
-    h = hashlib.sha256()
-    for p in sorted(PACKAGE.rglob("*.py")):
-        h.update(str(p.relative_to(PACKAGE)).encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()
+def _modules() -> dict:
+
+    return package_modules(package_dir(), TOP)
+
+
+@functools.lru_cache(maxsize=None)
+def code_hash(*modules: str) -> str:
+    """sha256 of the code a result depends on: the sources of ``modules`` (dotted names,
+    typically the stage body's ``__name__`` and a model family's module) and of every
+    module of the package they import, transitively (:func:`sleepemo.pipeline.codehash.closure`).
+    Without ``modules``: every module of the package.
+
+    A module outside the package (a user's model class) counts with its source file when
+    it has one, and with the package modules it imports."""
+
+    known = _modules()
+    if not modules:
+        roots = tuple(sorted(known))
+    else:
+        roots = tuple(sorted(set(modules)))
+        extra = {m: Path(sys.modules[m].__file__) for m in roots if m not in known
+                 and getattr(sys.modules.get(m), "__file__", None)}
+        known = {**known, **extra}
+    digest, hashes = closure_hash(roots, known)
+    _CODE[digest] = {"roots": list(roots), "modules": {m: h[:16] for m, h in hashes.items()}}
+    return digest
 
 
 def fingerprint(**parts) -> str:
     """sha256 of the JSON of ``parts`` (config, seed, data fingerprint, code, ...)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()
+                            ).hexdigest()
+    _BUILT[digest] = parts
+    return digest
+
+
+def describe(fp: str) -> dict | None:
+    """What fingerprint ``fp`` (computed in this process) was built from, as JSON: its
+    parts, with a code hash given as ``{"code_hash", "roots", "modules": {name: sha256
+    prefix}}`` and a fingerprint among the parts (e.g. trained weights' within
+    predictions') described the same way, ``{"fingerprint", "parts"}``. None for a
+    fingerprint this process did not compute."""
+    if fp not in _BUILT:
+        return None
+
+    def expand(value):
+        if isinstance(value, str) and value in _CODE:
+            return {"code_hash": value, **_CODE[value]}
+        if isinstance(value, str) and value in _BUILT:
+            return {"fingerprint": value, "parts": describe(value)}
+        if isinstance(value, dict):
+            return {str(k): expand(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [expand(v) for v in value]
+        return value
+
+    return json.loads(json.dumps({k: expand(v) for k, v in _BUILT[fp].items()},
+                                 sort_keys=True, default=str))
 
 
 def stored_fingerprint(path: str | Path) -> str | None:
@@ -181,14 +246,81 @@ def results(out: str | Path, stage: str | None = None) -> list[Result]:
             meta = _read_result(meta_path)
             if meta is not None:
                 found.append((s.name, meta_path.parent.name, meta_path.parent, meta))
-    counts: dict[str, int] = {}
-    for _, name, _, _ in found:
-        counts[name] = counts.get(name, 0) + 1
-    listed = [Result(st, name, folder, meta, name if counts[name] == 1 else f"{st}/{name}")
-              for st, name, folder, meta in found]
+    labels = _labels([(st, name) for st, name, _, _ in found])
+    listed = [Result(st, name, folder, meta, label)
+              for (st, name, folder, meta), label in zip(found, labels)]
     if stage is not None:
         listed = [r for r in listed if r.stage == spec(stage).name]
     return listed
+
+
+def _labels(keys: list[tuple[str, str]]) -> list[str]:
+    """Each (stage, name)'s label: the name, or ``stage/name`` when another stage has a
+    result of the same name."""
+    counts: dict[str, int] = {}
+    for _, name in keys:
+        counts[name] = counts.get(name, 0) + 1
+    return [name if counts[name] == 1 else f"{st}/{name}" for st, name in keys]
+
+
+# ------------------------------------------------------------------ planning
+@dataclass(frozen=True)
+class Planned:
+    """A result (or another fingerprinted artefact) as a stage would write it now: what
+    a stage's ``fingerprints(stage, planned)`` returns, without computing anything
+    (:mod:`sleepemo.pipeline.plan`). ``record``: the file under the stage's folder that keeps the
+    fingerprint it was last written with (default ``<name>/meta.json``); ``folds``:
+    whether it is written fold by fold (``<name>/fold<k>.npz``, resumable)."""
+
+    stage: str
+    name: str
+    fingerprint: str
+    diagnostic: bool = False
+    record: str | None = None
+    folds: bool = True
+
+    @property
+    def record_path(self) -> str:
+        return self.record or f"{self.name}/meta.json"
+
+
+@dataclass(frozen=True)
+class Listed:
+    """A result as the stages after it would list it (:func:`listing`)."""
+
+    stage: str
+    name: str
+    label: str
+    fingerprint: str
+    diagnostic: bool
+
+
+def listing(out: str | Path, planned: dict | None = None,
+            stage: str | None = None) -> list[Listed]:
+    """The results the stages after these would list (:func:`results`), with
+    ``planned`` ones (``{(stage, name): Planned}``, results that earlier stages will
+    write with these fingerprints) replacing or joining those on disk. Without
+    ``planned``: the results on disk, as a stage reads them when it runs."""
+
+    found = {(r.stage, r.name): (r.fingerprint, r.diagnostic) for r in results(out)}
+    for (st, name), p in (planned or {}).items():
+        if p.record is None:  # results of the contract only
+            found[(st, name)] = (p.fingerprint, p.diagnostic)
+    order = {s.name: i for i, s in enumerate(STAGES)}
+    keys = sorted(found, key=lambda k: (order[k[0]], k[1]))
+    listed = [Listed(st, name, label, *found[(st, name)])
+              for (st, name), label in zip(keys, _labels(keys))]
+    if stage is not None:
+        listed = [r for r in listed if r.stage == spec(stage).name]
+    return listed
+
+
+def planned_or(planned: dict | None, stage: str, name: str, read):
+    """The fingerprint an earlier stage's artefact will have (``planned``), else what
+    ``read()`` finds on disk (how a stage reads it when it runs)."""
+    if planned and (stage, name) in planned:
+        return planned[(stage, name)].fingerprint
+    return read()
 
 
 def find(out: str | Path, label: str) -> Result:
@@ -344,7 +476,8 @@ class ResultWriter:
         write_json(self.path("score.json"), _score_to_json(score_oof(oof, ds, self.folds),
                                                              ds.sfreq))
         full = {"contract": CONTRACT, "stage": self.stage, "name": self.name,
-                "model": self.name, "fingerprint": self.fp, "seed": seed,
+                "model": self.name, "fingerprint": self.fp,
+                "fingerprint_parts": describe(self.fp), "seed": seed,
                 "config": config, "diagnostic": bool(diagnostic),
                 "arrays": sorted(assembled), "test_predictions": "mean of fold models",
                 **(meta or {})}

@@ -51,8 +51,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sleepemo.pipeline.artefacts import (ResultWriter, code_hash, fingerprint, load_checkpoint, results,
-                         save_checkpoint)
+from sleepemo.pipeline.artefacts import (Planned, ResultWriter, code_hash, fingerprint, listing,
+                         load_checkpoint, planned_or, results, save_checkpoint,
+                         stored_fingerprint)
 from sleepemo.config import RLConfig, fields_affecting
 from sleepemo.pipeline.executor import run_folds
 from sleepemo.progress import bar
@@ -60,16 +61,8 @@ from sleepemo.pipeline.report import pyplot, results_table, save_figure, to_mark
 from sleepemo.metric import window_auc
 from sleepemo.rl.features import FoldFeatures, participant_signals
 from sleepemo.rl.heads import fold_checkpoint
-from sleepemo.pipeline.stage import Stage, StageOutput
-from sleepemo.features import BandFeatureCache, pool_time
-from sleepemo.fusion.inputs import FusedTokens
-from sleepemo.io import read_json, write_json
-from sleepemo.mae.model import TokenCache, load_mae_weights
-from sleepemo.pipeline.stage import stage_dir
-from sleepemo.rl.env import TrialEnv
-from sleepemo.rl.features import features_path, save_fold_features
-from sleepemo.rl.heads import (Twin, broadcast, fit_temperature, gradient_steps, make_dqn, outputs, train_twin, trial_probability)
-from sleepemo.rl.sac import (GruTwin, Prototypes, TrajectoryEnv, channel_embeddings, code_vectors, make_sac, rollout, sac_gradient_steps, tokens_to_timepoints, train_gru_twin, train_prototypes, twin_probability)
+from sleepemo.pipeline.stage import Stage, StageOutput, stage_dir
+from sleepemo.fusion.inputs import output_name as fusion_name
 
 
 def _inner_auc(out_by_subject: dict, labels: dict) -> float:
@@ -276,6 +269,12 @@ def _sac_callback(cfg: RLConfig, codes: dict, inner_labels: dict, curves: dict, 
     return Curves()
 
 
+def source_key(fused_fp: str | None, mae_fp: str | None) -> str:
+    """:attr:`SacSource.key`: the stage-04 result's fingerprint when the SAC reads its
+    fused tokens, else the stage-02 encoder's."""
+    return f"fusion:{fused_fp}" if fused_fp else f"mae:{mae_fp}"
+
+
 class SacSource:
     """What the SAC's prototypes quantise (``rl.sac_inputs``): fold k's stage-04 fused
     per-token embeddings (:class:`~sleepemo.fusion.inputs.FusedTokens` of variant
@@ -300,7 +299,7 @@ class SacSource:
     @property
     def key(self) -> str:
         """Identifies the embeddings (in the SAC's fingerprint)."""
-        return f"fusion:{self.fused.key}" if self.fused else f"mae:{self.mae_fp}"
+        return source_key(self.fused.key if self.fused else None, self.mae_fp)
 
     def note(self) -> str | None:
         """Why the MAE's embeddings are used though the fused ones were asked for."""
@@ -384,7 +383,7 @@ def prototypes_fp(stage: Stage, source: SacSource, data: str, k: int | None) -> 
     cfg = stage.cfg.rl
     return fingerprint(stage="rl_prototypes", seed=stage.cfg.seed, source=source.key,
                        fold=k, rl=fields_affecting(cfg, "weights"), data=data,
-                       code=code_hash())
+                       code=code_hash(__name__))
 
 
 def prototypes_path(stage: Stage, k: int | None):
@@ -409,8 +408,31 @@ def head_fingerprint(cfg: RLConfig, head: str, seed: int, data: str, source: str
     fields = fields_affecting(cfg, "weights")
     own = {k: v for k, v in fields.items()
            if (k.startswith(SAC_ONLY) == (head == "sac")) or k in SHARED}
-    return fingerprint(stage="rl", head=head, seed=seed, rl=own, data=data,
-                       mae=source if head == "sac" else None, code=code_hash())
+    return fingerprint(stage="rl_heads", head=head, seed=seed, rl=own, data=data,
+                       source=source if head == "sac" else None, code=code_hash(__name__))
+
+
+def fingerprints(stage: Stage, planned: dict | None = None) -> list[Planned]:
+    """Every head's and twin's result as :func:`run` would write it now
+    (:mod:`sleepemo.pipeline.plan`), with the stage-02 encoder and stage-04 results ``planned``
+    (or as on disk): the SAC reads the fused tokens when stage 04 has the result."""
+
+    cfg, seed = stage.cfg.rl, stage.cfg.seed
+    data = stage.folds().data_fingerprint
+    source = None
+    if "sac" in cfg.heads:
+        fused = None
+        if cfg.sac_inputs == "fusion":
+            name = fusion_name(dataclasses.replace(stage.cfg.fusion, shuffle_labels=False),
+                               cfg.sac_fusion)
+            found = [r for r in listing(stage.out, planned, "fusion") if r.name == name]
+            fused = found[0].fingerprint if found else None
+        source = source_key(fused, planned_or(planned, "mae", "encoder", lambda: (
+            stored_fingerprint(stage_dir(stage.out, "mae") / "run.json"))))
+    return [Planned(stage.spec.name, output_name(cfg, n),
+                    head_fingerprint(cfg, h, seed, data, source),
+                    diagnostic=cfg.shuffle_labels)
+            for h in cfg.heads for n in (h, f"{h}_twin")]
 
 
 @dataclasses.dataclass
