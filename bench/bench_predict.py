@@ -3,11 +3,11 @@
     python bench/bench_predict.py --run output/quick-synthetic [--trials 64] [--repeats 5]
                                   [--models a,b] [--json bench/results/predict-cpu.json]
 
-Every model of the run that :func:`sleepemo.predict.api.load_predictor` supports is measured in
+Every model of the run that :func:`sleepemo.predict.load.load_predictor` supports is measured in
 its own process (so that its peak memory is its own), on one thread, on the trials of the
 run's first test participant:
 
-- **stream, per trial**: one streamed trial (:class:`sleepemo.predict.api.Stream`: the new
+- **stream, per trial**: one streamed trial (:class:`sleepemo.predict.stream.Stream`: the new
   trial predicted with the normalisation of every trial seen so far) when ``n`` trials
   have been seen, for n = 1x, 2x, 4x ``--trials``: the latency of a closed-loop decision
   at batch 1. An online predictor (``Predictor.online``) is timed pushing the trials one
@@ -58,7 +58,10 @@ def one_model(run: Path, model: str, trials: int, repeats: int) -> dict:
 
     from sleepemo.data.reader import read_mat
     from sleepemo.data.folds import read_folds
-    from sleepemo.predict.api import PredictError, Run, Stream, load_predictor, recordings
+    from sleepemo.predict.base import PredictError, Run
+    from sleepemo.predict.stream import Stream
+    from sleepemo.predict.load import load_predictor
+    from sleepemo.predict.cli import recordings
 
     torch.set_num_threads(1)
     r = Run.open(run)
@@ -136,7 +139,7 @@ def main() -> None:
         print(json.dumps(one_model(args.run, args.one, args.trials, args.repeats)))
         return
     from sleepemo.pipeline.artefacts import results
-    from sleepemo.predict.api import submitted_model
+    from sleepemo.predict.load import submitted_model
 
     models = args.models.split(",") if args.models else [r.label for r in results(args.run)]
     try:

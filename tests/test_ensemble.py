@@ -228,7 +228,7 @@ def test_label_shuffled_ensemble_of_noise_scores_about_chance(smoke_dir, tmp_pat
 
 def test_stage_07_submits_the_ensemble_only_when_its_nested_score_wins(ens_run, tmp_path):
     from sleepemo.pipeline.artefacts import results
-    from sleepemo.pipeline.report import results_table
+    from sleepemo.pipeline.evidence import results_table
     from sleepemo.kaggle.stage import choose_model, ensemble_choice
 
     stage = ens_run[0]

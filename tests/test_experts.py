@@ -311,7 +311,7 @@ def test_predictor_reproduces_the_stage_test_predictions_exactly(experts_run):
     (zero-shot, and _tta adapted on its own trials seeded by its id), equals the stage's
     test.npy bit for bit."""
     from sleepemo.pipeline.artefacts import find
-    from sleepemo.predict.api import load_predictor
+    from sleepemo.predict.load import load_predictor
 
     out, ds, folds = experts_run
     for name in ("experts_mae_fomaml", "experts_mae_fomaml_tta"):
@@ -331,7 +331,7 @@ def test_predictor_reproduces_the_stage_test_predictions_exactly(experts_run):
 
 def test_predict_files_reads_the_participant_id_from_the_file_name(experts_run):
     from sleepemo.pipeline.artefacts import find
-    from sleepemo.predict.api import predict_files, recordings
+    from sleepemo.predict.cli import predict_files, recordings
 
     out, ds, folds = experts_run
     s = folds.test_subjects[-1]
@@ -346,7 +346,11 @@ def test_predictor_errors_are_one_clear_line(experts_run, tmp_path):
     (which the _tta result shares) is gone."""
     import shutil
 
-    from sleepemo.predict.api import PredictError, Stream, load_predictor
+    from sleepemo.predict.base import PredictError
+
+    from sleepemo.predict.stream import Stream
+
+    from sleepemo.predict.load import load_predictor
 
     out, ds, folds = experts_run
     tta = load_predictor(out, "experts_mae_fomaml_tta")

@@ -19,7 +19,7 @@ import sleepemo.kaggle.bundle
 import sleepemo.baselines.lopo
 import sleepemo.baselines.models
 import sleepemo.mae.model
-import sleepemo.predict.api
+import sleepemo.predict.cli
 import sleepemo.pipeline.report
 import sleepemo.pipeline.stage
 import sleepemo.kaggle.submit
@@ -112,7 +112,7 @@ def test_the_stage_runner_and_results_do_not_depend_on_report_submit_predict():
     from sleepemo.pipeline.stage import STAGES
 
     mods = package_modules(PACKAGE, TOP)
-    never = {m.__name__ for m in (sleepemo.kaggle.submit, sleepemo.predict.api, sleepemo.kaggle.bundle)}
+    never = {m.__name__ for m in (sleepemo.kaggle.submit, sleepemo.predict.cli, sleepemo.predict.load, sleepemo.kaggle.bundle)}
     for spec in STAGES:
         bodies = body_modules(spec)
         assert bodies, spec.name
@@ -183,7 +183,7 @@ def test_a_finished_run_is_reused_whole_and_records_what_its_fingerprints_hold(r
     code = parts["train"]["parts"]["code"]
     assert code["roots"] == [train_experts.__name__]
     assert sleepemo.mae.model.__name__ in code["modules"]
-    assert sleepemo.predict.api.__name__ not in code["modules"]
+    assert sleepemo.predict.cli.__name__ not in code["modules"]
     run_json = json.loads((out / "02_mae" / "run.json").read_text())
     assert run_json["fingerprint_parts"]["code"]["roots"] == [pretrain_mae.__name__]
     assert run_json["fingerprint_parts"]["seed"] == 0
@@ -266,7 +266,7 @@ def plan_with(src: Path, data, out) -> dict:
 def test_editing_submit_predict_and_the_bundle_recomputes_nothing(run, tmp_path):
     data, out = run
     src = copy_package(tmp_path / "repo")
-    edit(src, sleepemo.kaggle.submit.__name__, sleepemo.predict.api.__name__,
+    edit(src, sleepemo.kaggle.submit.__name__, sleepemo.predict.cli.__name__,
          sleepemo.kaggle.bundle.__name__)
     items = plan_with(src, data, out)
     assert {k: i["why"] for k, i in items.items() if i["action"] != "reuse"} == {}
@@ -332,8 +332,5 @@ def test_editing_the_report_recomputes_only_the_results_whose_code_imports_it(
         "mae_probe" not in changed, why
 
 
-@pytest.mark.xfail(strict=True, reason="the bodies of stages 03-06 import sleepemo.pipeline.report "
-                   "(tables, plots for their evidence) at module level: their results' code "
-                   "includes it until the restructure moves those helpers out")
 def test_editing_the_report_recomputes_nothing(report_edited):
     assert {k: i["why"] for k, i in report_edited.items() if i["action"] != "reuse"} == {}

@@ -319,7 +319,8 @@ def test_predictor_reproduces_the_fine_tuned_experts_variant(fusion_run):
     fusion from its checkpoint) and gives the stage's test predictions of a test
     participant bit for bit; it is not online (its z-score is over the participant)."""
     from sleepemo.pipeline.artefacts import find
-    from sleepemo.predict.api import Run, load_predictor
+    from sleepemo.predict.base import Run
+    from sleepemo.predict.load import load_predictor
 
     stage, ds, folds, _ = fusion_run
     torch.set_num_threads(1)  # as the stage ran (conftest restores it)

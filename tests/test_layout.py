@@ -1,7 +1,10 @@
-"""The repository's layering: stage scripts are thin, stages talk only through artefacts."""
+"""The package's layout by role (docs/architecture.md): layers that only import downwards,
+no import cycles, imports at the top of each module, stage names that agree, thin
+documented stage scripts and one place for the competition's file-name rules."""
 from __future__ import annotations
 
 import ast
+import importlib
 import re
 from pathlib import Path
 
@@ -11,82 +14,158 @@ from sleepemo.pipeline.stage import STAGES, spec
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "src" / "sleepemo"
-STAGE_MODULES = sorted(p.stem for p in (PACKAGE / "stages").glob("*.py")
-                       if p.stem != "__init__")
+
+#: The layers, lowest first. A module may import its own layer and the ones below it,
+#: never one above. Within a layer, the import graph has no cycles (checked below).
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("sleepemo", "sleepemo.io", "sleepemo.errors", "sleepemo.config", "sleepemo.metric",
+     "sleepemo.progress", "sleepemo.features"),
+    ("sleepemo.data",),
+    ("sleepemo.pipeline",),
+    ("sleepemo.predict.base",),
+    ("sleepemo.baselines",),
+    ("sleepemo.mae",),
+    ("sleepemo.experts",),
+    ("sleepemo.fusion",),
+    ("sleepemo.rl",),
+    ("sleepemo.ensemble",),
+    ("sleepemo.predict",),
+    ("sleepemo.kaggle",),
+    ("sleepemo.cli", "sleepemo.__main__"),
+)
+
+#: Imports of the package's own modules that stay inside a function, each with its reason.
+#: Nothing else may: a module's header says what it uses.
+DEFERRED = {
+    ("sleepemo.config", "sleepemo.baselines"):
+        "checks baseline names against the model registry, a layer above the config",
+}
 
 
-def imported_modules(path: Path, package: str) -> set[str]:
-    """Absolute names of the modules ``path`` imports (relative imports resolved)."""
+def module_name(path: Path) -> str:
+    parts = path.relative_to(REPO / "src").with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def layer(module: str) -> int:
+    """Index of the layer ``module`` belongs to (the longest matching prefix)."""
+    best, rank = -1, None
+    for i, names in enumerate(LAYERS):
+        for n in names:
+            if (module == n or module.startswith(n + ".")) and len(n) > best:
+                best, rank = len(n), i
+    assert rank is not None, f"{module} belongs to no layer: add it to LAYERS"
+    return rank
+
+
+def imports(module: str) -> list[tuple[str, bool]]:
+    """(imported package module, inside a function?) for every import of ``module``.
+    ``from sleepemo.data import names`` counts as ``sleepemo.data.names``."""
+    path = MODULES[module]
     tree = ast.parse(path.read_text())
-    names = set()
+    is_pkg = path.name == "__init__.py"
+    package = module if is_pkg else module.rpartition(".")[0]
+    inner = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef,
+                                                               ast.AsyncFunctionDef))
+             for n in ast.walk(f)}
+    found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            names.update(a.name for a in node.names)
+            targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")[:len(package.split(".")) - node.level + 1]
                 mod = ".".join(base + ([node.module] if node.module else []))
             else:
                 mod = node.module or ""
-            names.add(mod)
-            names.update(f"{mod}.{a.name}" for a in node.names)
-    return names
-
-
-def _module_package(path: Path) -> str:
-    """The package a module's relative imports start from (``sleepemo.baselines``, ...)."""
-    return ".".join(path.relative_to(REPO / "src").parent.parts)
-
-
-def test_the_import_checker_sees_relative_and_absolute_imports():
-    f = PACKAGE / "stages" / "train_experts.py"
-    names = imported_modules(f, "sleepemo.stages")
-    assert "sleepemo.pipeline.artefacts" in names and "sleepemo.mae.model" in names
-
-
-@pytest.mark.parametrize("module", STAGE_MODULES)
-def test_no_stage_module_imports_another_stage(module):
-    path = PACKAGE / "stages" / f"{module}.py"
-    others = {f"sleepemo.stages.{m}" for m in STAGE_MODULES if m != module}
-    bad = sorted(n for n in imported_modules(path, "sleepemo.stages")
-                 if any(n == o or n.startswith(o + ".") for o in others))
-    assert not bad, f"stage module {module} imports {bad}: go through sleepemo.pipeline.artefacts"
-
-
-def test_the_library_does_not_depend_on_the_stages():
-    for path in sorted(PACKAGE.rglob("*.py")):
-        if "stages" in path.relative_to(PACKAGE).parts:
+            targets = [f"{mod}.{a.name}" if f"{mod}.{a.name}" in MODULES else mod
+                       for a in node.names]
+        else:
             continue
-        bad = sorted(n for n in imported_modules(path, _module_package(path))
-                     if n.startswith("sleepemo.stages"))
-        assert not bad, f"{path.relative_to(REPO)} imports {bad}"
-    for path in sorted((REPO / "bench").glob("*.py")):
-        bad = sorted(n for n in imported_modules(path, "") if n.startswith("sleepemo.stages"))
-        assert not bad, f"{path.relative_to(REPO)} imports a stage module: {bad}"
+        for t in targets:
+            while t and t not in MODULES:
+                t = t.rpartition(".")[0]
+            if t and t != module:
+                found.append((t, id(node) in inner))
+    return found
 
 
-def test_stage_scripts_are_thin_documented_and_registered():
-    scripts = sorted((REPO / "src").glob("[0-9][0-9]_*.py"))
-    assert len(scripts) >= 5
-    # every registered stage has its script, and run.sh runs the scripts by their number
-    # (a glob, in sorted order: a new NN_*.py stage runs without editing run.sh)
-    assert [s.script for s in STAGES] == [p.name for p in scripts]
-    run_sh = (REPO / "run.sh").read_text()
-    assert "for script in src/[0-9][0-9]_*.py; do" in run_sh
-    for path in scripts:
-        tree = ast.parse(path.read_text())
-        doc = ast.get_docstring(tree)
+def test_every_module_has_a_layer_and_the_checker_sees_imports():
+    for m in MODULES:
+        layer(m)
+    got = dict(imports("sleepemo.experts.stage"))
+    assert "sleepemo.pipeline.artefacts" in got and "sleepemo.mae.model" in got
+    assert ("sleepemo.data.names", False) in imports("sleepemo.data.reader")
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_imports_go_down_and_sit_at_the_top(module):
+    for target, inside in imports(module):
+        assert layer(target) <= layer(module), \
+            f"{module} (layer {layer(module)}) imports {target} (layer {layer(target)}): upward"
+        assert not inside or (module, target) in DEFERRED or \
+            (module, target.rpartition(".")[0]) in DEFERRED, \
+            f"{module} imports {target} inside a function: move it to the module's header"
+
+
+def test_no_import_cycles():
+    graph = {m: sorted({t for t, _ in imports(m)}) for m in MODULES}
+    state: dict[str, int] = {}
+
+    def visit(m, path):
+        state[m] = 1
+        for t in graph[m]:
+            if state.get(t) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(path + [m, t]))
+            if t not in state:
+                visit(t, path + [m])
+        state[m] = 2
+
+    for m in graph:
+        if m not in state:
+            visit(m, [])
+
+
+def test_stage_names_scripts_folders_and_bodies_agree():
+    scripts = sorted(p.name for p in (REPO / "src").glob("[0-9][0-9]_*.py"))
+    assert scripts == [s.script for s in STAGES]
+    for s in STAGES:
+        assert s.script == f"{s.number}_{s.name}.py" and s.folder == f"{s.number}_{s.name}"
+        body = importlib.import_module(s.module)
+        assert callable(getattr(body, "run", None)), f"{s.module} has no run(stage)"
+        text = (REPO / "src" / s.script).read_text()
+        assert re.search(rf'stage\.main\("{s.name}"', text), s.script
+        assert f"from {s.module} import run" in text, s.script
+    assert len({s.name for s in STAGES}) == len(STAGES)
+    assert [s.number for s in STAGES] == sorted(s.number for s in STAGES)
+    with pytest.raises(KeyError, match="unknown stage"):
+        spec("nope")
+
+
+def test_no_stage_body_imports_another():
+    bodies = {s.module for s in STAGES}
+    for b in bodies:
+        bad = sorted(t for t, _ in imports(b) if t in bodies - {b})
+        assert not bad, f"stage body {b} imports {bad}: go through sleepemo.pipeline.artefacts"
+
+
+def test_stage_scripts_are_thin_and_documented():
+    for s in STAGES:
+        path = REPO / "src" / s.script
+        doc = ast.get_docstring(ast.parse(path.read_text()))
         assert doc and "Reads:" in doc and "Writes:" in doc, path.name
         code = [line for line in path.read_text().split('"""', 2)[2].splitlines()
                 if line.strip() and not line.lstrip().startswith("#")]
         assert len(code) <= 25, f"{path.name} has {len(code)} lines of code: move logic " \
-                                "into sleepemo.stages"
-        name = re.search(r'stage\.main\("(\w+)"', path.read_text()).group(1)
-        assert spec(name).script == path.name
+                                f"into {s.module}"
 
 
-def test_stage_names_and_folders_are_unique():
-    assert len({s.name for s in STAGES}) == len({s.folder for s in STAGES}) == len(STAGES)
-    assert [s.number for s in STAGES] == sorted(s.number for s in STAGES)
-    with pytest.raises(KeyError, match="unknown stage"):
-        spec("nope")
+def test_file_name_rules_live_in_one_place():
+    """Only sleepemo.data.names says what a participant's file is called."""
+    rule = re.compile(r"re\.compile\([^)]*(?:test_subject|\\\.mat|cleaned)")
+    for m, path in MODULES.items():
+        if m != "sleepemo.data.names":
+            assert not rule.search(path.read_text()), f"{m} has its own file-name rule"

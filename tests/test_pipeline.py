@@ -144,7 +144,8 @@ def test_predict_reproduces_every_result_of_the_run(smoke_run, smoke_dir):
     from sleepemo.pipeline.artefacts import results
     from sleepemo.data.reader import load_dataset
     from sleepemo.data.folds import read_folds
-    from sleepemo.predict.api import Run, load_predictor
+    from sleepemo.predict.base import Run
+    from sleepemo.predict.load import load_predictor
 
     torch.set_num_threads(1)  # as the smoke stages ran (conftest restores it)
     tmp, _ = smoke_run

@@ -9,7 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sleepemo.predict.api import PredictError, Stream, load_predictor, predict_files, recordings
+from sleepemo.predict.base import PredictError
+
+from sleepemo.predict.stream import Stream
+
+from sleepemo.predict.load import load_predictor
+
+from sleepemo.predict.cli import predict_files, recordings
 
 REPO = Path(__file__).resolve().parents[1]
 

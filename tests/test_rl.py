@@ -328,7 +328,8 @@ def test_predictor_reproduces_every_head_exactly(rl_run):
     import shutil
 
     from sleepemo.pipeline.artefacts import results
-    from sleepemo.predict.api import PredictError, Run, load_predictor
+    from sleepemo.predict.base import PredictError, Run
+    from sleepemo.predict.load import load_predictor
     from sleepemo.rl.predict import load
 
     stage, ds, folds, _ = rl_run
@@ -474,7 +475,8 @@ def test_sac_reads_fold_k_fused_tokens_once_stage_04_has_them(smoke_dir, tmp_pat
     fused tokens of a test participant and reproduces the SAC's test predictions bit for
     bit (its twin reads the same code vectors)."""
     from sleepemo.pipeline.artefacts import find
-    from sleepemo.predict.api import Run, load_predictor
+    from sleepemo.predict.base import Run
+    from sleepemo.predict.load import load_predictor
     from sleepemo.rl import stage as rl_heads
     from sleepemo.fusion import stage as train_fusion
     from sleepemo.rl.stage import fold_state

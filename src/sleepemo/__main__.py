@@ -1,5 +1,5 @@
 """``python -m sleepemo <command>``: ``predict`` (apply a finished run to new recordings,
-:mod:`sleepemo.predict.api`), ``data`` (resolve the data folder, :mod:`sleepemo.cli`)."""
+:mod:`sleepemo.predict`), ``data`` (resolve the data folder, :mod:`sleepemo.cli`)."""
 import sys
 
 
@@ -9,7 +9,7 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.strip(), file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     if argv[0] == "predict":
-        from sleepemo.predict.api import cli
+        from sleepemo.predict.cli import cli
 
         return cli(argv[1:])
     from sleepemo.cli import main as data_main

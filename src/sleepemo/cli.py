@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from sleepemo.config import PROFILES, load_config
 from sleepemo.data.location import resolve_data_dir

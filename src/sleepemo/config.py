@@ -25,6 +25,7 @@ import yaml
 
 from sleepemo import COMPETITION_SLUG
 from sleepemo.errors import InputError
+from sleepemo.io import write_text
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILES_DIR = REPO / "configs"
@@ -630,6 +631,4 @@ def load_config(profile: str = "quick", overrides: list[str] | None = None,
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    from sleepemo.io import write_text
-
     write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

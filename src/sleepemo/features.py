@@ -69,7 +69,7 @@ _ONLINE: contextvars.ContextVar = contextvars.ContextVar("sleepemo_online", defa
 
 class OnlineNormaliser:
     """One participant's normalisation, updated one trial (or batch) at a time: for
-    streaming (:class:`sleepemo.predict.api.Stream`).
+    streaming (:class:`sleepemo.predict.stream.Stream`).
 
     Inside ``with normaliser:``, :func:`zscore_participant` and :func:`zscore_trials` add
     the trials they are given to running statistics (count, mean and sum of squared

@@ -8,7 +8,7 @@ whose held-out score is known.
 
 The result is written through the predictions contract (:mod:`sleepemo.pipeline.artefacts`) into
 ``<out>/<NN_stage>/<name>/``: per-fold ``fold<k>.npz`` and the fitted fold model
-``fold<k>.joblib`` (:mod:`sleepemo.predict.api` applies the 14 of them to new recordings),
+``fold<k>.joblib`` (:mod:`sleepemo.predict` applies the 14 of them to new recordings),
 then ``oof.npy``, ``test.npy``, ``score.json`` and ``meta.json``. A fold whose file carries the same fingerprint (model,
 parameters, seed, data, code, features) is not recomputed: a killed run resumes, an
 unchanged one is skipped.
@@ -114,8 +114,8 @@ def run_lopo(name: str, ds: Dataset, folds: Folds, out: str | Path, stage: str,
         instead of the model's ``transform``; a callable is only called when there is
         work to do. ``feature_key`` must then identify them (it enters the fingerprint).
     recipe : dict, optional
-        How :mod:`sleepemo.predict.api` computes those features for a new participant
-        (``{"features": <kind>, ...}``, see :data:`sleepemo.predict.api.FEATURES`); kept in
+        How :mod:`sleepemo.predict` computes those features for a new participant
+        (``{"features": <kind>, ...}``, see :data:`sleepemo.mae.predict.FEATURES`); kept in
         ``meta.json``. Without ``features`` the model's own ``transform`` is the recipe.
     code_from : tuple of module names
         Modules whose code computed ``features`` (e.g. the calling stage's

@@ -26,7 +26,7 @@ class BaselineModel:
     diagnostic: bool = False
     #: every per-participant step of ``transform`` and ``predict_proba`` is a z-score of
     #: :mod:`sleepemo.features` (``zscore_trials``, ``zscore_participant``), so a streamed
-    #: trial can be computed alone with running statistics (:mod:`sleepemo.predict.api`)
+    #: trial can be computed alone with running statistics (:mod:`sleepemo.predict`)
     online: bool = False
 
     def __init__(self, random_state: int = 0, **params):

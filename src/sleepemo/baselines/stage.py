@@ -4,7 +4,7 @@ from __future__ import annotations
 from sleepemo.pipeline.artefacts import Planned, results
 from sleepemo.baselines.lopo import lopo_fingerprint, run_lopo
 from sleepemo.baselines import REGISTRY
-from sleepemo.pipeline.report import results_table, to_markdown
+from sleepemo.pipeline.evidence import results_table, to_markdown
 from sleepemo.pipeline.stage import Stage, StageOutput
 
 

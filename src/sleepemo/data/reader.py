@@ -31,14 +31,12 @@ import scipy.io
 
 from sleepemo import CHANNELS, SFREQ
 from sleepemo.config import BAD_VALUES
+from sleepemo.data import names
+from sleepemo.data.names import CLASS_DIRS
 from sleepemo.errors import InputError
 from sleepemo.metric import read_solution
 from sleepemo.progress import bar
 
-CLASS_DIRS = {"sleep_emo": 1, "sleep_neu": 0}
-# ASCII digits only: ``\d`` would take "S_\u0662_cleaned.mat" (an Arabic-Indic two) for S_2
-_TRAIN_RE = re.compile(r"^S_?([0-9]+)(?:_cleaned)?\.mat$", re.IGNORECASE)
-_TEST_RE = re.compile(r"^test_subject_?([0-9]+)\.mat$", re.IGNORECASE)
 _MAT5_MAGIC = b"MATLAB 5.0 MAT-file"
 
 #: Largest array, in bytes as declared by the file (uncompressed, as it would sit in
@@ -813,7 +811,7 @@ def scan(root: str | Path) -> tuple[dict[int, tuple[Path, Path]], dict[int, Path
         folder = root / "training" / cls
         if not folder.is_dir():
             raise DataError(folder, f"missing class folder 'training/{cls}/'")
-        by_class[cls] = _ids(folder, _TRAIN_RE)
+        by_class[cls] = _ids(folder, names.TRAIN)
     emo, neu = by_class["sleep_emo"], by_class["sleep_neu"]
     for a, b, other in ((emo, neu, "sleep_neu"), (neu, emo, "sleep_emo")):
         for sid in sorted(set(a) - set(b)):
@@ -821,7 +819,7 @@ def scan(root: str | Path) -> tuple[dict[int, tuple[Path, Path]], dict[int, Path
                                     "(each training participant needs both classes)")
     if not emo:
         raise DataError(root / "training", "no training files S_<id>_cleaned.mat found")
-    test = _ids(root / "testing", _TEST_RE)
+    test = _ids(root / "testing", names.TEST)
     if not test:
         raise DataError(root / "testing", "no test files test_subject_<id>.mat found")
     both = sorted(set(emo) & set(test))

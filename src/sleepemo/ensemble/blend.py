@@ -131,7 +131,7 @@ def score(y: np.ndarray, pred: np.ndarray, subjects: np.ndarray, sfreq: float = 
 
 def best_single(table) -> tuple[str, float] | None:
     """The best single model of a run and its LOPO score: the non-diagnostic row of a
-    LOPO table (:func:`sleepemo.pipeline.report.results_table`) with the highest ``overall`` that
+    LOPO table (:func:`sleepemo.pipeline.evidence.results_table`) with the highest ``overall`` that
     is not an ensemble; None if there is none. Stage 06's report and stage 07's choice
     compare the ensemble's nested score with it."""
     singles = table[~table["diagnostic"].astype(bool) & (table["stage"] != "ensemble")]

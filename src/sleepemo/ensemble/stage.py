@@ -34,7 +34,7 @@ from sleepemo.ensemble.blend import OptunaBlend, Stack, best_single, curves_of
 from sleepemo.io import read_json
 from sleepemo.pipeline.executor import run_folds
 from sleepemo.progress import bar
-from sleepemo.pipeline.report import plot_curves, pyplot, results_table, save_figure
+from sleepemo.pipeline.evidence import plot_curves, pyplot, results_table, save_figure
 from sleepemo.pipeline.stage import Stage, StageOutput
 
 
@@ -96,7 +96,7 @@ def fingerprints(stage: Stage, planned: dict | None = None) -> list[Planned]:
 
 
 def fold_state(stage: Stage) -> FoldState:
-    cfg, seed = stage.cfg.ensemble, stage.cfg.seed
+    cfg = stage.cfg.ensemble
     ds = stage.dataset()
     folds = stage.folds(ds)
     listed = candidates(stage)
@@ -155,7 +155,7 @@ def tune_fold(state: FoldState, k: int, step) -> dict:
 
 def run(stage: Stage) -> StageOutput:
     """Everything stage 06 does (see the module docstring)."""
-    cfg, seed = stage.cfg.ensemble, stage.cfg.seed
+    cfg = stage.cfg.ensemble
     state = fold_state(stage)
     ds, folds, writer = state.ds, state.folds, state.writer
     stage.log(f"ensemble: {len(state.models)} candidate models, {cfg.n_trials} trials per "

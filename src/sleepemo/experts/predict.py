@@ -21,7 +21,8 @@ from sleepemo.config import ExpertsConfig
 from sleepemo.experts.infer import (VARIANTS, ExpertInference, expert_encoder_config,
                             load_expert_params, output_names, tta_seed)
 from sleepemo.features import pool_time
-from sleepemo.predict.api import Predictor, PredictError, Run, _band
+from sleepemo.predict.base import Predictor, PredictError, Run
+from sleepemo.mae.predict import band_tokens
 from sleepemo.mae.model import load_mae_weights
 from sleepemo.pipeline.stage import stage_dir
 
@@ -67,7 +68,7 @@ class ExpertsPredictor(Predictor):
             raise PredictError(f"{self.name}: test-time adaptation is seeded by the "
                                "participant's id; give it (subject=<id>; sleepemo predict "
                                "reads it from the file name)")
-        feats = pool_time(np.asarray(_band(self.run, X, sfreq), np.float32), self.cfg.stride)
+        feats = pool_time(np.asarray(band_tokens(self.run, X, sfreq), np.float32), self.cfg.stride)
         probs = []
         for k, (params, weights) in enumerate(zip(self.params, self.weights)):
             if self.tta:
@@ -78,7 +79,7 @@ class ExpertsPredictor(Predictor):
 
 
 def load(run: Run, result: Result) -> Predictor:
-    """Stage 03's result ``result`` of ``run`` as a :class:`~sleepemo.predict.api.Predictor`."""
+    """Stage 03's result ``result`` of ``run`` as a :class:`~sleepemo.predict.base.Predictor`."""
     if result.meta.get("registry") != "experts":
         raise PredictError(f"{result.label}: not a stage-03 experts result")
     return ExpertsPredictor(run, result)

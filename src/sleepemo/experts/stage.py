@@ -56,7 +56,7 @@ from sleepemo.experts.model import ExpertBank, classification_loss, make_experts
 from sleepemo.mae.model import EncoderConfig, load_mae_weights
 from sleepemo.pipeline.executor import run_folds
 from sleepemo.progress import bar
-from sleepemo.pipeline.report import plot_topomaps
+from sleepemo.pipeline.evidence import plot_topomaps
 from sleepemo.pipeline.stage import Stage, StageOutput, stage_dir
 
 VARIANTS = ExpertsConfig.VARIANTS

@@ -1,4 +1,4 @@
-"""Stage 04's fusion results applied to new recordings (:mod:`sleepemo.predict.api`).
+"""Stage 04's fusion results applied to new recordings (:mod:`sleepemo.predict`).
 
 A fusion result (``fusion_<variant>``) keeps fold k's trained network in ``fold<k>.pt``.
 For a new participant its input is rebuilt from the trials exactly as
@@ -30,7 +30,8 @@ from sleepemo.config import FusionConfig
 from sleepemo.features import pool_time, token_features
 from sleepemo.fusion.inputs import new_model, new_tuned_model, tuned_input
 from sleepemo.fusion.model import electrode_positions, predict, standardise, to_timepoints
-from sleepemo.predict.api import PredictError, Predictor, Run, _band, mae_tokens
+from sleepemo.predict.base import PredictError, Predictor, Run
+from sleepemo.mae.predict import band_tokens, mae_tokens
 from sleepemo.experts.model import embed_tokens
 from sleepemo.fusion.model import fused_tokens
 from sleepemo.pipeline.artefacts import results
@@ -112,7 +113,7 @@ class FusionPredictor(Predictor):
         import itertools
 
         m = self.run.cfg.mae
-        band = np.asarray(_band(self.run, X, sfreq), np.float32)
+        band = np.asarray(band_tokens(self.run, X, sfreq), np.float32)
         ev = None
         if self.evoked:
             ev = pool_time(np.asarray(token_features(X, sfreq, (), m.feature,

@@ -60,7 +60,7 @@ from sleepemo.fusion.model import (FusionNet, electrode_positions, fusion_loss, 
                              to_timepoints)
 from sleepemo.pipeline.executor import run_folds
 from sleepemo.progress import bar
-from sleepemo.pipeline.report import plot_curves, plot_topomaps, results_table, to_markdown
+from sleepemo.pipeline.evidence import plot_curves, plot_topomaps, results_table, to_markdown
 from sleepemo.pipeline.stage import Stage, StageOutput, stage_dir
 
 VARIANTS = FusionConfig.VARIANTS

@@ -18,7 +18,8 @@ from sleepemo.ensemble.blend import best_single
 from sleepemo.config import REPO
 from sleepemo.io import copy_file, write_json
 from sleepemo.metric import format_report, score_files
-from sleepemo.pipeline.report import copy_report, results_table, write_report
+from sleepemo.pipeline.evidence import results_table
+from sleepemo.pipeline.report import copy_report, write_report
 from sleepemo.pipeline.stage import Stage, StageOutput, peak_rss_mb
 from sleepemo.data.submission import new_run_dir, run_name as default_run_name, write_test_submission
 

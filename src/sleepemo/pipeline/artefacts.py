@@ -340,7 +340,7 @@ def find(out: str | Path, label: str) -> Result:
 def fold_mean(arrays) -> np.ndarray:
     """The fold models' mean prediction (float32), summed fold by fold in float64: the
     same numbers for any number of rows, so a participant predicted alone
-    (:mod:`sleepemo.predict.api`) gets exactly its rows of the stage's test array (numpy's
+    (:mod:`sleepemo.predict`) gets exactly its rows of the stage's test array (numpy's
     float32 mean over a stack may sum in another order depending on the stack's shape)."""
     arrays = list(arrays)
     total = np.zeros(np.shape(arrays[0]), np.float64)

@@ -54,6 +54,6 @@ def run(stage: Stage, force: bool = False) -> StageOutput:
                         "data_fingerprint": folds.data_fingerprint,
                         "bad_values": ds.bad_values,
                         "repaired_samples": sum(r.samples for r in ds.repairs),
-                        # what new recordings must match (sleepemo.predict.api checks them)
+                        # what new recordings must match (sleepemo.predict.base.Run.check checks them)
                         "channels": list(ds.ch_names), "sfreq": float(ds.sfreq),
                         "n_times": int(ds.n_times)}, summary, evidence)

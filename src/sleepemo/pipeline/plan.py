@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sleepemo.pipeline.artefacts import (Planned, _modules, _read_result, describe, stored_fingerprint)
-from sleepemo.config import PROFILES, REPO, Config, load_config
+from sleepemo.config import PROFILES, Config, load_config
 from sleepemo.io import read_json
 from sleepemo.pipeline.stage import STAGES, Stage, StageSpec
 from sleepemo.errors import guarded

@@ -1,5 +1,5 @@
 """Stage 05's heads and their supervised twins applied to new recordings
-(:mod:`sleepemo.predict.api`).
+(:mod:`sleepemo.predict`).
 
 Results ``rl_dqn`` and ``rl_dqn_twin`` (``_shuffled`` with ``rl.shuffle_labels``). For a
 new participant, as stage 05 computes a test participant's predictions:
@@ -33,14 +33,14 @@ from __future__ import annotations
 import numpy as np
 
 from sleepemo.pipeline.artefacts import Result, fold_mean, load_checkpoint
-from sleepemo.predict.api import PredictError, Predictor, Run
+from sleepemo.predict.base import PredictError, Predictor, Run
 from sleepemo.pipeline.stage import stage_dir
 from sleepemo.features import pool_time
 from sleepemo.fusion.predict import FusionPredictor
 from sleepemo.io import read_json
 from sleepemo.mae.model import load_mae_weights
 from sleepemo.pipeline.artefacts import results
-from sleepemo.predict.api import mae_tokens
+from sleepemo.mae.predict import mae_tokens
 from sleepemo.rl.env import observation_space
 from sleepemo.rl.features import features_path, load_fold_features, participant_signals
 from sleepemo.rl.heads import Twin, broadcast, fold_checkpoint, q_network, trial_probability
