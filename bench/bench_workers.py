@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from sleepemo.pipeline.artefacts import drop_folds  # noqa: E402
 
-SCRIPTS = {"experts": ("03_experts", "03_train_experts.py"),
+SCRIPTS = {"experts": ("03_experts", "03_experts.py"),
            "fusion": ("04_fusion", "04_fusion.py"),
            "rl": ("05_rl", "05_rl.py")}
 

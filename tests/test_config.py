@@ -236,7 +236,7 @@ def test_literal_and_tuple_annotations_are_checked(values, message):
 
 
 @pytest.mark.parametrize("args", [
-    ["src/00_make_folds.py", "--profile", "smoke"],
+    ["src/00_folds.py", "--profile", "smoke"],
     ["-m", "sleepemo", "data", "--profile", "smoke"],
 ])
 def test_entry_points_print_a_config_error_as_one_line_and_exit_2(tmp_path, args):

@@ -235,12 +235,12 @@ def test_second_run_into_a_locked_folder_stops_at_once_naming_the_holder(
     holder = _holder(out)
     try:
         t0 = time.perf_counter()
-        proc = subprocess.run(stage_cmd("00_make_folds.py", tiny_dir, out, None), env=env(),
+        proc = subprocess.run(stage_cmd("00_folds.py", tiny_dir, out, None), env=env(),
                               capture_output=True, text=True, timeout=120)
         waited = time.perf_counter() - t0
         assert not (out / "folds.json").exists() and not (out / "config.yaml").exists()
         # --no-lock: side-by-side stages on one folder on purpose (README: Scaling out)
-        side = subprocess.run(stage_cmd("00_make_folds.py", tiny_dir, out, None) +
+        side = subprocess.run(stage_cmd("00_folds.py", tiny_dir, out, None) +
                               ["--no-lock"], env=env(), capture_output=True, text=True,
                               timeout=120)
     finally:
@@ -269,7 +269,7 @@ def test_lock_left_by_a_killed_run_is_taken_over_with_a_log_line(tiny_dir, tmp_p
     holder.wait()
     record = json.loads((out / ".sleepemo.lock.json").read_text())
     assert record["pid"] == holder.pid  # left behind: the killed run could not remove it
-    proc = run_stage("00_make_folds.py", tiny_dir, out, None)
+    proc = run_stage("00_folds.py", tiny_dir, out, None)
     assert f"{out}: taking over a stale lock: its holder, pid {holder.pid} on " \
            f"{record['host']} (stage 03_experts of `holder-test`) since {record['since']}, " \
            "ended without releasing it" in proc.stderr
@@ -479,7 +479,7 @@ def test_stage_on_a_real_full_disk_says_so_in_one_line(straight, tiny_dir, tmp_p
               'while read -r f; do [ -f "$f" ] && echo "$f $(cksum < "$f")" || echo "$f"; done; } '
               f'> "{listing}"')
     proc = subprocess.run(["unshare", "-rm", "sh", "-c", script, "sh",
-                           *stage_cmd("07_make_submission.py", tiny_dir, out, subs)],
+                           *stage_cmd("07_submission.py", tiny_dir, out, subs)],
                           env=env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     lines = err.read_text().strip().splitlines()

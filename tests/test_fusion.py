@@ -220,7 +220,7 @@ def test_missing_experts_is_a_clear_error(smoke_dir, tmp_path):
     from sleepemo.fusion import stage as train_fusion
 
     stage, *_ = _stage(tmp_path, smoke_dir)
-    with pytest.raises(FileNotFoundError, match="03_train_experts"):
+    with pytest.raises(FileNotFoundError, match="03_experts"):
         stage.run(train_fusion.run)
 
 

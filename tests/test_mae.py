@@ -97,7 +97,7 @@ def test_loss_is_on_masked_points_only_and_masked_inputs_are_hidden():
 
 def _stage(args, out, smoke_dir, **popen):
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
-    cmd = [sys.executable, str(REPO / "src" / "02_pretrain_mae.py"), "--profile", "smoke",
+    cmd = [sys.executable, str(REPO / "src" / "02_mae.py"), "--profile", "smoke",
            "--data-dir", str(smoke_dir), "--out", str(out), "--no-progress", *args]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, **popen)

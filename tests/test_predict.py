@@ -52,9 +52,9 @@ def small_run(small_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("predict")
     out, subs = tmp / "out", tmp / "subs"
     sets = ["baselines.models=[riemann,erp_lda]", "ensemble.top_k=2"]
-    for script in ("00_make_folds.py", "01_baselines.py", "06_ensemble.py"):
+    for script in ("00_folds.py", "01_baselines.py", "06_ensemble.py"):
         stage(script, small_dir, out, *sets)
-    text = stage("07_make_submission.py", small_dir, out, *sets, subs=subs)
+    text = stage("07_submission.py", small_dir, out, *sets, subs=subs)
     sub = next(subs.rglob("submission.csv"))
     return out, sub, text
 

@@ -150,5 +150,5 @@ def write_folds(ds: Dataset, path: str | Path, force: bool = False) -> tuple[Fol
 def read_folds(path: str | Path) -> Folds:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run src/00_make_folds.py first")
+        raise FileNotFoundError(f"{path} not found: run src/00_folds.py first")
     return Folds.from_json(read_json(path))

@@ -61,7 +61,7 @@ def load_expert_params(path: str | Path, device="cpu") -> dict:
         if path.is_file() else None
     if state is None or "params" not in state:
         raise FileNotFoundError(f"{path}: the fold's experts are missing; run "
-                                "src/03_train_experts.py again")
+                                "src/03_experts.py again")
     return {n: v.to(device) for n, v in state["params"].items()}
 
 

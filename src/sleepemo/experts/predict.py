@@ -38,7 +38,7 @@ class ExpertsPredictor(Predictor):
             self.cfg = cfg = ExpertsConfig(**meta["params"])
         except TypeError as exc:
             raise PredictError(f"{result.folder / 'meta.json'}: experts settings this version "
-                               f"cannot read ({exc}); run src/03_train_experts.py again"
+                               f"cannot read ({exc}); run src/03_experts.py again"
                                ) from None
         self.variant, self.tta = meta["variant"], bool(meta["test_time_adaptation"])
         self.online = not self.tta  # the adaptation needs the participant's trials

@@ -278,7 +278,7 @@ def _mae_init(stage: Stage, cache: BandFeatureCache):
     if info.get("band_cache") != cache.key:
         raise FileNotFoundError(
             f"{stage_dir(stage.out, 'mae')} was trained on other band features than the "
-            "current mae: settings; run src/02_pretrain_mae.py again")
+            "current mae: settings; run src/02_mae.py again")
     return (enc, head), info["fingerprint"], info
 
 

@@ -171,7 +171,7 @@ class Inputs:
         if not found:
             raise FileNotFoundError(
                 f"no finished stage-03 result {name!r} in {stage_dir(self.stage.out, 'experts')}"
-                ": run src/03_train_experts.py first, or leave the experts variants out "
+                ": run src/03_experts.py first, or leave the experts variants out "
                 "(--set 'fusion.variants=[mae,raw]')")
         return found[0]
 

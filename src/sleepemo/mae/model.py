@@ -213,7 +213,7 @@ def load_mae_weights(folder: str | Path) -> tuple[dict, dict, dict]:
     folder = Path(folder)
     if not encoder_saved(folder):
         raise FileNotFoundError(f"no trained MAE in {folder} ({', '.join(ENCODER_FILES)}): "
-                                "run src/02_pretrain_mae.py first")
+                                "run src/02_mae.py first")
     enc, head = (torch.load(folder / name, map_location="cpu", weights_only=True)
                  for name in ENCODER_FILES[:2])
     return enc, head, read_json(folder / "run.json")
@@ -274,11 +274,11 @@ class TokenCache:
         info = load_mae_weights(folder)[2]  # a clear error if stage 02 has not run
         if info.get("band_cache") != band.key:
             raise FileNotFoundError(f"{folder} was trained on other band features than the "
-                                    "current mae: settings; run src/02_pretrain_mae.py again")
+                                    "current mae: settings; run src/02_mae.py again")
         mstride = info.get("config", {}).get("stride")  # the mae: section it was trained by
         if mstride is None:
             raise FileNotFoundError(f"{folder}/run.json has no config.stride (an older stage "
-                                    "02): run src/02_pretrain_mae.py again")
+                                    "02): run src/02_mae.py again")
         mstride = int(mstride)
         if stride % mstride:
             raise ValueError(f"token stride {stride} is not a multiple of the MAE's {mstride}")
