@@ -427,7 +427,7 @@ def write_predictions(result: dict, dest: Path, meta: dict) -> Path:
 def main(argv: list[str] | None = None) -> int:
     from datetime import datetime
 
-    from .config import REPO
+    from .config import project_dir
     from .submission import new_run_dir
 
     ap = argparse.ArgumentParser(prog="python -m sleepemo predict",
@@ -449,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     result = predict_files(args.run, args.paths, args.model, args.stream, args.warmup,
                            not args.no_progress, args.bad_values)
     dest = Path(args.out) if args.out else new_run_dir(
-        REPO / "submissions", f"predict-{result['model'].replace('/', '-')}-"
+        project_dir() / "submissions", f"predict-{result['model'].replace('/', '-')}-"
                               f"{datetime.now():%Y%m%d-%H%M%S}")
     path = write_predictions(result, dest, {
         "run": str(Path(args.run).resolve()), "stream": args.stream,

@@ -219,8 +219,10 @@ def _rebase_images(markdown: str, prefix: str) -> str:
 def _git_commit() -> str | None:
     import subprocess
 
-    from .config import REPO
+    from .config import CHECKOUT, REPO
 
+    if not CHECKOUT:  # an installed copy: no repository of its own
+        return None
     try:
         out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True, timeout=10)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .config import PROFILES, REPO, Config, ConfigError, load_config, save_config
+from .config import PROFILES, Config, ConfigError, load_config, project_dir, save_config
 
 
 @dataclass(frozen=True)
@@ -209,7 +209,8 @@ def stage_parser(doc: str) -> argparse.ArgumentParser:
     ap.add_argument("--profile", choices=PROFILES, default="quick")
     ap.add_argument("--data-dir", help="data folder with training/ and testing/ "
                                        "(default: real data if present, else synthetic)")
-    ap.add_argument("--out", help="artefact folder (default output/<profile>-<data name>)")
+    ap.add_argument("--out", help="artefact folder (default: output/<profile>-<data name> of "
+                                  "the checkout, else of the current folder)")
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     metavar="KEY=VALUE", help="override a config value, e.g. seed=1")
     ap.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -225,8 +226,14 @@ def resolve_args(args: argparse.Namespace) -> tuple[Config, Path, Path]:
 
     cfg = load_config(args.profile, args.overrides)
     data_dir = resolve_data_dir(cfg, args.data_dir, log=lambda m: print(m, file=sys.stderr))
-    out = Path(args.out) if args.out else REPO / "output" / f"{cfg.profile}-{data_dir.name}"
+    out = Path(args.out) if args.out else default_out(cfg, data_dir)
     return cfg, data_dir, out
+
+
+def default_out(cfg: Config, data_dir: Path) -> Path:
+    """``output/<profile>-<data folder name>`` of the project folder
+    (:func:`sleepemo.config.project_dir`)."""
+    return project_dir() / "output" / f"{cfg.profile}-{Path(data_dir).name}"
 
 
 def stage_from_args(name: str, args: argparse.Namespace) -> Stage:

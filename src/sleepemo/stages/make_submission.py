@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..artefacts import results
 from ..ensemble import best_single
-from ..config import REPO
+from ..config import project_dir
 from ..io import copy_file, write_json
 from ..metric import format_report, score_files
 from ..report import copy_report, results_table, write_report
@@ -64,7 +64,7 @@ def run(stage: Stage, model: str | None = None, submissions: str | Path | None =
     table = results_table(listed)[0]
     name = choose_model(table, model)
     result = next(r for r in listed if r.label == name)
-    root = Path(submissions) if submissions else REPO / "submissions"
+    root = Path(submissions) if submissions else project_dir() / "submissions"
     run_dir = new_run_dir(root, run_name or default_run_name(stage.cfg.profile, name))
     path, n_rows = write_test_submission(result.test, ds, folds, run_dir)
 
