@@ -13,8 +13,7 @@ Writes: <out>/cache/band_features/<key>/S<id>.npy  band features (n_trials, 16, 
 No label is used to train the encoder, so one encoder serves every LOPO fold; the
 probes' logistic regressions are fitted inside each fold.
 """
-from sleepemo import stage
-from sleepemo.stages import pretrain_mae
+from sleepemo import cli
 
 if __name__ == "__main__":
-    stage.main("mae", __doc__, pretrain_mae.run)
+    cli.run_stage("mae", doc=__doc__)

@@ -15,8 +15,7 @@ Held-out and test participants are predicted zero-shot, and (`_tta` rows) after
 unsupervised test-time adaptation with the MAE loss on their own trials; never with
 their labels. `--set experts.shuffle_labels=true` runs the label-shuffled check.
 """
-from sleepemo import stage
-from sleepemo.stages import train_experts
+from sleepemo import cli
 
 if __name__ == "__main__":
-    stage.main("experts", __doc__, train_experts.run)
+    cli.run_stage("experts", doc=__doc__)

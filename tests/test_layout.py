@@ -57,6 +57,8 @@ def test_the_library_does_not_depend_on_the_stages():
     for path in sorted(PACKAGE.rglob("*.py")):
         if "stages" in path.relative_to(PACKAGE).parts:
             continue
+        if path == PACKAGE / "cli.py":  # the entry point, above everything: its
+            continue                    # stage_entry is where `sleepemo stage` finds them
         bad = sorted(n for n in imported_modules(path, _module_package(path))
                      if n.startswith("sleepemo.stages"))
         assert not bad, f"{path.relative_to(REPO)} imports {bad}"
@@ -66,13 +68,20 @@ def test_the_library_does_not_depend_on_the_stages():
 
 
 def test_stage_scripts_are_thin_documented_and_registered():
+    from sleepemo.runner import select
+
     scripts = sorted((REPO / "src").glob("[0-9][0-9]_*.py"))
     assert len(scripts) >= 5
-    # every registered stage has its script, and run.sh runs the scripts by their number
-    # (a glob, in sorted order: a new NN_*.py stage runs without editing run.sh)
+    # every registered stage has its script; the runner (`sleepemo run`, which run.sh
+    # runs after its set-up) runs the stages by their number, in STAGES order (a new
+    # stage runs once it is in STAGES, without editing run.sh)
     assert [s.script for s in STAGES] == [p.name for p in scripts]
+    assert select(None) == list(STAGES)
+    assert [s.number for s in STAGES] == sorted(s.number for s in STAGES)
+    assert select("07,00,03") == [spec("00"), spec("03"), spec("07")]
     run_sh = (REPO / "run.sh").read_text()
-    assert "for script in src/[0-9][0-9]_*.py; do" in run_sh
+    assert 'exec python -m sleepemo run "$@"' in run_sh
+    assert "src/[0-9][0-9]_*.py" not in run_sh  # no stage loop of its own
     for path in scripts:
         tree = ast.parse(path.read_text())
         doc = ast.get_docstring(tree)
@@ -81,7 +90,7 @@ def test_stage_scripts_are_thin_documented_and_registered():
                 if line.strip() and not line.lstrip().startswith("#")]
         assert len(code) <= 25, f"{path.name} has {len(code)} lines of code: move logic " \
                                 "into sleepemo.stages"
-        name = re.search(r'stage\.main\("(\w+)"', path.read_text()).group(1)
+        name = re.search(r'cli\.run_stage\("(\w+)"', path.read_text()).group(1)
         assert spec(name).script == path.name
 
 

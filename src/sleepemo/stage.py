@@ -1,6 +1,8 @@
 """The stage runner: stage names and folders, and the work every stage does around its own.
 
-Every ``src/NN_*.py`` script is ``stage.main(<name>, __doc__, <body>)``:
+Every stage runs as ``sleepemo stage <name>`` (what ``sleepemo run`` starts, one process
+per stage; the ``src/NN_*.py`` scripts are the same command), which is
+``stage.main(<name>, <doc>, <body>)`` with the stage's body from :mod:`sleepemo.cli`:
 
 - **opening** (:func:`open_stage`): load and validate the config (profile, ``--set``),
   resolve the data folder and the artefact folder ``<out>``, save the resolved config,
@@ -10,7 +12,9 @@ Every ``src/NN_*.py`` script is ``stage.main(<name>, __doc__, <body>)``:
   :mod:`sleepemo.stages`), which writes its results through :mod:`sleepemo.artefacts`;
 - **closing** (:meth:`Stage.run`): wall time, peak memory, threads and device are added to
   the body's metrics and written to ``<out>/<folder>/metrics.json``; the body's evidence
-  (Markdown) to ``<out>/<folder>/evidence.md``; the summary is printed.
+  (Markdown) to ``<out>/<folder>/evidence.md``; the summary is printed;
+- its **log**: what the stage prints goes to the console and to ``<out>/run.log``
+  (:mod:`sleepemo.runlog`; ``--quiet`` keeps only warnings and errors on the console).
 
 Each stage writes only inside its own folder. The run's score table and report are written
 by one owner, :func:`sleepemo.report.write_report` (stage 07, or
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import resource
 import sys
 import time
@@ -47,8 +52,9 @@ class StageSpec:
         return f"{self.number}_{self.name}"
 
 
-#: The pipeline in order. Adding a stage: a line here, a config section, a module in
-#: sleepemo/stages/, a script in src/ and a line in run.sh (docs/extending.md).
+#: The pipeline in order: ``sleepemo run`` runs them by number, in this order. Adding a
+#: stage: a line here, a config section, a module in sleepemo/stages/, its entry in
+#: sleepemo.cli (stage_entry) and a script in src/ (docs/extending.md).
 STAGES: tuple[StageSpec, ...] = (
     StageSpec("00", "folds", "00_make_folds.py", None, False, "LOPO folds"),
     StageSpec("01", "baselines", "01_baselines.py", "baselines", False, "Baselines"),
@@ -202,9 +208,11 @@ def open_stage(name: str, cfg: Config, data_dir: str | Path, out: str | Path,
 
 
 # ------------------------------------------------------------------ scripts
-def stage_parser(doc: str) -> argparse.ArgumentParser:
+def stage_parser(doc: str, prog: str | None = None) -> argparse.ArgumentParser:
     """Arguments every stage accepts."""
-    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.
+    from . import runlog
+
+    ap = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.
                                  RawDescriptionHelpFormatter)
     ap.add_argument("--profile", choices=PROFILES, default="quick")
     ap.add_argument("--data-dir", help="data folder with training/ and testing/ "
@@ -217,15 +225,18 @@ def stage_parser(doc: str) -> argparse.ArgumentParser:
     ap.add_argument("--no-lock", action="store_true",
                     help="do not lock <out>: only to run different stages or models side by "
                          "side on one artefact folder on purpose (README: Scaling out)")
+    runlog.add_arguments(ap)
     return ap
 
 
 def resolve_args(args: argparse.Namespace) -> tuple[Config, Path, Path]:
     """The config, data folder and artefact folder of a script's parsed arguments."""
+    from . import runlog
     from .cli import resolve_data_dir
 
     cfg = load_config(args.profile, args.overrides)
-    data_dir = resolve_data_dir(cfg, args.data_dir, log=lambda m: print(m, file=sys.stderr))
+    data_dir = resolve_data_dir(cfg, args.data_dir,
+                                log=lambda m: runlog.info(m, stream=sys.stderr))
     out = Path(args.out) if args.out else default_out(cfg, data_dir)
     return cfg, data_dir, out
 
@@ -244,7 +255,9 @@ def stage_from_args(name: str, args: argparse.Namespace) -> Stage:
 
 def guarded(fn: Callable[[], object]) -> None:
     """Run ``fn``; expected input problems, a folder in use by another run and a full
-    disk end in one line and exit code 2, not a traceback."""
+    disk end in one line and exit code 2, not a traceback (the line goes to stderr, and
+    to the run's log file when there is one: :mod:`sleepemo.runlog`)."""
+    from . import runlog
     from .data import DataError
     from .io import DiskFull, disk_full
     from .runlock import FolderLocked
@@ -254,39 +267,59 @@ def guarded(fn: Callable[[], object]) -> None:
         fn()
     except (DataError, SubmissionError, ConfigError, FileExistsError,
             FileNotFoundError, FolderLocked, DiskFull) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        runlog.error(f"error: {exc}")
         raise SystemExit(2) from None
     except Exception as exc:
         full = disk_full(exc)
         if full is None:
+            runlog.to_file(f"failed: {type(exc).__name__}: {exc}", logging.ERROR,
+                           exc_info=exc)  # the traceback itself goes to stderr as ever
             raise
-        print(f"error: {DiskFull(full.filename, full)}", file=sys.stderr)
+        runlog.error(f"error: {DiskFull(full.filename, full)}")
         raise SystemExit(2) from None
 
 
 def main(name: str, doc: str, body: Callable[..., StageOutput],
-         add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
-    """A stage script: parse the arguments, lock ``<out>`` (:mod:`sleepemo.runlock`),
-    open, run ``body``, close, print the summary.
+         add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+         argv: list[str] | None = None, prog: str | None = None) -> None:
+    """A stage: parse the arguments (``argv``, default the command line's), set up the
+    log (:mod:`sleepemo.runlog`), lock ``<out>`` (:mod:`sleepemo.runlock`), append to
+    ``<out>/run.log``, open, run ``body``, close, log the summary.
 
-    ``body(stage)``, or ``body(stage, args)`` when the script adds arguments.
+    ``body(stage)``, or ``body(stage, args)`` when the stage adds arguments.
     """
-    ap = stage_parser(doc)
+    from . import runlog
+
+    ap = stage_parser(doc, prog)
     if add_arguments:
         add_arguments(ap)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    folder = spec(name).folder
+    runlog.setup(folder, runlog.level(args))
 
     def go():
         from .runlock import command_line, hold
 
+        # what runs, for the lock's record and the log: "sleepemo stage NAME ..." or the
+        # script's command line
+        command = command_line([*prog.split(), *(sys.argv[1:] if argv is None else argv)]
+                               if prog else None)
         cfg, data_dir, out = resolve_args(args)
         # one run at a time in <out> (sleepemo.runlock): taken before anything is written
         with contextlib.nullcontext() if args.no_lock else \
-                hold(out, command_line(), spec(name).folder,
-                     log=lambda m: print(m, file=sys.stderr)):
-            stage = open_stage(name, cfg, data_dir, out, progress=not args.no_progress)
+                hold(out, command, folder, log=runlog.warning):
+            runlog.attach(out)
+            runlog.to_file(f"stage {folder}: {command}", logging.DEBUG)
+            stage = open_stage(name, cfg, data_dir, out,
+                               progress=not (args.no_progress or args.quiet))
             output = stage.run((lambda s: body(s, args)) if add_arguments else body)
         if output.summary:
-            print(output.summary)
+            runlog.info(output.summary)
+        runlog.to_file(f"stage {folder}: done in {output.metrics.get('stage_seconds')} s, "
+                       f"peak memory {output.metrics.get('peak_rss_mb')} MB", logging.DEBUG)
 
-    guarded(go)
+    try:
+        with runlog.capture_stdout():  # print lines of the body and the library: logged
+            guarded(go)
+    finally:
+        runlog.reset()

@@ -12,6 +12,11 @@ from ..io import write_text
 from ..stage import Stage, StageOutput
 
 
+def add_arguments(ap) -> None:
+    """The stage's own option (``sleepemo stage folds``, ``src/00_make_folds.py``)."""
+    ap.add_argument("--force", action="store_true", help="replace folds.json for new data")
+
+
 def repairs_csv(repairs: list[Repair]) -> str:
     """The repair table: one row per (file, trial, channel) changed."""
     buf = io.StringIO()

@@ -14,13 +14,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..artefacts import results
-from ..ensemble import best_single
 from ..config import project_dir
+from ..ensemble import best_single
 from ..io import copy_file, write_json
 from ..metric import format_report, score_files
 from ..report import copy_report, results_table, write_report
 from ..stage import Stage, StageOutput, peak_rss_mb
 from ..submission import new_run_dir, run_name as default_run_name, write_test_submission
+
+
+def add_arguments(ap) -> None:
+    """The stage's own options (``sleepemo stage submission``, src/07_make_submission.py)."""
+    ap.add_argument("--model", help="submit this model instead of the best by LOPO")
+    ap.add_argument("--submissions", default=None,
+                    help="submissions folder (default: submissions/ of the checkout, else "
+                         "of the current folder)")
+    ap.add_argument("--run-name", help="name of the run folder (default: time-profile-model)")
 
 
 def choose_model(table, requested: str | None = None) -> str:
