@@ -20,9 +20,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from .config import PROFILES, Config, load_config
+if TYPE_CHECKING:
+    from .config import Config
+
+# (the commands import what they need when they run: `sleepemo --help` needs no package
+# beyond the standard library)
 
 #: ``sleepemo <command>``: what each command does (``sleepemo --help`` lists them).
 COMMANDS = {
@@ -80,6 +84,7 @@ def usage() -> str:
 
 
 def _data(argv: list[str]) -> int:
+    from .config import PROFILES, load_config
     from .stage import guarded
 
     ap = argparse.ArgumentParser(prog="sleepemo data", description=COMMANDS["data"])
