@@ -166,8 +166,11 @@ def test_a_refused_run_writes_nothing_into_the_holders_folder(smoke_dir, tmp_pat
 def test_a_failing_stage_stops_the_run_with_its_exit_code(tmp_path):
     (tmp_path / "data" / "training").mkdir(parents=True)
     proc = sleepemo("run", "--profile", "smoke", "--data-dir", tmp_path / "data", "--out",
-                    tmp_path / "out", "--stages", "00,01", timeout=300)
+                    tmp_path / "out", "--stages", "00,01", "--verbose", timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    # --verbose: the debug lines on the console too (each stage's command)
+    assert f"$ {sys.executable} -m sleepemo stage folds --profile smoke" in proc.stdout
+    assert "stage 00_folds: sleepemo stage folds --profile smoke" in proc.stdout
     assert "missing folder 'testing/'" in proc.stderr
     assert "00_folds failed (exit 2)" in proc.stderr and "== 01_baselines" not in proc.stdout
     log = (tmp_path / "out" / "run.log").read_text()

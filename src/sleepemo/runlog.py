@@ -203,6 +203,13 @@ def _emit(lvl: int, msg: str, stream) -> None:
         print(msg, file=stream or (sys.stderr if lvl >= logging.WARNING else sys.stdout))
 
 
+def debug(msg: str) -> None:
+    """``msg`` through the logger (on the console with ``--verbose``); nothing when not set
+    up."""
+    if configured():
+        logger().debug(msg)
+
+
 def info(msg: str, stream=None) -> None:
     """``msg`` through the logger when set up, else printed (on ``stream``: stdout)."""
     _emit(logging.INFO, msg, stream)

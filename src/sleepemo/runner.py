@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -166,12 +167,14 @@ def run(args: argparse.Namespace, command: str) -> int:
     holding = acquire(out, command, log=runlog.warning)
     try:
         log = runlog.attach(out)
-        runlog.to_file(f"{command} (pid {os.getpid()}, {sys.executable}); log: {log}")
+        runlog.debug(f"{command} (pid {os.getpid()}, {sys.executable}); log: {log}")
         env = stage_env(holding.token)
         for s in chosen:
             runlog.info(f"== {s.folder}")
+            cmd = stage_command(s, args, data_dir, out)
+            runlog.debug(f"$ {shlex.join(cmd)}")
             t = time.perf_counter()
-            code = run_child(stage_command(s, args, data_dir, out), env, holding.fd)
+            code = run_child(cmd, env, holding.fd)
             if code != 0:
                 code = 128 - code if code < 0 else code  # killed by a signal: 128 + N
                 runlog.error(f"   {s.folder} failed (exit {code}) after {_seconds(t)}")

@@ -309,14 +309,14 @@ def main(name: str, doc: str, body: Callable[..., StageOutput],
         with contextlib.nullcontext() if args.no_lock else \
                 hold(out, command, folder, log=runlog.warning):
             runlog.attach(out)
-            runlog.to_file(f"stage {folder}: {command}", logging.DEBUG)
+            runlog.debug(f"stage {folder}: {command}")
             stage = open_stage(name, cfg, data_dir, out,
                                progress=not (args.no_progress or args.quiet))
             output = stage.run((lambda s: body(s, args)) if add_arguments else body)
         if output.summary:
             runlog.info(output.summary)
-        runlog.to_file(f"stage {folder}: done in {output.metrics.get('stage_seconds')} s, "
-                       f"peak memory {output.metrics.get('peak_rss_mb')} MB", logging.DEBUG)
+        runlog.debug(f"stage {folder}: done in {output.metrics.get('stage_seconds')} s, "
+                     f"peak memory {output.metrics.get('peak_rss_mb')} MB")
 
     try:
         with runlog.capture_stdout():  # print lines of the body and the library: logged
