@@ -2,10 +2,12 @@
 # sleepemo: one command for the whole pipeline, one for the tests.
 #
 #   ./run.sh [--profile smoke|quick|full] [--data-dir DIR] [--out DIR] [--set KEY=VALUE]...
-#            [--submissions DIR] [--stages 00,01,07]
-#       set up .venv, get the data (Kaggle with credentials, else synthetic), run every
-#       stage (src/NN_*.py in order; --stages: only those), write and validate the
-#       submission, score it when solution.csv exists.
+#            [--submissions DIR] [--stages 00,01,07] [--no-progress] [--quiet|--verbose]
+#       set up .venv, then `python -m sleepemo run`: get the data (Kaggle with credentials,
+#       else synthetic), lock the artefact folder, run every stage in its own process (in
+#       order; --stages: only those), write and validate the submission, score it when
+#       solution.csv exists. Every line also goes to <out>/run.log; --quiet: only warnings
+#       and errors on the console (python -m sleepemo run --help).
 #   ./run.sh test [PYTEST ARGS]
 #       set up .venv and run the test suite, two files at once (slow tests excluded
 #       unless you ask: -m slow; one process: -n 0).
@@ -21,8 +23,10 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 REPO=$PWD
+SELF=./$(basename "${BASH_SOURCE[0]}")
 
 die() { echo "run.sh: $*" >&2; exit 2; }
+usage() { sed -n '2,/^set -euo/p' "$SELF" | sed '$d' | sed 's/^# \{0,1\}//'; }
 
 setup() {
   if [[ -z "${VIRTUAL_ENV:-}" ]]; then
@@ -54,69 +58,10 @@ setup() {
   export MPLBACKEND=Agg
 }
 
-stage() {  # stage SCRIPT ARGS...: run one stage and report its wall time
-  local script=$1; shift
-  local t0=$SECONDS
-  echo "== $script"
-  python "src/$script" "$@"
-  echo "   $script: $((SECONDS - t0)) s"
-}
-
-lock_out() {  # lock_out OUT COMMAND: hold OUT's lock (sleepemo.pipeline.runlock) until run.sh exits
-  mkdir -p "$1"
-  # the descriptor stays open in this shell (and its stages) until it exits: the lock with it
-  exec {LOCK_FD}>>"$1/.sleepemo.lock"
-  SLEEPEMO_LOCK_TOKEN=$(python -m sleepemo.pipeline.runlock take "$1" --fd "$LOCK_FD" --pid $$ \
-    --command "$2")
-  export SLEEPEMO_LOCK_TOKEN
-  LOCK_RECORD="$1/.sleepemo.lock.json"
-  trap 'rm -f "$LOCK_RECORD"' EXIT  # ours while we hold the lock
-}
-
-run_pipeline() {
-  local profile=quick data_dir="" out="" sets=() subs=() only=""
-  local command="run.sh $*"
-  while [[ $# -gt 0 ]]; do
-    case "$1" in
-      --profile) profile=${2:?}; shift 2 ;;
-      --stages) only=" ${2//,/ } "; shift 2 ;;
-      --data-dir) data_dir=${2:?}; shift 2 ;;
-      --out) out=${2:?}; shift 2 ;;
-      --set) sets+=(--set "${2:?}"); shift 2 ;;
-      --submissions) subs=(--submissions "${2:?}"); shift 2 ;;
-      -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
-      *) die "unknown option $1 (see ./run.sh --help)" ;;
-    esac
-  done
-  local n
-  for n in $only; do
-    compgen -G "src/${n}_*.py" >/dev/null || die "--stages: no stage $n (stages: $(
-      cd src && ls [0-9][0-9]_*.py | cut -c1-2 | tr '\n' ' '))"
-  done
-  local t0=$SECONDS
-  if [[ -z "$data_dir" ]]; then
-    echo "== data"
-    data_dir=$(python -m sleepemo.cli data --profile "$profile" ${sets[@]+"${sets[@]}"})
-  fi
-  [[ -d "$data_dir" ]] || die "data folder $data_dir not found"
-  out=${out:-$REPO/output/$profile-$(basename "$data_dir")}
-  echo "== data: $data_dir   artefacts: $out   profile: $profile"
-  lock_out "$out" "$command"  # one run at a time in $out, from the first stage to the last
-  local common=(--profile "$profile" --data-dir "$data_dir" --out "$out" ${sets[@]+"${sets[@]}"})
-  local script
-  for script in src/[0-9][0-9]_*.py; do
-    script=$(basename "$script")
-    if [[ -n "$only" && "$only" != *" ${script:0:2} "* ]]; then continue; fi
-    if [[ $script == 07_* ]]; then
-      stage "$script" "${common[@]}" ${subs[@]+"${subs[@]}"}
-    else
-      stage "$script" "${common[@]}"
-    fi
-  done
-  echo "== total wall time: $((SECONDS - t0)) s (after set-up)"
-}
-
 case "${1:-}" in
+  -h|--help|help)  # before any set-up: no .venv is created to print this
+    usage
+    ;;
   test)
     shift
     setup
@@ -126,23 +71,16 @@ case "${1:-}" in
     OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} python -m pytest -m "not slow" \
       -n "${SLEEPEMO_TEST_PROCESSES:-2}" --dist loadfile --durations=15 "$@"
     ;;
-  submit)
-    shift
+  submit|predict|kaggle-bundle)  # pass-throughs to `python -m sleepemo <command>`
     setup
-    python -m sleepemo.kaggle.submit "$@"
-    ;;
-  kaggle-bundle)
-    shift
-    setup
-    python -m sleepemo.kaggle.bundle "$@"
-    ;;
-  predict)
-    shift
-    setup
-    python -m sleepemo predict "$@"
+    exec python -m sleepemo "$@"
     ;;
   *)
+    for arg in "$@"; do  # ./run.sh --profile smoke --help: the usage, still before set-up
+      if [[ $arg == -h || $arg == --help ]]; then usage; exit 0; fi
+    done
     setup
-    run_pipeline "$@"
+    # exec: the pipeline's process is this one (its pid holds the artefact folder's lock)
+    exec python -m sleepemo run "$@"
     ;;
 esac

@@ -8,14 +8,7 @@ Writes: <out>/folds.json (one fold per training participant, data fingerprint, r
 The file is written once; later stages read it. Rerunning on the same data keeps it;
 on other data it refuses unless --force.
 """
-from sleepemo.pipeline import stage
-from sleepemo.pipeline.folds import run
-
-
-def add_arguments(ap):
-    ap.add_argument("--force", action="store_true", help="replace folds.json for new data")
-
+from sleepemo import cli
 
 if __name__ == "__main__":
-    stage.main("folds", __doc__, lambda s, args: run(s, force=args.force),
-               add_arguments)
+    cli.run_stage("folds", doc=__doc__)

@@ -9,8 +9,7 @@ oof.npy is (n_train_trials, n_times) in folds.json row order; test.npy is the me
 fold models' test predictions. Finished folds are reused (resume); an unchanged model is
 skipped.
 """
-from sleepemo.pipeline import stage
-from sleepemo.baselines.stage import run
+from sleepemo import cli
 
 if __name__ == "__main__":
-    stage.main("baselines", __doc__, run)
+    cli.run_stage("baselines", doc=__doc__)

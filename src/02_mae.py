@@ -13,8 +13,7 @@ Writes: <out>/cache/band_features/<key>/S<id>.npy  band features (n_trials, 16, 
 No label is used to train the encoder, so one encoder serves every LOPO fold; the
 probes' logistic regressions are fitted inside each fold.
 """
-from sleepemo.pipeline import stage
-from sleepemo.mae.stage import run
+from sleepemo import cli
 
 if __name__ == "__main__":
-    stage.main("mae", __doc__, run)
+    cli.run_stage("mae", doc=__doc__)

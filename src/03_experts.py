@@ -15,8 +15,7 @@ Held-out and test participants are predicted zero-shot, and (`_tta` rows) after
 unsupervised test-time adaptation with the MAE loss on their own trials; never with
 their labels. `--set experts.shuffle_labels=true` runs the label-shuffled check.
 """
-from sleepemo.pipeline import stage
-from sleepemo.experts.stage import run
+from sleepemo import cli
 
 if __name__ == "__main__":
-    stage.main("experts", __doc__, run)
+    cli.run_stage("experts", doc=__doc__)

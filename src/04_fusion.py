@@ -16,8 +16,7 @@ Fold k trains on its training participants only, early-stopped on an inner split
 them; held-out and test participants are only predicted.
 `--set fusion.shuffle_labels=true` runs the label-shuffled check.
 """
-from sleepemo.pipeline import stage
-from sleepemo.fusion.stage import run
+from sleepemo import cli
 
 if __name__ == "__main__":
-    stage.main("fusion", __doc__, run)
+    cli.run_stage("fusion", doc=__doc__)

@@ -16,8 +16,7 @@ Fold k trains on its training participants only (two of them fit the temperature
 smoothness weight and the curves); held-out and test participants are only predicted.
 `--set rl.shuffle_labels=true` runs the label-shuffled check.
 """
-from sleepemo.pipeline import stage
-from sleepemo.rl.stage import run
+from sleepemo import cli
 
 if __name__ == "__main__":
-    stage.main("rl", __doc__, run)
+    cli.run_stage("rl", doc=__doc__)

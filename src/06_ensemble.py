@@ -15,8 +15,7 @@ Writes: <out>/06_ensemble/ensemble/  per fold fold<k>.npz (the held-out particip
 Nothing fitted for fold k sees the held-out participant's labels. `--set
 ensemble.shuffle_labels=true` runs the label-shuffled check.
 """
-from sleepemo.pipeline import stage
-from sleepemo.ensemble.stage import run
+from sleepemo import cli
 
 if __name__ == "__main__":
-    stage.main("ensemble", __doc__, run)
+    cli.run_stage("ensemble", doc=__doc__)

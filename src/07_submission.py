@@ -13,18 +13,7 @@ Writes: <out>/{lopo.csv, lopo_curves.png, lopo_bars.png, report.md} (the run's r
 Until the ensemble stage (06) exists, the submitted model is the non-diagnostic model
 with the highest overall LOPO window AUC (--model picks one by name).
 """
-from sleepemo.pipeline import stage
-from sleepemo.kaggle.stage import run
-
-
-def add_arguments(ap):
-    ap.add_argument("--model", help="submit this model instead of the best by LOPO")
-    ap.add_argument("--submissions", default=None, help="submissions folder "
-                                                        "(default: <repo>/submissions)")
-    ap.add_argument("--run-name", help="name of the run folder (default: time-profile-model)")
-
+from sleepemo import cli
 
 if __name__ == "__main__":
-    stage.main("submission", __doc__, lambda s, args: run(
-        s, model=args.model, submissions=args.submissions, run_name=args.run_name),
-        add_arguments)
+    cli.run_stage("submission", doc=__doc__)

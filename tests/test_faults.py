@@ -299,12 +299,13 @@ def test_run_sh_holds_the_lock_from_its_first_stage_to_its_last(tiny_dir, tmp_pa
                 acquire(out, "intruder", log=lambda m: None).release()
             except FolderLocked as exc:
                 refused += 1
-                assert "(stage " in str(exc) or "`run.sh " in str(exc)
+                assert "(stage " in str(exc) or "`sleepemo run " in str(exc)
                 try:
                     rec = json.loads(record.read_text())
                 except (OSError, ValueError):
                     continue  # between the acquire and the read: ended meanwhile
-                assert rec["pid"] == p.pid and rec["command"].startswith("run.sh ")
+                # run.sh execs `python -m sleepemo run`: its pid holds the lock
+                assert rec["pid"] == p.pid and rec["command"].startswith("sleepemo run ")
                 stages.add(rec["stage"])
             else:
                 # free while run.sh is alive: only after its last stage

@@ -76,15 +76,17 @@ def test_metadata_attach_the_competition_and_both_datasets_with_internet_off(bun
     assert (bundle / "kernel" / kernel["code_file"]).read_bytes() == NOTEBOOK.read_bytes()
 
 
-def test_code_dataset_holds_the_package_scripts_configs_and_settings(bundle):
+def test_code_dataset_holds_the_package_scripts_profiles_and_settings(bundle):
     code = bundle / "code"
     for script in sorted((REPO / "src").glob("[0-9][0-9]_*.py")):
         assert (code / "src" / script.name).read_bytes() == script.read_bytes()
     for f in sorted((REPO / "src" / "sleepemo").rglob("*.py")):
         rel = f.relative_to(REPO)
         assert (code / rel).read_bytes() == f.read_bytes(), rel
-    assert sorted(p.name for p in (code / "configs").iterdir()) == \
-        sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
+    # the profiles travel inside the package (package data)
+    assert sorted(p.name for p in (code / "src" / "sleepemo" / "profiles").iterdir()) == \
+        sorted(p.name for p in (REPO / "src" / "sleepemo" / "profiles").glob("*.yaml"))
+    assert not (code / "configs").exists()
     assert (code / "requirements.txt").read_bytes() == (REPO / "requirements.txt").read_bytes()
     assert not list(code.rglob("__pycache__")) and not list(code.rglob("*.pyc"))
     assert json.loads((code / kb.SETTINGS).read_text()) == {"profile": "quick", "sets": []}

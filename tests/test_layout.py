@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from sleepemo.pipeline.runner import select
 from sleepemo.pipeline.stage import STAGES, spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,8 +19,8 @@ PACKAGE = REPO / "src" / "sleepemo"
 #: The layers, lowest first. A module may import its own layer and the ones below it,
 #: never one above. Within a layer, the import graph has no cycles (checked below).
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("sleepemo", "sleepemo.io", "sleepemo.errors", "sleepemo.config", "sleepemo.metric",
-     "sleepemo.progress", "sleepemo.features"),
+    ("sleepemo", "sleepemo.io", "sleepemo.runlog", "sleepemo.errors", "sleepemo.config",
+     "sleepemo.metric", "sleepemo.progress", "sleepemo.features"),
     ("sleepemo.data",),
     ("sleepemo.pipeline",),
     ("sleepemo.predict.base",),
@@ -39,6 +40,11 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 DEFERRED = {
     ("sleepemo.config", "sleepemo.baselines"):
         "checks baseline names against the model registry, a layer above the config",
+    **{("sleepemo.cli", m): "a command imports what it runs when it runs: `sleepemo --help`"
+       " needs only the standard library" for m in (
+           "sleepemo", "sleepemo.config", "sleepemo.errors", "sleepemo.data.location",
+           "sleepemo.pipeline.runner", "sleepemo.pipeline.plan", "sleepemo.pipeline.stage",
+           "sleepemo.predict.cli", "sleepemo.kaggle.submit", "sleepemo.kaggle.bundle")},
 }
 
 
@@ -137,12 +143,21 @@ def test_stage_names_scripts_folders_and_bodies_agree():
         body = importlib.import_module(s.module)
         assert callable(getattr(body, "run", None)), f"{s.module} has no run(stage)"
         text = (REPO / "src" / s.script).read_text()
-        assert re.search(rf'stage\.main\("{s.name}"', text), s.script
-        assert f"from {s.module} import run" in text, s.script
+        assert re.search(rf'cli\.run_stage\("{s.name}"', text), s.script
     assert len({s.name for s in STAGES}) == len(STAGES)
     assert [s.number for s in STAGES] == sorted(s.number for s in STAGES)
     with pytest.raises(KeyError, match="unknown stage"):
         spec("nope")
+
+
+def test_the_runner_runs_the_stages_by_number_and_run_sh_calls_it():
+    # `sleepemo run` (what run.sh runs after its set-up) runs the stages of STAGES in
+    # order: a new stage runs once it is in STAGES, without editing run.sh
+    assert select(None) == list(STAGES)
+    assert select("07,00,03") == [spec("00"), spec("03"), spec("07")]
+    run_sh = (REPO / "run.sh").read_text()
+    assert 'exec python -m sleepemo run "$@"' in run_sh
+    assert "src/[0-9][0-9]_*.py" not in run_sh  # no stage loop of its own
 
 
 def test_no_stage_body_imports_another():

@@ -72,3 +72,28 @@ def test_a_bar_with_nothing_to_do_says_nothing():
     for _ in bar([], desc="band features", stream=log):
         pass
     assert log.getvalue() == ""
+
+
+def test_in_a_run_the_log_file_gets_only_each_bars_final_line(tmp_path):
+    """tqdm stays on the terminal; <out>/run.log gets one line per kept bar, shown or not
+    (sleepemo.runlog)."""
+    from sleepemo import runlog
+
+    term, console = Terminal(), io.StringIO()
+    runlog.setup("test", stdout=console, stderr=console)
+    try:
+        runlog.attach(tmp_path)
+        for _ in bar(range(50), desc="folds", unit="fold", stream=term):
+            pass
+        for _ in bar(range(5), desc="inner", leave=False, stream=term):
+            pass
+        for _ in bar(range(5), desc="hidden", enabled=False, stream=term):
+            pass
+        for _ in bar(range(3), desc="piped", stream=io.StringIO()):
+            pass
+    finally:
+        runlog.reset()
+    lines = (tmp_path / "run.log").read_text().splitlines()
+    assert [line.split(" [test] INFO    ", 1)[1] for line in lines] == [
+        "folds: 50/50 fold done, 0 s", "hidden: 5/5 it done, 0 s", "piped: 3/3 it done, 0 s"]
+    assert "\r" in term.getvalue() and console.getvalue() == ""

@@ -1,4 +1,5 @@
-"""Typed run configuration: one YAML profile per scale (``configs/<profile>.yaml``).
+"""Typed run configuration: one YAML profile per scale (``sleepemo/profiles/<profile>.yaml``,
+package data: found wherever the package is installed).
 
 A profile sets the data scale and what each stage runs; ``--set key.sub=value`` overrides
 single values from the command line (values are parsed as YAML). The resolved config is
@@ -27,9 +28,25 @@ from sleepemo import COMPETITION_SLUG
 from sleepemo.errors import InputError
 from sleepemo.io import write_text
 
+#: The source checkout around this package (``<REPO>/src/sleepemo``); meaningful only when
+#: :data:`CHECKOUT` is true (an installed package has no repository around it).
 REPO = Path(__file__).resolve().parents[2]
-PROFILES_DIR = REPO / "configs"
+#: Whether this package is imported from a source checkout (run from the repository or
+#: installed with ``pip install -e .``) rather than from an installed copy.
+CHECKOUT = (REPO / "pyproject.toml").is_file() and \
+    (REPO / "src" / "sleepemo").resolve() == Path(__file__).resolve().parent
+#: The YAML profiles, shipped inside the package (package data).
+PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 PROFILES = ("smoke", "quick", "full")
+
+
+def project_dir() -> Path:
+    """Where the default ``output/``, ``submissions/`` and ``kaggle/bundle/`` folders go:
+    the checkout when the package is imported from one (as ``./run.sh`` and an editable
+    install do: the same folders as always), else the current working directory (an
+    installed package). ``data.input_dir`` and paths given on the command line stay
+    relative to the current working directory."""
+    return REPO if CHECKOUT else Path.cwd()
 
 #: What a setting changes, from most to least: the trained weights (and so everything
 #: after them), only the predictions or reports made with trained weights, or nothing that
@@ -608,7 +625,8 @@ def _set(d: dict, dotted: str, value: Any, source: str = "") -> None:
 
 def load_config(profile: str = "quick", overrides: list[str] | None = None,
                 path: str | Path | None = None) -> Config:
-    """Load ``configs/<profile>.yaml`` (or ``path``) and apply ``key=value`` overrides.
+    """Load profile ``<profile>.yaml`` of :data:`PROFILES_DIR` (or ``path``) and apply
+    ``key=value`` overrides.
 
     A value of the wrong type, in the file or an override, is a :class:`ConfigError`
     naming the key, the value, the expected type and where the value came from."""

@@ -8,9 +8,10 @@ keeps its traceback.
 """
 from __future__ import annotations
 
-import sys
+import logging
 from typing import Callable
 
+from sleepemo import runlog
 from sleepemo.io import DiskFull, disk_full
 
 
@@ -23,15 +24,18 @@ class InputError(Exception):
 
 def guarded(fn: Callable[[], object]) -> None:
     """Run ``fn``; an :class:`InputError`, a missing or existing file and a full disk end
-    in one line and exit code 2, not a traceback."""
+    in one line and exit code 2, not a traceback (the line goes to stderr, and to the
+    run's log file when there is one: :mod:`sleepemo.runlog`)."""
     try:
         fn()
     except (InputError, FileExistsError, FileNotFoundError, DiskFull) as exc:
-        print(f"{getattr(exc, 'kind', 'error')}: {exc}", file=sys.stderr)
+        runlog.error(f"{getattr(exc, 'kind', 'error')}: {exc}")
         raise SystemExit(2) from None
     except Exception as exc:
         full = disk_full(exc)
         if full is None:
+            runlog.to_file(f"failed: {type(exc).__name__}: {exc}", logging.ERROR,
+                           exc_info=exc)  # the traceback itself goes to stderr as ever
             raise
-        print(f"error: {DiskFull(full.filename, full)}", file=sys.stderr)
+        runlog.error(f"error: {DiskFull(full.filename, full)}")
         raise SystemExit(2) from None

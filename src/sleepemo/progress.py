@@ -6,12 +6,19 @@ a tqdm bar becomes one line of thousands of carriage returns, so there it return
 quarter of the work if ten seconds have passed since the last line, and one when it ends.
 Bars made with ``leave=False`` (inner loops) print nothing in a log. Both kinds have
 tqdm's ``update``, ``set_postfix``, ``refresh``, ``close`` and iteration.
+
+In a run with a log file (:mod:`sleepemo.runlog`), a bar kept at its end (``leave``)
+writes one final line into ``<out>/run.log`` when it closes, whether or not it was shown
+(``--no-progress``, ``--quiet``); the bar itself never goes there.
 """
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from typing import Iterable, TextIO
+
+from sleepemo import runlog
 
 
 def bar(iterable: Iterable | None = None, *, desc: str = "", total: int | None = None,
@@ -20,11 +27,33 @@ def bar(iterable: Iterable | None = None, *, desc: str = "", total: int | None =
     """A progress bar over ``iterable`` (or updated by hand up to ``total``)."""
     stream = stream if stream is not None else sys.stderr
     if enabled and _is_terminal(stream):
-        from tqdm.auto import tqdm
-
-        return tqdm(iterable, desc=desc, total=total, unit=unit, leave=leave, file=stream)
+        return _tqdm()(iterable, desc=desc, total=total, unit=unit, leave=leave, file=stream)
     return LogBar(iterable, desc=desc, total=total, unit=unit,
-                  quiet=not enabled or not leave, stream=stream)
+                  quiet=not enabled or not leave, stream=stream, record=leave)
+
+
+def _final_line(desc: str, n: int, total: int | None, unit: str, seconds: float,
+                postfix: str = "") -> str:
+    done = f"{n}/{total}" if total else f"{n}"
+    what = "done" if not total or n >= total else "stopped"
+    post = f" ({postfix})" if postfix else ""
+    return f"{desc}: {done} {unit} {what}, {seconds:.0f} s{post}"
+
+
+@functools.cache
+def _tqdm():
+    """tqdm's bar, which writes its final line into the run's log file when it closes."""
+    from tqdm.auto import tqdm
+
+    class Bar(tqdm):
+        def close(self):
+            if not self.disable and self.leave and self.total != 0:
+                runlog.to_file(_final_line(self.desc, self.n, self.total, self.unit,
+                                           self.format_dict.get("elapsed", 0.0),
+                                           str(self.postfix or "").lstrip(", ")))
+            super().close()
+
+    return Bar
 
 
 def _is_terminal(stream) -> bool:
@@ -40,12 +69,13 @@ class LogBar:
 
     def __init__(self, iterable=None, *, desc: str = "", total: int | None = None,
                  unit: str = "it", quiet: bool = False, stream: TextIO | None = None,
-                 every: float = 10.0):
+                 every: float = 10.0, record: bool = True):
         self.iterable = iterable
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)
         self.desc, self.total, self.unit = desc, total, unit
         self.quiet = quiet or total == 0  # nothing to do: nothing to say
+        self.record = record and total != 0  # the final line into the run's log file
         self.every = every
         self.stream = stream if stream is not None else sys.stderr
         self.n = 0
@@ -83,6 +113,9 @@ class LogBar:
         if not self._closed:
             self._closed = True
             self._line("done" if not self.total or self.n >= self.total else "stopped")
+            if self.record:
+                runlog.to_file(_final_line(self.desc, self.n, self.total, self.unit,
+                                           time.perf_counter() - self._t0, self.postfix))
 
     def __iter__(self):
         try:

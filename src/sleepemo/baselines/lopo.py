@@ -21,14 +21,13 @@ from pathlib import Path
 import numpy as np
 from joblib import Parallel, delayed
 
-from sleepemo.pipeline.artefacts import Result, ResultWriter, code_hash, fingerprint
-from sleepemo.data.reader import Dataset
+from sleepemo.baselines import REGISTRY, make_model
 from sleepemo.data.folds import Folds
-from sleepemo.baselines import make_model
+from sleepemo.data.reader import Dataset
+from sleepemo.io import atomic_path
+from sleepemo.pipeline.artefacts import Result, ResultWriter, code_hash, fingerprint
 from sleepemo.pipeline.executor import resolve_workers
 from sleepemo.progress import bar
-from sleepemo.io import atomic_path
-from sleepemo.baselines import REGISTRY
 
 
 def _as_2d(p: np.ndarray, n_trials: int, n_times: int) -> np.ndarray:

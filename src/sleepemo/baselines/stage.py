@@ -1,9 +1,9 @@
 """Stage 01: every model of ``baselines.models`` (the registry) under LOPO."""
 from __future__ import annotations
 
-from sleepemo.pipeline.artefacts import Planned, results
-from sleepemo.baselines.lopo import lopo_fingerprint, run_lopo
 from sleepemo.baselines import REGISTRY
+from sleepemo.baselines.lopo import lopo_fingerprint, run_lopo
+from sleepemo.pipeline.artefacts import Planned, results
 from sleepemo.pipeline.evidence import results_table, to_markdown
 from sleepemo.pipeline.stage import Stage, StageOutput
 

@@ -22,9 +22,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from sleepemo.data.reader import read_mat, scan
 from sleepemo.errors import InputError
 from sleepemo.io import atomic_path, copy_file
-from sleepemo.data.reader import read_mat, scan
 
 HEADER = "id,prediction"
 COLUMNS = ("id", "prediction")

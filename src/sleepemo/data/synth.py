@@ -63,8 +63,8 @@ import h5py
 import numpy as np
 
 from sleepemo import CHANNELS, N_TIMES, SFREQ
-from sleepemo.io import write_json
 from sleepemo.data.montage import positions
+from sleepemo.io import write_json
 from sleepemo.progress import bar
 
 #: Real per-participant trial counts (emotional, neutral).

@@ -43,10 +43,10 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from sleepemo.io import write_json, write_npy
-from sleepemo.metric import (column_ranks, default_min_run, per_timepoint_auc, score_from_curve,
-                     window_auc)
 from sleepemo.ensemble import studies
+from sleepemo.io import write_json, write_npy
+from sleepemo.metric import (column_ranks, default_min_run, per_timepoint_auc,
+                             score_from_curve, window_auc)
 
 NORMS = ("rank", "zscore")
 _PACKS: dict = {}  # pack folder -> {name: array}: one load per process

@@ -28,14 +28,15 @@ import time
 
 import numpy as np
 
-from sleepemo.pipeline.artefacts import Planned, ResultWriter, code_hash, fingerprint, listing, results
 from sleepemo.config import fields_affecting
 from sleepemo.ensemble.blend import OptunaBlend, Stack, best_single, curves_of
 from sleepemo.io import read_json
-from sleepemo.pipeline.executor import run_folds
-from sleepemo.progress import bar
+from sleepemo.pipeline.artefacts import (Planned, ResultWriter, code_hash, fingerprint,
+                                         listing, results)
 from sleepemo.pipeline.evidence import plot_curves, pyplot, results_table, save_figure
+from sleepemo.pipeline.executor import run_folds
 from sleepemo.pipeline.stage import Stage, StageOutput
+from sleepemo.progress import bar
 
 
 @dataclasses.dataclass
@@ -155,7 +156,7 @@ def tune_fold(state: FoldState, k: int, step) -> dict:
 
 def run(stage: Stage) -> StageOutput:
     """Everything stage 06 does (see the module docstring)."""
-    cfg = stage.cfg.ensemble
+    cfg, seed = stage.cfg.ensemble, stage.cfg.seed
     state = fold_state(stage)
     ds, folds, writer = state.ds, state.folds, state.writer
     stage.log(f"ensemble: {len(state.models)} candidate models, {cfg.n_trials} trials per "

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from sleepemo.config import ExpertsConfig
-from sleepemo.features import token_window
 from sleepemo.experts.fomaml import sgd
 from sleepemo.experts.model import ExpertBank, make_experts, make_forward, reconstruction_loss
+from sleepemo.features import token_window
 from sleepemo.mae.model import EncoderConfig, encoder_config, random_mask
 
 VARIANTS = ExpertsConfig.VARIANTS

@@ -16,15 +16,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sleepemo.pipeline.artefacts import Result, fold_mean
 from sleepemo.config import ExpertsConfig
-from sleepemo.experts.infer import (VARIANTS, ExpertInference, expert_encoder_config,
-                            load_expert_params, output_names, tta_seed)
+from sleepemo.experts.infer import (ExpertInference, VARIANTS, expert_encoder_config,
+                                    load_expert_params, output_names, tta_seed)
 from sleepemo.features import pool_time
-from sleepemo.predict.base import Predictor, PredictError, Run
-from sleepemo.mae.predict import band_tokens
 from sleepemo.mae.model import load_mae_weights
+from sleepemo.mae.predict import band_tokens
+from sleepemo.pipeline.artefacts import Result, fold_mean
 from sleepemo.pipeline.stage import stage_dir
+from sleepemo.predict.base import PredictError, Predictor, Run
 
 
 class ExpertsPredictor(Predictor):

@@ -43,21 +43,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sleepemo.pipeline.artefacts import (Planned, Result, ResultWriter, code_hash, fingerprint,
-                         load_checkpoint, planned_or, save_checkpoint, stored_fingerprint)
 from sleepemo.config import ConfigError, ExpertsConfig, fields_affecting
-from sleepemo.experts.infer import (ExpertInference, expert_encoder_config, output_names, tta_seed,
-                             uses_tta)
-from sleepemo.features import BandFeatureCache, pool_time
 from sleepemo.data.folds import balanced
 from sleepemo.experts.fomaml import fomaml_step
-from sleepemo.metric import per_timepoint_auc
+from sleepemo.experts.infer import (ExpertInference, expert_encoder_config, output_names,
+                                    tta_seed, uses_tta)
 from sleepemo.experts.model import ExpertBank, classification_loss, make_experts
+from sleepemo.features import BandFeatureCache, pool_time
 from sleepemo.mae.model import EncoderConfig, load_mae_weights
-from sleepemo.pipeline.executor import run_folds
-from sleepemo.progress import bar
+from sleepemo.metric import per_timepoint_auc
+from sleepemo.pipeline.artefacts import (Planned, Result, ResultWriter, code_hash,
+                                         fingerprint, load_checkpoint, planned_or,
+                                         save_checkpoint, stored_fingerprint)
 from sleepemo.pipeline.evidence import plot_topomaps
+from sleepemo.pipeline.executor import run_folds
 from sleepemo.pipeline.stage import Stage, StageOutput, stage_dir
+from sleepemo.progress import bar
 
 VARIANTS = ExpertsConfig.VARIANTS
 

@@ -12,16 +12,16 @@ import dataclasses
 
 import numpy as np
 
-from sleepemo.pipeline.artefacts import Result, load_checkpoint, results
 from sleepemo.config import ConfigError, FusionConfig
-from sleepemo.features import BandFeatureCache, pool_time
-from sleepemo.experts.model import embed_tokens
-from sleepemo.fusion.model import (FusionNet, TunedFusion, electrode_positions, fused_tokens,
-                             standardise)
-from sleepemo.mae.model import TokenCache, load_mae_weights
-from sleepemo.progress import bar
-from sleepemo.pipeline.stage import Stage, stage_dir
 from sleepemo.experts.infer import load_expert_params
+from sleepemo.experts.model import embed_tokens
+from sleepemo.features import BandFeatureCache, pool_time
+from sleepemo.fusion.model import (FusionNet, TunedFusion, electrode_positions, fused_tokens,
+                                   standardise)
+from sleepemo.mae.model import TokenCache, load_mae_weights
+from sleepemo.pipeline.artefacts import Result, load_checkpoint, results
+from sleepemo.pipeline.stage import Stage, stage_dir
+from sleepemo.progress import bar
 
 VARIANTS = FusionConfig.VARIANTS
 

@@ -25,16 +25,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from sleepemo.pipeline.artefacts import Result, fold_mean, load_checkpoint
 from sleepemo.config import FusionConfig
+from sleepemo.experts.model import embed_tokens
 from sleepemo.features import pool_time, token_features
 from sleepemo.fusion.inputs import new_model, new_tuned_model, tuned_input
-from sleepemo.fusion.model import electrode_positions, predict, standardise, to_timepoints
-from sleepemo.predict.base import PredictError, Predictor, Run
+from sleepemo.fusion.model import (electrode_positions, fused_tokens, predict, standardise,
+                                   to_timepoints)
 from sleepemo.mae.predict import band_tokens, mae_tokens
-from sleepemo.experts.model import embed_tokens
-from sleepemo.fusion.model import fused_tokens
-from sleepemo.pipeline.artefacts import results
+from sleepemo.pipeline.artefacts import Result, fold_mean, load_checkpoint, results
+from sleepemo.predict.base import PredictError, Predictor, Run
 
 VARIANTS = FusionConfig.VARIANTS
 

@@ -46,22 +46,22 @@ import time
 import numpy as np
 import torch
 
-from sleepemo.pipeline.artefacts import (Planned, ResultWriter, code_hash, fingerprint, listing,
-                         load_checkpoint, planned_or, results, save_checkpoint,
-                         stored_fingerprint)
 from sleepemo.config import ConfigError, FusionConfig, fields_affecting
-from sleepemo.features import BandFeatureCache
 from sleepemo.data.folds import balanced
-from sleepemo.fusion.inputs import (Inputs, input_key, new_model, new_tuned_model, output_name,
-                             token_window)
+from sleepemo.features import BandFeatureCache
+from sleepemo.fusion.inputs import (Inputs, input_key, new_model, new_tuned_model,
+                                    output_name, token_window)
+from sleepemo.fusion.model import (FusionNet, electrode_positions, fusion_loss, predict,
+                                   to_timepoints)
 from sleepemo.io import read_json
 from sleepemo.metric import window_auc
-from sleepemo.fusion.model import (FusionNet, electrode_positions, fusion_loss, predict,
-                             to_timepoints)
-from sleepemo.pipeline.executor import run_folds
-from sleepemo.progress import bar
+from sleepemo.pipeline.artefacts import (Planned, ResultWriter, code_hash, fingerprint,
+                                         listing, load_checkpoint, planned_or, results,
+                                         save_checkpoint, stored_fingerprint)
 from sleepemo.pipeline.evidence import plot_curves, plot_topomaps, results_table, to_markdown
+from sleepemo.pipeline.executor import run_folds
 from sleepemo.pipeline.stage import Stage, StageOutput, stage_dir
+from sleepemo.progress import bar
 
 VARIANTS = FusionConfig.VARIANTS
 

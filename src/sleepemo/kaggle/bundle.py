@@ -4,8 +4,8 @@
 [--profile P] [--set KEY=VALUE]...`` writes three folders, each ready for the ``kaggle``
 command line (default ``kaggle/bundle/``)::
 
-    code/     dataset <user>/sleepemo-code: src/sleepemo/, src/NN_*.py, configs/,
-              requirements.txt, sleepemo-kernel.json (the notebook's default profile and
+    code/     dataset <user>/sleepemo-code: src/sleepemo/ (with its profiles/),
+              src/NN_*.py, requirements.txt, sleepemo-kernel.json (the notebook's default profile and
               --set overrides), dataset-metadata.json
     wheels/   dataset <user>/sleepemo-wheels: one wheel per package of KAGGLE_LACKS at
               its requirements.txt version (pip download, binary only, no dependencies,
@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from sleepemo import COMPETITION_SLUG
-from sleepemo.config import PROFILES, REPO, ConfigError, load_config
-from sleepemo.io import atomic_dir, read_json, write_json, write_text
+from sleepemo.config import CHECKOUT, ConfigError, PROFILES, REPO, load_config, project_dir
 from sleepemo.data.download import kaggle_username
+from sleepemo.io import atomic_dir, read_json, write_json, write_text
 
 #: The packages of requirements.txt that a current Kaggle Python image lacks, and their
 #: dependencies that it lacks too: the wheels dataset holds exactly these. Decided from
@@ -65,7 +65,7 @@ MARKER = "bundle.json"
 NOTEBOOK = REPO / "notebooks" / "kaggle_kernel.ipynb"
 PYTHON_VERSION = "3.11"
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux2014_x86_64")
-DEFAULT_OUT = REPO / "kaggle" / "bundle"
+DEFAULT_OUT = project_dir() / "kaggle" / "bundle"
 _USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
@@ -120,18 +120,18 @@ def _dataset_metadata(user: str, slug: str, title: str, description: str) -> dic
 
 # --------------------------------------------------------------------------- the parts
 def write_code(dest: Path, user: str, profile: str, sets: Sequence[str]) -> None:
-    """The code dataset: the package, the stage scripts, the profiles, the requirements."""
+    """The code dataset: the package (its profiles inside), the stage scripts, the
+    requirements."""
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
     shutil.copytree(REPO / "src" / "sleepemo", dest / "src" / "sleepemo", ignore=ignore)
     for script in sorted((REPO / "src").glob("[0-9][0-9]_*.py")):
         shutil.copyfile(script, dest / "src" / script.name)
-    shutil.copytree(REPO / "configs", dest / "configs", ignore=ignore)
     shutil.copyfile(REPO / "requirements.txt", dest / "requirements.txt")
     write_json(dest / SETTINGS, {"profile": profile, "sets": list(sets)})
     write_json(dest / "dataset-metadata.json", _dataset_metadata(
         user, CODE_SLUG, "sleepemo code",
-        "The sleepemo solution's source: src/ (the package and the stage scripts), "
-        "configs/ and requirements.txt, under the repository's license."))
+        "The sleepemo solution's source: src/ (the package with its profiles, and the "
+        "stage scripts) and requirements.txt, under the repository's license."))
 
 
 def download_wheels(pins: dict[str, str], dest: Path, python_version: str = PYTHON_VERSION,
@@ -213,9 +213,12 @@ def build_bundle(out: str | Path = DEFAULT_OUT, user: str | None = None, wheels:
     bundle there (built aside and renamed into place when complete); any other
     non-empty folder is refused."""
     out = Path(out).resolve()
-    for source in (REPO / "src", REPO / "configs"):
-        if out == source or source in out.parents:
-            raise BundleError(f"{out}: the bundle cannot go inside {source}, which it copies")
+    if not CHECKOUT:
+        raise BundleError("the bundle copies the source checkout (src/, requirements.txt, "
+                          "notebooks/): run it from a clone of the repository")
+    source = REPO / "src"
+    if out == source or source in out.parents:
+        raise BundleError(f"{out}: the bundle cannot go inside {source}, which it copies")
     load_config(profile, list(sets))  # refuse bad settings here, not on Kaggle
     user, source = resolve_user(user)
     pins = pinned_versions(REPO / "requirements.txt")
@@ -248,7 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  description="Write the code and wheels datasets and the "
                                              "offline kernel for Kaggle.")
     ap.add_argument("--out", default=str(DEFAULT_OUT),
-                    help="bundle folder (default: kaggle/bundle/; an earlier bundle there "
+                    help="bundle folder (default: kaggle/bundle/ of the checkout; an earlier "
+                         "bundle there "
                          "is replaced)")
     ap.add_argument("--user", help="Kaggle user name (default: from the Kaggle "
                                    "configuration, else a placeholder to edit)")

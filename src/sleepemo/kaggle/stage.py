@@ -13,15 +13,30 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sleepemo.pipeline.artefacts import results
+from sleepemo.config import project_dir
+from sleepemo.data.submission import (new_run_dir, run_name as default_run_name,
+                                      write_test_submission)
 from sleepemo.ensemble.blend import best_single
-from sleepemo.config import REPO
 from sleepemo.io import copy_file, write_json
 from sleepemo.metric import format_report, score_files
+from sleepemo.pipeline.artefacts import results
 from sleepemo.pipeline.evidence import results_table
 from sleepemo.pipeline.report import copy_report, write_report
 from sleepemo.pipeline.stage import Stage, StageOutput, peak_rss_mb
-from sleepemo.data.submission import new_run_dir, run_name as default_run_name, write_test_submission
+
+
+def add_arguments(ap) -> None:
+    """The stage's own options (``sleepemo stage submission``, src/07_submission.py)."""
+    ap.add_argument("--model", help="submit this model instead of the best by LOPO")
+    ap.add_argument("--submissions", default=None,
+                    help="submissions folder (default: submissions/ of the checkout, else "
+                         "of the current folder)")
+    ap.add_argument("--run-name", help="name of the run folder (default: time-profile-model)")
+
+
+def options(args) -> dict:
+    """:func:`run`'s keyword arguments from the stage's own options."""
+    return {"model": args.model, "submissions": args.submissions, "run_name": args.run_name}
 
 
 def choose_model(table, requested: str | None = None) -> str:
@@ -65,7 +80,7 @@ def run(stage: Stage, model: str | None = None, submissions: str | Path | None =
     table = results_table(listed)[0]
     name = choose_model(table, model)
     result = next(r for r in listed if r.label == name)
-    root = Path(submissions) if submissions else REPO / "submissions"
+    root = Path(submissions) if submissions else project_dir() / "submissions"
     run_dir = new_run_dir(root, run_name or default_run_name(stage.cfg.profile, name))
     path, n_rows = write_test_submission(result.test, ds, folds, run_dir)
 

@@ -46,16 +46,17 @@ from pathlib import Path
 from typing import Sequence
 
 from sleepemo import COMPETITION_SLUG
-from sleepemo.config import REPO
-from sleepemo.data.download import KaggleApiError, _short_message, credentials_help, find_credentials, \
-    kaggle_api, mask_secrets
-from sleepemo.io import atomic_path, read_json, write_json
-from sleepemo.pipeline.stage import stage_dir
+from sleepemo.config import project_dir
+from sleepemo.data.download import (KaggleApiError, _short_message, credentials_help,
+                                    find_credentials, kaggle_api, mask_secrets)
 from sleepemo.data.folds import read_folds
 from sleepemo.data.reader import DataError, load_dataset
-from sleepemo.data.submission import (SubmissionError, new_run_dir, run_name, write_test_submission)
+from sleepemo.data.submission import (SubmissionError, new_run_dir, run_name,
+                                      write_test_submission)
+from sleepemo.io import atomic_path, read_json, write_json
 from sleepemo.metric import score_files
 from sleepemo.pipeline.artefacts import find
+from sleepemo.pipeline.stage import stage_dir
 
 LEADERBOARD_NAME = "leaderboard.csv"
 #: Columns of ``leaderboard.csv``, in order.
@@ -149,10 +150,11 @@ def _nested(run_dir: Path, summary: dict) -> float | None:
 
 
 def _repo_path(path: str) -> Path:
-    """A path from a summary: relative ones are relative to the repository (run.sh works
-    there), unless they exist relative to the current folder."""
+    """A path from a summary: relative ones are relative to the project folder
+    (:func:`sleepemo.config.project_dir`: the checkout, where run.sh works), unless they
+    exist relative to the current folder."""
     p = Path(path)
-    return p if p.is_absolute() or p.exists() else REPO / p
+    return p if p.is_absolute() or p.exists() else project_dir() / p
 
 
 def write_model_submission(run_dir: Path, summary: dict, model: str,
@@ -365,8 +367,9 @@ def _parser() -> argparse.ArgumentParser:
                                     "(writes a new run folder first), e.g. starter")
     ap.add_argument("-m", "--message", help="submission description (default: sleepemo "
                                             "<run> <model> LOPO <score>)")
-    ap.add_argument("--submissions", default=str(REPO / "submissions"),
-                    help="submissions folder (default: <repo>/submissions)")
+    ap.add_argument("--submissions", default=str(project_dir() / "submissions"),
+                    help="submissions folder (default: submissions/ of the checkout, else of "
+                         "the current folder)")
     ap.add_argument("--interval", type=float, default=30.0,
                     help="first pause between score checks, s (default 30)")
     ap.add_argument("--max-interval", type=float, default=300.0,

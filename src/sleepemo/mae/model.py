@@ -29,10 +29,9 @@ from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from sleepemo.io import atomic_path, read_json, write_json
 from sleepemo.config import ConfigError
 from sleepemo.features import pool_time, token_window
-from sleepemo.io import write_npy
+from sleepemo.io import atomic_path, read_json, write_json, write_npy
 from sleepemo.pipeline.stage import stage_dir
 from sleepemo.progress import bar
 

@@ -35,17 +35,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sleepemo.pipeline.artefacts import Planned, code_hash
-from sleepemo.pipeline.artefacts import describe as fingerprint_parts
-from sleepemo.pipeline.artefacts import fingerprint, load_checkpoint, save_checkpoint
+from sleepemo.baselines.lopo import lopo_fingerprint, run_lopo
 from sleepemo.config import MAEConfig, fields_affecting
 from sleepemo.features import BandFeatureCache, pool_time, zscore_trials
 from sleepemo.io import read_json, write_json
-from sleepemo.baselines.lopo import lopo_fingerprint, run_lopo
 from sleepemo.mae.model import (EncoderConfig, MaskedAutoencoder, TokenCache, encoder_config,
-                          encoder_saved, n_parameters, random_mask, save_encoder)
-from sleepemo.progress import bar
+                                encoder_saved, n_parameters, random_mask, save_encoder)
+from sleepemo.pipeline.artefacts import (Planned, code_hash, describe as fingerprint_parts,
+                                         fingerprint, load_checkpoint, save_checkpoint)
 from sleepemo.pipeline.stage import Stage, StageOutput
+from sleepemo.progress import bar
 
 
 class Sequences:

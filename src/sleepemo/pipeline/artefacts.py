@@ -45,11 +45,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sleepemo.io import read_json, write_json, write_npy, write_npz
-from sleepemo.io import atomic_path
+from sleepemo.io import atomic_path, read_json, write_json, write_npy, write_npz
 from sleepemo.metric import WindowAUC, window_auc
-from sleepemo.pipeline.stage import STAGES, spec
 from sleepemo.pipeline.codehash import closure_hash, package_modules
+from sleepemo.pipeline.stage import STAGES, spec
 
 #: the top package (``sleepemo``), whatever module of it this file is
 TOP = __name__.split(".")[0]

@@ -6,10 +6,20 @@ from __future__ import annotations
 import csv
 import io
 
-from sleepemo.data.reader import Repair
 from sleepemo.data.folds import write_folds
+from sleepemo.data.reader import Repair
 from sleepemo.io import write_text
 from sleepemo.pipeline.stage import Stage, StageOutput
+
+
+def add_arguments(ap) -> None:
+    """The stage's own option (``sleepemo stage folds``, ``src/00_folds.py``)."""
+    ap.add_argument("--force", action="store_true", help="replace folds.json for new data")
+
+
+def options(args) -> dict:
+    """:func:`run`'s keyword arguments from the stage's own options."""
+    return {"force": args.force}
 
 
 def repairs_csv(repairs: list[Repair]) -> str:

@@ -33,14 +33,14 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sleepemo.pipeline.artefacts import (Planned, _modules, _read_result, describe, stored_fingerprint)
-from sleepemo.config import PROFILES, Config, load_config
-from sleepemo.io import read_json
-from sleepemo.pipeline.stage import STAGES, Stage, StageSpec
-from sleepemo.errors import guarded
+from sleepemo.config import Config, PROFILES, load_config
 from sleepemo.data.folds import data_fingerprint, read_folds
+from sleepemo.errors import guarded
+from sleepemo.io import read_json
+from sleepemo.pipeline.artefacts import (Planned, _modules, _read_result, describe,
+                                         stored_fingerprint)
 from sleepemo.pipeline.codehash import closure
-from sleepemo.pipeline.stage import resolve_args
+from sleepemo.pipeline.stage import STAGES, Stage, StageSpec, resolve_args
 
 
 # ------------------------------------------------------------------ stage bodies

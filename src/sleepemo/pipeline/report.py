@@ -30,11 +30,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from sleepemo.config import CHECKOUT, REPO
 from sleepemo.io import copy_file, read_json, write_text
-from sleepemo.config import REPO
-from sleepemo.pipeline.evidence import (plot_bars, plot_curves, results_table,
-                                         to_markdown, write_table)
 from sleepemo.pipeline.artefacts import results
+from sleepemo.pipeline.evidence import (plot_bars, plot_curves, results_table, to_markdown,
+                                        write_table)
 from sleepemo.pipeline.stage import STAGES
 
 REPORT_FILES = ("report.md", "lopo.csv", "lopo_curves.png", "lopo_bars.png")
@@ -56,6 +56,8 @@ def _git_commit() -> str | None:
     import subprocess
 
 
+    if not CHECKOUT:  # an installed copy: no repository of its own
+        return None
     try:
         out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True, timeout=10)

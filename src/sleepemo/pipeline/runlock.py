@@ -10,12 +10,14 @@ The kernel drops a ``flock`` when its holder dies, even by SIGKILL: a record lef
 a killed run is then stale, and the next run takes the folder over with a log line saying
 so. A run that ends normally removes its record.
 
-``./run.sh`` holds the lock for the whole pipeline: it opens the lock file on a descriptor,
-takes the lock on it with ``python -m sleepemo.pipeline.runlock take OUT --fd N`` and exports the
-record's token as ``SLEEPEMO_LOCK_TOKEN``. Its stages cannot take the lock again (their
-own descriptor conflicts with run.sh's), but they find the token of the record in their
-environment: they run inside the holder, and only write their stage's name into the record.
-A second run finds neither and stops, also between two stages.
+``sleepemo run`` (:mod:`sleepemo.pipeline.runner`, what ``./run.sh`` runs) holds the lock for the
+whole pipeline: it takes the lock on its own descriptor (:func:`acquire`), passes that
+descriptor to each stage process (so the lock outlives it while a stage still runs) and
+the record's token as ``SLEEPEMO_LOCK_TOKEN``. Its stages cannot take the lock again
+(their own descriptor conflicts with the runner's), but they find the token of the record
+in their environment: they run inside the holder, and only write their stage's name into
+the record. A second run finds neither and stops, also between two stages. (A shell can
+do the same with ``python -m sleepemo.pipeline.runlock take OUT --fd N``, below.)
 
 The lock is local to one machine's kernel; on shared storage (NFS) whether ``flock`` is
 seen by other machines depends on the file system.
@@ -41,7 +43,7 @@ from sleepemo.io import write_json
 
 LOCK_NAME = ".sleepemo.lock"
 RECORD_NAME = ".sleepemo.lock.json"
-#: The token of the lock record that the processes of one ``./run.sh`` share.
+#: The token of the lock record that the processes of one ``sleepemo run`` share.
 ENV = "SLEEPEMO_LOCK_TOKEN"
 
 
@@ -58,7 +60,7 @@ def _record(folder: Path) -> dict | None:
 
 
 def describe(rec: dict | None) -> str:
-    """The holder in words: ``pid 12 on host (stage 03_experts of `run.sh ...`) since T``."""
+    """The holder in words: ``pid 12 on host (stage 03_experts of `sleepemo run ...`) since T``."""
     if not rec:
         return "a process that has not written its record yet"
     what = f"`{rec.get('command', '?')}`"
@@ -113,8 +115,9 @@ def acquire(folder: str | os.PathLike, command: str, stage: str | None = None,
     log : callable
         Gets the line saying that a stale lock was taken over.
     fd : int, optional
-        Lock this open descriptor of the lock file (one that a parent keeps open, as
-        ``./run.sh`` does) instead of opening the file; it is not closed on release.
+        Lock this open descriptor of the lock file (one that a parent keeps open, as a
+        shell using ``runlock take`` does) instead of opening the file; it is not closed
+        on release.
     pid : int, optional
         The holder's pid for the record (default: this process).
     """
@@ -131,7 +134,7 @@ def acquire(folder: str | os.PathLike, command: str, stage: str | None = None,
         rec = _record(folder)
         token = os.environ.get(ENV)
         if token and rec is not None and rec.get("token") == token:
-            if stage:  # inside the holder (./run.sh): say which stage runs now
+            if stage:  # inside the holder (sleepemo run): say which stage runs now
                 write_json(folder / RECORD_NAME, {**rec, "stage": stage})
             return Holding(folder, token, None)
         raise FolderLocked(f"{folder} is in use by another run: {describe(rec)}; wait for "

@@ -1,6 +1,8 @@
 """The stage runner: stage names and folders, and the work every stage does around its own.
 
-Every ``src/NN_*.py`` script is ``stage.main(<name>, __doc__, <body>)``:
+Every stage runs as ``sleepemo stage <name>`` (what ``sleepemo run`` starts, one process
+per stage; the ``src/NN_*.py`` scripts are the same command), which is
+``stage.main(<name>, <doc>, <body>)`` with the stage's body from :mod:`sleepemo.cli`:
 
 - **opening** (:func:`open_stage`): load and validate the config (profile, ``--set``),
   resolve the data folder and the artefact folder ``<out>``, save the resolved config,
@@ -10,7 +12,9 @@ Every ``src/NN_*.py`` script is ``stage.main(<name>, __doc__, <body>)``:
   :mod:`sleepemo.stages`), which writes its results through :mod:`sleepemo.pipeline.artefacts`;
 - **closing** (:meth:`Stage.run`): wall time, peak memory, threads and device are added to
   the body's metrics and written to ``<out>/<folder>/metrics.json``; the body's evidence
-  (Markdown) to ``<out>/<folder>/evidence.md``; the summary is printed.
+  (Markdown) to ``<out>/<folder>/evidence.md``; the summary is printed;
+- its **log**: what the stage prints goes to the console and to ``<out>/run.log``
+  (:mod:`sleepemo.runlog`; ``--quiet`` keeps only warnings and errors on the console).
 
 Each stage writes only inside its own folder. The run's score table and report are written
 by one owner, :func:`sleepemo.pipeline.report.write_report` (stage 07, or
@@ -27,11 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from sleepemo.config import PROFILES, REPO, Config, load_config, save_config
-from sleepemo.errors import guarded
+from sleepemo import runlog
+from sleepemo.config import Config, PROFILES, load_config, project_dir, save_config
 from sleepemo.data.folds import read_folds
 from sleepemo.data.location import resolve_data_dir
 from sleepemo.data.reader import load_dataset
+from sleepemo.errors import guarded
 from sleepemo.io import write_json, write_text
 from sleepemo.pipeline.runlock import command_line, hold
 
@@ -63,8 +68,9 @@ class StageSpec:
         return f"{self.number}_{self.name}"
 
 
-#: The pipeline in order. Adding a stage: a line here, a config section, a module in
-#: sleepemo/<name>/stage.py and a script src/NN_<name>.py (docs/extending.md).
+#: The pipeline in order: ``sleepemo run`` runs them by number, in this order. Adding a
+#: stage: a line here, a config section, a module in sleepemo/stages/, its entry in
+#: sleepemo.cli (stage_entry) and a script in src/ (docs/extending.md).
 STAGES: tuple[StageSpec, ...] = (
     StageSpec("00", "folds", None, False, "LOPO folds", "sleepemo.pipeline.folds"),
     StageSpec("01", "baselines", "baselines", False, "Baselines"),
@@ -212,20 +218,23 @@ def open_stage(name: str, cfg: Config, data_dir: str | Path, out: str | Path,
 
 
 # ------------------------------------------------------------------ scripts
-def stage_parser(doc: str) -> argparse.ArgumentParser:
+def stage_parser(doc: str, prog: str | None = None) -> argparse.ArgumentParser:
     """Arguments every stage accepts."""
-    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.
+
+    ap = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.
                                  RawDescriptionHelpFormatter)
     ap.add_argument("--profile", choices=PROFILES, default="quick")
     ap.add_argument("--data-dir", help="data folder with training/ and testing/ "
                                        "(default: real data if present, else synthetic)")
-    ap.add_argument("--out", help="artefact folder (default output/<profile>-<data name>)")
+    ap.add_argument("--out", help="artefact folder (default: output/<profile>-<data name> of "
+                                  "the checkout, else of the current folder)")
     ap.add_argument("--set", dest="overrides", action="append", default=[],
                     metavar="KEY=VALUE", help="override a config value, e.g. seed=1")
     ap.add_argument("--no-progress", action="store_true", help="hide progress bars")
     ap.add_argument("--no-lock", action="store_true",
                     help="do not lock <out>: only to run different stages or models side by "
                          "side on one artefact folder on purpose (README: Scaling out)")
+    runlog.add_arguments(ap)
     return ap
 
 
@@ -233,9 +242,16 @@ def resolve_args(args: argparse.Namespace) -> tuple[Config, Path, Path]:
     """The config, data folder and artefact folder of a script's parsed arguments."""
 
     cfg = load_config(args.profile, args.overrides)
-    data_dir = resolve_data_dir(cfg, args.data_dir, log=lambda m: print(m, file=sys.stderr))
-    out = Path(args.out) if args.out else REPO / "output" / f"{cfg.profile}-{data_dir.name}"
+    data_dir = resolve_data_dir(cfg, args.data_dir,
+                                log=lambda m: runlog.info(m, stream=sys.stderr))
+    out = Path(args.out) if args.out else default_out(cfg, data_dir)
     return cfg, data_dir, out
+
+
+def default_out(cfg: Config, data_dir: Path) -> Path:
+    """``output/<profile>-<data folder name>`` of the project folder
+    (:func:`sleepemo.config.project_dir`)."""
+    return project_dir() / "output" / f"{cfg.profile}-{Path(data_dir).name}"
 
 
 def stage_from_args(name: str, args: argparse.Namespace) -> Stage:
@@ -245,27 +261,44 @@ def stage_from_args(name: str, args: argparse.Namespace) -> Stage:
 
 
 def main(name: str, doc: str, body: Callable[..., StageOutput],
-         add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
-    """A stage script: parse the arguments, lock ``<out>`` (:mod:`sleepemo.pipeline.runlock`),
-    open, run ``body``, close, print the summary.
+         add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+         argv: list[str] | None = None, prog: str | None = None) -> None:
+    """A stage: parse the arguments (``argv``, default the command line's), set up the
+    log (:mod:`sleepemo.runlog`), lock ``<out>`` (:mod:`sleepemo.pipeline.runlock`), append to
+    ``<out>/run.log``, open, run ``body``, close, log the summary.
 
-    ``body(stage)``, or ``body(stage, args)`` when the script adds arguments.
+    ``body(stage)``, or ``body(stage, args)`` when the stage adds arguments.
     """
-    ap = stage_parser(doc)
+
+    ap = stage_parser(doc, prog)
     if add_arguments:
         add_arguments(ap)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    folder = spec(name).folder
+    runlog.setup(folder, runlog.level(args))
 
     def go():
 
+        # what runs, for the lock's record and the log: "sleepemo stage NAME ..." or the
+        # script's command line
+        command = command_line([*prog.split(), *(sys.argv[1:] if argv is None else argv)]
+                               if prog else None)
         cfg, data_dir, out = resolve_args(args)
         # one run at a time in <out> (sleepemo.pipeline.runlock): taken before anything is written
         with contextlib.nullcontext() if args.no_lock else \
-                hold(out, command_line(), spec(name).folder,
-                     log=lambda m: print(m, file=sys.stderr)):
-            stage = open_stage(name, cfg, data_dir, out, progress=not args.no_progress)
+                hold(out, command, folder, log=runlog.warning):
+            runlog.attach(out)
+            runlog.debug(f"stage {folder}: {command}")
+            stage = open_stage(name, cfg, data_dir, out,
+                               progress=not (args.no_progress or args.quiet))
             output = stage.run((lambda s: body(s, args)) if add_arguments else body)
         if output.summary:
-            print(output.summary)
+            runlog.info(output.summary)
+        runlog.debug(f"stage {folder}: done in {output.metrics.get('stage_seconds')} s, "
+                     f"peak memory {output.metrics.get('peak_rss_mb')} MB")
 
-    guarded(go)
+    try:
+        with runlog.capture_stdout():  # print lines of the body and the library: logged
+            guarded(go)
+    finally:
+        runlog.reset()

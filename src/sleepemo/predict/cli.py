@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sleepemo.config import REPO
+from sleepemo.config import project_dir
 from sleepemo.data.names import EXPECTED, participant_id
 from sleepemo.data.reader import read_mat
 from sleepemo.data.submission import build_submission, new_run_dir
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     result = predict_files(args.run, args.paths, args.model, args.stream, args.warmup,
                            not args.no_progress, args.bad_values)
     dest = Path(args.out) if args.out else new_run_dir(
-        REPO / "submissions", f"predict-{result['model'].replace('/', '-')}-"
+        project_dir() / "submissions", f"predict-{result['model'].replace('/', '-')}-"
                               f"{datetime.now():%Y%m%d-%H%M%S}")
     path = write_predictions(result, dest, {
         "run": str(Path(args.run).resolve()), "stream": args.stream,

@@ -32,19 +32,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from sleepemo.pipeline.artefacts import Result, fold_mean, load_checkpoint
-from sleepemo.predict.base import PredictError, Predictor, Run
-from sleepemo.pipeline.stage import stage_dir
 from sleepemo.features import pool_time
 from sleepemo.fusion.predict import FusionPredictor
 from sleepemo.io import read_json
 from sleepemo.mae.model import load_mae_weights
-from sleepemo.pipeline.artefacts import results
 from sleepemo.mae.predict import mae_tokens
+from sleepemo.pipeline.artefacts import Result, fold_mean, load_checkpoint, results
+from sleepemo.pipeline.stage import stage_dir
+from sleepemo.predict.base import PredictError, Predictor, Run
 from sleepemo.rl.env import observation_space
 from sleepemo.rl.features import features_path, load_fold_features, participant_signals
 from sleepemo.rl.heads import Twin, broadcast, fold_checkpoint, q_network, trial_probability
-from sleepemo.rl.sac import (GruTwin, Prototypes, channel_embeddings, code_vectors, rollout, sac_policy, tokens_to_timepoints, twin_probability)
+from sleepemo.rl.sac import (GruTwin, Prototypes, channel_embeddings, code_vectors, rollout,
+                             sac_policy, tokens_to_timepoints, twin_probability)
 
 
 class DqnPredictor(Predictor):

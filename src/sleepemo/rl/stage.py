@@ -51,26 +51,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sleepemo.pipeline.artefacts import (Planned, ResultWriter, code_hash, fingerprint, listing,
-                         load_checkpoint, planned_or, results, save_checkpoint,
-                         stored_fingerprint)
 from sleepemo.config import RLConfig, fields_affecting
-from sleepemo.pipeline.executor import run_folds
-from sleepemo.progress import bar
-from sleepemo.pipeline.evidence import pyplot, results_table, save_figure, to_markdown
-from sleepemo.metric import window_auc
-from sleepemo.rl.features import FoldFeatures, participant_signals
-from sleepemo.rl.heads import fold_checkpoint
-from sleepemo.pipeline.stage import Stage, StageOutput, stage_dir
-from sleepemo.fusion.inputs import output_name as fusion_name
 from sleepemo.features import BandFeatureCache, pool_time
-from sleepemo.fusion.inputs import FusedTokens
+from sleepemo.fusion.inputs import FusedTokens, output_name as fusion_name
 from sleepemo.io import read_json, write_json
 from sleepemo.mae.model import TokenCache, load_mae_weights
+from sleepemo.metric import window_auc
+from sleepemo.pipeline.artefacts import (Planned, ResultWriter, code_hash, fingerprint,
+                                         listing, load_checkpoint, planned_or, results,
+                                         save_checkpoint, stored_fingerprint)
+from sleepemo.pipeline.evidence import pyplot, results_table, save_figure, to_markdown
+from sleepemo.pipeline.executor import run_folds
+from sleepemo.pipeline.stage import Stage, StageOutput, stage_dir
+from sleepemo.progress import bar
 from sleepemo.rl.env import TrialEnv
-from sleepemo.rl.features import features_path, save_fold_features
-from sleepemo.rl.heads import (Twin, broadcast, fit_temperature, gradient_steps, make_dqn,
-                               outputs, train_twin, trial_probability)
+from sleepemo.rl.features import (FoldFeatures, features_path, participant_signals,
+                                  save_fold_features)
+from sleepemo.rl.heads import (Twin, broadcast, fit_temperature, fold_checkpoint,
+                               gradient_steps, make_dqn, outputs, train_twin,
+                               trial_probability)
 from sleepemo.rl.sac import (GruTwin, Prototypes, TrajectoryEnv, channel_embeddings,
                              code_vectors, make_sac, rollout, sac_gradient_steps,
                              tokens_to_timepoints, train_gru_twin, train_prototypes,
