@@ -204,7 +204,7 @@ def test_plan_says_which_setting_or_seed_changed_and_what_follows(run):
     assert action[("fusion", "fusion_experts")] == "recompute"
     assert [w.split(" (")[0] for w in items[("fusion", "fusion_experts")]["why"]] == [
         "input changed: inputs"]
-    for k in [("fusion", "fusion_raw"), ("rl_heads", "rl_sac"), ("rl_heads", "rl_dqn"),
+    for k in [("fusion", "fusion_raw"), ("rl", "rl_sac"), ("rl", "rl_dqn"),
               ("baselines", "starter"), ("mae", "encoder"), ("mae", "mae_probe")]:
         assert action[k] == "reuse", k
     assert action[("ensemble", "ensemble")] == "recompute"
@@ -302,7 +302,7 @@ def test_editing_the_mae_model_recomputes_what_imports_it_for_code(run, tmp_path
             assert item["action"] == "recompute" and all(
                 w.startswith("input changed") for w in item["why"]), item
     assert {k[0] for k, i in items.items() if mae in i["code_modules"]} == {
-        "mae", "experts", "fusion", "rl_heads"}
+        "mae", "experts", "fusion", "rl"}
     assert items[("ensemble", "ensemble")]["why"][0].startswith("input changed")
 
 

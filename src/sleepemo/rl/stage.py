@@ -419,7 +419,7 @@ def head_fingerprint(cfg: RLConfig, head: str, seed: int, data: str, source: str
     fields = fields_affecting(cfg, "weights")
     own = {k: v for k, v in fields.items()
            if (k.startswith(SAC_ONLY) == (head == "sac")) or k in SHARED}
-    return fingerprint(stage="rl_heads", head=head, seed=seed, rl=own, data=data,
+    return fingerprint(stage="rl", head=head, seed=seed, rl=own, data=data,
                        source=source if head == "sac" else None, code=code_hash(__name__))
 
 
