@@ -48,10 +48,13 @@ setup() {
   fi
   local stamp="$VIRTUAL_ENV/.sleepemo-requirements.sha256"
   local want
-  want=$(python -c 'import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],"rb").read()).hexdigest())' requirements.txt)
+  want=$(python -c 'import hashlib,sys; print(hashlib.sha256(b"".join(open(f,"rb").read() for f in sys.argv[1:])).hexdigest())' requirements.txt pyproject.toml)
   if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
     echo "== installing requirements into $VIRTUAL_ENV (first run: a few minutes)"
     python -m pip install --disable-pip-version-check -q -r requirements.txt
+    # the package itself, editable: the `sleepemo` command in the venv (no download)
+    python -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation \
+      -e .
     echo "$want" > "$stamp"
   fi
   export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}"
