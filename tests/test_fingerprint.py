@@ -20,6 +20,7 @@ import sleepemo.baselines.lopo
 import sleepemo.baselines.models
 import sleepemo.mae.model
 import sleepemo.predict.cli
+import sleepemo.pipeline.evidence
 import sleepemo.pipeline.report
 import sleepemo.pipeline.stage
 import sleepemo.kaggle.submit
@@ -112,7 +113,8 @@ def test_the_stage_runner_and_results_do_not_depend_on_report_submit_predict():
     from sleepemo.pipeline.stage import STAGES
 
     mods = package_modules(PACKAGE, TOP)
-    never = {m.__name__ for m in (sleepemo.kaggle.submit, sleepemo.predict.cli, sleepemo.predict.load, sleepemo.kaggle.bundle)}
+    never = {m.__name__ for m in (sleepemo.kaggle.submit, sleepemo.predict.cli,
+                                  sleepemo.predict.load, sleepemo.kaggle.bundle)}
     for spec in STAGES:
         bodies = body_modules(spec)
         assert bodies, spec.name
@@ -235,9 +237,8 @@ def test_plan_says_when_the_data_changed(run, tmp_path):
 def copy_package(tmp: Path) -> Path:
     """The repository's code and profiles copied to ``tmp`` (a checkout of its own):
     returns its ``src`` folder."""
-    for folder in ("src", "configs"):
-        shutil.copytree(REPO / folder, tmp / folder,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(REPO / "src", tmp / "src",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return tmp / "src"
 
 
@@ -250,16 +251,21 @@ def edit(src: Path, *modules: str) -> None:
                      "    return 'edited'\n")
 
 
-def plan_with(src: Path, data, out) -> dict:
-    """``python -m sleepemo.pipeline.plan --json`` run with the code of ``src``."""
-    cmd = [sys.executable, "-m", f"{TOP}.plan", "--profile", "smoke", "--data-dir",
-           str(data), "--out", str(out), "--json"]
+def run_with(src: Path, args: list, data, out) -> str:
+    """``python ARGS --profile smoke ...`` with the code of ``src``: its standard output."""
+    cmd = [sys.executable, *args, "--profile", "smoke", "--data-dir", str(data), "--out",
+           str(out)]
     for s in FAST:
         cmd += ["--set", s]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(
         os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS="1", MPLBACKEND="Agg"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    doc = json.loads(proc.stdout)
+    return proc.stdout
+
+
+def plan_with(src: Path, data, out) -> dict:
+    """``python -m sleepemo.pipeline.plan --json`` run with the code of ``src``."""
+    doc = json.loads(run_with(src, ["-m", f"{TOP}.pipeline.plan", "--json"], data, out))
     return {(i["stage"], i["name"]): i for s in doc["stages"] for i in s["items"]}
 
 
@@ -275,14 +281,8 @@ def test_editing_submit_predict_and_the_bundle_recomputes_nothing(run, tmp_path)
     copy = tmp_path / "out"
     shutil.copytree(out, copy)
     metas = {p: p.stat().st_mtime_ns for p in (copy / "01_baselines").glob("*/*")}
-    cmd = [sys.executable, str(src / "01_baselines.py"), "--profile", "smoke", "--data-dir",
-           str(data), "--out", str(copy), "--no-progress"]
-    for s in FAST:
-        cmd += ["--set", s]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(
-        os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS="1", MPLBACKEND="Agg"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("unchanged, reusing") == 2, proc.stdout
+    stdout = run_with(src, [str(src / "01_baselines.py"), "--no-progress"], data, copy)
+    assert stdout.count("unchanged, reusing") == 2, stdout
     assert {p: p.stat().st_mtime_ns for p in (copy / "01_baselines").glob("*/*")} == metas
 
 
@@ -314,9 +314,21 @@ def report_edited(run, tmp_path_factory):
     return plan_with(src, data, out)
 
 
-def test_editing_the_report_recomputes_only_the_results_whose_code_imports_it(
-        report_edited):
-    report = sleepemo.pipeline.report.__name__
+@pytest.fixture(scope="module")
+def evidence_edited(run, tmp_path_factory):
+    data, out = run
+    src = copy_package(tmp_path_factory.mktemp("evidence") / "repo")
+    edit(src, sleepemo.pipeline.evidence.__name__)
+    return plan_with(src, data, out)
+
+
+def test_editing_the_evidence_tables_recomputes_only_the_results_whose_code_imports_them(
+        evidence_edited):
+    """The stage bodies of 03-06 draw their evidence with pipeline.evidence: their results
+    are recomputed for that code; the baselines' (made by lopo and the model) and the
+    MAE's are not."""
+    report = sleepemo.pipeline.evidence.__name__
+    report_edited = evidence_edited
     for key, item in report_edited.items():
         if report in item["code_modules"]:
             assert item["action"] == "recompute" and any(
