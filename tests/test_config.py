@@ -148,7 +148,7 @@ def test_a_profile_file_with_a_wrong_type_names_the_file(tmp_path):
 def test_a_shipped_profile_is_named_relative_to_the_repository(tmp_path):
     from sleepemo.config import _Sources
 
-    assert _Sources(PROFILES_DIR / "smoke.yaml").of("seed") == "configs/smoke.yaml"
+    assert _Sources(PROFILES_DIR / "smoke.yaml").of("seed") == "src/sleepemo/profiles/smoke.yaml"
 
 
 @pytest.mark.parametrize("override,message", [

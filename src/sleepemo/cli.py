@@ -51,7 +51,7 @@ def usage() -> str:
 
 def _data(argv: list[str]) -> int:
     from sleepemo.config import PROFILES, load_config
-    from sleepemo.pipeline.stage import guarded
+    from sleepemo.errors import guarded
 
     ap = argparse.ArgumentParser(prog="sleepemo data", description=COMMANDS["data"])
     ap.add_argument("--profile", choices=PROFILES, default="quick")

@@ -32,10 +32,11 @@ import time
 from pathlib import Path
 
 from sleepemo import runlog
-from sleepemo.cli import resolve_data_dir
 from sleepemo.config import CHECKOUT, PROFILES, REPO, load_config
+from sleepemo.data.location import resolve_data_dir
+from sleepemo.errors import guarded
 from sleepemo.pipeline.runlock import ENV, acquire, command_line
-from sleepemo.pipeline.stage import STAGES, StageSpec, default_out, guarded, spec
+from sleepemo.pipeline.stage import STAGES, StageSpec, default_out, spec
 
 
 class UsageError(ValueError):
