@@ -333,27 +333,38 @@ class Shuffled(BaselineModel):
 
     The held-out participant is scored with its true labels, so an honest pipeline
     scores about 0.5; anything clearly above means information leaks around the split.
+    ``base`` is the model's registry name, ``base_params`` its parameters (a dict); the
+    base model is made in ``fit`` (``model_``) with this model's ``random_state``, which
+    also seeds the permutations.
     """
 
     diagnostic = True
 
-    def __init__(self, random_state=0, base="second_place", **base_params):
+    def __init__(self, random_state=0, base="second_place", base_params=None):
         super().__init__(random_state)
+        self.base, self.base_params = base, base_params
 
-        self.base = base
-        self.model = make_model(base, random_state=random_state, **base_params)
-        self.online = self.model.online
+    def _base_model(self) -> BaselineModel:
+        """A fresh, unfitted ``base`` model (registry name) with ``base_params``."""
+        return make_model(self.base, random_state=self.random_state,
+                          **dict(self.base_params or {}))
+
+    @property
+    def online(self) -> bool:
+        return bool(self._base_model().online)
 
     def transform(self, X, sfreq):
-        return self.model.transform(X, sfreq)
+        return self._base_model().transform(X, sfreq)  # label-free: needs no fit
 
     def fit(self, feats, labels):
         rng = np.random.default_rng(self.random_state)
-        self.model.fit(feats, [rng.permutation(y) for y in labels])
+        self.model_ = self._base_model()
+        self.model_.fit(feats, [rng.permutation(y) for y in labels])
         return self
 
     def predict_proba(self, feats):
-        return self.model.predict_proba(feats)
+        check_is_fitted(self)
+        return self.model_.predict_proba(feats)
 
 
 class LinearProbe(BaselineModel):
