@@ -89,3 +89,25 @@ def test_toy_stage_06_is_skipped_when_nothing_changed(extended):
         toy.run)
     assert find(out, "mean_of_baselines").folder.joinpath(
         "meta.json").stat().st_mtime_ns == before
+
+
+def test_toy_model_follows_the_estimator_conventions(extended):
+    """The page's model is a scikit-learn estimator like the registered ones
+    (tests/test_baseline_estimators.py): parameters through get_params and clone, an
+    unfitted model refuses to predict, the fold models kept by stage 01 are fitted."""
+    from sklearn.base import clone
+    from sklearn.exceptions import NotFittedError
+
+    from sleepemo.baselines.lopo import load_fold_model
+
+    out = extended[0]
+    ThetaPower = sys.modules["toy_model"].ThetaPower
+    model = ThetaPower(random_state=4, C=1.0)
+    assert model.get_params() == {"random_state": 4, "band": (4.0, 8.0), "C": 1.0}
+    assert set(vars(model)) == set(model.get_params())
+    assert clone(model).get_params() == model.get_params()
+    with pytest.raises(NotFittedError):
+        model.predict_proba(np.zeros((3, 16)))
+    fold = load_fold_model(find(out, "theta_power").folder, 0)
+    assert type(fold) is ThetaPower and fold.random_state == 0  # seed 0 * 1000 + fold 0
+    assert set(vars(fold)) - set(fold.get_params()) == {"clf_"}

@@ -7,20 +7,37 @@ Each model has three steps, so that LOPO can be run without leakage:
 - ``fit(features, labels)``: lists with one entry per training participant of the fold;
 - ``predict_proba(features)``: P(emotional) for one participant, shape (n_trials,) for a
   trial-level model (broadcast to every timepoint by the caller) or (n_trials, n_times).
+
+Every model is a scikit-learn estimator (``BaseEstimator``), as pyRiemann's and MNE's
+decoding classes are: ``__init__`` only stores its parameters, under their own names (so
+``get_params``, ``set_params`` and ``sklearn.base.clone`` work; conversions and checks
+happen where the parameters are used), ``fit`` returns the model, what it learns is kept in
+attributes ending with ``_``, and ``predict_proba`` of an unfitted model raises sklearn's
+``NotFittedError``. ``transform`` needs no fit: it is the label-free per-participant step,
+applied with an unfitted model to held-out, test and new participants.
 """
 from __future__ import annotations
 
 import numpy as np
+from sklearn.base import BaseEstimator
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils.validation import check_is_fitted
 
 from sleepemo import features as F
 
 
-class BaselineModel:
-    """Common defaults; subclasses override what they need."""
+class BaselineModel(BaseEstimator):
+    """Common defaults; subclasses override what they need.
+
+    A scikit-learn estimator with a per-participant interface (see the module docstring):
+    not a ``ClassifierMixin``, whose ``score`` and classifier tag promise ``fit(X, y)`` on
+    one array and ``predict_proba`` with a column per class. ``random_state`` seeds what
+    the model draws (logistic regressions, ``Shuffled``'s permutations); models that draw
+    nothing keep it too, so that every model is made the same way (:func:`make_model`).
+    """
 
     #: excluded from choosing the submission model (leakage alarms, references)
     diagnostic: bool = False
@@ -29,9 +46,8 @@ class BaselineModel:
     #: trial can be computed alone with running statistics (:mod:`sleepemo.predict`)
     online: bool = False
 
-    def __init__(self, random_state: int = 0, **params):
+    def __init__(self, random_state: int = 0):
         self.random_state = random_state
-        self.params = params
 
     def transform(self, X: np.ndarray, sfreq: float) -> np.ndarray:
         return X
@@ -53,9 +69,11 @@ class Constant(BaselineModel):
         return np.zeros(len(X))
 
     def fit(self, feats, labels):
+        self.n_participants_ = len(feats)  # nothing to learn; fitted all the same
         return self
 
     def predict_proba(self, feats):
+        check_is_fitted(self)
         return np.full(len(feats), 0.5)
 
 
@@ -69,10 +87,10 @@ class Starter(BaselineModel):
 
     def __init__(self, random_state=0, band=(4.0, 8.0)):
         super().__init__(random_state)
-        self.band = tuple(band)
+        self.band = band
 
     def transform(self, X, sfreq):
-        power = F.hilbert_power(F.bandpass(X, sfreq, self.band))
+        power = F.hilbert_power(F.bandpass(X, sfreq, tuple(self.band)))
         return F.zscore_trials(power).astype(np.float32)
 
     def fit(self, feats, labels):
@@ -83,6 +101,7 @@ class Starter(BaselineModel):
         return self
 
     def predict_proba(self, feats):
+        check_is_fitted(self)
         return self.est_.predict_proba(feats)[..., 1]
 
 
@@ -101,10 +120,10 @@ class SecondPlace(BaselineModel):
 
     def __init__(self, random_state=0, band=(4.0, 8.0), window=(70, 130), n_keep=75):
         super().__init__(random_state)
-        self.band, self.window, self.n_keep = tuple(band), tuple(window), int(n_keep)
+        self.band, self.window, self.n_keep = band, window, n_keep
 
     def transform(self, X, sfreq):
-        theta = F.zscore_trials(F.bandpass(X, sfreq, self.band))
+        theta = F.zscore_trials(F.bandpass(X, sfreq, tuple(self.band)))
         C = F.covariances(theta[:, :, slice(*self.window)], estimator="cov")
         return F.zscore_trials(F.upper_triangle(C))
 
@@ -114,8 +133,8 @@ class SecondPlace(BaselineModel):
 
     def select(self, feats, labels) -> np.ndarray:
         """Indices of the ``n_keep`` most stable features (inner LOPO, this fold only)."""
-        n_feat = feats[0].shape[1]
-        if self.n_keep >= n_feat or len(feats) < 3:
+        n_feat, n_keep = feats[0].shape[1], int(self.n_keep)
+        if n_keep >= n_feat or len(feats) < 3:
             return np.arange(n_feat)
         coefs = []
         for i in range(len(feats)):
@@ -124,7 +143,7 @@ class SecondPlace(BaselineModel):
             coefs.append(self._lda().fit(Xi, yi).coef_.ravel())
         coefs = np.array(coefs)
         stability = np.abs(coefs.mean(0)) / (coefs.std(0) + 1e-12)
-        return np.sort(np.argsort(-stability, kind="stable")[: self.n_keep])
+        return np.sort(np.argsort(-stability, kind="stable")[:n_keep])
 
     def fit(self, feats, labels):
         self.keep_ = self.select(list(feats), list(labels))
@@ -133,6 +152,7 @@ class SecondPlace(BaselineModel):
         return self
 
     def predict_proba(self, feats):
+        check_is_fitted(self)
         return self.lda_.predict_proba(feats[:, self.keep_])[:, 1]
 
 
@@ -146,10 +166,10 @@ class RiemannTS(BaselineModel):
 
     def __init__(self, random_state=0, band=(4.0, 8.0), window=(70, 130), C=0.1):
         super().__init__(random_state)
-        self.band, self.window, self.C = tuple(band), tuple(window), float(C)
+        self.band, self.window, self.C = band, window, C
 
     def transform(self, X, sfreq):
-        theta = F.bandpass(X, sfreq, self.band)[:, :, slice(*self.window)]
+        theta = F.bandpass(X, sfreq, tuple(self.band))[:, :, slice(*self.window)]
         return F.recentre(F.covariances(theta, estimator="oas"))
 
     def fit(self, feats, labels):
@@ -157,11 +177,12 @@ class RiemannTS(BaselineModel):
 
         self.pipe_ = make_pipeline(
             TangentSpace(metric="riemann"), StandardScaler(),
-            LogisticRegression(C=self.C, max_iter=2000, random_state=self.random_state))
+            LogisticRegression(C=float(self.C), max_iter=2000, random_state=self.random_state))
         self.pipe_.fit(np.concatenate(feats), np.concatenate(labels))
         return self
 
     def predict_proba(self, feats):
+        check_is_fitted(self)
         return self.pipe_.predict_proba(feats)[:, 1]
 
 
@@ -213,12 +234,13 @@ class XdawnTS(BaselineModel):
     def __init__(self, random_state=0, band=(0.5, 15.0), decim=4, nfilter=4,
                  xdawn_estimator="lwf", recentre=True, C=0.1):
         super().__init__(random_state)
-        self.band, self.decim, self.nfilter = tuple(band), int(decim), int(nfilter)
-        self.xdawn_estimator, self.recentre = xdawn_estimator, bool(recentre)
-        self.C = float(C)
+        self.band, self.decim, self.nfilter = band, decim, nfilter
+        self.xdawn_estimator, self.recentre = xdawn_estimator, recentre
+        self.C = C
 
     def transform(self, X, sfreq):
-        wave = F.zscore_participant(lowpass_decimate(X, sfreq, self.band, self.decim))
+        wave = F.zscore_participant(lowpass_decimate(X, sfreq, tuple(self.band),
+                                                     int(self.decim)))
         return wave.astype(np.float32)
 
     @property
@@ -234,18 +256,19 @@ class XdawnTS(BaselineModel):
         from pyriemann.estimation import XdawnCovariances
         from pyriemann.tangentspace import TangentSpace
 
-        self.xdawn_ = XdawnCovariances(nfilter=self.nfilter, estimator="oas",
+        self.xdawn_ = XdawnCovariances(nfilter=int(self.nfilter), estimator="oas",
                                        xdawn_estimator=self.xdawn_estimator)
         self.xdawn_.fit(np.concatenate(feats).astype(np.float64), np.concatenate(labels))
         self.pipe_ = make_pipeline(
             TangentSpace(metric="riemann"), StandardScaler(),
-            LogisticRegression(C=self.C, max_iter=2000, random_state=self.random_state))
+            LogisticRegression(C=float(self.C), max_iter=2000, random_state=self.random_state))
         self.pipe_.fit(np.concatenate([self._covariances(f) for f in feats]),
                        np.concatenate(labels))
         return self
 
     @one_blas_thread
     def predict_proba(self, feats):
+        check_is_fitted(self)
         return self.pipe_.predict_proba(self._covariances(feats))[:, 1]
 
 
@@ -265,22 +288,23 @@ class ErpLDA(BaselineModel):
 
     def __init__(self, random_state=0, band=(0.5, 15.0), decim=4, width=5):
         super().__init__(random_state)
-        self.band, self.decim, self.width = tuple(band), int(decim), int(width)
-        if self.width < 1 or self.width % 2 == 0:
-            raise ValueError(f"width must be a positive odd number, not {width}")
+        self.band, self.decim, self.width = band, decim, width
 
     def transform(self, X, sfreq):
-        wave = lowpass_decimate(X, sfreq, self.band, self.decim)
+        wave = lowpass_decimate(X, sfreq, tuple(self.band), int(self.decim))
         return F.zscore_trials(wave).astype(np.float32)
 
     def windows(self, feats: np.ndarray) -> np.ndarray:
         """(n, n_chans, n_dec) -> (n, n_chans * width, n_dec): every channel's samples in
         the centred window around each timepoint (edges repeated), float32."""
-        h = self.width // 2
+        width = int(self.width)
+        if width < 1 or width % 2 == 0:
+            raise ValueError(f"width must be a positive odd number, not {self.width}")
+        h = width // 2
         feats = np.asarray(feats, dtype=np.float32)
         n_dec = feats.shape[-1]
         padded = np.pad(feats, ((0, 0), (0, 0), (h, h)), mode="edge")
-        win = np.stack([padded[..., o:o + n_dec] for o in range(self.width)], axis=2)
+        win = np.stack([padded[..., o:o + n_dec] for o in range(width)], axis=2)
         return win.reshape(len(feats), -1, n_dec)
 
     @one_blas_thread
@@ -294,9 +318,10 @@ class ErpLDA(BaselineModel):
 
     @one_blas_thread
     def predict_proba(self, feats):
+        check_is_fitted(self)
         p = self.est_.predict_proba(self.windows(feats))[..., 1]  # (n, n_dec)
-        n_dec = p.shape[1]
-        t = np.arange(n_dec * self.decim) / self.decim  # in decimated samples
+        n_dec, decim = p.shape[1], int(self.decim)
+        t = np.arange(n_dec * decim) / decim  # in decimated samples
         i0 = np.minimum(np.floor(t).astype(int), n_dec - 1)
         i1 = np.minimum(i0 + 1, n_dec - 1)
         frac = (t - i0).astype(np.float32)
@@ -308,27 +333,38 @@ class Shuffled(BaselineModel):
 
     The held-out participant is scored with its true labels, so an honest pipeline
     scores about 0.5; anything clearly above means information leaks around the split.
+    ``base`` is the model's registry name, ``base_params`` its parameters (a dict); the
+    base model is made in ``fit`` (``model_``) with this model's ``random_state``, which
+    also seeds the permutations.
     """
 
     diagnostic = True
 
-    def __init__(self, random_state=0, base="second_place", **base_params):
+    def __init__(self, random_state=0, base="second_place", base_params=None):
         super().__init__(random_state)
+        self.base, self.base_params = base, base_params
 
-        self.base = base
-        self.model = make_model(base, random_state=random_state, **base_params)
-        self.online = self.model.online
+    def _base_model(self) -> BaselineModel:
+        """A fresh, unfitted ``base`` model (registry name) with ``base_params``."""
+        return make_model(self.base, random_state=self.random_state,
+                          **dict(self.base_params or {}))
+
+    @property
+    def online(self) -> bool:
+        return bool(self._base_model().online)
 
     def transform(self, X, sfreq):
-        return self.model.transform(X, sfreq)
+        return self._base_model().transform(X, sfreq)  # label-free: needs no fit
 
     def fit(self, feats, labels):
         rng = np.random.default_rng(self.random_state)
-        self.model.fit(feats, [rng.permutation(y) for y in labels])
+        self.model_ = self._base_model()
+        self.model_.fit(feats, [rng.permutation(y) for y in labels])
         return self
 
     def predict_proba(self, feats):
-        return self.model.predict_proba(feats)
+        check_is_fitted(self)
+        return self.model_.predict_proba(feats)
 
 
 class LinearProbe(BaselineModel):
@@ -342,18 +378,19 @@ class LinearProbe(BaselineModel):
 
     def __init__(self, random_state=0, C=0.01):
         super().__init__(random_state)
-        self.C = float(C)
+        self.C = C
 
     def transform(self, X, sfreq):
         raise NotImplementedError("LinearProbe works on precomputed features only")
 
     def fit(self, feats, labels):
         self.pipe_ = make_pipeline(StandardScaler(), LogisticRegression(
-            C=self.C, max_iter=2000, random_state=self.random_state))
+            C=float(self.C), max_iter=2000, random_state=self.random_state))
         self.pipe_.fit(np.concatenate(feats), np.concatenate(labels))
         return self
 
     def predict_proba(self, feats):
+        check_is_fitted(self)
         return self.pipe_.predict_proba(feats)[:, 1]
 
 
