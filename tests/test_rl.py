@@ -295,13 +295,15 @@ def test_held_out_labels_never_reach_the_rl_heads(rl_run, head):
     the head and its twin; a label dict with the held-out participant is refused."""
     import torch
 
-    from sleepemo.rl.stage import fold_state, run_fold, run_sac_fold
+    from sleepemo.rl.heads import run_dqn_fold
+    from sleepemo.rl.sac import run_sac_fold
+    from sleepemo.rl.stage import fold_state
 
     stage, ds, folds, _ = rl_run
     torch.set_num_threads(1)
     cfg = stage.cfg.rl
     state = fold_state(stage)
-    fit, data = {"dqn": (run_fold, lambda: state.signals),
+    fit, data = {"dqn": (run_dqn_fold, lambda: state.signals),
                  "sac": (run_sac_fold, lambda: state.sac_codes(0))}[head]
     held = folds.held_out(0)
 

@@ -16,14 +16,22 @@
 4. **Twin** (:class:`GruTwin`): a GRU over the same code vectors giving p_t per token,
    trained by per-token cross-entropy plus the same smoothness penalty, with SAC's number
    of gradient steps and as many token decisions per step as SAC's batch.
+
+One LOPO fold of the head and its twin: :func:`run_sac_fold` (stage 05's fold k).
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
 from torch import nn
+
+from sleepemo.metric import window_auc
+from sleepemo.pipeline.artefacts import load_checkpoint, save_checkpoint
+from sleepemo.rl.training import Curve, Curves, curve_tensors, inner_split, refuse_held_out
 
 EPS = 1e-3  # probabilities are clipped to [EPS, 1 - EPS] in the log-likelihood
 
@@ -274,3 +282,86 @@ def tokens_to_timepoints(p: np.ndarray, n_times: int) -> np.ndarray:
         t = torch.nn.functional.interpolate(t, size=n_times, mode="linear",
                                             align_corners=False)
     return t[:, 0].numpy().reshape(len(p), n_times).astype(np.float32)
+
+
+def token_probability(net, codes: np.ndarray) -> np.ndarray:
+    """p (n_trials, T) of a SAC (or its policy: :func:`rollout`) or a twin
+    (:func:`twin_probability`): stage 05's predictions and :mod:`sleepemo.rl.predict`'s."""
+    return twin_probability(net, codes) if isinstance(net, GruTwin) else rollout(net, codes)
+
+
+# ------------------------------------------------------------------ one LOPO fold
+def sac_checkpoint(folder, k: int) -> Path:
+    """Stage 05's fold-k checkpoint of the SAC's policy and the twin (``"sac"``,
+    ``"twin"``: ``state_dict`` tensors), the chosen lambda and the curves."""
+    return Path(folder) / f"sac_fold{k}.pt"
+
+
+def token_score(p_by_subject: dict, labels: dict) -> float:
+    """The competition metric on per-token probabilities (inner participants)."""
+    return window_auc(labels, p_by_subject, min_run=1).score
+
+
+def run_sac_fold(cfg, codes: dict, labels: dict, held: int, test_subjects, k: int,
+                 seed: int, n_times: int, ckpt=None, fp: str = "", progress=None) -> dict:
+    """Fold k's SAC head and GRU twin (:mod:`sleepemo.rl.stage`): the smoothness weight
+    lambda chosen among ``rl.sac_lambdas`` by the twin's score on the inner participants,
+    then SAC learning ``rl.sac_env_steps`` steps of :class:`TrajectoryEnv` on the other
+    training participants. ``codes``: every participant's code vectors; ``labels``: the
+    fold's training participants' only. ``ckpt`` (with fingerprint ``fp``): the networks,
+    lambda and curves, loaded when there, else saved. Returns ``{"sac": arrays,
+    "sac_twin": arrays}`` (a result's fold)."""
+
+    refuse_held_out(labels, held, k)
+    inner, train = inner_split(cfg, labels, seed, k)
+    inner_labels = {s: labels[s] for s in inner}
+    X = np.concatenate([codes[s] for s in train])
+    y = np.concatenate([labels[s] for s in train]).astype(np.int64)
+    env = TrajectoryEnv(X, y)
+    sac = make_sac(env, cfg, seed=seed * 1000 + k)
+    state = load_checkpoint(ckpt, fp) if ckpt else None
+    if state is not None:
+        sac.policy.load_state_dict(state["sac"])
+        lam = float(state["lam"])
+
+        twin = GruTwin(X.shape[-1])
+        twin.load_state_dict(state["twin"])
+        curves = {key: state[key] for key in ("sac_curve", "twin_curve", "episode_reward",
+                                              "lambda_scores")}
+    else:
+        tried = {}
+        for lam in cfg.sac_lambdas:  # lambda chosen inside the fold, by the twin
+            curve = Curve(lambda model: token_score(
+                {s: twin_probability(model, codes[s]) for s in inner}, inner_labels),
+                cfg.eval_every, sac_gradient_steps(cfg))
+            model = train_gru_twin(X, y, cfg, lam, seed=seed * 1000 + k, callback=curve)
+            tried[lam] = (curve.points[-1][1] if curve.points else 0.5, model, curve.points)
+        lam = max(tried, key=lambda v: tried[v][0])  # ties: the first (smallest) listed
+        twin = tried[lam][1]
+        env.lam = lam
+        learnt = Curves(Curve(lambda model: token_score(
+            {s: rollout(model, codes[s]) for s in inner_labels}, inner_labels),
+            cfg.eval_every, cfg.sac_env_steps), per_step=env.n_tokens, progress=progress)
+        sac.learn(total_timesteps=cfg.sac_env_steps, callback=learnt)
+        curves = curve_tensors({"sac_curve": learnt.curve.points, "twin_curve": tried[lam][2],
+                                "episode_reward": learnt.episode_reward,
+                                "lambda_scores": [[v, t[0]] for v, t in tried.items()]})
+        if ckpt:
+            save_checkpoint(ckpt, {"sac": sac.policy.state_dict(), "twin": twin.state_dict(),
+                                   "lam": torch.tensor(lam), **curves}, fp)
+    out = {}
+    for name, net in (("sac", sac), ("sac_twin", twin)):
+        arrays = {"lam": np.float64(lam), "inner": np.asarray(inner),
+                  "lambda_scores": np.asarray(curves["lambda_scores"])}
+        for role, subs in (("oof", [held]), ("test", list(test_subjects))):
+            parts = [token_probability(net, codes[s]) for s in subs] or \
+                [np.zeros((0, codes[held].shape[1]), np.float32)]
+            p = np.concatenate(parts)
+            # per participant, as sleepemo predict interpolates (see stage 04)
+            arrays[role] = np.concatenate([tokens_to_timepoints(q, n_times) for q in parts])
+            arrays[f"{role}_trial"] = p.mean(1).astype(np.float32)
+        arrays["curve"] = np.asarray(curves["sac_curve" if name == "sac" else "twin_curve"])
+        if name == "sac":
+            arrays["episode_reward"] = np.asarray(curves["episode_reward"])
+        out[name] = arrays
+    return out

@@ -9,7 +9,8 @@ Two heads (``rl.heads``), each beside a supervised twin on the same inputs and b
    softmax temperatures and give the learning curves); the CSP and the scalings
    (:class:`sleepemo.rl.features.FoldFeatures`) are fitted on the others' labels, which
    come only from :meth:`Folds.labels_of` (the held-out participant is refused);
-3. the DQN (:func:`sleepemo.rl.heads.make_dqn`) learns for ``rl.env_steps`` steps of the
+3. the DQN (:func:`sleepemo.rl.heads.make_dqn`; the fold:
+   :func:`sleepemo.rl.heads.run_dqn_fold`) learns for ``rl.env_steps`` steps of the
    trial environment (:class:`sleepemo.rl.env.TrialEnv`) on those trials; the twin
    (:func:`sleepemo.rl.heads.train_twin`) gets the same batch size and as many gradient
    steps;
@@ -27,7 +28,8 @@ Two heads (``rl.heads``), each beside a supervised twin on the same inputs and b
 2. per fold k, the same inner split; the smoothness weight lambda is chosen among
    ``rl.sac_lambdas`` by the twin's score on the inner participants (the competition
    metric); SAC learns ``rl.sac_env_steps`` steps of one-trial trajectories
-   (:class:`sleepemo.rl.sac.TrajectoryEnv`), the GRU twin as many gradient steps;
+   (:class:`sleepemo.rl.sac.TrajectoryEnv`), the GRU twin as many gradient steps (the
+   fold: :func:`sleepemo.rl.sac.run_sac_fold`);
 3. per-token probabilities of the held-out and test participants, interpolated to every
    timepoint.
 
@@ -46,7 +48,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -56,7 +57,6 @@ from sleepemo.features import BandFeatureCache, pool_time
 from sleepemo.fusion.inputs import FusedTokens, output_name as fusion_name
 from sleepemo.io import read_json, write_json
 from sleepemo.mae.model import TokenCache, load_mae_weights
-from sleepemo.metric import window_auc
 from sleepemo.pipeline.artefacts import (Planned, ResultWriter, code_hash, fingerprint,
                                          listing, load_checkpoint, planned_or, results,
                                          save_checkpoint, stored_fingerprint)
@@ -64,220 +64,10 @@ from sleepemo.pipeline.evidence import pyplot, results_table, save_figure, to_ma
 from sleepemo.pipeline.executor import run_folds
 from sleepemo.pipeline.stage import Stage, StageOutput, stage_dir
 from sleepemo.progress import bar
-from sleepemo.rl.env import TrialEnv
-from sleepemo.rl.features import (FoldFeatures, features_path, participant_signals,
-                                  save_fold_features)
-from sleepemo.rl.heads import (Twin, broadcast, fit_temperature, fold_checkpoint,
-                               gradient_steps, make_dqn, outputs, train_twin,
-                               trial_probability)
-from sleepemo.rl.sac import (GruTwin, Prototypes, TrajectoryEnv, channel_embeddings,
-                             code_vectors, make_sac, rollout, sac_gradient_steps,
-                             tokens_to_timepoints, train_gru_twin, train_prototypes,
-                             twin_probability)
-
-
-def _inner_auc(out_by_subject: dict, labels: dict) -> float:
-    """Mean within-participant AUC of ``out[:, 1] - out[:, 0]`` (the trial ranking the
-    metric scores when a prediction is broadcast over the trial)."""
-    from sklearn.metrics import roc_auc_score
-
-    return float(np.mean([roc_auc_score(labels[s], o[:, 1] - o[:, 0])
-                          for s, o in out_by_subject.items()]))
-
-
-def inner_split(cfg: RLConfig, labels: dict, seed: int, k: int) -> tuple[list, list]:
-    """Fold k's inner participants (``rl.n_inner_val`` of its training participants,
-    drawn by the fold's seed; the same for both heads) and the others."""
-    rng = np.random.default_rng([seed, k, 5])
-    subjects = sorted(labels)
-    inner = sorted(int(s) for s in rng.choice(subjects, size=min(cfg.n_inner_val,
-                                                                  len(subjects) - 1),
-                                              replace=False))
-    return inner, [s for s in subjects if s not in inner]
-
-
-def run_fold(cfg: RLConfig, signals: dict, labels: dict, held: int, test_subjects, k: int,
-             seed: int, n_times: int, ckpt=None, fp: str = "", progress=None) -> dict:
-    """Fold k's DQN and twin (see the module docstring); ``labels`` are the fold's
-    training participants' only. Returns ``{"dqn": arrays, "dqn_twin": arrays}``."""
-
-    if held in labels:
-        raise ValueError(f"participant {held} is held out in fold {k}: its labels must not "
-                         "reach the training")
-    subjects = sorted(labels)
-    inner, train = inner_split(cfg, labels, seed, k)
-    feats = FoldFeatures(cfg.n_csp).fit({s: signals[s] for s in train},
-                                        {s: labels[s] for s in train}, held_out=held)
-    if ckpt:  # what sleepemo predict transforms a new participant with
-        save_fold_features(features_path(Path(ckpt).parent, k), feats, fp)
-    F = {s: feats.transform(signals[s]) for s in [*subjects, held, *test_subjects]}
-    series = np.concatenate([F[s]["series"] for s in train])
-    stats = np.concatenate([F[s]["stats"] for s in train])
-    y = np.concatenate([labels[s] for s in train]).astype(np.int64)
-    env = TrialEnv(series, stats, y, cfg.episode_len)
-    dqn = make_dqn(env, cfg, seed=seed * 1000 + k)
-    twin = Twin(series.shape[1], stats.shape[1], cfg.lstm, cfg.dropout)
-    inner_labels = {s: labels[s] for s in inner}
-    state = load_checkpoint(ckpt, fp) if ckpt else None
-    if state is not None:
-        dqn.policy.load_state_dict(state["dqn"])
-        twin.load_state_dict(state["twin"])
-        curves = {key: state[key] for key in ("dqn_curve", "twin_curve", "episode_reward")}
-    else:
-        curves = {"dqn_curve": [], "twin_curve": [], "episode_reward": []}
-        dqn.learn(total_timesteps=cfg.env_steps,
-                  callback=_dqn_callback(cfg, F, inner_labels, curves, progress))
-
-        def twin_cb(step, model):
-            if step % cfg.eval_every == 0 or step == gradient_steps(cfg):
-                curves["twin_curve"].append([step, _inner_auc(
-                    {s: outputs(model, F[s]) for s in inner}, inner_labels)])
-
-        twin = train_twin(series, stats, y, cfg, seed=seed * 1000 + k, callback=twin_cb)
-        curves = {key: torch.tensor(v, dtype=torch.float64).reshape(-1, 2)
-                  for key, v in curves.items()}
-        if ckpt:
-            save_checkpoint(ckpt, {"dqn": dqn.policy.state_dict(),
-                                   "twin": twin.state_dict(), **curves}, fp)
-    out = {}
-    for name, net in (("dqn", dqn.q_net), ("dqn_twin", twin)):
-        temp = fit_temperature(np.concatenate([outputs(net, F[s]) for s in inner]),
-                               np.concatenate([labels[s] for s in inner]))
-        arrays = {"temperature": np.float64(temp), "inner": np.asarray(inner)}
-        for role, subs in (("oof", [held]), ("test", list(test_subjects))):
-            p = np.concatenate([trial_probability(net, F[s], temp) for s in subs]) \
-                if subs else np.zeros(0, np.float32)
-            arrays[f"{role}_trial"] = p
-            arrays[role] = broadcast(p, n_times)
-        arrays["curve"] = np.asarray(curves["dqn_curve" if name == "dqn" else "twin_curve"])
-        if name == "dqn":
-            arrays["episode_reward"] = np.asarray(curves["episode_reward"])
-        out[name] = arrays
-    return out
-
-
-def _dqn_callback(cfg: RLConfig, F: dict, inner_labels: dict, curves: dict, progress):
-    """An SB3 callback: episode rewards, the inner participants' AUC every
-    ``rl.eval_every`` environment steps, the progress bar."""
-    from stable_baselines3.common.callbacks import BaseCallback
-
-
-    class Curves(BaseCallback):
-        def _on_step(self) -> bool:
-            for info, done in zip(self.locals["infos"], self.locals["dones"]):
-                if done and "episode_reward" in info:
-                    curves["episode_reward"].append([self.num_timesteps,
-                                                     info["episode_reward"]])
-            if self.num_timesteps % cfg.eval_every == 0 or self.num_timesteps == cfg.env_steps:
-                curves["dqn_curve"].append([self.num_timesteps, _inner_auc(
-                    {s: outputs(self.model.q_net, F[s]) for s in inner_labels},
-                    inner_labels)])
-                self.model.q_net.train()
-            if progress:
-                progress()
-            return True
-
-    return Curves()
-
-
-# ------------------------------------------------------------------ the SAC head
-def _token_score(p_by_subject: dict, labels: dict) -> float:
-    """The competition metric on per-token probabilities (inner participants)."""
-    return window_auc(labels, p_by_subject, min_run=1).score
-
-
-def run_sac_fold(cfg: RLConfig, codes: dict, labels: dict, held: int, test_subjects,
-                 k: int, seed: int, n_times: int, ckpt=None, fp: str = "",
-                 progress=None) -> dict:
-    """Fold k's SAC head and GRU twin on the code vectors (module docstring); ``labels``
-    are the fold's training participants' only. Returns ``{"sac": arrays,
-    "sac_twin": arrays}``."""
-
-    if held in labels:
-        raise ValueError(f"participant {held} is held out in fold {k}: its labels must not "
-                         "reach the training")
-    inner, train = inner_split(cfg, labels, seed, k)
-    inner_labels = {s: labels[s] for s in inner}
-    X = np.concatenate([codes[s] for s in train])
-    y = np.concatenate([labels[s] for s in train]).astype(np.int64)
-    env = TrajectoryEnv(X, y)
-    sac = make_sac(env, cfg, seed=seed * 1000 + k)
-    state = load_checkpoint(ckpt, fp) if ckpt else None
-    if state is not None:
-        sac.policy.load_state_dict(state["sac"])
-        lam = float(state["lam"])
-
-        twin = GruTwin(X.shape[-1])
-        twin.load_state_dict(state["twin"])
-        curves = {key: state[key] for key in ("sac_curve", "twin_curve", "episode_reward",
-                                              "lambda_scores")}
-    else:
-        tried = {}
-        for lam in cfg.sac_lambdas:  # lambda chosen inside the fold, by the twin
-            curve = []
-
-            def twin_cb(step, model, curve=curve):
-                if step % cfg.eval_every == 0 or step == sac_gradient_steps(cfg):
-                    curve.append([step, _token_score(
-                        {s: twin_probability(model, codes[s]) for s in inner},
-                        inner_labels)])
-
-            model = train_gru_twin(X, y, cfg, lam, seed=seed * 1000 + k, callback=twin_cb)
-            tried[lam] = (curve[-1][1] if curve else 0.5, model, curve)
-        lam = max(tried, key=lambda v: tried[v][0])  # ties: the first (smallest) listed
-        twin = tried[lam][1]
-        env.lam = lam
-        curves = {"sac_curve": [], "twin_curve": tried[lam][2], "episode_reward": [],
-                  "lambda_scores": [[v, t[0]] for v, t in tried.items()]}
-        sac.learn(total_timesteps=cfg.sac_env_steps,
-                  callback=_sac_callback(cfg, codes, inner_labels, curves, progress))
-        curves = {key: torch.tensor(v, dtype=torch.float64).reshape(-1, 2)
-                  for key, v in curves.items()}
-        if ckpt:
-            save_checkpoint(ckpt, {"sac": sac.policy.state_dict(), "twin": twin.state_dict(),
-                                   "lam": torch.tensor(lam), **curves}, fp)
-    out = {}
-    for name, predict in (("sac", lambda c: rollout(sac, c)),
-                          ("sac_twin", lambda c: twin_probability(twin, c))):
-        arrays = {"lam": np.float64(lam), "inner": np.asarray(inner),
-                  "lambda_scores": np.asarray(curves["lambda_scores"])}
-        for role, subs in (("oof", [held]), ("test", list(test_subjects))):
-            parts = [predict(codes[s]) for s in subs] or \
-                [np.zeros((0, codes[held].shape[1]), np.float32)]
-            p = np.concatenate(parts)
-            # per participant, as sleepemo predict interpolates (see stage 04)
-            arrays[role] = np.concatenate([tokens_to_timepoints(q, n_times) for q in parts])
-            arrays[f"{role}_trial"] = p.mean(1).astype(np.float32)
-        arrays["curve"] = np.asarray(curves["sac_curve" if name == "sac" else "twin_curve"])
-        if name == "sac":
-            arrays["episode_reward"] = np.asarray(curves["episode_reward"])
-        out[name] = arrays
-    return out
-
-
-def _sac_callback(cfg: RLConfig, codes: dict, inner_labels: dict, curves: dict, progress):
-    """An SB3 callback: reward per step of each episode, the inner participants' score
-    every ``rl.eval_every`` environment steps, the progress bar."""
-    from stable_baselines3.common.callbacks import BaseCallback
-
-
-    class Curves(BaseCallback):
-        def _on_step(self) -> bool:
-            env = self.training_env.envs[0].unwrapped
-            for info, done in zip(self.locals["infos"], self.locals["dones"]):
-                if done and "episode_reward" in info:
-                    curves["episode_reward"].append([self.num_timesteps,
-                                                     info["episode_reward"] / env.n_tokens])
-            if self.num_timesteps % cfg.eval_every == 0 or \
-                    self.num_timesteps == cfg.sac_env_steps:
-                curves["sac_curve"].append([self.num_timesteps, _token_score(
-                    {s: rollout(self.model, codes[s]) for s in inner_labels},
-                    inner_labels)])
-            if progress:
-                progress()
-            return True
-
-    return Curves()
+from sleepemo.rl.features import participant_signals
+from sleepemo.rl.heads import fold_checkpoint, gradient_steps, run_dqn_fold
+from sleepemo.rl.sac import (Prototypes, channel_embeddings, code_vectors, run_sac_fold,
+                             sac_checkpoint, sac_gradient_steps, train_prototypes)
 
 
 def source_key(fused_fp: str | None, mae_fp: str | None) -> str:
@@ -519,11 +309,11 @@ def train_fold(state: FoldState, k: int, step) -> dict:
         if state.done(k, head):
             continue
         t0 = time.perf_counter()
-        fit, data = {"dqn": (run_fold, lambda: state.signals),
-                     "sac": (run_sac_fold, lambda: state.sac_codes(k))}[head]
+        fit, data, ckpt = {
+            "dqn": (run_dqn_fold, lambda: state.signals, fold_checkpoint),
+            "sac": (run_sac_fold, lambda: state.sac_codes(k), sac_checkpoint)}[head]
         parts = fit(cfg, data(), labels, folds.held_out(k), folds.test_subjects, k, seed,
-                    ds.n_times, fold_checkpoint(stage.dir, k) if head == "dqn" else
-                    stage.dir / f"sac_fold{k}.pt", state.fps[head], step)
+                    ds.n_times, ckpt(stage.dir, k), state.fps[head], step)
         for n, arrays in parts.items():
             state.writers[n].save_fold(k, **arrays)
         seconds[head] = time.perf_counter() - t0
