@@ -43,8 +43,9 @@ from sleepemo.predict.base import PredictError, Predictor, Run
 from sleepemo.rl.env import observation_space
 from sleepemo.rl.features import features_path, load_fold_features, participant_signals
 from sleepemo.rl.heads import Twin, broadcast, fold_checkpoint, q_network, trial_probability
-from sleepemo.rl.sac import (GruTwin, Prototypes, channel_embeddings, code_vectors, rollout,
-                             sac_policy, tokens_to_timepoints, twin_probability)
+from sleepemo.rl.prototypes import code_vectors, load_prototypes, prototypes_path
+from sleepemo.rl.sac import (GruTwin, channel_embeddings, rollout, sac_policy,
+                             tokens_to_timepoints, twin_probability)
 
 
 class DqnPredictor(Predictor):
@@ -112,13 +113,13 @@ class SacPredictor(Predictor):
         self.fusion = None
         if source.startswith("fusion:"):
             self.fusion = self._fusion(run, source[len("fusion:"):], result.label)
-            self.prototypes = [self._prototypes(folder / f"prototypes_fold{k}.pt", None)
+            self.prototypes = [self._prototypes(prototypes_path(folder, k), None)
                                for k in range(run.n_folds)]
         elif source.startswith("mae:"):
             info = load_mae_weights(mae)[2]
             if info["fingerprint"] != source[len("mae:"):]:
                 raise PredictError(f"{mae}: not the MAE {result.label} was trained on")
-            self.prototypes = self._prototypes(folder / "prototypes.pt",
+            self.prototypes = self._prototypes(prototypes_path(folder, None),
                                                result.meta.get("prototypes_fingerprint", ""))
         else:
             raise PredictError(
@@ -155,13 +156,10 @@ class SacPredictor(Predictor):
         if fp is None:
             record = path.with_suffix(".json")
             fp = read_json(record).get("fingerprint", "") if record.is_file() else ""
-        state = load_checkpoint(path, fp)
-        if state is None:
+        found = load_prototypes(path, fp, self.cfg)
+        if found is None:
             raise PredictError(f"{path}: the SAC's prototypes are missing or of another run")
-        model = Prototypes(state["model"]["norm.weight"].shape[0], self.cfg.sac_dim,
-                           self.cfg.codebook)
-        model.load_state_dict(state["model"])
-        return model
+        return found[0]
 
     def fold_codes(self, X, sfreq):
         """Fold k's code vectors (n_trials, n_decisions, rl.sac_dim) for k = 0, 1, ..."""

@@ -1,12 +1,7 @@
 """The SAC head (after EEGDancer) and its supervised twin, over emotion prototypes.
 
-1. **Prototypes** (:class:`Prototypes`): every trial's per-token embeddings (the frozen
-   stage-02 MAE's, all channels side by side) are projected to ``rl.sac_dim`` and
-   quantised by a VQ codebook (``vector_quantize_pytorch.VectorQuantize``: k-means
-   initialisation, dead codes reset). It is trained by masked temporal modelling: a
-   fraction of the tokens is replaced by a mask vector and a bidirectional GRU over the
-   quantised sequence reconstructs their embeddings. No label is used (every participant's
-   trials are unlabelled inputs, as for the MAE). A token's state is its code vector.
+1. **Prototypes** (:mod:`sleepemo.rl.prototypes`, label-free): every trial becomes a
+   sequence of code vectors, one per decision token.
 2. **Environment** (:class:`TrajectoryEnv`): one trial per episode, one decision per token.
    Observation: (code vector at token t, the previous output, t / T); action: the
    probability p_t in [0, 1]; reward: the log-likelihood of the trial's label under p_t
@@ -34,79 +29,6 @@ from sleepemo.pipeline.artefacts import load_checkpoint, save_checkpoint
 from sleepemo.rl.training import Curve, Curves, curve_tensors, inner_split, refuse_held_out
 
 EPS = 1e-3  # probabilities are clipped to [EPS, 1 - EPS] in the log-likelihood
-
-
-# ------------------------------------------------------------------ prototypes
-class Prototypes(nn.Module):
-    """See the module docstring, part 1. Input (batch, n_tokens, n_in)."""
-
-    def __init__(self, n_in: int, dim: int = 32, codebook: int = 32):
-        super().__init__()
-        from vector_quantize_pytorch import VectorQuantize
-
-        self.norm = nn.LayerNorm(n_in)
-        self.proj = nn.Linear(n_in, dim)
-        self.vq = VectorQuantize(dim=dim, codebook_size=codebook, decay=0.9,
-                                 kmeans_init=True, kmeans_iters=10,
-                                 threshold_ema_dead_code=2, commitment_weight=0.25)
-        self.mask = nn.Parameter(torch.zeros(dim))
-        self.context = nn.GRU(dim, dim, batch_first=True, bidirectional=True)
-        self.recon = nn.Linear(2 * dim, n_in)
-
-    def quantise(self, x: torch.Tensor):
-        """-> (code vectors (b, T, dim), code indices (b, T), commitment loss)."""
-        return self.vq(self.proj(self.norm(x)))
-
-    def loss(self, x: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
-        """Masked temporal modelling: reconstruct the (normalised) embeddings of the
-        ``masked`` tokens (b, T) from the quantised context, plus the commitment loss."""
-        q, _, commit = self.quantise(x)
-        q = torch.where(masked[..., None], self.mask.expand_as(q), q)
-        h, _ = self.context(q)
-        target = self.norm(x).detach()
-        err = (self.recon(h) - target).pow(2).mean(-1)
-        return err[masked].mean() + commit.sum()
-
-
-def train_prototypes(embeddings: list[np.ndarray], cfg, seed: int, progress=None
-                     ) -> tuple[Prototypes, list[float]]:
-    """Train :class:`Prototypes` on unlabelled trials (``embeddings``: arrays
-    (n_trials, n_tokens, n_in)); returns the model and its loss per step."""
-    torch.manual_seed(seed)
-    rng = np.random.default_rng([seed, 77])
-    pool = np.concatenate(embeddings).astype(np.float32)
-    model = Prototypes(pool.shape[-1], cfg.sac_dim, cfg.codebook)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.proto_lr)
-    losses = []
-    for _ in range(cfg.proto_steps):
-        model.train()
-        x = torch.from_numpy(pool[rng.integers(0, len(pool), cfg.proto_batch)])
-        masked = torch.from_numpy(rng.random(x.shape[:2]) < cfg.proto_mask)
-        loss = model.loss(x, masked)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.item()))
-        if progress:
-            progress()
-    return model, losses
-
-
-def code_vectors(model: Prototypes, x: np.ndarray, batch: int = 256
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """(code vectors (n, T, dim) float32, code indices (n, T)) of trials x (n, T, n_in)."""
-    model.eval()
-    vecs, idx = [], []
-    with torch.no_grad():
-        for i in range(0, len(x), batch):
-            q, ind, _ = model.quantise(torch.from_numpy(np.ascontiguousarray(
-                x[i:i + batch], dtype=np.float32)))
-            vecs.append(q.numpy())
-            idx.append(ind.numpy())
-    if not vecs:
-        return (np.zeros((0, x.shape[1], model.proj.out_features), np.float32),
-                np.zeros((0, x.shape[1]), np.int64))
-    return np.concatenate(vecs).astype(np.float32), np.concatenate(idx)
 
 
 # ------------------------------------------------------------------ environment

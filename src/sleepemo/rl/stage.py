@@ -19,12 +19,13 @@ Two heads (``rl.heads``), each beside a supervised twin on the same inputs and b
 
 **SAC** (after EEGDancer, :mod:`sleepemo.rl.sac`):
 
-1. emotion prototypes, label-free (:class:`SacSource`): a VQ codebook trained by masked
-   temporal modelling over fold k's stage-04 fused per-token embeddings (``rl.sac_inputs:
-   fusion``, variant ``rl.sac_fusion``; ``prototypes_fold<k>.pt``), or, when stage 04
-   has no such result or with ``rl.sac_inputs: mae``, once per run over the frozen
-   stage-02 MAE's embeddings of all channels (``prototypes.pt``); tokens of
-   ``rl.sac_stride`` samples; every trial becomes a sequence of code vectors;
+1. emotion prototypes, label-free (:class:`SacSource`, :mod:`sleepemo.rl.prototypes`): a
+   VQ codebook trained by masked temporal modelling over fold k's stage-04 fused
+   per-token embeddings (``rl.sac_inputs: fusion``, variant ``rl.sac_fusion``;
+   ``prototypes_fold<k>.pt``), or, when stage 04 has no such result or with
+   ``rl.sac_inputs: mae``, once per run over the frozen stage-02 MAE's embeddings of all
+   channels (``prototypes.pt``); tokens of ``rl.sac_stride`` samples; every trial becomes
+   a sequence of code vectors;
 2. per fold k, the same inner split; the smoothness weight lambda is chosen among
    ``rl.sac_lambdas`` by the twin's score on the inner participants (the competition
    metric); SAC learns ``rl.sac_env_steps`` steps of one-trial trajectories
@@ -50,24 +51,23 @@ import functools
 import time
 
 import numpy as np
-import torch
 
 from sleepemo.config import RLConfig, fields_affecting
 from sleepemo.features import BandFeatureCache, pool_time
 from sleepemo.fusion.inputs import FusedTokens, output_name as fusion_name
-from sleepemo.io import read_json, write_json
+from sleepemo.io import read_json
 from sleepemo.mae.model import TokenCache, load_mae_weights
 from sleepemo.pipeline.artefacts import (Planned, ResultWriter, code_hash, fingerprint,
-                                         listing, load_checkpoint, planned_or, results,
-                                         save_checkpoint, stored_fingerprint)
+                                         listing, planned_or, results, stored_fingerprint)
 from sleepemo.pipeline.evidence import pyplot, results_table, save_figure, to_markdown
 from sleepemo.pipeline.executor import run_folds
 from sleepemo.pipeline.stage import Stage, StageOutput, stage_dir
 from sleepemo.progress import bar
 from sleepemo.rl.features import participant_signals
 from sleepemo.rl.heads import fold_checkpoint, gradient_steps, run_dqn_fold
-from sleepemo.rl.sac import (Prototypes, channel_embeddings, code_vectors, run_sac_fold,
-                             sac_checkpoint, sac_gradient_steps, train_prototypes)
+from sleepemo.rl.prototypes import prototype_codes, prototypes_path
+from sleepemo.rl.sac import (channel_embeddings, run_sac_fold, sac_checkpoint,
+                             sac_gradient_steps)
 
 
 def source_key(fused_fp: str | None, mae_fp: str | None) -> str:
@@ -144,51 +144,11 @@ class SacSource:
         return {s: pool_time(e, ratio) for s, e in self.fused.fold(k).items()}
 
 
-def prototype_codes(stage: Stage, emb: dict, fp: str, path, seed: int
-                    ) -> tuple[dict, dict]:
-    """Every participant's code vectors (n_trials, n_decisions, rl.sac_dim) and the
-    prototypes' record, from prototypes trained on unlabelled trials of ``emb``
-    (participant -> (n_trials, n_decisions, n_in)), kept in ``path`` (loaded from it
-    when its fingerprint ``fp`` matches) with the record beside it (``.json``)."""
-
-    cfg = stage.cfg.rl
-    state = load_checkpoint(path, fp)
-    n_in = next(iter(emb.values())).shape[-1]
-    if state is not None:
-        model = Prototypes(n_in, cfg.sac_dim, cfg.codebook)
-        model.load_state_dict(state["model"])
-        losses = state["losses"].tolist()
-    else:
-        rng = np.random.default_rng([seed, 7])
-        sample = [e[rng.choice(len(e), size=min(cfg.proto_trials, len(e)), replace=False)]
-                  for e in emb.values()]
-        prog = bar(total=cfg.proto_steps, desc="SAC: prototypes (masked modelling)",
-                   unit="step", enabled=stage.progress, leave=False)
-        model, losses = train_prototypes(sample, cfg, seed, lambda: prog.update(1))
-        prog.close()
-        save_checkpoint(path, {"model": model.state_dict(),
-                               "losses": torch.tensor(losses)}, fp)
-    codes, used = {}, np.zeros(cfg.codebook, np.int64)
-    for s, e in emb.items():
-        codes[s], idx = code_vectors(model, e)
-        used += np.bincount(idx.ravel(), minlength=cfg.codebook)
-    record = {"loss_first": losses[0] if losses else None,
-              "loss_last": losses[-1] if losses else None,
-              "codes_used": int((used > 0).sum()), "codebook": cfg.codebook,
-              "n_decisions": int(next(iter(codes.values())).shape[1])}
-    write_json(path.with_suffix(".json"), {"fingerprint": fp, **record})
-    return codes, record
-
-
 def prototypes_fp(stage: Stage, source: SacSource, data: str, k: int | None) -> str:
     cfg = stage.cfg.rl
     return fingerprint(stage="rl_prototypes", seed=stage.cfg.seed, source=source.key,
                        fold=k, rl=fields_affecting(cfg, "weights"), data=data,
                        code=code_hash(__name__))
-
-
-def prototypes_path(stage: Stage, k: int | None):
-    return stage.dir / ("prototypes.pt" if k is None else f"prototypes_fold{k}.pt")
 
 
 # ------------------------------------------------------------------ the stage
@@ -265,9 +225,9 @@ class FoldState:
     @functools.cached_property
     def run_codes(self) -> tuple[dict, dict]:
         """(code vectors per participant, record) of the run-level prototypes (MAE)."""
-        return prototype_codes(self.stage, self.source.mae_embeddings(), prototypes_fp(
+        return prototype_codes(self.stage.cfg.rl, self.source.mae_embeddings(), prototypes_fp(
             self.stage, self.source, self.folds.data_fingerprint, None),
-            prototypes_path(self.stage, None), self.stage.cfg.seed)
+            prototypes_path(self.stage.dir, None), self.stage.cfg.seed, self.stage.progress)
 
     def sac_codes(self, k: int) -> dict:
         """Fold k's code vectors: from fold k's prototypes over fold k's fused tokens,
@@ -275,9 +235,10 @@ class FoldState:
         if self.source.fused is None:
             return self.run_codes[0]
         return prototype_codes(
-            self.stage, self.source.fused_embeddings(k),
+            self.stage.cfg.rl, self.source.fused_embeddings(k),
             prototypes_fp(self.stage, self.source, self.folds.data_fingerprint, k),
-            prototypes_path(self.stage, k), self.stage.cfg.seed * 1000 + k + 1)[0]
+            prototypes_path(self.stage.dir, k), self.stage.cfg.seed * 1000 + k + 1,
+            self.stage.progress)[0]
 
 
 def fold_state(stage: Stage) -> FoldState:
@@ -369,7 +330,7 @@ def prototype_record(state: FoldState) -> dict:
     ks = [None] if state.source.fused is None else range(state.folds.n_folds)
     recs = []
     for k in ks:
-        path = prototypes_path(stage, k).with_suffix(".json")
+        path = prototypes_path(stage.dir, k).with_suffix(".json")
         rec = read_json(path) if path.is_file() else {}
         if rec.get("fingerprint") != prototypes_fp(stage, state.source, data, k):
             if k is None:  # (a run from before the record was kept)
