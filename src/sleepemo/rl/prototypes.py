@@ -1,7 +1,7 @@
 """The SAC head's emotion prototypes (after EEGDancer), label-free.
 
-Every trial's per-token embeddings (the stage-02 MAE's, all channels side by side, or
-fold k's stage-04 fused tokens pooled to ``rl.sac_stride``) are projected to ``rl.sac_dim``
+Every trial's per-token embeddings (what :class:`sleepemo.rl.inputs.SacInputs` makes of
+the stage-02 MAE's or fold k's stage-04 fused tokens) are projected to ``rl.sac_dim``
 and quantised by a VQ codebook (``vector_quantize_pytorch.VectorQuantize``: k-means
 initialisation, dead codes reset). :class:`Prototypes` is trained by masked temporal
 modelling: a fraction of the tokens is replaced by a mask vector and a bidirectional GRU

@@ -1,7 +1,7 @@
 """The SAC head (after EEGDancer) and its supervised twin, over emotion prototypes.
 
 1. **Prototypes** (:mod:`sleepemo.rl.prototypes`, label-free): every trial becomes a
-   sequence of code vectors, one per decision token.
+   sequence of code vectors, one per decision token (:class:`sleepemo.rl.inputs.SacInputs`).
 2. **Environment** (:class:`TrajectoryEnv`): one trial per episode, one decision per token.
    Observation: (code vector at token t, the previous output, t / T); action: the
    probability p_t in [0, 1]; reward: the log-likelihood of the trial's label under p_t
@@ -190,13 +190,6 @@ def twin_probability(model: GruTwin, codes: np.ndarray, batch: int = 512) -> np.
 
 
 # ------------------------------------------------------------------ predictions
-def channel_embeddings(tokens: np.ndarray) -> np.ndarray:
-    """The MAE's per-channel token embeddings (n_trials, n_chans, T, d) side by side,
-    (n_trials, T, n_chans * d): what the run-level prototypes quantise."""
-    return np.ascontiguousarray(tokens.transpose(0, 2, 1, 3).reshape(
-        tokens.shape[0], tokens.shape[2], -1))
-
-
 def tokens_to_timepoints(p: np.ndarray, n_times: int) -> np.ndarray:
     """Per-token probabilities (n, T) -> every timepoint (linear interpolation)."""
     t = torch.from_numpy(np.ascontiguousarray(p, dtype=np.float32))[:, None]

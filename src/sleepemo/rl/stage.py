@@ -19,13 +19,13 @@ Two heads (``rl.heads``), each beside a supervised twin on the same inputs and b
 
 **SAC** (after EEGDancer, :mod:`sleepemo.rl.sac`):
 
-1. emotion prototypes, label-free (:class:`SacSource`, :mod:`sleepemo.rl.prototypes`): a
-   VQ codebook trained by masked temporal modelling over fold k's stage-04 fused
-   per-token embeddings (``rl.sac_inputs: fusion``, variant ``rl.sac_fusion``;
-   ``prototypes_fold<k>.pt``), or, when stage 04 has no such result or with
-   ``rl.sac_inputs: mae``, once per run over the frozen stage-02 MAE's embeddings of all
-   channels (``prototypes.pt``); tokens of ``rl.sac_stride`` samples; every trial becomes
-   a sequence of code vectors;
+1. emotion prototypes, label-free (:mod:`sleepemo.rl.prototypes`, on the embeddings of
+   :class:`sleepemo.rl.inputs.SacSource`): a VQ codebook trained by masked temporal
+   modelling over fold k's stage-04 fused per-token embeddings (``rl.sac_inputs:
+   fusion``, variant ``rl.sac_fusion``; ``prototypes_fold<k>.pt``), or, when stage 04
+   has no such result or with ``rl.sac_inputs: mae``, once per run over the frozen
+   stage-02 MAE's embeddings of all channels (``prototypes.pt``); tokens of
+   ``rl.sac_stride`` samples; every trial becomes a sequence of code vectors;
 2. per fold k, the same inner split; the smoothness weight lambda is chosen among
    ``rl.sac_lambdas`` by the twin's score on the inner participants (the competition
    metric); SAC learns ``rl.sac_env_steps`` steps of one-trial trajectories
@@ -53,95 +53,19 @@ import time
 import numpy as np
 
 from sleepemo.config import RLConfig, fields_affecting
-from sleepemo.features import BandFeatureCache, pool_time
-from sleepemo.fusion.inputs import FusedTokens, output_name as fusion_name
+from sleepemo.fusion.inputs import output_name as fusion_name
 from sleepemo.io import read_json
-from sleepemo.mae.model import TokenCache, load_mae_weights
 from sleepemo.pipeline.artefacts import (Planned, ResultWriter, code_hash, fingerprint,
                                          listing, planned_or, results, stored_fingerprint)
 from sleepemo.pipeline.evidence import pyplot, results_table, save_figure, to_markdown
 from sleepemo.pipeline.executor import run_folds
 from sleepemo.pipeline.stage import Stage, StageOutput, stage_dir
 from sleepemo.progress import bar
-from sleepemo.rl.features import participant_signals
+from sleepemo.rl.features import dqn_signals
 from sleepemo.rl.heads import fold_checkpoint, gradient_steps, run_dqn_fold
+from sleepemo.rl.inputs import SacSource, source_key
 from sleepemo.rl.prototypes import prototype_codes, prototypes_path
-from sleepemo.rl.sac import (channel_embeddings, run_sac_fold, sac_checkpoint,
-                             sac_gradient_steps)
-
-
-def source_key(fused_fp: str | None, mae_fp: str | None) -> str:
-    """:attr:`SacSource.key`: the stage-04 result's fingerprint when the SAC reads its
-    fused tokens, else the stage-02 encoder's."""
-    return f"fusion:{fused_fp}" if fused_fp else f"mae:{mae_fp}"
-
-
-class SacSource:
-    """What the SAC's prototypes quantise (``rl.sac_inputs``): fold k's stage-04 fused
-    per-token embeddings (:class:`~sleepemo.fusion.inputs.FusedTokens` of variant
-    ``rl.sac_fusion``: prototypes per fold), or the stage-02 MAE's embeddings of all
-    channels (one set of prototypes per run), which are also the fall-back when stage 04
-    has no such result. Everything here is label-free."""
-
-    def __init__(self, stage: Stage, ds, folds):
-
-        self.stage, self.ds, self.folds = stage, ds, folds
-        cfg = stage.cfg.rl
-        self.mae_fp = load_mae_weights(stage_dir(stage.out, "mae"))[2]["fingerprint"]
-        self.fused = None
-        if cfg.sac_inputs == "fusion":
-            fused = FusedTokens(stage, ds, folds, cfg.sac_fusion)
-            self.fused = fused if fused.result is not None else None
-
-    @property
-    def name(self) -> str:
-        return f"fusion_{self.stage.cfg.rl.sac_fusion}" if self.fused else "mae"
-
-    @property
-    def key(self) -> str:
-        """Identifies the embeddings (in the SAC's fingerprint)."""
-        return source_key(self.fused.key if self.fused else None, self.mae_fp)
-
-    def note(self) -> str | None:
-        """Why the MAE's embeddings are used though the fused ones were asked for."""
-        cfg = self.stage.cfg.rl
-        if cfg.sac_inputs == "fusion" and self.fused is None:
-            return (f"stage 04 has no finished fusion_{cfg.sac_fusion}: the SAC's prototypes "
-                    "use the MAE's embeddings")
-        return None
-
-    def prepare(self) -> None:
-        """Build the run-level caches the folds read (in the stage's own process)."""
-        if self.fused:
-            self.fused.prepare()
-        else:
-            self._mae_cache()
-
-    def _mae_cache(self):
-        """The MAE token cache at ``rl.sac_stride`` (built where missing)."""
-
-        mcfg, folds = self.stage.cfg.mae, self.folds
-        band = BandFeatureCache.for_run(self.stage.out, self.ds, folds, mcfg.bands,
-                                        mcfg.feature, self.stage.progress,
-                                        evoked=mcfg.evoked())
-        return TokenCache.for_run(self.stage.out, band, self.subjects,
-                                  self.stage.cfg.rl.sac_stride, self.stage.progress)
-
-    @property
-    def subjects(self) -> list:
-        return list(self.folds.train_subjects) + list(self.folds.test_subjects)
-
-    def mae_embeddings(self) -> dict:
-        """participant -> (n_trials, n_decisions, n_chans * d) from the MAE token cache."""
-
-        cache = self._mae_cache()
-        return {s: channel_embeddings(np.asarray(cache.load(s))) for s in self.subjects}
-
-    def fused_embeddings(self, k: int) -> dict:
-        """participant -> (n_trials, n_decisions, d) from fold k's fusion."""
-
-        ratio = self.stage.cfg.rl.sac_stride // self.stage.cfg.fusion.stride
-        return {s: pool_time(e, ratio) for s, e in self.fused.fold(k).items()}
+from sleepemo.rl.sac import run_sac_fold, sac_checkpoint, sac_gradient_steps
 
 
 def prototypes_fp(stage: Stage, source: SacSource, data: str, k: int | None) -> str:
@@ -218,8 +142,7 @@ class FoldState:
         needs them (a resumed, finished run or a parent of fold workers never does)."""
         cfg, folds = self.stage.cfg.rl, self.folds
         subjects = list(folds.train_subjects) + list(folds.test_subjects)
-        return {s: participant_signals(self.ds.subject(s).X, self.ds.sfreq, tuple(cfg.band),
-                                       cfg.decim)
+        return {s: dqn_signals(self.ds.subject(s).X, self.ds.sfreq, cfg)
                 for s in bar(subjects, desc="RL signals", enabled=self.stage.progress)}
 
     @functools.cached_property
