@@ -1,23 +1,25 @@
 """Stage 05: reinforcement-learning heads against their supervised twins, under LOPO.
 
-Two heads (``rl.heads``), each beside a supervised twin on the same inputs and body:
+Two heads (``rl.heads``), each beside a supervised twin on the same inputs and body. This
+module holds the fold state, the fingerprints, the orchestration and the report; each
+head's fold is trained in its own module.
 
-**DQN** (after RLEEGNet). Per fold k:
+**DQN** (after RLEEGNet; one fold: :func:`sleepemo.rl.heads.run_dqn_fold`). Per fold k:
 
 1. every participant's label-free signals (:func:`sleepemo.rl.features.participant_signals`);
 2. ``rl.n_inner_val`` of fold k's training participants are set aside (they fit the
    softmax temperatures and give the learning curves); the CSP and the scalings
    (:class:`sleepemo.rl.features.FoldFeatures`) are fitted on the others' labels, which
    come only from :meth:`Folds.labels_of` (the held-out participant is refused);
-3. the DQN (:func:`sleepemo.rl.heads.make_dqn`; the fold:
-   :func:`sleepemo.rl.heads.run_dqn_fold`) learns for ``rl.env_steps`` steps of the
+3. the DQN (:func:`sleepemo.rl.heads.make_dqn`) learns for ``rl.env_steps`` steps of the
    trial environment (:class:`sleepemo.rl.env.TrialEnv`) on those trials; the twin
    (:func:`sleepemo.rl.heads.train_twin`) gets the same batch size and as many gradient
    steps;
 4. P(emotional) of the held-out and test participants from each head's two outputs,
    broadcast over the trial's timepoints.
 
-**SAC** (after EEGDancer, :mod:`sleepemo.rl.sac`):
+**SAC** (after EEGDancer, :mod:`sleepemo.rl.sac`; one fold:
+:func:`sleepemo.rl.sac.run_sac_fold`):
 
 1. emotion prototypes, label-free (:mod:`sleepemo.rl.prototypes`, on the embeddings of
    :class:`sleepemo.rl.inputs.SacSource`): a VQ codebook trained by masked temporal
@@ -29,8 +31,7 @@ Two heads (``rl.heads``), each beside a supervised twin on the same inputs and b
 2. per fold k, the same inner split; the smoothness weight lambda is chosen among
    ``rl.sac_lambdas`` by the twin's score on the inner participants (the competition
    metric); SAC learns ``rl.sac_env_steps`` steps of one-trial trajectories
-   (:class:`sleepemo.rl.sac.TrajectoryEnv`), the GRU twin as many gradient steps (the
-   fold: :func:`sleepemo.rl.sac.run_sac_fold`);
+   (:class:`sleepemo.rl.sac.TrajectoryEnv`), the GRU twin as many gradient steps;
 3. per-token probabilities of the held-out and test participants, interpolated to every
    timepoint.
 
@@ -68,14 +69,7 @@ from sleepemo.rl.prototypes import prototype_codes, prototypes_path
 from sleepemo.rl.sac import run_sac_fold, sac_checkpoint, sac_gradient_steps
 
 
-def prototypes_fp(stage: Stage, source: SacSource, data: str, k: int | None) -> str:
-    cfg = stage.cfg.rl
-    return fingerprint(stage="rl_prototypes", seed=stage.cfg.seed, source=source.key,
-                       fold=k, rl=fields_affecting(cfg, "weights"), data=data,
-                       code=code_hash(__name__))
-
-
-# ------------------------------------------------------------------ the stage
+# ------------------------------------------------------------------ fingerprints
 def output_name(cfg: RLConfig, head: str) -> str:
     return f"rl_{head}" + ("_shuffled" if cfg.shuffle_labels else "")
 
@@ -95,6 +89,14 @@ def head_fingerprint(cfg: RLConfig, head: str, seed: int, data: str, source: str
            if (k.startswith(SAC_ONLY) == (head == "sac")) or k in SHARED}
     return fingerprint(stage="rl", head=head, seed=seed, rl=own, data=data,
                        source=source if head == "sac" else None, code=code_hash(__name__))
+
+
+def prototypes_fp(stage: Stage, source: SacSource, data: str, k: int | None) -> str:
+    """What the run's (``k`` None) or fold k's prototypes depend on."""
+    cfg = stage.cfg.rl
+    return fingerprint(stage="rl_prototypes", seed=stage.cfg.seed, source=source.key,
+                       fold=k, rl=fields_affecting(cfg, "weights"), data=data,
+                       code=code_hash(__name__))
 
 
 def fingerprints(stage: Stage, planned: dict | None = None) -> list[Planned]:
@@ -120,6 +122,7 @@ def fingerprints(stage: Stage, planned: dict | None = None) -> list[Planned]:
             for h in cfg.heads for n in (h, f"{h}_twin")]
 
 
+# ------------------------------------------------------------------ fold state
 @dataclasses.dataclass
 class FoldState:
     """What every fold needs: built by :func:`fold_state` in the stage's process and in
@@ -145,23 +148,26 @@ class FoldState:
         return {s: dqn_signals(self.ds.subject(s).X, self.ds.sfreq, cfg)
                 for s in bar(subjects, desc="RL signals", enabled=self.stage.progress)}
 
+    def prototypes_fp(self, k: int | None) -> str:
+        return prototypes_fp(self.stage, self.source, self.folds.data_fingerprint, k)
+
     @functools.cached_property
     def run_codes(self) -> tuple[dict, dict]:
         """(code vectors per participant, record) of the run-level prototypes (MAE)."""
-        return prototype_codes(self.stage.cfg.rl, self.source.mae_embeddings(), prototypes_fp(
-            self.stage, self.source, self.folds.data_fingerprint, None),
-            prototypes_path(self.stage.dir, None), self.stage.cfg.seed, self.stage.progress)
+        stage = self.stage
+        return prototype_codes(stage.cfg.rl, self.source.mae_embeddings(),
+                               self.prototypes_fp(None), prototypes_path(stage.dir, None),
+                               stage.cfg.seed, stage.progress)
 
     def sac_codes(self, k: int) -> dict:
         """Fold k's code vectors: from fold k's prototypes over fold k's fused tokens,
         or from the run's prototypes over the MAE's embeddings."""
         if self.source.fused is None:
             return self.run_codes[0]
-        return prototype_codes(
-            self.stage.cfg.rl, self.source.fused_embeddings(k),
-            prototypes_fp(self.stage, self.source, self.folds.data_fingerprint, k),
-            prototypes_path(self.stage.dir, k), self.stage.cfg.seed * 1000 + k + 1,
-            self.stage.progress)[0]
+        stage = self.stage
+        return prototype_codes(stage.cfg.rl, self.source.fused_embeddings(k),
+                               self.prototypes_fp(k), prototypes_path(stage.dir, k),
+                               stage.cfg.seed * 1000 + k + 1, stage.progress)[0]
 
 
 def fold_state(stage: Stage) -> FoldState:
@@ -177,6 +183,7 @@ def fold_state(stage: Stage) -> FoldState:
     return FoldState(stage, ds, folds, fps, writers, source)
 
 
+# ------------------------------------------------------------------ orchestration
 def steps_per_fold(cfg: RLConfig) -> dict:
     """Environment steps per fold of each head (the progress bar's unit)."""
     return {h: {"dqn": cfg.env_steps, "sac": cfg.sac_env_steps}[h] for h in cfg.heads}
@@ -240,22 +247,21 @@ def sac_meta(state: FoldState, name: str) -> dict:
     (with the MAE's embeddings)."""
     if not name.startswith("sac"):
         return {}
-    source, folds = state.source, state.folds
-    return {"sac_source": source.key, "prototypes_fingerprint": None if source.fused else
-            prototypes_fp(state.stage, source, folds.data_fingerprint, None)}
+    source = state.source
+    return {"sac_source": source.key,
+            "prototypes_fingerprint": None if source.fused else state.prototypes_fp(None)}
 
 
 def prototype_record(state: FoldState) -> dict:
     """The prototypes' records (written beside their checkpoints) of this run: one, or
     one per fold; codes in use and losses as ranges over folds."""
 
-    stage, data = state.stage, state.folds.data_fingerprint
     ks = [None] if state.source.fused is None else range(state.folds.n_folds)
     recs = []
     for k in ks:
-        path = prototypes_path(stage.dir, k).with_suffix(".json")
+        path = prototypes_path(state.stage.dir, k).with_suffix(".json")
         rec = read_json(path) if path.is_file() else {}
-        if rec.get("fingerprint") != prototypes_fp(stage, state.source, data, k):
+        if rec.get("fingerprint") != state.prototypes_fp(k):
             if k is None:  # (a run from before the record was kept)
                 rec = state.run_codes[1]
             else:
@@ -269,19 +275,22 @@ def prototype_record(state: FoldState) -> dict:
                                                        "loss_last")}}
 
 
+# ------------------------------------------------------------------ the report
+WHAT = {"dqn": "DQN after RLEEGNet (trial features, CSP fitted in the fold) and its "
+               "CNN-LSTM twin",
+        "sac": "SAC after EEGDancer (per-token decisions over VQ prototypes) and its "
+               "GRU twin"}
+
+
 def _span(values: list, fmt: str) -> str:
     """``lo-hi`` of a list of numbers (one number when they agree)."""
     lo, hi = format(min(values), fmt), format(max(values), fmt)
     return lo if lo == hi else f"{lo}-{hi}"
 
 
-def _report(stage: Stage, finished: dict, writers: dict, seconds: dict,
-            record: dict | None) -> StageOutput:
-
-    cfg = stage.cfg.rl
-    table, scores, _ = results_table(results(stage.out))
-    labels = {n: r.label for n, r in finished.items()}
-    parts = {n: w.load_parts() for n, w in writers.items()}
+def _learning_curves(cfg: RLConfig, parts: dict, labels: dict, path) -> None:
+    """Left: each result's curve on the inner participants (mean of folds); right: the
+    episode rewards per step of every fold."""
     offset = {"dqn_twin": cfg.learning_starts, "sac_twin": cfg.sac_learning_starts}
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -291,11 +300,6 @@ def _report(stage: Stage, finished: dict, writers: dict, seconds: dict,
             c = np.mean(curves, axis=0)
             axes[0].plot(c[:, 0] + offset.get(n, 0), c[:, 1], label=labels[n],
                          ls="--" if n.endswith("_twin") else "-")
-    axes[0].axhline(0.5, color="grey", lw=0.8)
-    axes[0].set(xlabel="environment steps (twins: gradient steps + learning_starts)",
-                ylabel="inner participants' score (mean of folds)", title="Learning curves")
-    axes[0].legend(fontsize=8)
-    for n, p in parts.items():
         rewards = [v["episode_reward"] for v in p.values()
                    if "episode_reward" in v and len(v["episode_reward"])]
         if rewards:
@@ -303,10 +307,24 @@ def _report(stage: Stage, finished: dict, writers: dict, seconds: dict,
             order = np.argsort(r[:, 0], kind="stable")
             per_step = r[order, 1] / (cfg.episode_len if n.startswith("dqn") else 1)
             axes[1].plot(r[order, 0], per_step, ".", ms=2, alpha=0.4, label=labels[n])
+    axes[0].axhline(0.5, color="grey", lw=0.8)
+    axes[0].set(xlabel="environment steps (twins: gradient steps + learning_starts)",
+                ylabel="inner participants' score (mean of folds)", title="Learning curves")
     axes[1].set(xlabel="environment steps", ylabel="episode reward per step",
                 title="Episode rewards (all folds)")
-    axes[1].legend(fontsize=8)
-    save_figure(fig, stage.dir / "learning_curves.png")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def _report(stage: Stage, finished: dict, writers: dict, seconds: dict,
+            record: dict | None) -> StageOutput:
+
+    cfg = stage.cfg.rl
+    table, scores, _ = results_table(results(stage.out))
+    labels = {n: r.label for n, r in finished.items()}
+    parts = {n: w.load_parts() for n, w in writers.items()}
+    _learning_curves(cfg, parts, labels, stage.dir / "learning_curves.png")
     steps = {"dqn": (cfg.env_steps, gradient_steps(cfg)),
              "sac": (cfg.sac_env_steps, sac_gradient_steps(cfg))}
     metrics = {"lopo_window_auc": {labels[n]: float(scores[labels[n]].score) for n in labels},
@@ -316,36 +334,31 @@ def _report(stage: Stage, finished: dict, writers: dict, seconds: dict,
                "median_fold_seconds": {h: float(np.median(s)) for h, s in seconds.items()
                                        if s},
                "prototypes": record}
-    if "sac" in cfg.heads:
-        metrics["sac_lambda_by_fold"] = {f"fold{k}": float(v["lam"])
-                                         for k, v in sorted(parts["sac"].items())}
-    what = {"dqn": "DQN after RLEEGNet (trial features, CSP fitted in the fold) and its "
-                   "CNN-LSTM twin",
-            "sac": "SAC after EEGDancer (per-token decisions over VQ prototypes) and its "
-                   "GRU twin"}
-    lines = [f"- {what[h]}: {steps[h][0]} environment steps and {steps[h][1]} gradient "
+    lines = [f"- {WHAT[h]}: {steps[h][0]} environment steps and {steps[h][1]} gradient "
              f"steps of {cfg.batch_size} decisions per fold; the twin as many gradient "
              "steps." for h in cfg.heads]
     if cfg.shuffle_labels:
         lines.append("- **Labels shuffled** (leakage alarm).")
+    if "sac" in cfg.heads:
+        metrics["sac_lambda_by_fold"] = lam = {f"fold{k}": float(v["lam"])
+                                               for k, v in sorted(parts["sac"].items())}
     if record:
         where = ("per fold, over fold k's stage-04 `" + record["source"] + "` fused tokens"
                  if record["per_fold"] else "once per run, over the MAE's embeddings")
         lines.append(f"- Prototypes ({where}): {_span(record['codes_used'], 'd')} of "
                      f"{record['codebook']} codes in use, {record['n_decisions']} decisions "
                      f"per trial; masked-modelling loss {_span(record['loss_first'], '.3f')}"
-                     f" -> {_span(record['loss_last'], '.3f')}. "
-                     "Smoothness lambda chosen per fold (by the twin on the inner "
-                     "participants): " + ", ".join(
-                         f"{v:g}" for v in metrics["sac_lambda_by_fold"].values()) + ".")
-    lines += ["", to_markdown(table.loc[[labels[n] for n in labels],
+                     f" -> {_span(record['loss_last'], '.3f')}. Smoothness lambda chosen per"
+                     " fold (by the twin on the inner participants): "
+                     + ", ".join(f"{v:g}" for v in lam.values()) + ".")
+    lines += ["", to_markdown(table.loc[list(labels.values()),
                                         ["stage", "overall", "window_ms", "diagnostic"]]), ""]
     metrics["ensemble_candidates"] = {}  # head -> beats its twin (stage 06 reads it)
     for head in cfg.heads:
         a, b = labels.get(head), labels.get(f"{head}_twin")
         if a and b and not cfg.shuffle_labels:
-            beats = bool(table.loc[a, "overall"] > table.loc[b, "overall"])
-            metrics["ensemble_candidates"][head] = beats
+            beats = metrics["ensemble_candidates"][head] = bool(
+                table.loc[a, "overall"] > table.loc[b, "overall"])
             lines.append(f"- `{a}` {'beats' if beats else 'does **not** beat'} its twin "
                          f"`{b}` ({table.loc[a, 'overall']:.4f} vs "
                          f"{table.loc[b, 'overall']:.4f}): "
