@@ -266,7 +266,7 @@ def test_stage_writes_every_head_through_the_contract_and_resumes(rl_run, monkey
         (run / name / "fold3.npz").unlink()
         (run / name / "meta.json").unlink()
     for fn in ("sleepemo.rl.heads.train_twin", "sleepemo.rl.sac.train_gru_twin",
-               "sleepemo.rl.sac.train_prototypes"):
+               "sleepemo.rl.prototypes.train_prototypes"):
         monkeypatch.setattr(fn, lambda *a, **k: pytest.fail("trained again"))
     stage.run(rl_heads.run)
     for name in names:
@@ -295,13 +295,15 @@ def test_held_out_labels_never_reach_the_rl_heads(rl_run, head):
     the head and its twin; a label dict with the held-out participant is refused."""
     import torch
 
-    from sleepemo.rl.stage import fold_state, run_fold, run_sac_fold
+    from sleepemo.rl.heads import run_dqn_fold
+    from sleepemo.rl.sac import run_sac_fold
+    from sleepemo.rl.stage import fold_state
 
     stage, ds, folds, _ = rl_run
     torch.set_num_threads(1)
     cfg = stage.cfg.rl
     state = fold_state(stage)
-    fit, data = {"dqn": (run_fold, lambda: state.signals),
+    fit, data = {"dqn": (run_dqn_fold, lambda: state.signals),
                  "sac": (run_sac_fold, lambda: state.sac_codes(0))}[head]
     held = folds.held_out(0)
 
@@ -425,7 +427,7 @@ def test_trajectory_env_passes_the_checker_and_never_shows_the_label():
 def test_prototypes_learn_by_masked_modelling_and_use_several_codes():
     import torch
 
-    from sleepemo.rl.sac import code_vectors, train_prototypes
+    from sleepemo.rl.prototypes import code_vectors, train_prototypes
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)

@@ -72,6 +72,13 @@ def participant_signals(X: np.ndarray, sfreq: float, band=(4.0, 30.0),
                    stats.reshape(len(X), -1).astype(np.float32))
 
 
+def dqn_signals(X: np.ndarray, sfreq: float, cfg) -> Signals:
+    """:func:`participant_signals` with the run's ``rl.band`` and ``rl.decim`` (``cfg``:
+    the :class:`~sleepemo.config.RLConfig`): the DQN's input of one participant, in stage
+    05 and in :mod:`sleepemo.rl.predict`."""
+    return participant_signals(X, sfreq, tuple(cfg.band), cfg.decim)
+
+
 class FoldFeatures:
     """CSP-space series and scaled statistics, fitted on one fold's training trials.
 

@@ -14,6 +14,8 @@ temperature is fitted on participants the head was not trained on (:func:`fit_te
 Weights are saved as plain tensors (``state_dict``) and loaded with
 ``torch.load(weights_only=True)``; SB3's zip format unpickles Python objects and is not
 used for files this project reads back.
+
+One LOPO fold of the head and its twin: :func:`run_dqn_fold` (stage 05's fold k).
 """
 from __future__ import annotations
 
@@ -23,6 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from sleepemo.pipeline.artefacts import load_checkpoint, save_checkpoint
+from sleepemo.rl.env import TrialEnv
+from sleepemo.rl.features import FoldFeatures, features_path, save_fold_features
+from sleepemo.rl.training import Curve, Curves, curve_tensors, inner_split, refuse_held_out
 
 
 class CnnLstm(nn.Module):
@@ -200,3 +207,80 @@ def trial_probability(net, feats: dict, temperature: float) -> np.ndarray:
 def broadcast(p: np.ndarray, n_times: int) -> np.ndarray:
     """Trial probabilities (n,) copied to every timepoint, (n, n_times)."""
     return np.repeat(p[:, None], n_times, axis=1)
+
+
+# ------------------------------------------------------------------ one LOPO fold
+def inner_auc(out_by_subject: dict, labels: dict) -> float:
+    """Mean within-participant AUC of ``out[:, 1] - out[:, 0]`` (the trial ranking the
+    metric scores when a prediction is broadcast over the trial)."""
+    from sklearn.metrics import roc_auc_score
+
+    return float(np.mean([roc_auc_score(labels[s], o[:, 1] - o[:, 0])
+                          for s, o in out_by_subject.items()]))
+
+
+def run_dqn_fold(cfg, signals: dict, labels: dict, held: int, test_subjects, k: int,
+                 seed: int, n_times: int, ckpt=None, fp: str = "", progress=None) -> dict:
+    """Fold k's DQN and twin (:mod:`sleepemo.rl.stage`): the fold's features fitted on
+    its training participants but the inner ones, the DQN learning ``rl.env_steps`` steps
+    of :class:`~sleepemo.rl.env.TrialEnv`, the twin as many gradient steps, the softmax
+    temperatures fitted on the inner participants. ``signals``: every participant's
+    (:func:`~sleepemo.rl.features.participant_signals`); ``labels``: the fold's training
+    participants' only. ``ckpt`` (with fingerprint ``fp``): the networks and curves,
+    loaded when there, else saved, and the fold's features beside them. Returns
+    ``{"dqn": arrays, "dqn_twin": arrays}`` (a result's fold)."""
+
+    refuse_held_out(labels, held, k)
+    subjects = sorted(labels)
+    inner, train = inner_split(cfg, labels, seed, k)
+    feats = FoldFeatures(cfg.n_csp).fit({s: signals[s] for s in train},
+                                        {s: labels[s] for s in train}, held_out=held)
+    if ckpt:  # what sleepemo predict transforms a new participant with
+        save_fold_features(features_path(Path(ckpt).parent, k), feats, fp)
+    F = {s: feats.transform(signals[s]) for s in [*subjects, held, *test_subjects]}
+    series = np.concatenate([F[s]["series"] for s in train])
+    stats = np.concatenate([F[s]["stats"] for s in train])
+    y = np.concatenate([labels[s] for s in train]).astype(np.int64)
+    env = TrialEnv(series, stats, y, cfg.episode_len)
+    dqn = make_dqn(env, cfg, seed=seed * 1000 + k)
+    twin = Twin(series.shape[1], stats.shape[1], cfg.lstm, cfg.dropout)
+    inner_labels = {s: labels[s] for s in inner}
+    state = load_checkpoint(ckpt, fp) if ckpt else None
+    if state is not None:
+        dqn.policy.load_state_dict(state["dqn"])
+        twin.load_state_dict(state["twin"])
+        curves = {key: state[key] for key in ("dqn_curve", "twin_curve", "episode_reward")}
+    else:
+        def dqn_score(model):
+            score = inner_auc({s: outputs(model.q_net, F[s]) for s in inner_labels},
+                              inner_labels)
+            model.q_net.train()
+            return score
+
+        learnt = Curves(Curve(dqn_score, cfg.eval_every, cfg.env_steps), progress=progress)
+        dqn.learn(total_timesteps=cfg.env_steps, callback=learnt)
+        twin_curve = Curve(lambda model: inner_auc({s: outputs(model, F[s]) for s in inner},
+                                                   inner_labels),
+                           cfg.eval_every, gradient_steps(cfg))
+        twin = train_twin(series, stats, y, cfg, seed=seed * 1000 + k, callback=twin_curve)
+        curves = curve_tensors({"dqn_curve": learnt.curve.points,
+                                "twin_curve": twin_curve.points,
+                                "episode_reward": learnt.episode_reward})
+        if ckpt:
+            save_checkpoint(ckpt, {"dqn": dqn.policy.state_dict(),
+                                   "twin": twin.state_dict(), **curves}, fp)
+    out = {}
+    for name, net in (("dqn", dqn.q_net), ("dqn_twin", twin)):
+        temp = fit_temperature(np.concatenate([outputs(net, F[s]) for s in inner]),
+                               np.concatenate([labels[s] for s in inner]))
+        arrays = {"temperature": np.float64(temp), "inner": np.asarray(inner)}
+        for role, subs in (("oof", [held]), ("test", list(test_subjects))):
+            p = np.concatenate([trial_probability(net, F[s], temp) for s in subs]) \
+                if subs else np.zeros(0, np.float32)
+            arrays[f"{role}_trial"] = p
+            arrays[role] = broadcast(p, n_times)
+        arrays["curve"] = np.asarray(curves["dqn_curve" if name == "dqn" else "twin_curve"])
+        if name == "dqn":
+            arrays["episode_reward"] = np.asarray(curves["episode_reward"])
+        out[name] = arrays
+    return out

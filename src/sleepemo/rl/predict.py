@@ -4,7 +4,7 @@
 Results ``rl_dqn`` and ``rl_dqn_twin`` (``_shuffled`` with ``rl.shuffle_labels``). For a
 new participant, as stage 05 computes a test participant's predictions:
 
-1. the participant's label-free signals (:func:`sleepemo.rl.features.participant_signals`,
+1. the participant's label-free signals (:func:`sleepemo.rl.features.dqn_signals`, the
    run's ``rl.band`` and ``rl.decim``; z-scored on the participant's own trials);
 2. per fold k, fold k's fitted CSP and scalings (``05_rl/rl_features_fold<k>.joblib``,
    :class:`~sleepemo.rl.features.FoldFeatures`) transform them;
@@ -14,25 +14,24 @@ new participant, as stage 05 computes a test participant's predictions:
    every timepoint;
 4. the prediction is the folds' mean, as the stage's test predictions are.
 
-The SAC heads (``rl_sac``, ``rl_sac_twin``) whose prototypes quantise the MAE's
-embeddings (``rl.sac_inputs: mae``, or no stage-04 ``fusion_<rl.sac_fusion>`` in the run):
-the stage-02 encoder's token embeddings of the participant's band features (as
-:class:`sleepemo.mae.model.TokenCache` holds them, pooled to ``rl.sac_stride``), all
-channels side by side, coded by the run's prototypes (``05_rl/prototypes.pt``); per
-fold the SAC's policy (run along each trial, :func:`sleepemo.rl.sac.rollout`) or the GRU
-twin (``sac_fold<k>.pt``) gives per-token probabilities, interpolated to every timepoint;
-the folds' mean. SAC heads on stage 04's fused tokens (``rl.sac_inputs: fusion``, the
-result's ``sac_source`` names the stage-04 result by its fingerprint): per fold k, fold
-k's fusion network (:meth:`sleepemo.fusion.predict.FusionPredictor.fused`) embeds the
-participant's rebuilt fusion input, pooled to ``rl.sac_stride``, coded by fold k's
-prototypes (``prototypes_fold<k>.pt``, checked against the fingerprint recorded beside
-it), then fold k's policy or twin as above.
+The SAC heads (``rl_sac``, ``rl_sac_twin``) read code vectors built by the stage's own
+builder (:class:`sleepemo.rl.inputs.SacInputs`). Prototypes over the MAE's embeddings
+(``rl.sac_inputs: mae``, or no stage-04 ``fusion_<rl.sac_fusion>`` in the run): the
+stage-02 encoder's token embeddings of the participant's band features (as
+:class:`sleepemo.mae.model.TokenCache` holds them, pooled to ``rl.sac_stride``), coded by
+the run's prototypes (``05_rl/prototypes.pt``); per fold the SAC's policy (run along each
+trial, :func:`sleepemo.rl.sac.rollout`) or the GRU twin (``sac_fold<k>.pt``) gives
+per-token probabilities, interpolated to every timepoint; the folds' mean. SAC heads on
+stage 04's fused tokens (``rl.sac_inputs: fusion``, the result's ``sac_source`` names the
+stage-04 result by its fingerprint): per fold k, fold k's fusion network
+(:meth:`sleepemo.fusion.predict.FusionPredictor.fused`) embeds the participant's rebuilt
+fusion input, coded by fold k's prototypes (``prototypes_fold<k>.pt``, checked against
+the fingerprint recorded beside it), then fold k's policy or twin as above.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from sleepemo.features import pool_time
 from sleepemo.fusion.predict import FusionPredictor
 from sleepemo.io import read_json
 from sleepemo.mae.model import load_mae_weights
@@ -41,10 +40,12 @@ from sleepemo.pipeline.artefacts import Result, fold_mean, load_checkpoint, resu
 from sleepemo.pipeline.stage import stage_dir
 from sleepemo.predict.base import PredictError, Predictor, Run
 from sleepemo.rl.env import observation_space
-from sleepemo.rl.features import features_path, load_fold_features, participant_signals
+from sleepemo.rl.features import dqn_signals, features_path, load_fold_features
 from sleepemo.rl.heads import Twin, broadcast, fold_checkpoint, q_network, trial_probability
-from sleepemo.rl.sac import (GruTwin, Prototypes, channel_embeddings, code_vectors, rollout,
-                             sac_policy, tokens_to_timepoints, twin_probability)
+from sleepemo.rl.inputs import SacInputs
+from sleepemo.rl.prototypes import load_prototypes, prototypes_path
+from sleepemo.rl.sac import (GruTwin, sac_checkpoint, sac_policy, token_probability,
+                             tokens_to_timepoints)
 
 
 class DqnPredictor(Predictor):
@@ -80,7 +81,7 @@ class DqnPredictor(Predictor):
 
     def predict(self, X, sfreq, subject=None):
 
-        sig = participant_signals(X, sfreq, tuple(self.cfg.band), self.cfg.decim)
+        sig = dqn_signals(X, sfreq, self.cfg)
         return fold_mean(broadcast(trial_probability(net, feats.transform(sig), temp),
                                    X.shape[-1]) for feats, net, temp in self.folds)
 
@@ -99,7 +100,7 @@ def _temperature(result: Result, k: int) -> float:
 
 class SacPredictor(Predictor):
     """The SAC (``head="sac"``) or its GRU twin (``head="sac_twin"``) of every fold, on
-    code vectors of the MAE's embeddings (see the module docstring)."""
+    code vectors built by :class:`~sleepemo.rl.inputs.SacInputs` (see the module docstring)."""
 
     online = True  # per participant: the band features' z-scores only
 
@@ -112,21 +113,22 @@ class SacPredictor(Predictor):
         self.fusion = None
         if source.startswith("fusion:"):
             self.fusion = self._fusion(run, source[len("fusion:"):], result.label)
-            self.prototypes = [self._prototypes(folder / f"prototypes_fold{k}.pt", None)
+            self.prototypes = [self._prototypes(prototypes_path(folder, k), None)
                                for k in range(run.n_folds)]
         elif source.startswith("mae:"):
             info = load_mae_weights(mae)[2]
             if info["fingerprint"] != source[len("mae:"):]:
                 raise PredictError(f"{mae}: not the MAE {result.label} was trained on")
-            self.prototypes = self._prototypes(folder / "prototypes.pt",
+            self.prototypes = self._prototypes(prototypes_path(folder, None),
                                                result.meta.get("prototypes_fingerprint", ""))
         else:
             raise PredictError(
                 f"{result.label}: the result does not record its embeddings' source (a run "
                 "made before sleepemo predict read SAC heads): rerun src/05_rl.py")
+        self.inputs = SacInputs.of(run.cfg, self.fusion is not None)
         self.nets = []
         for k in range(run.n_folds):
-            path = folder / f"sac_fold{k}.pt"
+            path = sac_checkpoint(folder, k)
             state = load_checkpoint(path, result.fingerprint)
             if state is None:
                 raise PredictError(f"{path}: fold {k}'s SAC networks are missing or of "
@@ -155,31 +157,26 @@ class SacPredictor(Predictor):
         if fp is None:
             record = path.with_suffix(".json")
             fp = read_json(record).get("fingerprint", "") if record.is_file() else ""
-        state = load_checkpoint(path, fp)
-        if state is None:
+        found = load_prototypes(path, fp, self.cfg)
+        if found is None:
             raise PredictError(f"{path}: the SAC's prototypes are missing or of another run")
-        model = Prototypes(state["model"]["norm.weight"].shape[0], self.cfg.sac_dim,
-                           self.cfg.codebook)
-        model.load_state_dict(state["model"])
-        return model
+        return found[0]
 
     def fold_codes(self, X, sfreq):
         """Fold k's code vectors (n_trials, n_decisions, rl.sac_dim) for k = 0, 1, ..."""
 
         if self.fusion is None:
-            tokens = mae_tokens(self.run, X, sfreq, self.cfg.sac_stride)
-            codes = code_vectors(self.prototypes, channel_embeddings(tokens))[0]
+            codes = self.inputs.codes(self.prototypes,
+                                      mae_tokens(self.run, X, sfreq, self.cfg.sac_stride))
             yield from (codes for _ in self.nets)
             return
-        ratio = self.cfg.sac_stride // self.run.cfg.fusion.stride
         for k, x in enumerate(self.fusion.fold_inputs(X, sfreq)):
-            yield code_vectors(self.prototypes[k], pool_time(self.fusion.fused(k, x), ratio))[0]
+            yield self.inputs.codes(self.prototypes[k], self.fusion.fused(k, x))
 
     def predict(self, X, sfreq, subject=None):
 
-        return fold_mean(tokens_to_timepoints(
-            rollout(net, codes) if self.head == "sac" else twin_probability(net, codes),
-            X.shape[-1]) for net, codes in zip(self.nets, self.fold_codes(X, sfreq)))
+        return fold_mean(tokens_to_timepoints(token_probability(net, codes), X.shape[-1])
+                         for net, codes in zip(self.nets, self.fold_codes(X, sfreq)))
 
 
 def load(run: Run, result: Result) -> Predictor:

@@ -1,12 +1,7 @@
 """The SAC head (after EEGDancer) and its supervised twin, over emotion prototypes.
 
-1. **Prototypes** (:class:`Prototypes`): every trial's per-token embeddings (the frozen
-   stage-02 MAE's, all channels side by side) are projected to ``rl.sac_dim`` and
-   quantised by a VQ codebook (``vector_quantize_pytorch.VectorQuantize``: k-means
-   initialisation, dead codes reset). It is trained by masked temporal modelling: a
-   fraction of the tokens is replaced by a mask vector and a bidirectional GRU over the
-   quantised sequence reconstructs their embeddings. No label is used (every participant's
-   trials are unlabelled inputs, as for the MAE). A token's state is its code vector.
+1. **Prototypes** (:mod:`sleepemo.rl.prototypes`, label-free): every trial becomes a
+   sequence of code vectors, one per decision token (:class:`sleepemo.rl.inputs.SacInputs`).
 2. **Environment** (:class:`TrajectoryEnv`): one trial per episode, one decision per token.
    Observation: (code vector at token t, the previous output, t / T); action: the
    probability p_t in [0, 1]; reward: the log-likelihood of the trial's label under p_t
@@ -16,8 +11,12 @@
 4. **Twin** (:class:`GruTwin`): a GRU over the same code vectors giving p_t per token,
    trained by per-token cross-entropy plus the same smoothness penalty, with SAC's number
    of gradient steps and as many token decisions per step as SAC's batch.
+
+One LOPO fold of the head and its twin: :func:`run_sac_fold` (stage 05's fold k).
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -25,80 +24,11 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
+from sleepemo.metric import window_auc
+from sleepemo.pipeline.artefacts import load_checkpoint, save_checkpoint
+from sleepemo.rl.training import Curve, Curves, curve_tensors, inner_split, refuse_held_out
+
 EPS = 1e-3  # probabilities are clipped to [EPS, 1 - EPS] in the log-likelihood
-
-
-# ------------------------------------------------------------------ prototypes
-class Prototypes(nn.Module):
-    """See the module docstring, part 1. Input (batch, n_tokens, n_in)."""
-
-    def __init__(self, n_in: int, dim: int = 32, codebook: int = 32):
-        super().__init__()
-        from vector_quantize_pytorch import VectorQuantize
-
-        self.norm = nn.LayerNorm(n_in)
-        self.proj = nn.Linear(n_in, dim)
-        self.vq = VectorQuantize(dim=dim, codebook_size=codebook, decay=0.9,
-                                 kmeans_init=True, kmeans_iters=10,
-                                 threshold_ema_dead_code=2, commitment_weight=0.25)
-        self.mask = nn.Parameter(torch.zeros(dim))
-        self.context = nn.GRU(dim, dim, batch_first=True, bidirectional=True)
-        self.recon = nn.Linear(2 * dim, n_in)
-
-    def quantise(self, x: torch.Tensor):
-        """-> (code vectors (b, T, dim), code indices (b, T), commitment loss)."""
-        return self.vq(self.proj(self.norm(x)))
-
-    def loss(self, x: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
-        """Masked temporal modelling: reconstruct the (normalised) embeddings of the
-        ``masked`` tokens (b, T) from the quantised context, plus the commitment loss."""
-        q, _, commit = self.quantise(x)
-        q = torch.where(masked[..., None], self.mask.expand_as(q), q)
-        h, _ = self.context(q)
-        target = self.norm(x).detach()
-        err = (self.recon(h) - target).pow(2).mean(-1)
-        return err[masked].mean() + commit.sum()
-
-
-def train_prototypes(embeddings: list[np.ndarray], cfg, seed: int, progress=None
-                     ) -> tuple[Prototypes, list[float]]:
-    """Train :class:`Prototypes` on unlabelled trials (``embeddings``: arrays
-    (n_trials, n_tokens, n_in)); returns the model and its loss per step."""
-    torch.manual_seed(seed)
-    rng = np.random.default_rng([seed, 77])
-    pool = np.concatenate(embeddings).astype(np.float32)
-    model = Prototypes(pool.shape[-1], cfg.sac_dim, cfg.codebook)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.proto_lr)
-    losses = []
-    for _ in range(cfg.proto_steps):
-        model.train()
-        x = torch.from_numpy(pool[rng.integers(0, len(pool), cfg.proto_batch)])
-        masked = torch.from_numpy(rng.random(x.shape[:2]) < cfg.proto_mask)
-        loss = model.loss(x, masked)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.item()))
-        if progress:
-            progress()
-    return model, losses
-
-
-def code_vectors(model: Prototypes, x: np.ndarray, batch: int = 256
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """(code vectors (n, T, dim) float32, code indices (n, T)) of trials x (n, T, n_in)."""
-    model.eval()
-    vecs, idx = [], []
-    with torch.no_grad():
-        for i in range(0, len(x), batch):
-            q, ind, _ = model.quantise(torch.from_numpy(np.ascontiguousarray(
-                x[i:i + batch], dtype=np.float32)))
-            vecs.append(q.numpy())
-            idx.append(ind.numpy())
-    if not vecs:
-        return (np.zeros((0, x.shape[1], model.proj.out_features), np.float32),
-                np.zeros((0, x.shape[1]), np.int64))
-    return np.concatenate(vecs).astype(np.float32), np.concatenate(idx)
 
 
 # ------------------------------------------------------------------ environment
@@ -260,13 +190,6 @@ def twin_probability(model: GruTwin, codes: np.ndarray, batch: int = 512) -> np.
 
 
 # ------------------------------------------------------------------ predictions
-def channel_embeddings(tokens: np.ndarray) -> np.ndarray:
-    """The MAE's per-channel token embeddings (n_trials, n_chans, T, d) side by side,
-    (n_trials, T, n_chans * d): what the run-level prototypes quantise."""
-    return np.ascontiguousarray(tokens.transpose(0, 2, 1, 3).reshape(
-        tokens.shape[0], tokens.shape[2], -1))
-
-
 def tokens_to_timepoints(p: np.ndarray, n_times: int) -> np.ndarray:
     """Per-token probabilities (n, T) -> every timepoint (linear interpolation)."""
     t = torch.from_numpy(np.ascontiguousarray(p, dtype=np.float32))[:, None]
@@ -274,3 +197,86 @@ def tokens_to_timepoints(p: np.ndarray, n_times: int) -> np.ndarray:
         t = torch.nn.functional.interpolate(t, size=n_times, mode="linear",
                                             align_corners=False)
     return t[:, 0].numpy().reshape(len(p), n_times).astype(np.float32)
+
+
+def token_probability(net, codes: np.ndarray) -> np.ndarray:
+    """p (n_trials, T) of a SAC (or its policy: :func:`rollout`) or a twin
+    (:func:`twin_probability`): stage 05's predictions and :mod:`sleepemo.rl.predict`'s."""
+    return twin_probability(net, codes) if isinstance(net, GruTwin) else rollout(net, codes)
+
+
+# ------------------------------------------------------------------ one LOPO fold
+def sac_checkpoint(folder, k: int) -> Path:
+    """Stage 05's fold-k checkpoint of the SAC's policy and the twin (``"sac"``,
+    ``"twin"``: ``state_dict`` tensors), the chosen lambda and the curves."""
+    return Path(folder) / f"sac_fold{k}.pt"
+
+
+def token_score(p_by_subject: dict, labels: dict) -> float:
+    """The competition metric on per-token probabilities (inner participants)."""
+    return window_auc(labels, p_by_subject, min_run=1).score
+
+
+def run_sac_fold(cfg, codes: dict, labels: dict, held: int, test_subjects, k: int,
+                 seed: int, n_times: int, ckpt=None, fp: str = "", progress=None) -> dict:
+    """Fold k's SAC head and GRU twin (:mod:`sleepemo.rl.stage`): the smoothness weight
+    lambda chosen among ``rl.sac_lambdas`` by the twin's score on the inner participants,
+    then SAC learning ``rl.sac_env_steps`` steps of :class:`TrajectoryEnv` on the other
+    training participants. ``codes``: every participant's code vectors; ``labels``: the
+    fold's training participants' only. ``ckpt`` (with fingerprint ``fp``): the networks,
+    lambda and curves, loaded when there, else saved. Returns ``{"sac": arrays,
+    "sac_twin": arrays}`` (a result's fold)."""
+
+    refuse_held_out(labels, held, k)
+    inner, train = inner_split(cfg, labels, seed, k)
+    inner_labels = {s: labels[s] for s in inner}
+    X = np.concatenate([codes[s] for s in train])
+    y = np.concatenate([labels[s] for s in train]).astype(np.int64)
+    env = TrajectoryEnv(X, y)
+    sac = make_sac(env, cfg, seed=seed * 1000 + k)
+    state = load_checkpoint(ckpt, fp) if ckpt else None
+    if state is not None:
+        sac.policy.load_state_dict(state["sac"])
+        lam = float(state["lam"])
+
+        twin = GruTwin(X.shape[-1])
+        twin.load_state_dict(state["twin"])
+        curves = {key: state[key] for key in ("sac_curve", "twin_curve", "episode_reward",
+                                              "lambda_scores")}
+    else:
+        tried = {}
+        for lam in cfg.sac_lambdas:  # lambda chosen inside the fold, by the twin
+            curve = Curve(lambda model: token_score(
+                {s: twin_probability(model, codes[s]) for s in inner}, inner_labels),
+                cfg.eval_every, sac_gradient_steps(cfg))
+            model = train_gru_twin(X, y, cfg, lam, seed=seed * 1000 + k, callback=curve)
+            tried[lam] = (curve.points[-1][1] if curve.points else 0.5, model, curve.points)
+        lam = max(tried, key=lambda v: tried[v][0])  # ties: the first (smallest) listed
+        twin = tried[lam][1]
+        env.lam = lam
+        learnt = Curves(Curve(lambda model: token_score(
+            {s: rollout(model, codes[s]) for s in inner_labels}, inner_labels),
+            cfg.eval_every, cfg.sac_env_steps), per_step=env.n_tokens, progress=progress)
+        sac.learn(total_timesteps=cfg.sac_env_steps, callback=learnt)
+        curves = curve_tensors({"sac_curve": learnt.curve.points, "twin_curve": tried[lam][2],
+                                "episode_reward": learnt.episode_reward,
+                                "lambda_scores": [[v, t[0]] for v, t in tried.items()]})
+        if ckpt:
+            save_checkpoint(ckpt, {"sac": sac.policy.state_dict(), "twin": twin.state_dict(),
+                                   "lam": torch.tensor(lam), **curves}, fp)
+    out = {}
+    for name, net in (("sac", sac), ("sac_twin", twin)):
+        arrays = {"lam": np.float64(lam), "inner": np.asarray(inner),
+                  "lambda_scores": np.asarray(curves["lambda_scores"])}
+        for role, subs in (("oof", [held]), ("test", list(test_subjects))):
+            parts = [token_probability(net, codes[s]) for s in subs] or \
+                [np.zeros((0, codes[held].shape[1]), np.float32)]
+            p = np.concatenate(parts)
+            # per participant, as sleepemo predict interpolates (see stage 04)
+            arrays[role] = np.concatenate([tokens_to_timepoints(q, n_times) for q in parts])
+            arrays[f"{role}_trial"] = p.mean(1).astype(np.float32)
+        arrays["curve"] = np.asarray(curves["sac_curve" if name == "sac" else "twin_curve"])
+        if name == "sac":
+            arrays["episode_reward"] = np.asarray(curves["episode_reward"])
+        out[name] = arrays
+    return out

@@ -1,8 +1,10 @@
 """Stage 05: reinforcement-learning heads against their supervised twins, under LOPO.
 
-Two heads (``rl.heads``), each beside a supervised twin on the same inputs and body:
+Two heads (``rl.heads``), each beside a supervised twin on the same inputs and body. This
+module holds the fold state, the fingerprints, the orchestration and the report; each
+head's fold is trained in its own module.
 
-**DQN** (after RLEEGNet). Per fold k:
+**DQN** (after RLEEGNet; one fold: :func:`sleepemo.rl.heads.run_dqn_fold`). Per fold k:
 
 1. every participant's label-free signals (:func:`sleepemo.rl.features.participant_signals`);
 2. ``rl.n_inner_val`` of fold k's training participants are set aside (they fit the
@@ -16,10 +18,12 @@ Two heads (``rl.heads``), each beside a supervised twin on the same inputs and b
 4. P(emotional) of the held-out and test participants from each head's two outputs,
    broadcast over the trial's timepoints.
 
-**SAC** (after EEGDancer, :mod:`sleepemo.rl.sac`):
+**SAC** (after EEGDancer, :mod:`sleepemo.rl.sac`; one fold:
+:func:`sleepemo.rl.sac.run_sac_fold`):
 
-1. emotion prototypes, label-free (:class:`SacSource`): a VQ codebook trained by masked
-   temporal modelling over fold k's stage-04 fused per-token embeddings (``rl.sac_inputs:
+1. emotion prototypes, label-free (:mod:`sleepemo.rl.prototypes`, on the embeddings of
+   :class:`sleepemo.rl.inputs.SacSource`): a VQ codebook trained by masked temporal
+   modelling over fold k's stage-04 fused per-token embeddings (``rl.sac_inputs:
    fusion``, variant ``rl.sac_fusion``; ``prototypes_fold<k>.pt``), or, when stage 04
    has no such result or with ``rl.sac_inputs: mae``, once per run over the frozen
    stage-02 MAE's embeddings of all channels (``prototypes.pt``); tokens of
@@ -46,362 +50,26 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from pathlib import Path
 
 import numpy as np
-import torch
 
 from sleepemo.config import RLConfig, fields_affecting
-from sleepemo.features import BandFeatureCache, pool_time
-from sleepemo.fusion.inputs import FusedTokens, output_name as fusion_name
-from sleepemo.io import read_json, write_json
-from sleepemo.mae.model import TokenCache, load_mae_weights
-from sleepemo.metric import window_auc
+from sleepemo.fusion.inputs import output_name as fusion_name
+from sleepemo.io import read_json
 from sleepemo.pipeline.artefacts import (Planned, ResultWriter, code_hash, fingerprint,
-                                         listing, load_checkpoint, planned_or, results,
-                                         save_checkpoint, stored_fingerprint)
+                                         listing, planned_or, results, stored_fingerprint)
 from sleepemo.pipeline.evidence import pyplot, results_table, save_figure, to_markdown
 from sleepemo.pipeline.executor import run_folds
 from sleepemo.pipeline.stage import Stage, StageOutput, stage_dir
 from sleepemo.progress import bar
-from sleepemo.rl.env import TrialEnv
-from sleepemo.rl.features import (FoldFeatures, features_path, participant_signals,
-                                  save_fold_features)
-from sleepemo.rl.heads import (Twin, broadcast, fit_temperature, fold_checkpoint,
-                               gradient_steps, make_dqn, outputs, train_twin,
-                               trial_probability)
-from sleepemo.rl.sac import (GruTwin, Prototypes, TrajectoryEnv, channel_embeddings,
-                             code_vectors, make_sac, rollout, sac_gradient_steps,
-                             tokens_to_timepoints, train_gru_twin, train_prototypes,
-                             twin_probability)
+from sleepemo.rl.features import dqn_signals
+from sleepemo.rl.heads import fold_checkpoint, gradient_steps, run_dqn_fold
+from sleepemo.rl.inputs import SacSource, source_key
+from sleepemo.rl.prototypes import prototype_codes, prototypes_path
+from sleepemo.rl.sac import run_sac_fold, sac_checkpoint, sac_gradient_steps
 
 
-def _inner_auc(out_by_subject: dict, labels: dict) -> float:
-    """Mean within-participant AUC of ``out[:, 1] - out[:, 0]`` (the trial ranking the
-    metric scores when a prediction is broadcast over the trial)."""
-    from sklearn.metrics import roc_auc_score
-
-    return float(np.mean([roc_auc_score(labels[s], o[:, 1] - o[:, 0])
-                          for s, o in out_by_subject.items()]))
-
-
-def inner_split(cfg: RLConfig, labels: dict, seed: int, k: int) -> tuple[list, list]:
-    """Fold k's inner participants (``rl.n_inner_val`` of its training participants,
-    drawn by the fold's seed; the same for both heads) and the others."""
-    rng = np.random.default_rng([seed, k, 5])
-    subjects = sorted(labels)
-    inner = sorted(int(s) for s in rng.choice(subjects, size=min(cfg.n_inner_val,
-                                                                  len(subjects) - 1),
-                                              replace=False))
-    return inner, [s for s in subjects if s not in inner]
-
-
-def run_fold(cfg: RLConfig, signals: dict, labels: dict, held: int, test_subjects, k: int,
-             seed: int, n_times: int, ckpt=None, fp: str = "", progress=None) -> dict:
-    """Fold k's DQN and twin (see the module docstring); ``labels`` are the fold's
-    training participants' only. Returns ``{"dqn": arrays, "dqn_twin": arrays}``."""
-
-    if held in labels:
-        raise ValueError(f"participant {held} is held out in fold {k}: its labels must not "
-                         "reach the training")
-    subjects = sorted(labels)
-    inner, train = inner_split(cfg, labels, seed, k)
-    feats = FoldFeatures(cfg.n_csp).fit({s: signals[s] for s in train},
-                                        {s: labels[s] for s in train}, held_out=held)
-    if ckpt:  # what sleepemo predict transforms a new participant with
-        save_fold_features(features_path(Path(ckpt).parent, k), feats, fp)
-    F = {s: feats.transform(signals[s]) for s in [*subjects, held, *test_subjects]}
-    series = np.concatenate([F[s]["series"] for s in train])
-    stats = np.concatenate([F[s]["stats"] for s in train])
-    y = np.concatenate([labels[s] for s in train]).astype(np.int64)
-    env = TrialEnv(series, stats, y, cfg.episode_len)
-    dqn = make_dqn(env, cfg, seed=seed * 1000 + k)
-    twin = Twin(series.shape[1], stats.shape[1], cfg.lstm, cfg.dropout)
-    inner_labels = {s: labels[s] for s in inner}
-    state = load_checkpoint(ckpt, fp) if ckpt else None
-    if state is not None:
-        dqn.policy.load_state_dict(state["dqn"])
-        twin.load_state_dict(state["twin"])
-        curves = {key: state[key] for key in ("dqn_curve", "twin_curve", "episode_reward")}
-    else:
-        curves = {"dqn_curve": [], "twin_curve": [], "episode_reward": []}
-        dqn.learn(total_timesteps=cfg.env_steps,
-                  callback=_dqn_callback(cfg, F, inner_labels, curves, progress))
-
-        def twin_cb(step, model):
-            if step % cfg.eval_every == 0 or step == gradient_steps(cfg):
-                curves["twin_curve"].append([step, _inner_auc(
-                    {s: outputs(model, F[s]) for s in inner}, inner_labels)])
-
-        twin = train_twin(series, stats, y, cfg, seed=seed * 1000 + k, callback=twin_cb)
-        curves = {key: torch.tensor(v, dtype=torch.float64).reshape(-1, 2)
-                  for key, v in curves.items()}
-        if ckpt:
-            save_checkpoint(ckpt, {"dqn": dqn.policy.state_dict(),
-                                   "twin": twin.state_dict(), **curves}, fp)
-    out = {}
-    for name, net in (("dqn", dqn.q_net), ("dqn_twin", twin)):
-        temp = fit_temperature(np.concatenate([outputs(net, F[s]) for s in inner]),
-                               np.concatenate([labels[s] for s in inner]))
-        arrays = {"temperature": np.float64(temp), "inner": np.asarray(inner)}
-        for role, subs in (("oof", [held]), ("test", list(test_subjects))):
-            p = np.concatenate([trial_probability(net, F[s], temp) for s in subs]) \
-                if subs else np.zeros(0, np.float32)
-            arrays[f"{role}_trial"] = p
-            arrays[role] = broadcast(p, n_times)
-        arrays["curve"] = np.asarray(curves["dqn_curve" if name == "dqn" else "twin_curve"])
-        if name == "dqn":
-            arrays["episode_reward"] = np.asarray(curves["episode_reward"])
-        out[name] = arrays
-    return out
-
-
-def _dqn_callback(cfg: RLConfig, F: dict, inner_labels: dict, curves: dict, progress):
-    """An SB3 callback: episode rewards, the inner participants' AUC every
-    ``rl.eval_every`` environment steps, the progress bar."""
-    from stable_baselines3.common.callbacks import BaseCallback
-
-
-    class Curves(BaseCallback):
-        def _on_step(self) -> bool:
-            for info, done in zip(self.locals["infos"], self.locals["dones"]):
-                if done and "episode_reward" in info:
-                    curves["episode_reward"].append([self.num_timesteps,
-                                                     info["episode_reward"]])
-            if self.num_timesteps % cfg.eval_every == 0 or self.num_timesteps == cfg.env_steps:
-                curves["dqn_curve"].append([self.num_timesteps, _inner_auc(
-                    {s: outputs(self.model.q_net, F[s]) for s in inner_labels},
-                    inner_labels)])
-                self.model.q_net.train()
-            if progress:
-                progress()
-            return True
-
-    return Curves()
-
-
-# ------------------------------------------------------------------ the SAC head
-def _token_score(p_by_subject: dict, labels: dict) -> float:
-    """The competition metric on per-token probabilities (inner participants)."""
-    return window_auc(labels, p_by_subject, min_run=1).score
-
-
-def run_sac_fold(cfg: RLConfig, codes: dict, labels: dict, held: int, test_subjects,
-                 k: int, seed: int, n_times: int, ckpt=None, fp: str = "",
-                 progress=None) -> dict:
-    """Fold k's SAC head and GRU twin on the code vectors (module docstring); ``labels``
-    are the fold's training participants' only. Returns ``{"sac": arrays,
-    "sac_twin": arrays}``."""
-
-    if held in labels:
-        raise ValueError(f"participant {held} is held out in fold {k}: its labels must not "
-                         "reach the training")
-    inner, train = inner_split(cfg, labels, seed, k)
-    inner_labels = {s: labels[s] for s in inner}
-    X = np.concatenate([codes[s] for s in train])
-    y = np.concatenate([labels[s] for s in train]).astype(np.int64)
-    env = TrajectoryEnv(X, y)
-    sac = make_sac(env, cfg, seed=seed * 1000 + k)
-    state = load_checkpoint(ckpt, fp) if ckpt else None
-    if state is not None:
-        sac.policy.load_state_dict(state["sac"])
-        lam = float(state["lam"])
-
-        twin = GruTwin(X.shape[-1])
-        twin.load_state_dict(state["twin"])
-        curves = {key: state[key] for key in ("sac_curve", "twin_curve", "episode_reward",
-                                              "lambda_scores")}
-    else:
-        tried = {}
-        for lam in cfg.sac_lambdas:  # lambda chosen inside the fold, by the twin
-            curve = []
-
-            def twin_cb(step, model, curve=curve):
-                if step % cfg.eval_every == 0 or step == sac_gradient_steps(cfg):
-                    curve.append([step, _token_score(
-                        {s: twin_probability(model, codes[s]) for s in inner},
-                        inner_labels)])
-
-            model = train_gru_twin(X, y, cfg, lam, seed=seed * 1000 + k, callback=twin_cb)
-            tried[lam] = (curve[-1][1] if curve else 0.5, model, curve)
-        lam = max(tried, key=lambda v: tried[v][0])  # ties: the first (smallest) listed
-        twin = tried[lam][1]
-        env.lam = lam
-        curves = {"sac_curve": [], "twin_curve": tried[lam][2], "episode_reward": [],
-                  "lambda_scores": [[v, t[0]] for v, t in tried.items()]}
-        sac.learn(total_timesteps=cfg.sac_env_steps,
-                  callback=_sac_callback(cfg, codes, inner_labels, curves, progress))
-        curves = {key: torch.tensor(v, dtype=torch.float64).reshape(-1, 2)
-                  for key, v in curves.items()}
-        if ckpt:
-            save_checkpoint(ckpt, {"sac": sac.policy.state_dict(), "twin": twin.state_dict(),
-                                   "lam": torch.tensor(lam), **curves}, fp)
-    out = {}
-    for name, predict in (("sac", lambda c: rollout(sac, c)),
-                          ("sac_twin", lambda c: twin_probability(twin, c))):
-        arrays = {"lam": np.float64(lam), "inner": np.asarray(inner),
-                  "lambda_scores": np.asarray(curves["lambda_scores"])}
-        for role, subs in (("oof", [held]), ("test", list(test_subjects))):
-            parts = [predict(codes[s]) for s in subs] or \
-                [np.zeros((0, codes[held].shape[1]), np.float32)]
-            p = np.concatenate(parts)
-            # per participant, as sleepemo predict interpolates (see stage 04)
-            arrays[role] = np.concatenate([tokens_to_timepoints(q, n_times) for q in parts])
-            arrays[f"{role}_trial"] = p.mean(1).astype(np.float32)
-        arrays["curve"] = np.asarray(curves["sac_curve" if name == "sac" else "twin_curve"])
-        if name == "sac":
-            arrays["episode_reward"] = np.asarray(curves["episode_reward"])
-        out[name] = arrays
-    return out
-
-
-def _sac_callback(cfg: RLConfig, codes: dict, inner_labels: dict, curves: dict, progress):
-    """An SB3 callback: reward per step of each episode, the inner participants' score
-    every ``rl.eval_every`` environment steps, the progress bar."""
-    from stable_baselines3.common.callbacks import BaseCallback
-
-
-    class Curves(BaseCallback):
-        def _on_step(self) -> bool:
-            env = self.training_env.envs[0].unwrapped
-            for info, done in zip(self.locals["infos"], self.locals["dones"]):
-                if done and "episode_reward" in info:
-                    curves["episode_reward"].append([self.num_timesteps,
-                                                     info["episode_reward"] / env.n_tokens])
-            if self.num_timesteps % cfg.eval_every == 0 or \
-                    self.num_timesteps == cfg.sac_env_steps:
-                curves["sac_curve"].append([self.num_timesteps, _token_score(
-                    {s: rollout(self.model, codes[s]) for s in inner_labels},
-                    inner_labels)])
-            if progress:
-                progress()
-            return True
-
-    return Curves()
-
-
-def source_key(fused_fp: str | None, mae_fp: str | None) -> str:
-    """:attr:`SacSource.key`: the stage-04 result's fingerprint when the SAC reads its
-    fused tokens, else the stage-02 encoder's."""
-    return f"fusion:{fused_fp}" if fused_fp else f"mae:{mae_fp}"
-
-
-class SacSource:
-    """What the SAC's prototypes quantise (``rl.sac_inputs``): fold k's stage-04 fused
-    per-token embeddings (:class:`~sleepemo.fusion.inputs.FusedTokens` of variant
-    ``rl.sac_fusion``: prototypes per fold), or the stage-02 MAE's embeddings of all
-    channels (one set of prototypes per run), which are also the fall-back when stage 04
-    has no such result. Everything here is label-free."""
-
-    def __init__(self, stage: Stage, ds, folds):
-
-        self.stage, self.ds, self.folds = stage, ds, folds
-        cfg = stage.cfg.rl
-        self.mae_fp = load_mae_weights(stage_dir(stage.out, "mae"))[2]["fingerprint"]
-        self.fused = None
-        if cfg.sac_inputs == "fusion":
-            fused = FusedTokens(stage, ds, folds, cfg.sac_fusion)
-            self.fused = fused if fused.result is not None else None
-
-    @property
-    def name(self) -> str:
-        return f"fusion_{self.stage.cfg.rl.sac_fusion}" if self.fused else "mae"
-
-    @property
-    def key(self) -> str:
-        """Identifies the embeddings (in the SAC's fingerprint)."""
-        return source_key(self.fused.key if self.fused else None, self.mae_fp)
-
-    def note(self) -> str | None:
-        """Why the MAE's embeddings are used though the fused ones were asked for."""
-        cfg = self.stage.cfg.rl
-        if cfg.sac_inputs == "fusion" and self.fused is None:
-            return (f"stage 04 has no finished fusion_{cfg.sac_fusion}: the SAC's prototypes "
-                    "use the MAE's embeddings")
-        return None
-
-    def prepare(self) -> None:
-        """Build the run-level caches the folds read (in the stage's own process)."""
-        if self.fused:
-            self.fused.prepare()
-        else:
-            self._mae_cache()
-
-    def _mae_cache(self):
-        """The MAE token cache at ``rl.sac_stride`` (built where missing)."""
-
-        mcfg, folds = self.stage.cfg.mae, self.folds
-        band = BandFeatureCache.for_run(self.stage.out, self.ds, folds, mcfg.bands,
-                                        mcfg.feature, self.stage.progress,
-                                        evoked=mcfg.evoked())
-        return TokenCache.for_run(self.stage.out, band, self.subjects,
-                                  self.stage.cfg.rl.sac_stride, self.stage.progress)
-
-    @property
-    def subjects(self) -> list:
-        return list(self.folds.train_subjects) + list(self.folds.test_subjects)
-
-    def mae_embeddings(self) -> dict:
-        """participant -> (n_trials, n_decisions, n_chans * d) from the MAE token cache."""
-
-        cache = self._mae_cache()
-        return {s: channel_embeddings(np.asarray(cache.load(s))) for s in self.subjects}
-
-    def fused_embeddings(self, k: int) -> dict:
-        """participant -> (n_trials, n_decisions, d) from fold k's fusion."""
-
-        ratio = self.stage.cfg.rl.sac_stride // self.stage.cfg.fusion.stride
-        return {s: pool_time(e, ratio) for s, e in self.fused.fold(k).items()}
-
-
-def prototype_codes(stage: Stage, emb: dict, fp: str, path, seed: int
-                    ) -> tuple[dict, dict]:
-    """Every participant's code vectors (n_trials, n_decisions, rl.sac_dim) and the
-    prototypes' record, from prototypes trained on unlabelled trials of ``emb``
-    (participant -> (n_trials, n_decisions, n_in)), kept in ``path`` (loaded from it
-    when its fingerprint ``fp`` matches) with the record beside it (``.json``)."""
-
-    cfg = stage.cfg.rl
-    state = load_checkpoint(path, fp)
-    n_in = next(iter(emb.values())).shape[-1]
-    if state is not None:
-        model = Prototypes(n_in, cfg.sac_dim, cfg.codebook)
-        model.load_state_dict(state["model"])
-        losses = state["losses"].tolist()
-    else:
-        rng = np.random.default_rng([seed, 7])
-        sample = [e[rng.choice(len(e), size=min(cfg.proto_trials, len(e)), replace=False)]
-                  for e in emb.values()]
-        prog = bar(total=cfg.proto_steps, desc="SAC: prototypes (masked modelling)",
-                   unit="step", enabled=stage.progress, leave=False)
-        model, losses = train_prototypes(sample, cfg, seed, lambda: prog.update(1))
-        prog.close()
-        save_checkpoint(path, {"model": model.state_dict(),
-                               "losses": torch.tensor(losses)}, fp)
-    codes, used = {}, np.zeros(cfg.codebook, np.int64)
-    for s, e in emb.items():
-        codes[s], idx = code_vectors(model, e)
-        used += np.bincount(idx.ravel(), minlength=cfg.codebook)
-    record = {"loss_first": losses[0] if losses else None,
-              "loss_last": losses[-1] if losses else None,
-              "codes_used": int((used > 0).sum()), "codebook": cfg.codebook,
-              "n_decisions": int(next(iter(codes.values())).shape[1])}
-    write_json(path.with_suffix(".json"), {"fingerprint": fp, **record})
-    return codes, record
-
-
-def prototypes_fp(stage: Stage, source: SacSource, data: str, k: int | None) -> str:
-    cfg = stage.cfg.rl
-    return fingerprint(stage="rl_prototypes", seed=stage.cfg.seed, source=source.key,
-                       fold=k, rl=fields_affecting(cfg, "weights"), data=data,
-                       code=code_hash(__name__))
-
-
-def prototypes_path(stage: Stage, k: int | None):
-    return stage.dir / ("prototypes.pt" if k is None else f"prototypes_fold{k}.pt")
-
-
-# ------------------------------------------------------------------ the stage
+# ------------------------------------------------------------------ fingerprints
 def output_name(cfg: RLConfig, head: str) -> str:
     return f"rl_{head}" + ("_shuffled" if cfg.shuffle_labels else "")
 
@@ -421,6 +89,14 @@ def head_fingerprint(cfg: RLConfig, head: str, seed: int, data: str, source: str
            if (k.startswith(SAC_ONLY) == (head == "sac")) or k in SHARED}
     return fingerprint(stage="rl", head=head, seed=seed, rl=own, data=data,
                        source=source if head == "sac" else None, code=code_hash(__name__))
+
+
+def prototypes_fp(stage: Stage, source: SacSource, data: str, k: int | None) -> str:
+    """What the run's (``k`` None) or fold k's prototypes depend on."""
+    cfg = stage.cfg.rl
+    return fingerprint(stage="rl_prototypes", seed=stage.cfg.seed, source=source.key,
+                       fold=k, rl=fields_affecting(cfg, "weights"), data=data,
+                       code=code_hash(__name__))
 
 
 def fingerprints(stage: Stage, planned: dict | None = None) -> list[Planned]:
@@ -446,6 +122,7 @@ def fingerprints(stage: Stage, planned: dict | None = None) -> list[Planned]:
             for h in cfg.heads for n in (h, f"{h}_twin")]
 
 
+# ------------------------------------------------------------------ fold state
 @dataclasses.dataclass
 class FoldState:
     """What every fold needs: built by :func:`fold_state` in the stage's process and in
@@ -468,26 +145,29 @@ class FoldState:
         needs them (a resumed, finished run or a parent of fold workers never does)."""
         cfg, folds = self.stage.cfg.rl, self.folds
         subjects = list(folds.train_subjects) + list(folds.test_subjects)
-        return {s: participant_signals(self.ds.subject(s).X, self.ds.sfreq, tuple(cfg.band),
-                                       cfg.decim)
+        return {s: dqn_signals(self.ds.subject(s).X, self.ds.sfreq, cfg)
                 for s in bar(subjects, desc="RL signals", enabled=self.stage.progress)}
+
+    def prototypes_fp(self, k: int | None) -> str:
+        return prototypes_fp(self.stage, self.source, self.folds.data_fingerprint, k)
 
     @functools.cached_property
     def run_codes(self) -> tuple[dict, dict]:
         """(code vectors per participant, record) of the run-level prototypes (MAE)."""
-        return prototype_codes(self.stage, self.source.mae_embeddings(), prototypes_fp(
-            self.stage, self.source, self.folds.data_fingerprint, None),
-            prototypes_path(self.stage, None), self.stage.cfg.seed)
+        stage = self.stage
+        return prototype_codes(stage.cfg.rl, self.source.mae_embeddings(),
+                               self.prototypes_fp(None), prototypes_path(stage.dir, None),
+                               stage.cfg.seed, stage.progress)
 
     def sac_codes(self, k: int) -> dict:
         """Fold k's code vectors: from fold k's prototypes over fold k's fused tokens,
         or from the run's prototypes over the MAE's embeddings."""
         if self.source.fused is None:
             return self.run_codes[0]
-        return prototype_codes(
-            self.stage, self.source.fused_embeddings(k),
-            prototypes_fp(self.stage, self.source, self.folds.data_fingerprint, k),
-            prototypes_path(self.stage, k), self.stage.cfg.seed * 1000 + k + 1)[0]
+        stage = self.stage
+        return prototype_codes(stage.cfg.rl, self.source.fused_embeddings(k),
+                               self.prototypes_fp(k), prototypes_path(stage.dir, k),
+                               stage.cfg.seed * 1000 + k + 1, stage.progress)[0]
 
 
 def fold_state(stage: Stage) -> FoldState:
@@ -503,6 +183,7 @@ def fold_state(stage: Stage) -> FoldState:
     return FoldState(stage, ds, folds, fps, writers, source)
 
 
+# ------------------------------------------------------------------ orchestration
 def steps_per_fold(cfg: RLConfig) -> dict:
     """Environment steps per fold of each head (the progress bar's unit)."""
     return {h: {"dqn": cfg.env_steps, "sac": cfg.sac_env_steps}[h] for h in cfg.heads}
@@ -519,11 +200,11 @@ def train_fold(state: FoldState, k: int, step) -> dict:
         if state.done(k, head):
             continue
         t0 = time.perf_counter()
-        fit, data = {"dqn": (run_fold, lambda: state.signals),
-                     "sac": (run_sac_fold, lambda: state.sac_codes(k))}[head]
+        fit, data, ckpt = {
+            "dqn": (run_dqn_fold, lambda: state.signals, fold_checkpoint),
+            "sac": (run_sac_fold, lambda: state.sac_codes(k), sac_checkpoint)}[head]
         parts = fit(cfg, data(), labels, folds.held_out(k), folds.test_subjects, k, seed,
-                    ds.n_times, fold_checkpoint(stage.dir, k) if head == "dqn" else
-                    stage.dir / f"sac_fold{k}.pt", state.fps[head], step)
+                    ds.n_times, ckpt(stage.dir, k), state.fps[head], step)
         for n, arrays in parts.items():
             state.writers[n].save_fold(k, **arrays)
         seconds[head] = time.perf_counter() - t0
@@ -566,22 +247,21 @@ def sac_meta(state: FoldState, name: str) -> dict:
     (with the MAE's embeddings)."""
     if not name.startswith("sac"):
         return {}
-    source, folds = state.source, state.folds
-    return {"sac_source": source.key, "prototypes_fingerprint": None if source.fused else
-            prototypes_fp(state.stage, source, folds.data_fingerprint, None)}
+    source = state.source
+    return {"sac_source": source.key,
+            "prototypes_fingerprint": None if source.fused else state.prototypes_fp(None)}
 
 
 def prototype_record(state: FoldState) -> dict:
     """The prototypes' records (written beside their checkpoints) of this run: one, or
     one per fold; codes in use and losses as ranges over folds."""
 
-    stage, data = state.stage, state.folds.data_fingerprint
     ks = [None] if state.source.fused is None else range(state.folds.n_folds)
     recs = []
     for k in ks:
-        path = prototypes_path(stage, k).with_suffix(".json")
+        path = prototypes_path(state.stage.dir, k).with_suffix(".json")
         rec = read_json(path) if path.is_file() else {}
-        if rec.get("fingerprint") != prototypes_fp(stage, state.source, data, k):
+        if rec.get("fingerprint") != state.prototypes_fp(k):
             if k is None:  # (a run from before the record was kept)
                 rec = state.run_codes[1]
             else:
@@ -595,19 +275,22 @@ def prototype_record(state: FoldState) -> dict:
                                                        "loss_last")}}
 
 
+# ------------------------------------------------------------------ the report
+WHAT = {"dqn": "DQN after RLEEGNet (trial features, CSP fitted in the fold) and its "
+               "CNN-LSTM twin",
+        "sac": "SAC after EEGDancer (per-token decisions over VQ prototypes) and its "
+               "GRU twin"}
+
+
 def _span(values: list, fmt: str) -> str:
     """``lo-hi`` of a list of numbers (one number when they agree)."""
     lo, hi = format(min(values), fmt), format(max(values), fmt)
     return lo if lo == hi else f"{lo}-{hi}"
 
 
-def _report(stage: Stage, finished: dict, writers: dict, seconds: dict,
-            record: dict | None) -> StageOutput:
-
-    cfg = stage.cfg.rl
-    table, scores, _ = results_table(results(stage.out))
-    labels = {n: r.label for n, r in finished.items()}
-    parts = {n: w.load_parts() for n, w in writers.items()}
+def _learning_curves(cfg: RLConfig, parts: dict, labels: dict, path) -> None:
+    """Left: each result's curve on the inner participants (mean of folds); right: the
+    episode rewards per step of every fold."""
     offset = {"dqn_twin": cfg.learning_starts, "sac_twin": cfg.sac_learning_starts}
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -617,11 +300,6 @@ def _report(stage: Stage, finished: dict, writers: dict, seconds: dict,
             c = np.mean(curves, axis=0)
             axes[0].plot(c[:, 0] + offset.get(n, 0), c[:, 1], label=labels[n],
                          ls="--" if n.endswith("_twin") else "-")
-    axes[0].axhline(0.5, color="grey", lw=0.8)
-    axes[0].set(xlabel="environment steps (twins: gradient steps + learning_starts)",
-                ylabel="inner participants' score (mean of folds)", title="Learning curves")
-    axes[0].legend(fontsize=8)
-    for n, p in parts.items():
         rewards = [v["episode_reward"] for v in p.values()
                    if "episode_reward" in v and len(v["episode_reward"])]
         if rewards:
@@ -629,10 +307,24 @@ def _report(stage: Stage, finished: dict, writers: dict, seconds: dict,
             order = np.argsort(r[:, 0], kind="stable")
             per_step = r[order, 1] / (cfg.episode_len if n.startswith("dqn") else 1)
             axes[1].plot(r[order, 0], per_step, ".", ms=2, alpha=0.4, label=labels[n])
+    axes[0].axhline(0.5, color="grey", lw=0.8)
+    axes[0].set(xlabel="environment steps (twins: gradient steps + learning_starts)",
+                ylabel="inner participants' score (mean of folds)", title="Learning curves")
     axes[1].set(xlabel="environment steps", ylabel="episode reward per step",
                 title="Episode rewards (all folds)")
-    axes[1].legend(fontsize=8)
-    save_figure(fig, stage.dir / "learning_curves.png")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def _report(stage: Stage, finished: dict, writers: dict, seconds: dict,
+            record: dict | None) -> StageOutput:
+
+    cfg = stage.cfg.rl
+    table, scores, _ = results_table(results(stage.out))
+    labels = {n: r.label for n, r in finished.items()}
+    parts = {n: w.load_parts() for n, w in writers.items()}
+    _learning_curves(cfg, parts, labels, stage.dir / "learning_curves.png")
     steps = {"dqn": (cfg.env_steps, gradient_steps(cfg)),
              "sac": (cfg.sac_env_steps, sac_gradient_steps(cfg))}
     metrics = {"lopo_window_auc": {labels[n]: float(scores[labels[n]].score) for n in labels},
@@ -642,36 +334,31 @@ def _report(stage: Stage, finished: dict, writers: dict, seconds: dict,
                "median_fold_seconds": {h: float(np.median(s)) for h, s in seconds.items()
                                        if s},
                "prototypes": record}
-    if "sac" in cfg.heads:
-        metrics["sac_lambda_by_fold"] = {f"fold{k}": float(v["lam"])
-                                         for k, v in sorted(parts["sac"].items())}
-    what = {"dqn": "DQN after RLEEGNet (trial features, CSP fitted in the fold) and its "
-                   "CNN-LSTM twin",
-            "sac": "SAC after EEGDancer (per-token decisions over VQ prototypes) and its "
-                   "GRU twin"}
-    lines = [f"- {what[h]}: {steps[h][0]} environment steps and {steps[h][1]} gradient "
+    lines = [f"- {WHAT[h]}: {steps[h][0]} environment steps and {steps[h][1]} gradient "
              f"steps of {cfg.batch_size} decisions per fold; the twin as many gradient "
              "steps." for h in cfg.heads]
     if cfg.shuffle_labels:
         lines.append("- **Labels shuffled** (leakage alarm).")
+    if "sac" in cfg.heads:
+        metrics["sac_lambda_by_fold"] = lam = {f"fold{k}": float(v["lam"])
+                                               for k, v in sorted(parts["sac"].items())}
     if record:
         where = ("per fold, over fold k's stage-04 `" + record["source"] + "` fused tokens"
                  if record["per_fold"] else "once per run, over the MAE's embeddings")
         lines.append(f"- Prototypes ({where}): {_span(record['codes_used'], 'd')} of "
                      f"{record['codebook']} codes in use, {record['n_decisions']} decisions "
                      f"per trial; masked-modelling loss {_span(record['loss_first'], '.3f')}"
-                     f" -> {_span(record['loss_last'], '.3f')}. "
-                     "Smoothness lambda chosen per fold (by the twin on the inner "
-                     "participants): " + ", ".join(
-                         f"{v:g}" for v in metrics["sac_lambda_by_fold"].values()) + ".")
-    lines += ["", to_markdown(table.loc[[labels[n] for n in labels],
+                     f" -> {_span(record['loss_last'], '.3f')}. Smoothness lambda chosen per"
+                     " fold (by the twin on the inner participants): "
+                     + ", ".join(f"{v:g}" for v in lam.values()) + ".")
+    lines += ["", to_markdown(table.loc[list(labels.values()),
                                         ["stage", "overall", "window_ms", "diagnostic"]]), ""]
     metrics["ensemble_candidates"] = {}  # head -> beats its twin (stage 06 reads it)
     for head in cfg.heads:
         a, b = labels.get(head), labels.get(f"{head}_twin")
         if a and b and not cfg.shuffle_labels:
-            beats = bool(table.loc[a, "overall"] > table.loc[b, "overall"])
-            metrics["ensemble_candidates"][head] = beats
+            beats = metrics["ensemble_candidates"][head] = bool(
+                table.loc[a, "overall"] > table.loc[b, "overall"])
             lines.append(f"- `{a}` {'beats' if beats else 'does **not** beat'} its twin "
                          f"`{b}` ({table.loc[a, 'overall']:.4f} vs "
                          f"{table.loc[b, 'overall']:.4f}): "
