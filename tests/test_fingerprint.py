@@ -306,20 +306,22 @@ def test_editing_the_mae_model_recomputes_what_imports_it_for_code(run, tmp_path
     assert items[("ensemble", "ensemble")]["why"][0].startswith("input changed")
 
 
+def plan_after_editing(module, run, tmp_path_factory) -> dict:
+    """The plan of the finished run with ``module`` edited in a copy of the package."""
+    data, out = run
+    src = copy_package(tmp_path_factory.mktemp(module.rpartition(".")[2]) / "repo")
+    edit(src, module)
+    return plan_with(src, data, out)
+
+
 @pytest.fixture(scope="module")
 def report_edited(run, tmp_path_factory):
-    data, out = run
-    src = copy_package(tmp_path_factory.mktemp("report") / "repo")
-    edit(src, sleepemo.pipeline.report.__name__)
-    return plan_with(src, data, out)
+    return plan_after_editing(sleepemo.pipeline.report.__name__, run, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def evidence_edited(run, tmp_path_factory):
-    data, out = run
-    src = copy_package(tmp_path_factory.mktemp("evidence") / "repo")
-    edit(src, sleepemo.pipeline.evidence.__name__)
-    return plan_with(src, data, out)
+    return plan_after_editing(sleepemo.pipeline.evidence.__name__, run, tmp_path_factory)
 
 
 def test_editing_the_evidence_tables_recomputes_only_the_results_whose_code_imports_them(

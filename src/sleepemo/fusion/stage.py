@@ -59,6 +59,7 @@ from sleepemo.pipeline.artefacts import (Planned, ResultWriter, code_hash, finge
                                          listing, load_checkpoint, planned_or, results,
                                          save_checkpoint, stored_fingerprint)
 from sleepemo.pipeline.evidence import plot_curves, plot_topomaps, results_table, to_markdown
+from sleepemo.pipeline import executor
 from sleepemo.pipeline.executor import run_folds
 from sleepemo.pipeline.stage import Stage, StageOutput, stage_dir
 from sleepemo.progress import bar
@@ -160,13 +161,9 @@ def run_fold(cfg: FusionConfig, variant: str, inputs: dict, labels: dict, held: 
 
 # ------------------------------------------------------------------ the stage
 @dataclasses.dataclass
-class FoldState:
-    """What every fold needs: built by :func:`fold_state` in the stage's process and in
-    every fold worker (:mod:`sleepemo.pipeline.executor`)."""
+class FoldState(executor.FoldState):
+    """What this stage's folds need besides the stage, the data and the folds."""
 
-    stage: Stage
-    ds: object
-    folds: object
     inputs: Inputs
     positions: np.ndarray | None
     writers: dict  # variant -> ResultWriter

@@ -25,6 +25,7 @@ one thread, parallel results are bit-identical to serial ones (tests/test_parall
 """
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import queue as queue_module
@@ -32,6 +33,17 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable
 from sleepemo.pipeline.stage import Stage, flush_denormals, spec
+
+
+@dataclasses.dataclass
+class FoldState:
+    """What every fold of a stage needs: built by the stage's ``fold_state`` in the
+    stage's process and in every fold worker (:func:`run_folds`); a stage adds its own
+    fields in a subclass."""
+
+    stage: Stage
+    ds: object
+    folds: object
 
 _STATE: dict = {}
 

@@ -59,6 +59,7 @@ from sleepemo.io import read_json
 from sleepemo.pipeline.artefacts import (Planned, ResultWriter, code_hash, fingerprint,
                                          listing, planned_or, results, stored_fingerprint)
 from sleepemo.pipeline.evidence import pyplot, results_table, save_figure, to_markdown
+from sleepemo.pipeline import executor
 from sleepemo.pipeline.executor import run_folds
 from sleepemo.pipeline.stage import Stage, StageOutput, stage_dir
 from sleepemo.progress import bar
@@ -124,13 +125,9 @@ def fingerprints(stage: Stage, planned: dict | None = None) -> list[Planned]:
 
 # ------------------------------------------------------------------ fold state
 @dataclasses.dataclass
-class FoldState:
-    """What every fold needs: built by :func:`fold_state` in the stage's process and in
-    every fold worker (:mod:`sleepemo.pipeline.executor`)."""
+class FoldState(executor.FoldState):
+    """What this stage's folds need besides the stage, the data and the folds."""
 
-    stage: Stage
-    ds: object
-    folds: object
     fps: dict      # head -> fingerprint
     writers: dict  # result -> ResultWriter
     source: SacSource | None = None  # the SAC's embeddings
