@@ -82,7 +82,7 @@ def _plan(argv: list[str]) -> int:
 
 
 def _predict(argv: list[str]) -> int:
-    from sleepemo.predict import cli as predict_cli
+    from sleepemo.predict.cli import cli as predict_cli
 
     return predict_cli(argv)
 
