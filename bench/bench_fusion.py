@@ -32,7 +32,8 @@ sys.path.insert(0, str(REPO / "src"))
 from sleepemo.features import token_window  # noqa: E402
 from sleepemo.experts.model import ExpertBank, embed_tokens, make_experts  # noqa: E402
 from sleepemo.fusion.model import FusionNet, fusion_loss, predict  # noqa: E402
-from sleepemo.mae.model import ChannelEncoder, EncoderConfig, encode_tokens  # noqa: E402
+from sleepemo.mae.inputs import encode_tokens  # noqa: E402
+from sleepemo.mae.model import ChannelEncoder, EncoderConfig  # noqa: E402
 from sleepemo.pipeline.stage import flush_denormals  # noqa: E402
 
 

@@ -15,8 +15,9 @@ import torch
 
 from sleepemo.features import BANDS, BandFeatureCache, band_features
 from sleepemo.io import write_json
+from sleepemo.mae.inputs import encode_tokens
 from sleepemo.mae.model import (ChannelEncoder, EncoderConfig, MaskedAutoencoder,
-                                 encode_tokens, n_parameters, random_mask)
+                                 n_parameters, random_mask)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -197,7 +198,7 @@ def test_coarser_token_caches_are_pooled_from_stage_02s_without_encoding_again(
     probe's window means are the tokens overlapping the window, averaged."""
     from conftest import stage_with_random_mae
     from sleepemo.features import pool_time, token_window
-    from sleepemo.baselines import mae as mae_module
+    from sleepemo.mae import model as mae_module
     from sleepemo.mae.model import TokenCache
 
     stage, ds, folds = stage_with_random_mae("fusion", tmp_path, smoke_dir,

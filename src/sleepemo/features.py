@@ -7,6 +7,7 @@ LOPO-safe.
 from __future__ import annotations
 
 import contextvars
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.signal
@@ -217,6 +218,31 @@ def token_features(X: np.ndarray, sfreq: float, bands=BANDS, kind: str = "log_en
     return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
 
 
+@dataclass(frozen=True)
+class TokenSpec:
+    """The settings of :func:`token_features`, normalised (bands and the evoked band as
+    tuples of floats), and the function itself: ``spec(X, sfreq)`` is one participant's
+    token features. A :class:`BandFeatureCache` stores ``spec(X, sfreq)`` of every
+    participant and keys its folder on the spec; a predictor computes the same
+    ``spec(X, sfreq)`` for a new participant (a family's spec comes from one place, e.g.
+    :func:`sleepemo.mae.inputs.band_spec`)."""
+
+    bands: tuple = BANDS
+    kind: str = "log_envelope"
+    evoked: tuple | None = None
+    order: int = 4
+
+    @classmethod
+    def of(cls, bands=BANDS, kind: str = "log_envelope", evoked=None,
+           order: int = 4) -> TokenSpec:
+        return cls(tuple(tuple(float(f) for f in b) for b in bands), kind,
+                   None if evoked is None else tuple(float(f) for f in evoked), int(order))
+
+    def __call__(self, X: np.ndarray, sfreq: float) -> np.ndarray:
+        """One participant's token features, (n_trials, n_chans, n_times, n_features)."""
+        return token_features(X, sfreq, self.bands, self.kind, self.evoked, self.order)
+
+
 def pool_time(x, stride: int):
     """Average ``stride`` consecutive timepoints of axis -2: (..., n_times, n_bands) ->
     (..., n_times // stride, n_bands). Works on numpy arrays and tensors."""
@@ -256,9 +282,10 @@ class BandFeatureCache:
         import json
         from pathlib import Path
 
-        self.bands = tuple(tuple(float(f) for f in b) for b in bands)
-        self.kind, self.order = kind, int(order)
-        self.evoked = None if evoked is None else tuple(float(f) for f in evoked)
+        #: what every participant's entry is (:meth:`build` stores ``spec(X, sfreq)``)
+        self.spec = TokenSpec.of(bands, kind, evoked, order)
+        self.bands, self.kind = self.spec.bands, self.spec.kind
+        self.order, self.evoked = self.spec.order, self.spec.evoked
         settings = {"bands": self.bands, "kind": kind, "order": self.order,
                     "data": data_fingerprint,
                     "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()}
@@ -302,8 +329,7 @@ class BandFeatureCache:
                     shutil.rmtree(stale)
         todo = [s for s in subjects if not self.path(s).is_file()]
         for s in bar(todo, desc=self.root.name.replace("_", " "), unit="participant", enabled=progress):
-            write_npy(self.path(s), token_features(subjects[s], sfreq, self.bands, self.kind,
-                                                   self.evoked, self.order))
+            write_npy(self.path(s), self.spec(subjects[s], sfreq))
         write_json(self.dir / "settings.json", self.settings)
         return self
 

@@ -5,7 +5,8 @@ Per fold k the stage saved the experts' stacked parameters (``<zero-shot result>
 the ``_tta`` result uses its zero-shot twin's) and the combination weights
 (``<result>/fold<k>.npz``, ``weights``). A new participant's trials are turned into the
 stage's inputs with the run's settings (band features of its own trials, pooled to
-``experts.stride``), each fold's experts predict them (``_tta``: after the unsupervised
+``experts.stride``: :func:`sleepemo.mae.inputs.band_tokens` and
+:func:`~sleepemo.mae.inputs.band_at`, as the stage pools its cache's), each fold's experts predict them (``_tta``: after the unsupervised
 test-time adaptation on the participant's own trials, seeded by its id as in the stage),
 the fold's weights combine the 16 experts, and the 14 folds' probabilities are averaged
 as the stage's test predictions are. All of it runs through
@@ -19,7 +20,7 @@ import torch
 from sleepemo.config import ExpertsConfig
 from sleepemo.experts.infer import (ExpertInference, VARIANTS, expert_encoder_config,
                                     load_expert_params, output_names, tta_seed)
-from sleepemo.features import pool_time
+from sleepemo.mae.inputs import band_at
 from sleepemo.mae.model import load_mae_weights
 from sleepemo.mae.predict import band_tokens
 from sleepemo.pipeline.artefacts import Result, fold_mean
@@ -68,7 +69,7 @@ class ExpertsPredictor(Predictor):
             raise PredictError(f"{self.name}: test-time adaptation is seeded by the "
                                "participant's id; give it (subject=<id>; sleepemo predict "
                                "reads it from the file name)")
-        feats = pool_time(np.asarray(band_tokens(self.run, X, sfreq), np.float32), self.cfg.stride)
+        feats = band_at(band_tokens(self.run, X, sfreq), self.cfg.stride)  # as the stage's
         probs = []
         for k, (params, weights) in enumerate(zip(self.params, self.weights)):
             if self.tta:

@@ -49,7 +49,8 @@ from sleepemo.experts.fomaml import fomaml_step
 from sleepemo.experts.infer import (ExpertInference, expert_encoder_config, output_names,
                                     tta_seed, uses_tta)
 from sleepemo.experts.model import ExpertBank, classification_loss, make_experts
-from sleepemo.features import BandFeatureCache, pool_time
+from sleepemo.features import BandFeatureCache
+from sleepemo.mae.inputs import band_at, band_cache, built_band_cache
 from sleepemo.mae.model import EncoderConfig, load_mae_weights
 from sleepemo.metric import per_timepoint_auc
 from sleepemo.pipeline.artefacts import (Planned, Result, ResultWriter, code_hash,
@@ -261,8 +262,7 @@ def fingerprints(stage: Stage, planned: dict | None = None) -> list[Planned]:
     stage-02 encoder ``planned`` (or as on disk)."""
     cfg, mcfg = stage.cfg.experts, stage.cfg.mae
     data = stage.folds().data_fingerprint
-    band_key = BandFeatureCache.of_run(stage.out, data, mcfg.bands, mcfg.feature,
-                                       mcfg.evoked()).key
+    band_key = band_cache(stage.out, data, mcfg).key
     mae_fp = None
     if any(VARIANTS[v][0] == "mae" for v in cfg.variants):
         mae_fp = planned_or(planned, "mae", "encoder", lambda: stored_fingerprint(
@@ -311,10 +311,8 @@ def fold_state(stage: Stage) -> FoldState:
         raise ConfigError(f"experts.stride {cfg.stride} does not divide the {ds.n_times} "
                           "samples of a trial")
     subjects = list(folds.train_subjects) + list(folds.test_subjects)
-    cache = BandFeatureCache.for_run(stage.out, ds, folds, mcfg.bands, mcfg.feature,
-                                     stage.progress, evoked=mcfg.evoked())
-    feats = {s: pool_time(np.asarray(cache.load(s), dtype=np.float32), cfg.stride)
-             for s in subjects}
+    cache = built_band_cache(stage.out, ds, folds, mcfg, stage.progress)
+    feats = {s: band_at(cache.load(s), cfg.stride) for s in subjects}
 
     mae_state, mae_fp, mae_info = None, None, None
     if any(VARIANTS[v][0] == "mae" for v in cfg.variants):

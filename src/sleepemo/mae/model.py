@@ -30,8 +30,8 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from sleepemo.config import ConfigError
-from sleepemo.features import pool_time, token_window
 from sleepemo.io import atomic_path, read_json, write_json, write_npy
+from sleepemo.mae.inputs import encoder_tokens, pool_tokens, window_means
 from sleepemo.pipeline.stage import stage_dir
 from sleepemo.progress import bar
 
@@ -156,36 +156,6 @@ def encoder_config(cfg, n_times: int, n_chans: int) -> EncoderConfig:
                          n_chans=n_chans if cfg.channel_embedding else 0)
 
 
-#: Channel-sequences per forward pass when encoding without gradients: small enough that
-#: the MLP's activations stay in the CPU cache (512 encodes ~2x faster than 4096 on 2 cores,
-#: ``bench/bench_mae.py --encode``).
-ENCODE_BATCH = 512
-
-
-def encode_tokens(encoder: ChannelEncoder, feats, batch: int = ENCODE_BATCH):
-    """The encoder's per-token output (no masking) for every channel of every trial.
-
-    feats (n_trials, n_chans, n_tokens, n_bands), already at the encoder's token rate ->
-    (n_trials, n_chans, n_tokens, d_model), numpy float32.
-    """
-    import numpy as np
-
-    dev = next(encoder.parameters()).device
-    n_trials, n_chans = feats.shape[:2]
-    flat = np.ascontiguousarray(feats, dtype=np.float32).reshape(
-        n_trials * n_chans, *feats.shape[2:])
-    chans = torch.from_numpy(np.tile(np.arange(n_chans), n_trials)).to(dev)
-    out = []
-    encoder.eval()
-    with torch.no_grad():
-        for i in range(0, len(flat), batch):
-            out.append(encoder(torch.from_numpy(flat[i:i + batch]).to(dev), None,
-                               chans[i:i + batch]).cpu().numpy())
-    if not out:
-        return np.zeros((0, n_chans, feats.shape[2], encoder.embed.out_features), np.float32)
-    return np.concatenate(out).reshape(n_trials, n_chans, feats.shape[2], -1)
-
-
 # ------------------------------------------------------------------ saved encoders
 #: The files of a trained MAE in its folder (stage 02 writes them into ``02_mae/``).
 ENCODER_FILES = ("encoder.pt", "mae_head.pt", "run.json")
@@ -229,7 +199,8 @@ def load_encoder(folder: str | Path) -> ChannelEncoder:
 # ------------------------------------------------------------------ shared token cache
 class TokenCache:
     """The stage-02 encoder's per-token embeddings of every trial of every participant,
-    averaged to tokens of ``stride`` samples: one memory-mapped ``.npy`` per participant,
+    averaged to tokens of ``stride`` samples (:func:`sleepemo.mae.inputs.encoder_tokens` of
+    the participant's band features): one memory-mapped ``.npy`` per participant,
     shape (n_trials, n_chans, n_times // stride, d_model), computed once per run.
     Stage 02 builds it at the MAE's own stride (every token; its linear probe reads it);
     a coarser stride is then pooled from that one instead of encoding again.
@@ -266,9 +237,6 @@ class TokenCache:
         before fold workers start: they then only read)."""
         import shutil
 
-        import numpy as np
-
-
         folder = stage_dir(out, "mae")
         info = load_mae_weights(folder)[2]  # a clear error if stage 02 has not run
         if info.get("band_cache") != band.key:
@@ -295,18 +263,16 @@ class TokenCache:
             # numbers as encoding again, without the encoder's cost
             for s in bar(todo, desc=f"MAE token embeddings at stride {stride}",
                          unit="participant", enabled=progress):
-                write_npy(cache.path(s), np.ascontiguousarray(pool_time(
-                    np.asarray(base.load(s)), stride // mstride), dtype=np.float32))
+                write_npy(cache.path(s), pool_tokens(base.load(s), stride // mstride))
             return cache
         enc = load_encoder(folder)
         for s in bar(todo, desc="MAE token embeddings", unit="participant", enabled=progress):
-            x = pool_time(np.asarray(band.load(s), np.float32), mstride)
-            write_npy(cache.path(s), np.ascontiguousarray(
-                pool_time(encode_tokens(enc, x), stride // mstride), dtype=np.float32))
+            write_npy(cache.path(s), encoder_tokens(enc, band.load(s), mstride, stride))
         return cache
 
     def window_means(self, subject: int, window: tuple[int, int]):
-        """One participant's embeddings averaged over ``window`` (:func:`window_means`)."""
+        """One participant's embeddings averaged over ``window``
+        (:func:`~sleepemo.mae.inputs.window_means`)."""
         return window_means(self.load(subject), window, self.stride)
 
     def load(self, subject: int):
@@ -318,15 +284,3 @@ class TokenCache:
             raise FileNotFoundError(f"{path}: MAE token embeddings not built (the stage's "
                                     "process builds them before its fold workers start)")
         return np.load(path, mmap_mode="r")
-
-
-def window_means(tokens, window: tuple[int, int], stride: int):
-    """Token embeddings (n_trials, n_chans, n_tokens, d) of ``stride`` samples each,
-    averaged over the tokens overlapping ``window`` (samples), channels concatenated:
-    (n_trials, n_chans * d)."""
-    import numpy as np
-
-
-    w = token_window(window, stride)
-    x = np.asarray(tokens[:, :, w[0]:w[1]]).mean(2)
-    return x.reshape(len(x), -1)

@@ -1,52 +1,49 @@
-"""Stage 02's inputs for a new participant: its band token features (as the stage's
-:class:`~sleepemo.features.BandFeatureCache` holds them) and the encoder's tokens (as
-:class:`~sleepemo.mae.model.TokenCache` holds them), and the probes' feature recipes.
-Every predictor that needs them (the probes, the fusion, the SAC heads) calls these."""
+"""Stage 02's inputs for a new participant, from a finished run: the builders of
+:mod:`sleepemo.mae.inputs` (which the stage's caches store) with the run's settings and
+its saved encoder. Every predictor that needs them (the probes, the experts, the fusion,
+the SAC heads) calls these."""
 from __future__ import annotations
 
 from typing import Callable
 
 import numpy as np
 
-from sleepemo.features import pool_time, token_features, zscore_trials
-from sleepemo.mae.model import encode_tokens, load_encoder, load_mae_weights, window_means
+from sleepemo.mae import inputs
+from sleepemo.mae.model import load_encoder, load_mae_weights
 from sleepemo.pipeline.stage import stage_dir
 from sleepemo.predict.base import Run
 
 
 def band_tokens(run: Run, X: np.ndarray, sfreq: float) -> np.ndarray:
-    """Stage 02's token features of one participant (as its BandFeatureCache holds)."""
+    """The run's token features of one participant (:func:`sleepemo.mae.inputs.band_tokens`:
+    what its band-feature cache holds)."""
+    return inputs.band_tokens(X, sfreq, run.cfg.mae)
 
-    m = run.cfg.mae
-    return token_features(X, sfreq, m.bands, m.feature, m.evoked())
 
-
-def mae_tokens(run: Run, X: np.ndarray, sfreq: float, stride: int) -> np.ndarray:
-    """Stage 02's encoder output for one participant's trials, pooled to ``stride``
-    samples per token: what :class:`~sleepemo.mae.model.TokenCache` holds for a
-    participant of the run (the same computation, at the MAE's own stride)."""
-
+def encoder_tokens(run: Run, band: np.ndarray, stride: int) -> np.ndarray:
+    """Stage 02's encoder output for one participant's token features ``band``
+    (:func:`band_tokens`), pooled to ``stride`` samples per token
+    (:func:`sleepemo.mae.inputs.encoder_tokens`: what the run's
+    :class:`~sleepemo.mae.model.TokenCache` at ``stride`` holds)."""
     folder = stage_dir(run.out, "mae")
     enc = run.cached("mae_encoder", lambda: load_encoder(folder))
     mstride = run.cached("mae_stride",
                          lambda: int(load_mae_weights(folder)[2]["config"]["stride"]))
-    tokens = encode_tokens(enc, pool_time(np.asarray(band_tokens(run, X, sfreq), np.float32),
-                                          mstride))
-    return np.ascontiguousarray(pool_time(tokens, stride // mstride), dtype=np.float32)
+    return inputs.encoder_tokens(enc, band, mstride, stride)
+
+
+def mae_tokens(run: Run, X: np.ndarray, sfreq: float, stride: int) -> np.ndarray:
+    """:func:`encoder_tokens` of one participant's trials."""
+    return encoder_tokens(run, band_tokens(run, X, sfreq), stride)
 
 
 def mae_window(run: Run, X, sfreq, recipe) -> np.ndarray:
-
     stride = run.cfg.mae.stride
-    return zscore_trials(window_means(mae_tokens(run, X, sfreq, stride),
-                                      tuple(recipe["window"]), stride))
+    return inputs.mae_window(mae_tokens(run, X, sfreq, stride), recipe["window"], stride)
 
 
 def band_window(run: Run, X, sfreq, recipe) -> np.ndarray:
-
-    w = recipe["window"]
-    feats = np.asarray(band_tokens(run, X, sfreq))
-    return zscore_trials(feats[:, :, w[0]:w[1]].mean(2).reshape(len(X), -1))
+    return inputs.band_window(band_tokens(run, X, sfreq), recipe["window"])
 
 
 #: how a LOPO result's features are computed for a new participant (``meta.recipe``)

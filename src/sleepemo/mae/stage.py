@@ -37,7 +37,8 @@ import torch
 
 from sleepemo.baselines.lopo import lopo_fingerprint, run_lopo
 from sleepemo.config import MAEConfig, fields_affecting
-from sleepemo.features import BandFeatureCache, pool_time, zscore_trials
+from sleepemo.features import pool_time
+from sleepemo.mae.inputs import band_cache, band_window, built_band_cache, mae_window
 from sleepemo.io import read_json, write_json
 from sleepemo.mae.model import (EncoderConfig, MaskedAutoencoder, TokenCache, encoder_config,
                                 encoder_saved, n_parameters, random_mask, save_encoder)
@@ -212,8 +213,7 @@ def fingerprints(stage: Stage, planned: dict | None = None) -> list[Planned]:
     run_fp = run_fingerprint(cfg, folds.data_fingerprint, seed,
                              choose_val_subjects(folds.train_subjects, cfg.n_val_subjects,
                                                  seed))
-    band_key = BandFeatureCache.of_run(stage.out, folds.data_fingerprint, cfg.bands,
-                                       cfg.feature, cfg.evoked()).key
+    band_key = band_cache(stage.out, folds.data_fingerprint, cfg).key
     probes = probe_settings(cfg, seed, run_fp, band_key)
     return [Planned(stage.spec.name, "encoder", run_fp, record="run.json", folds=False),
             *[Planned(stage.spec.name, name, lopo_fingerprint(
@@ -240,8 +240,7 @@ def run(stage: Stage) -> StageOutput:
     ds = stage.dataset()
     folds = stage.folds(ds)
     subjects = list(folds.train_subjects) + list(folds.test_subjects)
-    cache = BandFeatureCache.for_run(stage.out, ds, folds, cfg.bands, cfg.feature,
-                                     stage.progress, evoked=cfg.evoked())
+    cache = built_band_cache(stage.out, ds, folds, cfg, stage.progress)
     feats = {s: cache.load(s) for s in subjects}
 
     val = choose_val_subjects(folds.train_subjects, cfg.n_val_subjects, seed)
@@ -275,11 +274,10 @@ def run(stage: Stage) -> StageOutput:
     tokens = TokenCache.for_run(stage.out, cache, subjects, cfg.stride, stage.progress)
 
     def embeddings():
-        return {s: zscore_trials(tokens.window_means(s, w)) for s in subjects}
+        return {s: mae_window(tokens.load(s), w, cfg.stride) for s in subjects}
 
     def band_means():
-        return {s: zscore_trials(np.asarray(feats[s][:, :, w[0]:w[1]]).mean(2).reshape(
-            len(feats[s]), -1)) for s in subjects}
+        return {s: band_window(feats[s], w) for s in subjects}
 
     probes = {}
     for (name, settings), fn in zip(probe_settings(cfg, seed, run_fp, cache.key).items(),
