@@ -1,10 +1,17 @@
 """The fusion's inputs (stage 04) and its trained folds' fused tokens (read by stage 05).
 
-A library module, so that stage 05 reads stage 04's artefacts without importing another
-stage: :class:`Inputs` builds every variant's input from the run's caches and stage 03's
-fold checkpoints; :class:`FusedTokens` rebuilds fold k's trained fusion from its
-checkpoint and gives its per-token embeddings. Nothing here sees a label except
-:meth:`Inputs.labels`, which gives a fold's training labels only.
+One participant's input of a variant is built by one function, :func:`participant_input`
+(:func:`base_input`, then :func:`with_evoked`), from what the participant's trials give
+label-free: its token features (:func:`sleepemo.mae.inputs.band_tokens`), its evoked
+waveform (:func:`evoked_features`), the MAE's encoder tokens
+(:func:`sleepemo.mae.inputs.encoder_tokens`) and fold k's fitted state (stage 03's
+experts). The stage reads those from the run's caches (which store exactly these
+functions' outputs) in :class:`Inputs`; ``sleepemo predict``
+(:class:`sleepemo.fusion.predict.FusionPredictor`) computes them for a new participant
+and calls the same function. :class:`FusedTokens` rebuilds fold k's trained fusion from
+its checkpoint and gives its per-token embeddings (a library module, so that stage 05
+reads stage 04's artefacts without importing another stage). Nothing here sees a label
+except :meth:`Inputs.labels`, which gives a fold's training labels only.
 """
 from __future__ import annotations
 
@@ -12,12 +19,13 @@ import dataclasses
 
 import numpy as np
 
-from sleepemo.config import ConfigError, FusionConfig
+from sleepemo.config import Config, ConfigError, FusionConfig
 from sleepemo.experts.infer import load_expert_params
 from sleepemo.experts.model import embed_tokens
-from sleepemo.features import BandFeatureCache, pool_time
+from sleepemo.features import BandFeatureCache, TokenSpec, pool_time
 from sleepemo.fusion.model import (FusionNet, TunedFusion, electrode_positions, fused_tokens,
                                    standardise)
+from sleepemo.mae.inputs import band_at, built_band_cache
 from sleepemo.mae.model import TokenCache, load_mae_weights
 from sleepemo.pipeline.artefacts import Result, load_checkpoint, results
 from sleepemo.pipeline.stage import Stage, stage_dir
@@ -55,6 +63,90 @@ def tuned_input(x: np.ndarray, evoked: np.ndarray, ratio: int) -> np.ndarray:
     """The ``experts_finetune`` input: the experts' inputs ``x`` at their token rate, then
     the evoked tokens repeated to that rate (:class:`TunedFusion` pools them back)."""
     return np.concatenate([x, np.repeat(evoked, ratio, axis=2)], axis=-1)
+
+
+# ------------------------------------------------------------------ one participant's input
+def evoked_spec(cfg: FusionConfig) -> TokenSpec:
+    """The evoked tokens' features: the ``fusion.evoked_band`` waveform, z-scored."""
+    return TokenSpec.of((), evoked=cfg.evoked_band)
+
+
+def evoked_features(X: np.ndarray, sfreq: float, cfg: FusionConfig) -> np.ndarray:
+    """One participant's evoked waveform (n_trials, n_chans, n_times, 1): what the run's
+    evoked cache (:func:`evoked_cache`) holds for it."""
+    return evoked_spec(cfg)(X, sfreq)
+
+
+def evoked_cache(out, data_fingerprint: str, cfg: FusionConfig) -> BandFeatureCache:
+    """The run's cache of :func:`evoked_features` (``<out>/cache/evoked``), not built."""
+    spec = evoked_spec(cfg)
+    return BandFeatureCache.of_run(out, data_fingerprint, spec.bands, spec.kind, spec.evoked,
+                                   name="evoked")
+
+
+def built_evoked_cache(out, ds, folds, cfg: FusionConfig,
+                       progress: bool = True) -> BandFeatureCache:
+    """:func:`evoked_cache` with every training and test participant of ``folds`` built."""
+    spec = evoked_spec(cfg)
+    return BandFeatureCache.for_run(out, ds, folds, spec.bands, spec.kind, progress,
+                                    evoked=spec.evoked, name="evoked")
+
+
+def base_input(kind: str, cfg: Config, band, tokens=None, experts: dict | None = None
+               ) -> np.ndarray:
+    """One participant's input ``kind`` without the evoked tokens, z-scored over the trials
+    given (``experts_tuned``: not z-scored, the fine-tuned experts' input), from
+
+    - ``band``: its token features (a band-feature cache entry or
+      :func:`sleepemo.mae.inputs.band_tokens`), read by every kind but ``mae``;
+    - ``tokens`` (``mae``): the MAE's encoder tokens at ``fusion.stride`` (a
+      :class:`~sleepemo.mae.model.TokenCache` entry or
+      :func:`sleepemo.mae.inputs.encoder_tokens`);
+    - ``experts`` (``experts``): fold k's stacked expert parameters.
+
+    (n_trials, n_chans, n_tokens, n_features) at ``fusion.stride`` samples per token
+    (``experts_tuned``: at ``experts.stride``), float32."""
+    stride, estride = cfg.fusion.stride, cfg.experts.stride
+    if kind == "experts":
+        return standardise(pool_time(embed_tokens(experts, band_at(band, estride),
+                                                  cfg.mae.n_heads), stride // estride))
+    if kind == "experts_tuned":  # the experts' own inputs
+        return band_at(band, estride)
+    if kind == "mae":
+        return standardise(np.asarray(tokens))
+    if kind == "raw":  # without the MAE's evoked tokens, if it has them
+        return standardise(band_at(band, stride)[..., :len(cfg.mae.bands)])
+    raise ConfigError(f"unknown fusion input {kind!r}")
+
+
+def evoked_tokens(evoked, cfg: FusionConfig) -> np.ndarray:
+    """The evoked waveform (:func:`evoked_features` or a cache entry) pooled to the
+    fusion's tokens."""
+    return band_at(evoked, cfg.stride)
+
+
+def with_evoked(variant: str, cfg: Config, base: np.ndarray, evoked: np.ndarray | None
+                ) -> np.ndarray:
+    """Variant ``variant``'s input from its :func:`base_input` and, when the variant has
+    them, the evoked tokens of the same trials (:func:`evoked_tokens`): side by side, or
+    repeated to the experts' token rate after their inputs (:func:`tuned_input`)."""
+    kind, has_evoked, _ = VARIANTS[variant]
+    if not has_evoked:
+        return base
+    if kind == "experts_tuned":
+        return tuned_input(base, evoked, cfg.fusion.stride // cfg.experts.stride)
+    return np.concatenate([base, evoked], axis=-1)
+
+
+def participant_input(variant: str, cfg: Config, band, evoked=None, tokens=None,
+                      experts: dict | None = None) -> np.ndarray:
+    """One participant's input of fusion variant ``variant`` (what fold k's network reads):
+    :func:`base_input` of the variant's kind, then :func:`with_evoked` with ``evoked``
+    (:func:`evoked_features` or a cache entry; variants without evoked tokens ignore
+    it). ``experts``: fold k's, for the ``experts`` variants."""
+    kind, has_evoked, _ = VARIANTS[variant]
+    return with_evoked(variant, cfg, base_input(kind, cfg, band, tokens, experts),
+                       evoked_tokens(evoked, cfg.fusion) if has_evoked else None)
 
 
 class FusedTokens:
@@ -125,11 +217,14 @@ def input_key(kind: str, expert_fp, mae_fp, band_key) -> str:
 
 
 class Inputs:
-    """Where every variant's input comes from, built lazily and kept while needed.
+    """Every variant's input for the stage, from the run's caches: each participant's
+    :func:`participant_input` (its :func:`base_input` kept across variants and, where
+    it does not depend on the fold, across folds), built lazily and kept while needed.
 
-    ``get(kind, k)`` -> participant -> (n_trials, n_chans, n_tokens, n_features) at the
-    fusion's token rate, z-scored per participant; ``key(kind)`` identifies it for the
-    fingerprints. Nothing here sees a label.
+    ``variant(v, k)`` -> participant -> (n_trials, n_chans, n_tokens, n_features), with
+    only the kept trials of fold k's training participants (:meth:`keep`); ``key(kind)``
+    identifies an input for the fingerprints. Nothing here sees a label but
+    :meth:`labels`.
     """
 
     def __init__(self, stage: Stage, ds, folds):
@@ -143,25 +238,21 @@ class Inputs:
     def band(self) -> BandFeatureCache:
         """Stage 02/03's token features (the same cache)."""
         if self._band is None:
-            self._band = BandFeatureCache.for_run(
-                self.stage.out, self.ds, self.folds, self.mcfg.bands, self.mcfg.feature,
-                self.stage.progress, evoked=self.mcfg.evoked())
+            self._band = built_band_cache(self.stage.out, self.ds, self.folds, self.mcfg,
+                                          self.stage.progress)
         return self._band
 
     @property
     def evoked_cache(self) -> BandFeatureCache:
         if self._evoked is None:
-            self._evoked = BandFeatureCache.for_run(
-                self.stage.out, self.ds, self.folds, (), progress=self.stage.progress,
-                evoked=self.cfg.evoked_band, name="evoked")
+            self._evoked = built_evoked_cache(self.stage.out, self.ds, self.folds, self.cfg,
+                                              self.stage.progress)
         return self._evoked
 
-    def _pooled(self, cache: BandFeatureCache, s: int, stride: int) -> np.ndarray:
-        return pool_time(np.asarray(cache.load(s), dtype=np.float32), stride)
-
     def evoked(self) -> dict:
+        """Every participant's evoked tokens (:func:`evoked_tokens`), every trial."""
         if "evoked" not in self._kept:
-            self._kept["evoked"] = {s: self._pooled(self.evoked_cache, s, self.cfg.stride)
+            self._kept["evoked"] = {s: evoked_tokens(self.evoked_cache.load(s), self.cfg)
                                     for s in self.subjects}
         return self._kept["evoked"]
 
@@ -190,8 +281,10 @@ class Inputs:
                                       replace=False)) for s in self.folds.train_of(k)}
 
     def get(self, kind: str, k: int) -> dict:
-        """The input ``kind`` of every participant for fold ``k``: the kept trials of
-        its training participants (:meth:`keep`), every trial of the others."""
+        """The :func:`base_input` ``kind`` of every participant for fold ``k``, of the
+        kept trials of its training participants (:meth:`keep`), every trial of the
+        others. The experts embed only the kept trials (and z-score over them); the other
+        kinds are built on every trial once and their kept rows taken."""
         keep = self.keep(k)
         if kind == "experts":
             if self._kept.get("experts_fold") != k:
@@ -202,11 +295,14 @@ class Inputs:
         return {s: x[keep[s]] if s in keep else x for s, x in self._shared(kind).items()}
 
     def _shared(self, kind: str) -> dict:
-        """Every trial's input ``kind`` for the kinds that are the same in every fold
-        (``mae``, ``raw``, ``experts_tuned``), built once and kept."""
+        """Every trial's :func:`base_input` ``kind`` for the kinds that are the same in
+        every fold (``mae``, ``raw``, ``experts_tuned``), built once and kept."""
         if kind not in self._kept:
-            self._kept[kind] = {"mae": self._mae, "raw": self._raw,
-                                "experts_tuned": self._tuned}[kind]()
+            cache = self.mae_tokens() if kind == "mae" else None
+            self._kept[kind] = {
+                s: base_input(kind, self.stage.cfg, self.band.load(s),
+                              tokens=None if cache is None else cache.load(s))
+                for s in self.subjects}
         return self._kept[kind]
 
     def expert_params(self, k: int) -> dict:
@@ -217,16 +313,13 @@ class Inputs:
 
     def _experts(self, k: int, keep: dict) -> dict:
         params = self.expert_params(k)
-        stride = self.stage.cfg.experts.stride
-        n_heads = self.mcfg.n_heads
         out = {}
         for s in bar(self.subjects, desc=f"fold {k}: experts' embeddings",
                      enabled=self.stage.progress, leave=False):
-            x = self._pooled(self.band, s, stride)
+            band = self.band.load(s)
             if s in keep:  # training participants: only the kept trials are embedded
-                x = x[keep[s]]
-            out[s] = standardise(pool_time(embed_tokens(params, x, n_heads),
-                                           self.cfg.stride // stride))
+                band = band[keep[s]]
+            out[s] = base_input("experts", self.stage.cfg, band, experts=params)
         return out
 
     def mae_tokens(self) -> TokenCache:
@@ -235,32 +328,16 @@ class Inputs:
         return TokenCache.for_run(self.stage.out, self.band, self.subjects, self.cfg.stride,
                                   self.stage.progress)
 
-    def _mae(self) -> dict:
-        cache = self.mae_tokens()
-        return {s: standardise(np.asarray(cache.load(s))) for s in self.subjects}
-
-    def _raw(self) -> dict:
-        n_bands = len(self.mcfg.bands)  # without the MAE's evoked tokens, if it has them
-        return {s: standardise(self._pooled(self.band, s, self.cfg.stride)[..., :n_bands])
-                for s in self.subjects}
-
-    def _tuned(self) -> dict:
-        """The experts' own inputs (band features at their token rate), then the evoked
-        tokens repeated to that rate (:class:`TunedFusion` pools them back)."""
-        stride = self.stage.cfg.experts.stride
-        ev = self.evoked()
-        return {s: tuned_input(self._pooled(self.band, s, stride), ev[s],
-                               self.cfg.stride // stride) for s in self.subjects}
-
     def variant(self, v: str, k: int) -> dict:
-        """Variant ``v``'s input of every participant for fold ``k``."""
+        """Variant ``v``'s input of every participant for fold ``k``
+        (:func:`with_evoked` of :meth:`get`)."""
         kind, evoked, _ = VARIANTS[v]
         base = self.get(kind, k)
-        if not evoked or kind == "experts_tuned":  # (its evoked tokens are packed in)
+        if not evoked:
             return base
         keep = self.keep(k)
         ev = {s: x[keep[s]] if s in keep else x for s, x in self.evoked().items()}
-        return {s: np.concatenate([base[s], ev[s]], axis=-1) for s in self.subjects}
+        return {s: with_evoked(v, self.stage.cfg, base[s], ev[s]) for s in self.subjects}
 
     def full(self, v: str) -> dict:
         """Variant ``v``'s input of every trial of every participant (variants whose
@@ -269,8 +346,8 @@ class Inputs:
         if kind not in ("mae", "raw"):
             raise ConfigError(f"fusion variant {v} reads fold-specific experts: only the "
                               "mae and raw variants have one input for every fold")
-        base, ev = self._shared(kind), self.evoked() if evoked else None
-        return {s: np.concatenate([x, ev[s]], -1) if evoked else x for s, x in base.items()}
+        base, ev = self._shared(kind), self.evoked() if evoked else {}
+        return {s: with_evoked(v, self.stage.cfg, x, ev.get(s)) for s, x in base.items()}
 
     def labels(self, k: int, shuffle: bool = False) -> dict:
         """Fold k's training labels (:meth:`Folds.labels_of`) of the kept trials."""

@@ -1,37 +1,32 @@
 """Stage 04's fusion results applied to new recordings (:mod:`sleepemo.predict`).
 
 A fusion result (``fusion_<variant>``) keeps fold k's trained network in ``fold<k>.pt``.
-For a new participant its input is rebuilt from the trials exactly as
-:class:`sleepemo.fusion.inputs.Inputs` builds a test participant's from the run's caches:
-stage 02's band features (:func:`sleepemo.features.token_features`, run's ``mae:``
-settings), then per variant
-
-- ``raw``: the band envelopes pooled to ``fusion.stride``, z-scored on the participant;
-- ``mae``: stage 02's encoder on the features pooled to ``mae.stride``
-  (:func:`sleepemo.mae.model.encode_tokens`), pooled to ``fusion.stride``, z-scored;
-- ``experts*``: fold k's 16 experts (stage 03's ``fold<k>.pt``,
-  :func:`sleepemo.experts.model.embed_tokens`) on the features pooled to
-  ``experts.stride``, pooled to ``fusion.stride``, z-scored;
-
-plus the evoked tokens (``fusion.evoked_band`` waveform, pooled) where the variant has
-them. Each fold's network predicts the participant (:func:`sleepemo.fusion.model.predict`,
-interpolated to timepoints); the prediction is the folds' mean, as the stage's test
-predictions are. ``experts_finetune``: fold k's fine-tuned experts (in its ``fold<k>.pt``
-with the fusion) embed the experts' own inputs (the features pooled to
-``experts.stride``, the evoked tokens repeated to that rate), z-scored over the
-participant's trials, then fold k's fusion.
+A new participant's input is built by the function that builds the stage's,
+:func:`sleepemo.fusion.inputs.participant_input`, from what the stage's caches hold for a
+participant of the run, computed here on the new participant's trials by the caches' own
+builders: its token features (:func:`sleepemo.mae.inputs.band_tokens`, run's ``mae:``
+settings), its evoked waveform where the variant has evoked tokens
+(:func:`sleepemo.fusion.inputs.evoked_features`), the stage-02 encoder's tokens for the
+``mae`` variant (:func:`sleepemo.mae.predict.encoder_tokens`), and fold k's experts
+(stage 03's ``fold<k>.pt``) for the ``experts`` variants. Each fold's network predicts
+the participant (:func:`sleepemo.fusion.model.predict`, interpolated to timepoints); the
+prediction is the folds' mean, as the stage's test predictions are.
+``experts_finetune``: fold k's fine-tuned experts (in its ``fold<k>.pt`` with the fusion)
+embed the experts' own inputs and z-score them over the participant's trials, then fold
+k's fusion.
 """
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 
 from sleepemo.config import FusionConfig
-from sleepemo.experts.model import embed_tokens
-from sleepemo.features import pool_time, token_features
-from sleepemo.fusion.inputs import new_model, new_tuned_model, tuned_input
-from sleepemo.fusion.model import (electrode_positions, fused_tokens, predict, standardise,
-                                   to_timepoints)
-from sleepemo.mae.predict import band_tokens, mae_tokens
+from sleepemo.experts.infer import load_expert_params
+from sleepemo.fusion.inputs import (evoked_features, new_model, new_tuned_model,
+                                    participant_input)
+from sleepemo.fusion.model import electrode_positions, fused_tokens, predict, to_timepoints
+from sleepemo.mae.predict import band_tokens, encoder_tokens
 from sleepemo.pipeline.artefacts import Result, fold_mean, load_checkpoint, results
 from sleepemo.predict.base import PredictError, Predictor, Run
 
@@ -42,8 +37,6 @@ class FusionPredictor(Predictor):
     online = True  # per participant: the z-scores of the features and tokens only
 
     def __init__(self, run: Run, result: Result):
-        import torch
-
         self.run, self.name = run, result.label
         self.variant = result.meta.get("variant")
         if self.variant not in VARIANTS:
@@ -71,8 +64,7 @@ class FusionPredictor(Predictor):
                 path = found[0].folder / f"fold{k}.pt"
                 if not path.is_file():
                     raise PredictError(f"{path}: fold {k}'s experts are missing")
-                params = torch.load(path, map_location="cpu", weights_only=True)["params"]
-                self.experts.append(params)
+                self.experts.append(load_expert_params(path))
 
     def _model(self, k: int, n_in: int, n_chans: int):
         """Fold k's network, built once (a streamed trial would otherwise rebuild 14);
@@ -90,42 +82,18 @@ class FusionPredictor(Predictor):
             self._models[key] = model
         return self._models[key]
 
-    def _base(self, X, sfreq, band: np.ndarray, k: int) -> np.ndarray:
-        """The variant's input without evoked tokens (fold k's, for the experts)."""
-        stride = self.cfg.stride
-        if self.kind == "experts_tuned":  # the experts' own inputs (evoked: fold_inputs)
-            return pool_time(band, self.run.cfg.experts.stride)
-        if self.kind == "raw":
-            return standardise(pool_time(band, stride)[..., :len(self.run.cfg.mae.bands)])
-        if self.kind == "mae":
-            return standardise(mae_tokens(self.run, X, sfreq, stride))
-
-        estride = self.run.cfg.experts.stride
-        return standardise(pool_time(embed_tokens(self.experts[k], pool_time(band, estride),
-                                                  self.run.cfg.mae.n_heads),
-                                     stride // estride))
-
     def fold_inputs(self, X, sfreq):
-        """Fold k's input (n_trials, n_chans, n_tokens, n_features) for k = 0, 1, ...: one
-        array for every fold, or built fold by fold when the variant reads fold k's
-        experts."""
-        import itertools
-
-        m = self.run.cfg.mae
-        band = np.asarray(band_tokens(self.run, X, sfreq), np.float32)
-        ev = None
-        if self.evoked:
-            ev = pool_time(np.asarray(token_features(X, sfreq, (), m.feature,
-                                                     self.cfg.evoked_band), np.float32),
-                           self.cfg.stride)
+        """Fold k's input (n_trials, n_chans, n_tokens, n_features) for k = 0, 1, ...
+        (:func:`~sleepemo.fusion.inputs.participant_input`): one array for every fold, or
+        built fold by fold when the variant reads fold k's experts."""
+        band = band_tokens(self.run, X, sfreq)
+        evoked = evoked_features(X, sfreq, self.cfg) if self.evoked else None
+        tokens = encoder_tokens(self.run, band, self.cfg.stride) if self.kind == "mae" \
+            else None
 
         def build(k: int) -> np.ndarray:
-            x = self._base(X, sfreq, band, k)
-            if ev is None:
-                return x
-            if self.kind == "experts_tuned":
-                return tuned_input(x, ev, self.cfg.stride // self.run.cfg.experts.stride)
-            return np.concatenate([x, ev], axis=-1)
+            return participant_input(self.variant, self.run.cfg, band, evoked, tokens,
+                                     self.experts[k] if self.kind == "experts" else None)
 
         if self.kind == "experts":
             return (build(k) for k in range(len(self.states)))

@@ -48,12 +48,12 @@ import torch
 
 from sleepemo.config import ConfigError, FusionConfig, fields_affecting
 from sleepemo.data.folds import balanced
-from sleepemo.features import BandFeatureCache
-from sleepemo.fusion.inputs import (Inputs, input_key, new_model, new_tuned_model,
-                                    output_name, token_window)
+from sleepemo.fusion.inputs import (Inputs, evoked_cache, input_key, new_model,
+                                    new_tuned_model, output_name, token_window)
 from sleepemo.fusion.model import (FusionNet, electrode_positions, fusion_loss, predict,
                                    to_timepoints)
 from sleepemo.io import read_json
+from sleepemo.mae.inputs import band_cache
 from sleepemo.metric import window_auc
 from sleepemo.pipeline.artefacts import (Planned, ResultWriter, code_hash, fingerprint,
                                          listing, load_checkpoint, planned_or, results,
@@ -214,9 +214,8 @@ def fingerprints(stage: Stage, planned: dict | None = None) -> list[Planned]:
     with the stage-02 encoder and stage-03 results ``planned`` (or as on disk)."""
     cfg, mcfg = stage.cfg.fusion, stage.cfg.mae
     data = stage.folds().data_fingerprint
-    band = BandFeatureCache.of_run(stage.out, data, mcfg.bands, mcfg.feature, mcfg.evoked())
-    evoked = BandFeatureCache.of_run(stage.out, data, (), evoked=cfg.evoked_band,
-                                     name="evoked")
+    band = band_cache(stage.out, data, mcfg)
+    evoked = evoked_cache(stage.out, data, cfg)
     positions = electrode_positions(_channels(stage))
 
     def expert_fp():
