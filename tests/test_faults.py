@@ -214,7 +214,7 @@ def test_sigkill_at_several_points_per_stage(tiny_dir, straight, tmp_path, relia
 
 
 # ------------------------------------------------------------------ lock
-HOLD = ("import sys, time; from sleepemo import runlock\n"
+HOLD = ("import sys, time; from sleepemo.pipeline import runlock\n"
         "with runlock.hold(sys.argv[1], 'holder-test', '03_experts'):\n"
         "    print('held', flush=True); time.sleep(600)\n")
 

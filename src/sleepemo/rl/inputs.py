@@ -24,8 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sleepemo.features import BandFeatureCache, pool_time
+from sleepemo.features import pool_time
 from sleepemo.fusion.inputs import FusedTokens
+from sleepemo.mae.inputs import built_band_cache
 from sleepemo.mae.model import TokenCache, load_mae_weights
 from sleepemo.pipeline.stage import Stage, stage_dir
 from sleepemo.rl.prototypes import code_vectors
@@ -117,9 +118,7 @@ class SacSource:
         """The MAE token cache at ``rl.sac_stride`` (built where missing)."""
 
         mcfg, folds = self.stage.cfg.mae, self.folds
-        band = BandFeatureCache.for_run(self.stage.out, self.ds, folds, mcfg.bands,
-                                        mcfg.feature, self.stage.progress,
-                                        evoked=mcfg.evoked())
+        band = built_band_cache(self.stage.out, self.ds, folds, mcfg, self.stage.progress)
         return TokenCache.for_run(self.stage.out, band, self.subjects,
                                   self.stage.cfg.rl.sac_stride, self.stage.progress)
 
