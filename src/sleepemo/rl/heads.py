@@ -29,7 +29,8 @@ from torch import nn
 from sleepemo.pipeline.artefacts import load_checkpoint, save_checkpoint
 from sleepemo.rl.env import TrialEnv
 from sleepemo.rl.features import FoldFeatures, features_path, save_fold_features
-from sleepemo.rl.training import Curve, Curves, curve_tensors, inner_split, refuse_held_out
+from sleepemo.rl.training import (Curve, Curves, curve_tensors, inner_split, quiet_logger,
+                                  refuse_held_out)
 
 
 class CnnLstm(nn.Module):
@@ -93,6 +94,7 @@ def make_dqn(env, cfg, seed: int):
                 gamma=cfg.gamma, train_freq=1, gradient_steps=1,
                 target_update_interval=cfg.target_update_interval,
                 policy_kwargs=_policy_kwargs(cfg), seed=seed, device="cpu", verbose=0)
+    model.set_logger(quiet_logger())
     model.exploration_schedule = exponential_schedule(cfg.eps_start, cfg.eps_end,
                                                       cfg.eps_decay)
     return model

@@ -26,7 +26,8 @@ from torch import nn
 
 from sleepemo.metric import window_auc
 from sleepemo.pipeline.artefacts import load_checkpoint, save_checkpoint
-from sleepemo.rl.training import Curve, Curves, curve_tensors, inner_split, refuse_held_out
+from sleepemo.rl.training import (Curve, Curves, curve_tensors, inner_split, quiet_logger,
+                                  refuse_held_out)
 
 EPS = 1e-3  # probabilities are clipped to [EPS, 1 - EPS] in the log-likelihood
 
@@ -91,10 +92,12 @@ def make_sac(env, cfg, seed: int):
     """An SB3 SAC on ``env`` (MLP ``[64, 64]`` actor and critics)."""
     from stable_baselines3 import SAC
 
-    return SAC("MlpPolicy", env, learning_rate=cfg.lr, buffer_size=cfg.buffer_size,
-               learning_starts=cfg.sac_learning_starts, batch_size=cfg.batch_size,
-               gamma=cfg.sac_gamma, train_freq=1, gradient_steps=1,
-               policy_kwargs=SAC_POLICY, seed=seed, device="cpu", verbose=0)
+    model = SAC("MlpPolicy", env, learning_rate=cfg.lr, buffer_size=cfg.buffer_size,
+                learning_starts=cfg.sac_learning_starts, batch_size=cfg.batch_size,
+                gamma=cfg.sac_gamma, train_freq=1, gradient_steps=1,
+                policy_kwargs=SAC_POLICY, seed=seed, device="cpu", verbose=0)
+    model.set_logger(quiet_logger())
+    return model
 
 
 #: the SAC's actor and critics

@@ -9,6 +9,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger
+
+
+def quiet_logger() -> Logger:
+    """An SB3 logger with no output: without one, every ``learn`` creates an empty
+    ``$TMPDIR/SB3-<date>`` folder (SB3's default logger, even at ``verbose=0``); the
+    learning curves are recorded by :class:`Curves` instead."""
+    return Logger(folder=None, output_formats=[])
 
 
 def refuse_held_out(labels: dict, held: int, k: int) -> None:
