@@ -184,15 +184,43 @@ class MAEConfig:
         return list(self.evoked_band) if self.evoked_tokens else None
 
 
+# ------------------------------------------------------------------ variants
+#: What a fusion variant's input is built from: ``experts`` (the fold's stage-03 experts'
+#: per-token embeddings, frozen), ``experts_tuned`` (the same experts, trained end to end
+#: with the fusion), ``mae`` (the stage-02 encoder's, frozen), ``raw`` (the band
+#: envelopes themselves).
+FUSION_INPUTS = ("experts", "experts_tuned", "mae", "raw")
+
+
+@dataclass(frozen=True)
+class ExpertVariant:
+    """A stage-03 variant (:attr:`ExpertsConfig.VARIANTS`)."""
+
+    init: str       # the experts' initialisation: "mae" (stage 02's encoder) or "random"
+    training: str   # "fomaml" (first-order meta-learning) or "supervised" (same compute)
+
+
+@dataclass(frozen=True)
+class FusionVariant:
+    """A stage-04 variant (:attr:`FusionConfig.VARIANTS`)."""
+
+    inputs: str     # one of FUSION_INPUTS
+    evoked: bool    # the evoked-waveform tokens beside the inputs' tokens
+    loss: str       # "bce" (per trial and timepoint) or "pairwise" (within-participant AUC)
+
+
 @dataclass
 class ExpertsConfig:
     """Stage 03: 16 channel experts meta-learned with first-order MAML under LOPO."""
 
-    #: variant name -> (initialisation, training)
-    VARIANTS: typing.ClassVar[dict[str, tuple[str, str]]] = {
-        "mae_fomaml": ("mae", "fomaml"),          # (a) the design: MAE init + meta-learning
-        "mae_supervised": ("mae", "supervised"),  # (b) no meta-learning, same compute
-        "random_fomaml": ("random", "fomaml"),    # (c) no pre-training
+    #: variant name -> its initialisation and training (:class:`ExpertVariant`)
+    VARIANTS: typing.ClassVar[dict[str, ExpertVariant]] = {
+        # (a) the design: MAE init + meta-learning
+        "mae_fomaml": ExpertVariant(init="mae", training="fomaml"),
+        # (b) no meta-learning, same compute
+        "mae_supervised": ExpertVariant(init="mae", training="supervised"),
+        # (c) no pre-training
+        "random_fomaml": ExpertVariant(init="random", training="fomaml"),
     }
 
     variants: list[str] = setting(factory=lambda: list(ExpertsConfig.VARIANTS),
@@ -232,7 +260,7 @@ class ExpertsConfig:
         bad = [v for v in self.variants if v not in known]
         _check(not bad, f"unknown experts variant(s) {bad}; known: {list(known)}")
         _check(self.workers >= 0, f"experts.workers must be >= 0, got {self.workers}")
-        bad = [v for v in self.tta_variants if v not in self.variants or known[v][0] != "mae"]
+        bad = [v for v in self.tta_variants if v not in self.variants or known[v].init != "mae"]
         _check(not bad, f"experts.tta_variants {bad}: test-time adaptation needs an "
                "MAE-initialised variant listed in experts.variants")
         _check(self.stride >= 1 and self.stride % cfg.mae.stride == 0,
@@ -257,18 +285,22 @@ class ExpertsConfig:
 class FusionConfig:
     """Stage 04: spatiotemporal fusion of the channels' token sequences, under LOPO."""
 
-    #: variant name -> (inputs, evoked tokens, loss). Inputs: ``experts`` (the fold's
-    #: stage-03 experts' per-token embeddings, frozen), ``mae`` (the stage-02 encoder's,
-    #: frozen), ``raw`` (the band envelopes themselves).
-    VARIANTS: typing.ClassVar[dict[str, tuple[str, bool, str]]] = {
-        "experts": ("experts", True, "bce"),            # the design
-        "experts_pairwise": ("experts", True, "pairwise"),  # loss: within-participant AUC
-        "experts_noevoked": ("experts", False, "bce"),  # without the evoked tokens
-        "experts_finetune": ("experts_tuned", True, "bce"),  # experts trained end to end
-        "mae": ("mae", True, "bce"),                    # no stage 03
-        "raw": ("raw", True, "bce"),                    # no pre-training at all
+    #: variant name -> its inputs, evoked tokens and loss (:class:`FusionVariant`)
+    VARIANTS: typing.ClassVar[dict[str, FusionVariant]] = {
+        # the design
+        "experts": FusionVariant(inputs="experts", evoked=True, loss="bce"),
+        # loss: within-participant AUC
+        "experts_pairwise": FusionVariant(inputs="experts", evoked=True, loss="pairwise"),
+        # without the evoked tokens
+        "experts_noevoked": FusionVariant(inputs="experts", evoked=False, loss="bce"),
+        # experts trained end to end
+        "experts_finetune": FusionVariant(inputs="experts_tuned", evoked=True, loss="bce"),
+        # no stage 03
+        "mae": FusionVariant(inputs="mae", evoked=True, loss="bce"),
+        # no pre-training at all
+        "raw": FusionVariant(inputs="raw", evoked=True, loss="bce"),
     }
-    INPUTS: typing.ClassVar[tuple[str, ...]] = ("experts", "experts_tuned", "mae", "raw")
+    INPUTS: typing.ClassVar[tuple[str, ...]] = FUSION_INPUTS
 
     variants: list[str] = setting(factory=lambda: list(FusionConfig.VARIANTS),
                                   affects="nothing")
@@ -302,7 +334,8 @@ class FusionConfig:
 
     def inputs(self) -> list[str]:
         """The inputs the chosen variants need, in a fixed order."""
-        return [i for i in self.INPUTS if any(self.VARIANTS[v][0] == i for v in self.variants)]
+        used = {self.VARIANTS[v].inputs for v in self.variants}
+        return [i for i in self.INPUTS if i in used]
 
     def validate(self, cfg: "Config") -> None:
         bad = [v for v in self.variants if v not in self.VARIANTS]
@@ -406,7 +439,8 @@ class RLConfig:
         _check(self.sac_inputs in ("fusion", "mae"),
                f"rl.sac_inputs must be fusion or mae, got {self.sac_inputs!r}")
         if self.sac_inputs == "fusion":
-            _check(FusionConfig.VARIANTS.get(self.sac_fusion, ("",))[0] in ("mae", "raw"),
+            variant = FusionConfig.VARIANTS.get(self.sac_fusion)
+            _check(variant is not None and variant.inputs in ("mae", "raw"),
                    f"rl.sac_fusion must be a stage-04 variant with one input for every "
                    f"fold (mae or raw), got {self.sac_fusion!r}")
             _check(self.sac_stride % cfg.fusion.stride == 0,

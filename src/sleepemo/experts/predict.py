@@ -56,7 +56,7 @@ class ExpertsPredictor(Predictor):
             with np.load(path) as z:
                 self.weights.append(z["weights"])
         mae_info = None
-        if any(VARIANTS[v][0] == "mae" for v in cfg.variants):
+        if any(VARIANTS[v].init == "mae" for v in cfg.variants):
             mae_info = run.cached("mae_weights",
                                   lambda: load_mae_weights(stage_dir(run.out, "mae")))[2]
         enc_cfg = expert_encoder_config(cfg, run.cfg.mae, run.n_times, len(run.channels),

@@ -193,7 +193,7 @@ def run_fold(trainer: ExpertTrainer, variant: str, k: int, held: int, test_subje
     if held in labels:
         raise ValueError(f"participant {held} is held out in fold {k}: its labels must not "
                          "reach the training")
-    init, method = VARIANTS[variant]
+    init, method = VARIANTS[variant].init, VARIANTS[variant].training
     vid = list(VARIANTS).index(variant)
     params = (load_checkpoint(ckpt, train_fp, trainer.dev) or {}).get("params") \
         if ckpt else None
@@ -249,7 +249,7 @@ def variant_fingerprints(cfg: ExpertsConfig, mcfg, seed: int, data_fp: str, band
     jobs = []
     for v in cfg.variants:
         tfp = train_fingerprint(cfg, v, seed, data_fp, band_key,
-                                mae_fp if VARIANTS[v][0] == "mae" else None)
+                                mae_fp if VARIANTS[v].init == "mae" else None)
         pfp = fingerprint(train=tfp, tta=uses_tta(cfg, v), mask_ratio=mcfg.mask_ratio,
                           **fields_affecting(cfg, "predictions"))
         jobs.append((v, tfp, {role: (name, pfp) for role, name
@@ -264,7 +264,7 @@ def fingerprints(stage: Stage, planned: dict | None = None) -> list[Planned]:
     data = stage.folds().data_fingerprint
     band_key = band_cache(stage.out, data, mcfg).key
     mae_fp = None
-    if any(VARIANTS[v][0] == "mae" for v in cfg.variants):
+    if any(VARIANTS[v].init == "mae" for v in cfg.variants):
         mae_fp = planned_or(planned, "mae", "encoder", lambda: stored_fingerprint(
             stage_dir(stage.out, "mae") / "run.json"))
     return [Planned(stage.spec.name, name, pfp, diagnostic=cfg.shuffle_labels)
@@ -315,7 +315,7 @@ def fold_state(stage: Stage) -> FoldState:
     feats = {s: band_at(cache.load(s), cfg.stride) for s in subjects}
 
     mae_state, mae_fp, mae_info = None, None, None
-    if any(VARIANTS[v][0] == "mae" for v in cfg.variants):
+    if any(VARIANTS[v].init == "mae" for v in cfg.variants):
         mae_state, mae_fp, mae_info = _mae_init(stage, cache)
     enc_cfg = expert_encoder_config(cfg, mcfg, ds.n_times, ds.n_chans, mae_info)
     trainer = ExpertTrainer(cfg, feats, enc_cfg, mae_state, ds.n_times, stage.device)
@@ -387,7 +387,8 @@ def run(stage: Stage) -> StageOutput:
         "lopo_window_auc": {n: s.score for n, s in scores.items()},
         "window_samples": {n: list(s.window) if s.window else None
                            for n, s in scores.items()},
-        "variants": {n: [v, *VARIANTS[v], "tta" if r.meta["test_time_adaptation"] else "none"]
+        "variants": {n: [v, VARIANTS[v].init, VARIANTS[v].training,
+                         "tta" if r.meta["test_time_adaptation"] else "none"]
                      for n, (v, r) in finished.items()},
         "expert_auc_by_channel": {n: dict(zip(ds.ch_names, a)) for n, a in expert_auc.items()},
         "tta_mae_loss_on_masked_tokens": tta_loss,
@@ -412,7 +413,8 @@ def _finish(writer: ResultWriter, variant: str, role: str, ds, cfg: ExpertsConfi
     parts = writer.load_parts()
     tta = role == "tta"
     meta = {"registry": "experts", "variant": variant,
-            "init_and_training": list(VARIANTS[variant]), "test_time_adaptation": tta,
+            "init_and_training": [VARIANTS[variant].init, VARIANTS[variant].training],
+            "test_time_adaptation": tta,
             "params": dataclasses.asdict(cfg),
             "weights_by_fold": {f"S{s}": parts[s]["weights"].round(4).tolist()
                                 for s in parts}}

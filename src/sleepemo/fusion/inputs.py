@@ -130,10 +130,10 @@ def with_evoked(variant: str, cfg: Config, base: np.ndarray, evoked: np.ndarray 
     """Variant ``variant``'s input from its :func:`base_input` and, when the variant has
     them, the evoked tokens of the same trials (:func:`evoked_tokens`): side by side, or
     repeated to the experts' token rate after their inputs (:func:`tuned_input`)."""
-    kind, has_evoked, _ = VARIANTS[variant]
-    if not has_evoked:
+    spec = VARIANTS[variant]
+    if not spec.evoked:
         return base
-    if kind == "experts_tuned":
+    if spec.inputs == "experts_tuned":
         return tuned_input(base, evoked, cfg.fusion.stride // cfg.experts.stride)
     return np.concatenate([base, evoked], axis=-1)
 
@@ -144,9 +144,9 @@ def participant_input(variant: str, cfg: Config, band, evoked=None, tokens=None,
     :func:`base_input` of the variant's kind, then :func:`with_evoked` with ``evoked``
     (:func:`evoked_features` or a cache entry; variants without evoked tokens ignore
     it). ``experts``: fold k's, for the ``experts`` variants."""
-    kind, has_evoked, _ = VARIANTS[variant]
-    return with_evoked(variant, cfg, base_input(kind, cfg, band, tokens, experts),
-                       evoked_tokens(evoked, cfg.fusion) if has_evoked else None)
+    spec = VARIANTS[variant]
+    return with_evoked(variant, cfg, base_input(spec.inputs, cfg, band, tokens, experts),
+                       evoked_tokens(evoked, cfg.fusion) if spec.evoked else None)
 
 
 class FusedTokens:
@@ -159,7 +159,7 @@ class FusedTokens:
 
     def __init__(self, stage: Stage, ds, folds, variant: str):
         self.stage, self.ds, self.folds, self.variant = stage, ds, folds, variant
-        if VARIANTS[variant][0] not in ("mae", "raw"):
+        if VARIANTS[variant].inputs not in ("mae", "raw"):
             raise ConfigError(f"fusion variant {variant} reads fold-specific experts; the "
                               "SAC reads the fused tokens of a mae or raw variant")
         name = output_name(dataclasses.replace(stage.cfg.fusion, shuffle_labels=False),
@@ -178,9 +178,9 @@ class FusedTokens:
         before its fold workers start)."""
         inputs = Inputs(self.stage, self.ds, self.folds)
         inputs.band
-        if VARIANTS[self.variant][1]:
+        if VARIANTS[self.variant].evoked:
             inputs.evoked_cache
-        if VARIANTS[self.variant][0] == "mae":
+        if VARIANTS[self.variant].inputs == "mae":
             inputs.mae_tokens()
 
     def fold(self, k: int) -> dict:
@@ -331,9 +331,8 @@ class Inputs:
     def variant(self, v: str, k: int) -> dict:
         """Variant ``v``'s input of every participant for fold ``k``
         (:func:`with_evoked` of :meth:`get`)."""
-        kind, evoked, _ = VARIANTS[v]
-        base = self.get(kind, k)
-        if not evoked:
+        base = self.get(VARIANTS[v].inputs, k)
+        if not VARIANTS[v].evoked:
             return base
         keep = self.keep(k)
         ev = {s: x[keep[s]] if s in keep else x for s, x in self.evoked().items()}
@@ -342,11 +341,11 @@ class Inputs:
     def full(self, v: str) -> dict:
         """Variant ``v``'s input of every trial of every participant (variants whose
         input does not depend on the fold: ``mae``, ``raw``)."""
-        kind, evoked, _ = VARIANTS[v]
+        kind = VARIANTS[v].inputs
         if kind not in ("mae", "raw"):
             raise ConfigError(f"fusion variant {v} reads fold-specific experts: only the "
                               "mae and raw variants have one input for every fold")
-        base, ev = self._shared(kind), self.evoked() if evoked else {}
+        base, ev = self._shared(kind), self.evoked() if VARIANTS[v].evoked else {}
         return {s: with_evoked(v, self.stage.cfg, x, ev.get(s)) for s, x in base.items()}
 
     def labels(self, k: int, shuffle: bool = False) -> dict:

@@ -41,7 +41,8 @@ class FusionPredictor(Predictor):
         self.variant = result.meta.get("variant")
         if self.variant not in VARIANTS:
             raise PredictError(f"{result.label}: unknown fusion variant {self.variant!r}")
-        self.kind, self.evoked, _ = VARIANTS[self.variant]
+        self.kind = VARIANTS[self.variant].inputs
+        self.evoked = VARIANTS[self.variant].evoked
         # the fine-tuned experts' embeddings are z-scored over the participant in torch
         # (models.fusion.zscore_groups), which running statistics do not reach
         self.online = self.kind != "experts_tuned"

@@ -98,7 +98,7 @@ def run_fold(cfg: FusionConfig, variant: str, inputs: dict, labels: dict, held: 
                                    replace=False)) for s in inner}
     n_chans, n_tokens, n_feat = next(iter(inputs.values())).shape[1:]
     window = token_window(cfg)
-    tuned = VARIANTS[variant][0] == "experts_tuned"
+    tuned = VARIANTS[variant].inputs == "experts_tuned"
     if tuned and experts is None:
         raise ValueError(f"variant {variant} fine-tunes fold {k}'s experts: pass them")
     torch.manual_seed(seed * 1000 + k)
@@ -112,7 +112,7 @@ def run_fold(cfg: FusionConfig, variant: str, inputs: dict, labels: dict, held: 
         model.load_state_dict(state["model"])
         history = state["history"]
     else:
-        loss_fn = fusion_loss(VARIANTS[variant][2], cfg.time_loss_weight)
+        loss_fn = fusion_loss(VARIANTS[variant].loss, cfg.time_loss_weight)
         groups_ = [{"params": (model.fusion if tuned else model).parameters()}]
         if tuned:
             groups_.append({"params": model.experts.parameters(),
@@ -183,9 +183,10 @@ def fold_state(stage: Stage) -> FoldState:
     positions = electrode_positions(ds.ch_names)
     writers = {}
     for v in cfg.variants:
-        kind, evoked, _ = VARIANTS[v]
-        fp = variant_fingerprint(cfg, v, seed, folds.data_fingerprint, inputs.key(kind),
-                                 inputs.evoked_cache.key if evoked else None, positions)
+        fp = variant_fingerprint(cfg, v, seed, folds.data_fingerprint,
+                                 inputs.key(VARIANTS[v].inputs),
+                                 inputs.evoked_cache.key if VARIANTS[v].evoked else None,
+                                 positions)
         writers[v] = ResultWriter(stage.out, stage.spec.name, output_name(cfg, v), fp, folds)
     return FoldState(stage, ds, folds, inputs, positions, writers)
 
@@ -195,7 +196,9 @@ def variant_fingerprint(cfg: FusionConfig, v: str, seed: int, data_fp: str, inpu
     """Everything variant ``v``'s weights depend on: its settings, seed, data, input
     (:func:`~sleepemo.fusion.inputs.input_key`), evoked tokens, electrode positions and
     code."""
-    return fingerprint(stage="fusion", variant=v, spec=VARIANTS[v], seed=seed,
+    # spec: the variant's fields as a list (inputs, evoked, loss), as it always was
+    return fingerprint(stage="fusion", variant=v, spec=dataclasses.astuple(VARIANTS[v]),
+                       seed=seed,
                        fusion=fields_affecting(cfg, "weights"), data=data_fp,
                        inputs=input_key, evoked=evoked_key,
                        positions=None if positions is None else positions.tolist(),
@@ -229,8 +232,8 @@ def fingerprints(stage: Stage, planned: dict | None = None) -> list[Planned]:
 
     return [Planned(stage.spec.name, output_name(cfg, v), variant_fingerprint(
                 cfg, v, stage.cfg.seed, data,
-                input_key(VARIANTS[v][0], expert_fp, mae_fp, lambda: band.key),
-                evoked.key if VARIANTS[v][1] else None, positions),
+                input_key(VARIANTS[v].inputs, expert_fp, mae_fp, lambda: band.key),
+                evoked.key if VARIANTS[v].evoked else None, positions),
                 diagnostic=cfg.shuffle_labels)
             for v in cfg.variants]
 
@@ -251,7 +254,7 @@ def train_fold(state: FoldState, k: int, step) -> dict:
                           k, stage.cfg.seed, state.ds.n_times, state.positions,
                           writer.path(f"fold{k}.pt"), writer.fp, step, stage.device,
                           experts=inputs.expert_params(k)
-                          if VARIANTS[v][0] == "experts_tuned" else None,
+                          if VARIANTS[v].inputs == "experts_tuned" else None,
                           n_heads=stage.cfg.mae.n_heads)
         writer.save_fold(k, **arrays)
         seconds[v] = time.perf_counter() - t0
@@ -272,7 +275,7 @@ def run(stage: Stage) -> StageOutput:
                    desc="fusion: LOPO folds x steps", unit="step", enabled=stage.progress)
     progress.update(cfg.steps * sum(w.fold_done(k) for k in range(folds.n_folds)
                                     for w in writers.values()))
-    if any(VARIANTS[v][0] == "mae" and not w.fold_done(k) for v, w in writers.items()
+    if any(VARIANTS[v].inputs == "mae" and not w.fold_done(k) for v, w in writers.items()
            for k in todo):
         state.inputs.mae_tokens()  # built here, once, not by every fold worker
     done = run_folds(stage, todo, fold_state, train_fold, cfg.workers, progress, state)
@@ -283,8 +286,8 @@ def run(stage: Stage) -> StageOutput:
     for v, writer in writers.items():
         finished[v] = writer.finished() or writer.finish(
             ds, seed=seed, diagnostic=cfg.shuffle_labels, config=dataclasses.asdict(cfg),
-            meta={"registry": "fusion", "variant": v, "inputs": VARIANTS[v][0],
-                  "evoked_tokens": VARIANTS[v][1], "loss": VARIANTS[v][2],
+            meta={"registry": "fusion", "variant": v, "inputs": VARIANTS[v].inputs,
+                  "evoked_tokens": VARIANTS[v].evoked, "loss": VARIANTS[v].loss,
                   "inner_best": {f"S{s}": p["history"][:, 2].max().round(4).item()
                                  for s, p in writer.load_parts().items()}})
     return _report(stage, ds, folds, finished, seconds, state.positions)
@@ -311,7 +314,7 @@ def _report(stage: Stage, ds, folds, finished: dict, seconds: dict, positions
                             centre=1 / ds.n_chans) if positions is not None else None
     metrics = {
         "lopo_window_auc": {n: float(scores[n].score) for n in names.values()},
-        "variants": {names[v]: list(VARIANTS[v]) for v in names},
+        "variants": {names[v]: list(dataclasses.astuple(VARIANTS[v])) for v in names},
         "channel_attention": {n: dict(zip(ds.ch_names, a)) for n, a in attention.items()},
         "median_fold_seconds": {v: float(np.median(s)) for v, s in seconds.items() if s},
         "labels_shuffled": cfg.shuffle_labels, "token_samples": cfg.stride,
