@@ -4,6 +4,7 @@ documented stage scripts and one place for the competition's file-name rules."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib
 import re
 from pathlib import Path
@@ -150,6 +151,42 @@ def test_stage_names_scripts_folders_and_bodies_agree():
     assert [s.number for s in STAGES] == sorted(s.number for s in STAGES)
     with pytest.raises(KeyError, match="unknown stage"):
         spec("nope")
+
+
+def test_the_stage_table_is_the_one_registry_of_model_families():
+    """Each line of STAGES declares its config section, trainer, predictor loader and
+    variants, and each resolves to what the pipeline uses."""
+    from sleepemo.config import Config
+
+    sections = {f.name for f in dataclasses.fields(Config)}
+    for s in STAGES:
+        assert s.section is None or s.section in sections, f"{s.name}: no config section " \
+                                                           f"{s.section!r} on Config"
+        assert callable(getattr(s.trainer_module(), "run", None)), f"{s.module}: no run(stage)"
+        loader = s.predictor_module()
+        if s.predictor:
+            assert callable(getattr(loader, "load", None)), \
+                f"{s.predictor}: no load(run, result)"
+            assert s.predictor not in {t.module for t in STAGES}, \
+                f"{s.name}: its predictor must be a library module, not a stage body"
+        else:
+            assert loader is None
+        table = s.variant_table()
+        assert all(isinstance(name, str) for name in table), s.name
+        if isinstance(table, dict):
+            for name, variant in table.items():
+                # a config's variant: a small frozen dataclass; a registry's: a class
+                assert isinstance(variant, type) or (
+                    dataclasses.is_dataclass(variant)
+                    and variant.__dataclass_params__.frozen), f"{s.name}: variant {name}"
+    families = {s.name: s for s in STAGES if s.predictor}
+    assert set(families) == {"baselines", "mae", "experts", "fusion", "rl", "ensemble"}
+    from sleepemo.config import ExpertsConfig, FusionConfig, ExpertVariant, FusionVariant
+
+    assert families["experts"].variant_table() is ExpertsConfig.VARIANTS
+    assert families["fusion"].variant_table() is FusionConfig.VARIANTS
+    assert all(isinstance(v, ExpertVariant) for v in ExpertsConfig.VARIANTS.values())
+    assert all(isinstance(v, FusionVariant) for v in FusionConfig.VARIANTS.values())
 
 
 def test_the_runner_runs_the_stages_by_number_and_run_sh_calls_it():

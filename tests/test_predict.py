@@ -241,3 +241,31 @@ def test_clear_errors(small_run, small_dir, tmp_path, reliability):
         assert message in proc.stderr and "Traceback" not in proc.stderr, (case, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1, (case, proc.stderr)
         reliability("predict", case, f"exit code 2, one line: '{message}'")
+
+
+def test_load_predictor_is_a_look_up_of_the_results_stage(tmp_path, monkeypatch):
+    """Each stage's results go to its own predictor loader of the stage table; a stage
+    without one, or a stage-01 result that is not a LOPO one, is a clear PredictError."""
+    from sleepemo.pipeline.artefacts import Result
+    from sleepemo.pipeline.stage import STAGES
+    from sleepemo.predict import load
+    from sleepemo.predict.base import Run
+
+    run = Run(tmp_path, None, [], 200.0, 200, 5)
+    found = {}
+    monkeypatch.setattr(load, "find", lambda out, name: found[name])
+    for s in STAGES:
+        found[s.name] = Result(s.name, "m", tmp_path, {}, f"{s.name}_m")
+        if s.predictor:
+            monkeypatch.setattr(s.predictor_module(), "load",
+                                lambda run_, result, s=s: ("loaded by", s.predictor, result))
+            assert load.load_predictor(tmp_path, s.name, run) == \
+                ("loaded by", s.predictor, found[s.name])
+        else:
+            with pytest.raises(PredictError, match="not supported.*supported: stage 01 "
+                                                   "baselines, stage 02 mae"):
+                load.load_predictor(tmp_path, s.name, run)
+    monkeypatch.undo()
+    monkeypatch.setattr(load, "find", lambda out, name: found[name])
+    with pytest.raises(PredictError, match="not a LOPO result"):
+        load.load_predictor(tmp_path, "baselines", run)

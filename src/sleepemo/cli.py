@@ -17,7 +17,6 @@ The data folder is found by :mod:`sleepemo.data.location`. The stages' own plumb
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from typing import TYPE_CHECKING, Callable
 
@@ -101,13 +100,13 @@ def _kaggle_bundle(argv: list[str]) -> int:
 
 # ------------------------------------------------------------------ stages
 def stage_entry(name: str) -> tuple[Callable, Callable | None, str]:
-    """``(body, add_arguments, doc)`` of stage ``name``, from its body module
-    (``STAGES``' ``module``): ``body(stage, args)`` calls the module's ``run``, with the
+    """``(body, add_arguments, doc)`` of stage ``name``, from its trainer module (its
+    ``trainer`` in ``STAGES``): ``body(stage, args)`` calls the module's ``run``, with the
     keyword arguments its ``options(args)`` gives when the stage has options of its own
     (``add_arguments(ap)``)."""
     from sleepemo.pipeline.stage import spec
 
-    m = importlib.import_module(spec(name).module)
+    m = spec(name).trainer_module()
     add = getattr(m, "add_arguments", None)
     options = getattr(m, "options", lambda args: {})
     return (lambda s, args: m.run(s, **options(args))), add, m.__doc__

@@ -1,17 +1,19 @@
 """Stage 02's inputs for a new participant, from a finished run: the builders of
 :mod:`sleepemo.mae.inputs` (which the stage's caches store) with the run's settings and
 its saved encoder. Every predictor that needs them (the probes, the experts, the fusion,
-the SAC heads) calls these."""
+the SAC heads) calls these; :func:`load` is the stage's predictor (its linear probes)."""
 from __future__ import annotations
 
 from typing import Callable
 
 import numpy as np
 
+from sleepemo.baselines.predict import FoldAverage
 from sleepemo.mae import inputs
 from sleepemo.mae.model import load_encoder, load_mae_weights
+from sleepemo.pipeline.artefacts import Result
 from sleepemo.pipeline.stage import stage_dir
-from sleepemo.predict.base import Run
+from sleepemo.predict.base import Predictor, Run
 
 
 def band_tokens(run: Run, X: np.ndarray, sfreq: float) -> np.ndarray:
@@ -48,3 +50,10 @@ def band_window(run: Run, X, sfreq, recipe) -> np.ndarray:
 
 #: how a LOPO result's features are computed for a new participant (``meta.recipe``)
 FEATURES: dict[str, Callable] = {"mae_window": mae_window, "band_window": band_window}
+
+
+def load(run: Run, result: Result) -> Predictor:
+    """A stage-02 linear probe: a LOPO result
+    (:class:`~sleepemo.baselines.predict.FoldAverage`) whose features are the run's MAE or
+    band windows (:data:`FEATURES`)."""
+    return FoldAverage(run, result, FEATURES)

@@ -1,4 +1,5 @@
-"""The stage runner: stage names and folders, and the work every stage does around its own.
+"""The stage runner: the table of stages and model families (:data:`STAGES`), and the work
+every stage does around its own.
 
 Every stage runs as ``sleepemo stage <name>`` (what ``sleepemo run`` starts, one process
 per stage; the ``src/NN_*.py`` scripts are the same command), which is
@@ -8,8 +9,9 @@ per stage; the ``src/NN_*.py`` scripts are the same command), which is
   resolve the data folder and the artefact folder ``<out>``, save the resolved config,
   and for stages that run PyTorch flush denormal floats to zero (before torch starts its
   threads), set the thread count and choose the device from the stage's config section;
-- the stage's **body** (a function ``body(stage) -> StageOutput`` of its module in
-  :mod:`sleepemo.stages`), which writes its results through :mod:`sleepemo.pipeline.artefacts`;
+- the stage's **body** (``run(stage) -> StageOutput`` of its trainer module,
+  :attr:`StageSpec.module`), which writes its results through
+  :mod:`sleepemo.pipeline.artefacts`;
 - **closing** (:meth:`Stage.run`): wall time, peak memory, threads and device are added to
   the body's metrics and written to ``<out>/<folder>/metrics.json``; the body's evidence
   (Markdown) to ``<out>/<folder>/evidence.md``; the summary is printed;
@@ -24,12 +26,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import importlib
 import resource
 import sys
 import time
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from sleepemo import runlog
 from sleepemo.config import Config, PROFILES, load_config, project_dir, save_config
@@ -43,14 +48,29 @@ from sleepemo.pipeline.runlock import command_line, hold
 
 @dataclass(frozen=True)
 class StageSpec:
-    """One stage of the pipeline."""
+    """One stage of the pipeline; for a model family, everything it declares.
+
+    The modules it names are dotted strings, imported only when asked for
+    (:meth:`trainer_module`, :meth:`predictor_module`, :meth:`variant_table`): listing the
+    stages, or a command that needs no model, imports neither PyTorch nor the families.
+    """
 
     number: str           # "03"
     name: str             # "experts": how code, scripts and artefact folders name the stage
     section: str | None   # its config section (device, num_threads), if any
     torch: bool           # opens with the PyTorch set-up
     title: str
-    body: str = ""        # the module whose run(stage) is the body; default sleepemo.<name>.stage
+    #: the module whose ``run(stage)`` is the body (it trains the family's models);
+    #: default ``sleepemo.<name>.stage``
+    trainer: str = ""
+    #: the module whose ``load(run, result) -> Predictor`` rebuilds the stage's results for
+    #: ``sleepemo predict`` (:func:`sleepemo.predict.load.load_predictor`); None: its results
+    #: (if any) cannot predict new recordings
+    predictor: str | None = None
+    #: ``module:attribute`` of what the family's results vary over: variant name -> its
+    #: small frozen dataclass of the config (``ExpertsConfig.VARIANTS``), model name -> class
+    #: (the baselines' registry), or a tuple of names; None: no variants
+    variants: str | None = None
 
     @property
     def script(self) -> str:
@@ -59,27 +79,52 @@ class StageSpec:
 
     @property
     def module(self) -> str:
-        """The module of its body, e.g. ``sleepemo.experts.stage``."""
-        return self.body or f"sleepemo.{self.name}.stage"
+        """The module of its body (its trainer), e.g. ``sleepemo.experts.stage``."""
+        return self.trainer or f"sleepemo.{self.name}.stage"
 
     @property
     def folder(self) -> str:
         """Its folder under the run's artefact folder, e.g. ``03_experts``."""
         return f"{self.number}_{self.name}"
 
+    def trainer_module(self) -> types.ModuleType:
+        """Its body's module (``run(stage)``, optionally ``add_arguments``/``options``)."""
+        return importlib.import_module(self.module)
 
-#: The pipeline in order: ``sleepemo run`` runs them by number, in this order. Adding a
-#: stage: a line here, a config section, a module in sleepemo/stages/, its entry in
-#: sleepemo.cli (stage_entry) and a script in src/ (docs/extending.md).
+    def predictor_module(self) -> types.ModuleType | None:
+        """The module of its predictor loader (``load(run, result)``), if it has one."""
+        return importlib.import_module(self.predictor) if self.predictor else None
+
+    def variant_table(self) -> Mapping | tuple:
+        """Its variants (see :attr:`variants`); empty when it declares none."""
+        if not self.variants:
+            return {}
+        module, _, attribute = self.variants.partition(":")
+        return functools.reduce(getattr, attribute.split("."), importlib.import_module(module))
+
+
+#: The pipeline in order, and the one registry of model families: ``sleepemo run`` runs the
+#: stages by number, in this order; ``sleepemo predict`` rebuilds a result with its stage's
+#: ``predictor``. Adding a stage or family: a line here, a config section, its package
+#: (trainer ``stage.py``, predictor ``predict.py``), its entry in sleepemo.cli (stage_entry)
+#: and a script in src/ (docs/extending.md, docs/architecture.md).
 STAGES: tuple[StageSpec, ...] = (
-    StageSpec("00", "folds", None, False, "LOPO folds", "sleepemo.pipeline.folds"),
-    StageSpec("01", "baselines", "baselines", False, "Baselines"),
-    StageSpec("02", "mae", "mae", True, "Band features and masked-autoencoder pre-training"),
-    StageSpec("03", "experts", "experts", True, "Channel experts meta-learned with FOMAML"),
-    StageSpec("04", "fusion", "fusion", True, "Spatiotemporal fusion"),
-    StageSpec("05", "rl", "rl", True, "Reinforcement-learning heads"),
-    StageSpec("06", "ensemble", "ensemble", False, "Optuna ensemble"),
-    StageSpec("07", "submission", None, False, "Submission", "sleepemo.kaggle.stage"),
+    StageSpec("00", "folds", None, False, "LOPO folds", trainer="sleepemo.pipeline.folds"),
+    StageSpec("01", "baselines", "baselines", False, "Baselines",
+              predictor="sleepemo.baselines.predict", variants="sleepemo.baselines:REGISTRY"),
+    StageSpec("02", "mae", "mae", True, "Band features and masked-autoencoder pre-training",
+              predictor="sleepemo.mae.predict", variants="sleepemo.mae.stage:PROBES"),
+    StageSpec("03", "experts", "experts", True, "Channel experts meta-learned with FOMAML",
+              predictor="sleepemo.experts.predict",
+              variants="sleepemo.config:ExpertsConfig.VARIANTS"),
+    StageSpec("04", "fusion", "fusion", True, "Spatiotemporal fusion",
+              predictor="sleepemo.fusion.predict",
+              variants="sleepemo.config:FusionConfig.VARIANTS"),
+    StageSpec("05", "rl", "rl", True, "Reinforcement-learning heads",
+              predictor="sleepemo.rl.predict", variants="sleepemo.config:RLConfig.HEADS"),
+    StageSpec("06", "ensemble", "ensemble", False, "Optuna ensemble",
+              predictor="sleepemo.predict.ensemble"),
+    StageSpec("07", "submission", None, False, "Submission", trainer="sleepemo.kaggle.stage"),
 )
 
 

@@ -6,11 +6,12 @@ were made with. :func:`load_predictor` rebuilds a result as a :class:`Predictor`
 P(emotional) per trial and timepoint, exactly as the stage computed its test predictions:
 
 - **LOPO models** (stage 01's baselines and stage 02's linear probes,
-  :mod:`sleepemo.baselines.lopo`): the 14 fold models (``fold<k>.joblib``), each applied to the
-  participant's features, averaged. Features come from the result's recipe (``meta.json``
-  ``recipe``, :data:`FEATURES`): the model's own ``transform`` or the MAE's / the band
-  envelopes' window means. Every per-participant normalisation is computed on the new
-  participant's own trials, label-free, as at training time.
+  :mod:`sleepemo.baselines.lopo`; :class:`~sleepemo.baselines.predict.FoldAverage`): the 14
+  fold models (``fold<k>.joblib``), each applied to the participant's features, averaged.
+  Features come from the result's recipe (``meta.json`` ``recipe``): the model's own
+  ``transform`` or the MAE's / the band envelopes' window means
+  (:data:`sleepemo.mae.predict.FEATURES`). Every per-participant normalisation is
+  computed on the new participant's own trials, label-free, as at training time.
 - **Stage 03's channel experts** (:mod:`sleepemo.experts.predict`): each fold's experts
   and combination weights, the ``_tta`` results after the test-time adaptation on the
   participant's own trials (seeded by its id: ``predict(X, sfreq, subject=<id>)``).
@@ -19,10 +20,12 @@ P(emotional) per trial and timepoint, exactly as the stage computed its test pre
 - **Stage 05's heads and their twins** (:mod:`sleepemo.rl.predict`): each fold's fitted
   features and network (a SAC on stage 04's fused tokens: fold k's fusion and
   prototypes first), averaged.
-- **The ensemble** (stage 06): its members' predictors, blended by ``ensembler.json``.
+- **The ensemble** (stage 06, :mod:`sleepemo.predict.ensemble`): its members' predictors,
+  blended by ``ensembler.json``.
 
-Other stages' results (:data:`STAGE_PREDICTORS` lists the supported ones) raise a clear
-error naming the result.
+Which module rebuilds a result is its stage's ``predictor`` in the stage table
+(:data:`sleepemo.pipeline.stage.STAGES`); other stages' results raise a clear error naming
+the result and the supported stages.
 
 **Streaming** (:class:`Stream`): one trial at a time, for closed-loop use. The
 participant's normalisation is updated online: each new trial is predicted with the
