@@ -143,10 +143,10 @@ def _stage(out, data_dir, **experts):
 
 
 @pytest.fixture(scope="module")
-def smoke_stage(smoke_dir, tmp_path_factory):
+def smoke_stage(small_dir, tmp_path_factory):
     from sleepemo.experts import stage as train_experts
 
-    stage, ds, folds = _stage(tmp_path_factory.mktemp("experts"), smoke_dir)
+    stage, ds, folds = _stage(tmp_path_factory.mktemp("experts"), small_dir)
     metrics = stage.run(train_experts.run).metrics
     return stage, ds, folds, metrics
 
@@ -222,7 +222,7 @@ def test_fold_workers_give_the_serial_results(smoke_stage, tmp_path):
 
 
 @pytest.mark.parametrize("variant", ["mae_fomaml", "mae_supervised", "random_fomaml"])
-def test_held_out_labels_never_reach_the_fitted_experts(smoke_dir, tmp_path, variant):
+def test_held_out_labels_never_reach_the_fitted_experts(small_dir, tmp_path, variant):
     """Fold 0 with the held-out participant's labels flipped gives bit-identical
     predictions, and a label dict that includes the held-out participant is refused."""
     from sleepemo.features import BandFeatureCache
@@ -230,7 +230,7 @@ def test_held_out_labels_never_reach_the_fitted_experts(smoke_dir, tmp_path, var
     from sleepemo.mae.model import load_mae_weights
     from sleepemo.experts.stage import ExpertTrainer, run_fold
 
-    stage, ds, folds = _stage(tmp_path, smoke_dir, variants=f"[{variant}]",
+    stage, ds, folds = _stage(tmp_path, small_dir, variants=f"[{variant}]",
                               tta_variants="[mae_fomaml]" if variant == "mae_fomaml" else "[]")
     cfg = stage.cfg
     torch.set_num_threads(1)
@@ -362,8 +362,8 @@ def test_predictor_errors_are_one_clear_line(experts_run, tmp_path):
         Stream(tta, ds.sfreq).push(X[0])
     copy = tmp_path / "run"
     shutil.copytree(out, copy, ignore=shutil.ignore_patterns("cache"))
-    (copy / "03_experts" / "experts_mae_fomaml" / "fold5.pt").unlink()
-    with pytest.raises(PredictError, match=r"experts_mae_fomaml/fold5\.pt: the fold's "
+    (copy / "03_experts" / "experts_mae_fomaml" / "fold3.pt").unlink()
+    with pytest.raises(PredictError, match=r"experts_mae_fomaml/fold3\.pt: the fold's "
                                            "experts are missing"):
         load_predictor(copy, "experts_mae_fomaml_tta")
 

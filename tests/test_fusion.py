@@ -154,11 +154,11 @@ def _untrained_experts(stage, ds, folds):
 
 
 @pytest.fixture(scope="module")
-def fusion_run(smoke_dir, tmp_path_factory):
+def fusion_run(small_dir, tmp_path_factory):
     """Stage 04 with five variants on stage-03 experts (untrained: plumbing)."""
     from sleepemo.fusion import stage as train_fusion
 
-    stage, ds, folds = _stage(tmp_path_factory.mktemp("fusion"), smoke_dir, **{
+    stage, ds, folds = _stage(tmp_path_factory.mktemp("fusion"), small_dir, **{
         "fusion.variants": "[experts, experts_noevoked, experts_pairwise, experts_finetune, "
                            "raw]"})
     _untrained_experts(stage, ds, folds)
@@ -216,10 +216,10 @@ def test_killed_stage_resumes_from_fold_checkpoints(fusion_run, monkeypatch):
     assert sum("unchanged, reusing" in m for m in logs) == len(stage.cfg.fusion.variants)
 
 
-def test_missing_experts_is_a_clear_error(smoke_dir, tmp_path):
+def test_missing_experts_is_a_clear_error(small_dir, tmp_path):
     from sleepemo.fusion import stage as train_fusion
 
-    stage, *_ = _stage(tmp_path, smoke_dir)
+    stage, *_ = _stage(tmp_path, small_dir)
     with pytest.raises(FileNotFoundError, match="03_experts"):
         stage.run(train_fusion.run)
 
@@ -297,12 +297,12 @@ def test_label_shuffled_stage_scores_about_chance(medium_dir, tmp_path):
     assert meta["diagnostic"]
 
 
-def test_training_participants_keep_a_label_free_subset(smoke_dir, tmp_path):
+def test_training_participants_keep_a_label_free_subset(small_dir, tmp_path):
     """At most ``fusion.train_trials`` per training participant, the same rows in every
     input and in the labels; the held-out and test participants keep every trial."""
     from sleepemo.fusion.inputs import Inputs
 
-    stage, ds, folds = _stage(tmp_path, smoke_dir, **{"fusion.train_trials": "20"})
+    stage, ds, folds = _stage(tmp_path, small_dir, **{"fusion.train_trials": "20"})
     source = Inputs(stage, ds, folds)
     keep, x, labels = source.keep(3), source.variant("raw", 3), source.labels(3)
     assert sorted(keep) == sorted(folds.train_of(3)) == sorted(labels)

@@ -33,20 +33,6 @@ def stage(script: str, data, out, *sets, subs=None):
 
 
 @pytest.fixture(scope="module")
-def small_dir(tmp_path_factory):
-    """The smoke data's size (10 % of the real trial counts) with five training
-    participants (2-6: five folds) and the three test participants."""
-    from sleepemo.data.synth import SynthConfig, generate
-
-    root = generate(tmp_path_factory.mktemp("data") / "small", SynthConfig(seed=0, scale=0.1),
-                    progress=False)
-    for f in (root / "training").glob("*/S_*_cleaned.mat"):
-        if f.name.split("_")[1] not in ("2", "3", "4", "5", "6"):
-            f.unlink()
-    return root
-
-
-@pytest.fixture(scope="module")
 def small_run(small_dir, tmp_path_factory):
     """Stages 00, 01 (two fast baselines), 06 (their ensemble) and 07 on small data."""
     tmp = tmp_path_factory.mktemp("predict")

@@ -227,10 +227,10 @@ def _rl_stage(out, data_dir, **sets):
 
 
 @pytest.fixture(scope="module")
-def rl_run(smoke_dir, tmp_path_factory):
+def rl_run(small_dir, tmp_path_factory):
     from sleepemo.rl import stage as rl_heads
 
-    stage, ds, folds = _rl_stage(tmp_path_factory.mktemp("rl"), smoke_dir)
+    stage, ds, folds = _rl_stage(tmp_path_factory.mktemp("rl"), small_dir)
     return stage, ds, folds, stage.run(rl_heads.run).metrics
 
 
@@ -344,17 +344,17 @@ def test_predictor_reproduces_every_head_exactly(rl_run):
         assert got.dtype == np.float32
         np.testing.assert_array_equal(got, r.test, err_msg=name)
     assert sorted(listed) == ["rl_dqn", "rl_dqn_twin", "rl_sac", "rl_sac_twin"]
-    # the predictor follows what each fold kept: fold 5's features swapped for fold 6's
+    # the predictor follows what each fold kept: fold 3's features swapped for fold 4's
     # change the output (the test can fail), a missing file is named
-    path = stage.out / "05_rl" / "rl_features_fold5.joblib"
+    path = stage.out / "05_rl" / "rl_features_fold3.joblib"
     shutil.copy(path, path.with_suffix(".bak"))
     try:
-        shutil.copy(path.with_name("rl_features_fold6.joblib"), path)
+        shutil.copy(path.with_name("rl_features_fold4.joblib"), path)
         swapped = load_predictor(stage.out, "rl_dqn", run).predict(
             ds.test[folds.test_subjects[0]].X, ds.sfreq)
         assert not np.array_equal(swapped, listed["rl_dqn"].test[:len(swapped)])
         path.unlink()
-        with pytest.raises(PredictError, match="rl_features_fold5.joblib: fold 5's fitted"):
+        with pytest.raises(PredictError, match="rl_features_fold3.joblib: fold 3's fitted"):
             load_predictor(stage.out, "rl_dqn", run)
     finally:
         shutil.move(path.with_suffix(".bak"), path)
@@ -469,7 +469,7 @@ def test_sac_and_its_twin_learn_a_separable_task():
     assert roc_auc_score(new_y, q[:, 3:7].mean(1)) > 0.9
 
 
-def test_sac_reads_fold_k_fused_tokens_once_stage_04_has_them(smoke_dir, tmp_path):
+def test_sac_reads_fold_k_fused_tokens_once_stage_04_has_them(small_dir, tmp_path):
     """Without stage 04 the SAC's prototypes are the run's, over the MAE's embeddings (and
     the report says so); once stage 04 has ``fusion_mae``, they are per fold, over fold
     k's fused tokens, whose shape is (trials, decisions, fusion.d_model), and the SAC
@@ -484,11 +484,11 @@ def test_sac_reads_fold_k_fused_tokens_once_stage_04_has_them(smoke_dir, tmp_pat
     from sleepemo.rl.stage import fold_state
 
     sets = {"rl.heads": "[sac]", "fusion.variants": "[mae]"}
-    stage, ds, folds = _rl_stage(tmp_path, smoke_dir, **sets)
+    stage, ds, folds = _rl_stage(tmp_path, small_dir, **sets)
     first = stage.run(rl_heads.run).metrics["prototypes"]
     assert first["source"] == "mae" and not first["per_fold"]
     fp_mae = fold_state(stage).fps["sac"]
-    fusion = stage_with_random_mae("fusion", tmp_path, smoke_dir,
+    fusion = stage_with_random_mae("fusion", tmp_path, small_dir,
                                    [f"{k}={v}" for k, v in sets.items()])[0]
     fusion.run(train_fusion.run)
     state = fold_state(stage)
