@@ -126,6 +126,64 @@ def stage_with_random_mae(name: str, out, data_dir, sets=()):
     return open_stage(name, cfg, data_dir, out, progress=False, log=lambda m: None), ds, folds
 
 
+def n_rows(ds, folds) -> tuple[int, int]:
+    """(training trials, test trials) of ``folds``: the rows of oof.npy and test.npy."""
+    return (sum(folds.n_trials[s] for s in folds.train_subjects),
+            sum(ds.test[s].n_trials for s in folds.test_subjects))
+
+
+def contract_arrays(stage, name: str, ds, folds, metrics, strict: bool = True):
+    """Result ``name`` of ``stage`` as the predictions contract says: out-of-fold rows of
+    every training trial and test rows of every test trial, 200 timepoints each,
+    probabilities (strictly inside (0, 1) when ``strict``), finite; its score in the
+    stage's metrics is the LOPO score of its out-of-fold rows. Returns (oof, test)."""
+    from sleepemo.pipeline.artefacts import score_oof
+
+    folder = stage.dir / name
+    oof, test = np.load(folder / "oof.npy"), np.load(folder / "test.npy")
+    assert oof.shape == (n_rows(ds, folds)[0], 200), name
+    assert test.shape == (n_rows(ds, folds)[1], 200), name
+    assert np.isfinite(oof).all() and np.isfinite(test).all(), name
+    if strict:
+        assert 0 < oof.min() and oof.max() < 1, name
+    else:
+        assert 0 <= oof.min() and oof.max() <= 1, name
+    assert metrics["lopo_window_auc"][name] == score_oof(oof, ds, folds).score, name
+    return oof, test
+
+
+def resumes_from_fold_checkpoints(stage, body, name: str, trains: tuple, monkeypatch
+                                  ) -> list[str]:
+    """Result ``name`` of the finished ``stage`` as if killed after fold 3's checkpoint was
+    written (its ``fold3.npz`` and ``meta.json`` gone): rerunning the stage's ``body`` with
+    ``trains`` (``(object, attribute)`` of what trains a fold) failing gives the same
+    out-of-fold rows from the checkpoints; a third run, with the body module's
+    ``run_fold`` failing too, does no fold work. Returns the third run's log lines."""
+    folder = stage.dir / name
+    before = np.load(folder / "oof.npy")
+    (folder / "fold3.npz").unlink()
+    (folder / "meta.json").unlink()
+    monkeypatch.setattr(*trains, lambda *a, **k: pytest.fail(
+        "a fold with a checkpoint was trained again"))
+    stage.run(body.run)
+    np.testing.assert_array_equal(np.load(folder / "oof.npy"), before)
+    monkeypatch.setattr(body, "run_fold", lambda *a, **k: pytest.fail("recomputed"))
+    logs = []
+    monkeypatch.setattr(stage, "log", logs.append)
+    stage.run(body.run)
+    return logs
+
+
+def assert_same_results(stage, reference, names, arrays=("oof.npy", "test.npy")) -> None:
+    """Results ``names`` of ``stage`` hold the same ``arrays``, bit for bit, as those of
+    the finished ``reference`` stage (the same stage in another run folder)."""
+    for name in names:
+        for array in arrays:
+            np.testing.assert_array_equal(np.load(stage.dir / name / array),
+                                          np.load(reference.dir / name / array),
+                                          err_msg=f"{name} {array}")
+
+
 #: the folds a fold-worker test computes again with two workers (the others are loaded)
 WORKER_FOLDS = (0, 2, 4)
 

@@ -31,9 +31,15 @@ def test_overrides_are_parsed_as_yaml():
     ("baselines.models=[nope]", r"unknown baseline model\(s\) \['nope'\]"),
     ("data.synthetic_scale=0", "synthetic_scale must be in"),
     ("seed", "is not key=value"),
+    ("experts.tta_variants=[random_fomaml]", "tta_variants"),
+    ("experts.variants=[maml2]", "unknown experts variant"),
+    ("experts.n_support=7", "even"),
+    ("fusion.variants=[nope]", "unknown fusion variant"),
+    ("fusion.stride=6", "multiple of"),
+    ("fusion.n_inner_val=0", "n_inner_val"),
 ])
 def test_bad_config_is_refused(override, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         load_config("smoke", [override])
 
 

@@ -10,7 +10,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from conftest import copy_without_folds, stage_with_random_mae, with_flipped_labels
+from conftest import (assert_same_results, contract_arrays, copy_without_folds, n_rows,
+                      resumes_from_fold_checkpoints, stage_with_random_mae,
+                      with_flipped_labels)
 from sleepemo.experts.fomaml import adapt, fomaml_step
 from sleepemo.experts.model import ExpertBank, loop_forward, make_experts
 from sleepemo.mae.model import ChannelEncoder, EncoderConfig, n_parameters
@@ -152,73 +154,54 @@ def smoke_stage(small_dir, tmp_path_factory):
 
 
 def test_stage_writes_predictions_scores_and_topomap(smoke_stage):
-    from sleepemo.pipeline.artefacts import results, score_oof
+    from sleepemo.pipeline.artefacts import results
 
     stage, ds, folds, metrics = smoke_stage
-    run = stage.out / "03_experts"
-    n_train = sum(folds.n_trials[s] for s in folds.train_subjects)
-    n_test = sum(ds.test[s].n_trials for s in folds.test_subjects)
     for name in ("experts_mae_fomaml", "experts_mae_fomaml_tta"):
-        oof, test = np.load(run / name / "oof.npy"), np.load(run / name / "test.npy")
-        assert oof.shape == (n_train, 200) and test.shape == (n_test, 200)
-        assert np.load(run / name / "oof_experts.npy").shape == (n_train, 16)
-        assert 0 < oof.min() and oof.max() < 1 and np.isfinite(test).all()
-        assert metrics["lopo_window_auc"][name] == score_oof(oof, ds, folds).score
+        contract_arrays(stage, name, ds, folds, metrics)
+        assert np.load(stage.dir / name / "oof_experts.npy").shape == (n_rows(ds, folds)[0], 16)
         assert len(metrics["expert_auc_by_channel"][name]) == 16
     # the adapted weights are not the zero-shot ones, and the MAE loss went down
-    zs, tta = (np.load(run / n / "oof.npy") for n in ("experts_mae_fomaml",
+    zs, tta = (np.load(stage.dir / n / "oof.npy") for n in ("experts_mae_fomaml",
                                                        "experts_mae_fomaml_tta"))
     assert not np.array_equal(zs, tta)
-    with np.load(run / "experts_mae_fomaml_tta" / "fold0.npz") as z:
+    with np.load(stage.dir / "experts_mae_fomaml_tta" / "fold0.npz") as z:
         before, after = z["tta_mae_loss"].T
     assert (after < before).all()
     mean = metrics["tta_mae_loss_on_masked_tokens"]["experts_mae_fomaml_tta"]
     assert mean["after"] < mean["before"]
-    assert (run / "expert_topomap.png").stat().st_size > 0
+    assert (stage.dir / "expert_topomap.png").stat().st_size > 0
     # the results are listed through the contract, the stage's own files beside them
     assert [r.name for r in results(stage.out, "experts")] == ["experts_mae_fomaml",
                                                                "experts_mae_fomaml_tta"]
     assert not (stage.out / "lopo.csv").exists()  # the run's table belongs to the report
-    evidence = (run / "evidence.md").read_text()
+    evidence = (stage.dir / "evidence.md").read_text()
     assert "experts_mae_fomaml_tta" in evidence and "expert_topomap.png" in evidence
-    assert json.loads((run / "metrics.json").read_text())["stage_seconds"] > 0
+    assert json.loads((stage.dir / "metrics.json").read_text())["stage_seconds"] > 0
 
 
 def test_killed_stage_resumes_from_fold_checkpoints(smoke_stage, monkeypatch):
     from sleepemo.experts import stage as train_experts
 
-    stage, ds, folds, _ = smoke_stage
-    run = stage.out / "03_experts" / "experts_mae_fomaml"
-    before = np.load(run / "oof.npy")
-    (run / "fold3.npz").unlink()  # as if killed after fold 3's checkpoint was written
-    (run / "meta.json").unlink()
-    monkeypatch.setattr(train_experts.ExpertTrainer, "train", lambda *a, **k: pytest.fail(
-        "a fold with a checkpoint was trained again"))
-    stage.run(train_experts.run)
-    np.testing.assert_array_equal(np.load(run / "oof.npy"), before)
-    # and a finished, unchanged stage does no fold work at all
-    monkeypatch.setattr(train_experts, "run_fold", lambda *a, **k: pytest.fail("recomputed"))
-    logs = []
-    monkeypatch.setattr(stage, "log", logs.append)
-    stage.run(train_experts.run)
+    stage = smoke_stage[0]
+    logs = resumes_from_fold_checkpoints(stage, train_experts, "experts_mae_fomaml",
+                                         (train_experts.ExpertTrainer, "train"), monkeypatch)
     assert any("unchanged, reusing" in m for m in logs)
 
 
 def test_fold_workers_give_the_serial_results(smoke_stage, tmp_path):
     """Folds trained by two one-thread worker processes equal the serial run's (one
-    thread) bit for bit, with test-time adaptation: a fold's seeds are its own. (Four
-    folds are computed again, the others loaded: :func:`conftest.copy_without_folds`.)"""
+    thread) bit for bit, with test-time adaptation: a fold's seeds are its own.
+    (Some folds are computed again, the others loaded:
+    :func:`conftest.copy_without_folds`.)"""
     from sleepemo.experts import stage as train_experts
 
     serial, *_ = smoke_stage
     copy_without_folds(serial.out, tmp_path, "03_experts")
     stage, *_ = _stage(tmp_path, serial.data_dir, workers=2)
     stage.run(train_experts.run)
-    for name in ("experts_mae_fomaml", "experts_mae_fomaml_tta"):
-        for array in ("oof.npy", "test.npy", "oof_experts.npy"):
-            np.testing.assert_array_equal(
-                np.load(stage.out / "03_experts" / name / array),
-                np.load(serial.out / "03_experts" / name / array), err_msg=f"{name} {array}")
+    assert_same_results(stage, serial, ("experts_mae_fomaml", "experts_mae_fomaml_tta"),
+                        ("oof.npy", "test.npy", "oof_experts.npy"))
 
 
 @pytest.mark.parametrize("variant", ["mae_fomaml", "mae_supervised", "random_fomaml"])
@@ -277,17 +260,6 @@ def test_label_shuffled_stage_scores_about_chance(medium_dir, tmp_path):
     for name, score in scores.items():
         assert abs(score - 0.5) <= 0.03, f"{name} scored {score:.4f}"
         assert read_json(tmp_path / "03_experts" / name / "meta.json")["diagnostic"]
-
-
-def test_experts_config_is_checked():
-    from sleepemo.config import ConfigError, load_config
-
-    with pytest.raises(ConfigError, match="tta_variants"):
-        load_config("smoke", ["experts.tta_variants=[random_fomaml]"])
-    with pytest.raises(ConfigError, match="unknown experts variant"):
-        load_config("smoke", ["experts.variants=[maml2]"])
-    with pytest.raises(ConfigError, match="even"):
-        load_config("smoke", ["experts.n_support=7"])
 
 
 # ---------------------------------------------------------------- sleepemo predict

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import copy_without_folds, stage_with_random_mae, with_flipped_labels
+from conftest import (assert_same_results, contract_arrays, copy_without_folds, n_rows,
+                      resumes_from_fold_checkpoints, stage_with_random_mae,
+                      with_flipped_labels)
 from sleepemo import CHANNELS
-from sleepemo.config import ConfigError, load_config
+from sleepemo.config import load_config
 from sleepemo.fusion.model import (FusionNet, electrode_positions, fusion_loss,
                                     pairwise_auc_loss)
 
@@ -115,13 +117,7 @@ def test_tuned_fusion_pools_and_zscores_like_the_frozen_path():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.experts.values())
 
 
-def test_fusion_config_is_checked():
-    with pytest.raises(ConfigError, match="unknown fusion variant"):
-        load_config("smoke", ["fusion.variants=[nope]"])
-    with pytest.raises(ConfigError, match="multiple of"):
-        load_config("quick", ["fusion.stride=6"])
-    with pytest.raises(ConfigError, match="n_inner_val"):
-        load_config("smoke", ["fusion.n_inner_val=0"])
+def test_fusion_inputs_are_those_its_variants_need():
     assert load_config("quick").fusion.inputs() == ["experts", "mae", "raw"]
 
 
@@ -167,23 +163,19 @@ def fusion_run(small_dir, tmp_path_factory):
 
 
 def test_stage_writes_every_variant_through_the_contract(fusion_run):
-    from sleepemo.pipeline.artefacts import results, score_oof
+    from sleepemo.pipeline.artefacts import results
 
     stage, ds, folds, metrics = fusion_run
     run = stage.out / "04_fusion"
-    n_train = sum(folds.n_trials[s] for s in folds.train_subjects)
-    n_test = sum(ds.test[s].n_trials for s in folds.test_subjects)
+    n_train = n_rows(ds, folds)[0]
     names = [f"fusion_{v}" for v in stage.cfg.fusion.variants]
     assert [r.name for r in results(stage.out, "fusion")] == sorted(names)
     for name in names:
-        oof, test = np.load(run / name / "oof.npy"), np.load(run / name / "test.npy")
-        assert oof.shape == (n_train, 200) and test.shape == (n_test, 200)
-        assert 0 < oof.min() and oof.max() < 1 and np.isfinite(test).all()
+        contract_arrays(stage, name, ds, folds, metrics)
         assert np.load(run / name / "oof_trial.npy").shape == (n_train,)
         att = np.load(run / name / "oof_attention.npy")
         assert att.shape == (n_train, 16)
         np.testing.assert_allclose(att.sum(1), 1, rtol=1e-5)
-        assert metrics["lopo_window_auc"][name] == score_oof(oof, ds, folds).score
         with np.load(run / name / "fold0.npz") as z:  # early stopping left a history
             assert z["history"].shape[1] == 3 and folds.held_out(0) not in z["inner"]
     # the evoked tokens reach the network: with and without them differ
@@ -200,19 +192,9 @@ def test_stage_writes_every_variant_through_the_contract(fusion_run):
 def test_killed_stage_resumes_from_fold_checkpoints(fusion_run, monkeypatch):
     from sleepemo.fusion import stage as train_fusion
 
-    stage, *_ = fusion_run
-    run = stage.out / "04_fusion" / "fusion_raw"
-    before = np.load(run / "oof.npy")
-    (run / "fold3.npz").unlink()  # as if killed after fold 3's checkpoint was written
-    (run / "meta.json").unlink()
-    monkeypatch.setattr(train_fusion, "fusion_loss", lambda *a, **k: pytest.fail(
-        "a fold with a checkpoint was trained again"))
-    stage.run(train_fusion.run)
-    np.testing.assert_array_equal(np.load(run / "oof.npy"), before)
-    monkeypatch.setattr(train_fusion, "run_fold", lambda *a, **k: pytest.fail("recomputed"))
-    logs = []
-    monkeypatch.setattr(stage, "log", logs.append)
-    stage.run(train_fusion.run)
+    stage = fusion_run[0]
+    logs = resumes_from_fold_checkpoints(stage, train_fusion, "fusion_raw",
+                                         (train_fusion, "fusion_loss"), monkeypatch)
     assert sum("unchanged, reusing" in m for m in logs) == len(stage.cfg.fusion.variants)
 
 
@@ -335,7 +317,7 @@ def test_predictor_reproduces_the_fine_tuned_experts_variant(fusion_run):
 
 def test_fold_workers_give_the_serial_results(fusion_run, tmp_path):
     """Folds trained by two one-thread worker processes equal the serial run's
-    (one thread) bit for bit: a fold's seeds are its own. (Four folds are computed again,
+    (one thread) bit for bit: a fold's seeds are its own. (Some folds are computed again,
     the others loaded: :func:`conftest.copy_without_folds`.)"""
     from sleepemo.fusion import stage as train_fusion
 
@@ -345,8 +327,5 @@ def test_fold_workers_give_the_serial_results(fusion_run, tmp_path):
         "fusion.variants": "[experts, raw]", "fusion.workers": "2"})
     _untrained_experts(stage, ds, folds)
     stage.run(train_fusion.run)
-    for name in ("fusion_experts", "fusion_raw"):
-        for array in ("oof.npy", "test.npy", "oof_trial.npy"):
-            np.testing.assert_array_equal(
-                np.load(stage.out / "04_fusion" / name / array),
-                np.load(serial.out / "04_fusion" / name / array), err_msg=f"{name} {array}")
+    assert_same_results(stage, serial, ("fusion_experts", "fusion_raw"),
+                        ("oof.npy", "test.npy", "oof_trial.npy"))

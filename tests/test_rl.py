@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import copy_without_folds, stage_with_random_mae, with_flipped_labels
+from conftest import (assert_same_results, contract_arrays, copy_without_folds,
+                      stage_with_random_mae, with_flipped_labels)
 from sleepemo.rl.features import STATS, FoldFeatures, Signals, fit_fold, participant_signals
 
 
@@ -235,18 +236,15 @@ def rl_run(small_dir, tmp_path_factory):
 
 
 def test_stage_writes_every_head_through_the_contract_and_resumes(rl_run, monkeypatch):
-    from sleepemo.pipeline.artefacts import results, score_oof
+    from sleepemo.pipeline.artefacts import results
     from sleepemo.rl import stage as rl_heads
 
     stage, ds, folds, metrics = rl_run
     run = stage.out / "05_rl"
     names = ["rl_dqn", "rl_dqn_twin", "rl_sac", "rl_sac_twin"]
     assert [r.name for r in results(stage.out, "rl")] == names
-    n_train = sum(folds.n_trials[s] for s in folds.train_subjects)
     for name in names:
-        oof = np.load(run / name / "oof.npy")
-        assert oof.shape == (n_train, 200) and 0 <= oof.min() and oof.max() <= 1
-        assert metrics["lopo_window_auc"][name] == score_oof(oof, ds, folds).score
+        contract_arrays(stage, name, ds, folds, metrics, strict=False)
         with np.load(run / name / "fold0.npz") as z:
             assert folds.held_out(0) not in z["inner"] and len(z["curve"]) >= 1
     assert (np.load(run / "rl_dqn" / "oof.npy") == np.load(run / "rl_dqn" / "oof.npy")[
@@ -274,19 +272,16 @@ def test_stage_writes_every_head_through_the_contract_and_resumes(rl_run, monkey
 
 
 def test_rl_fold_workers_give_the_serial_results(rl_run, tmp_path):
-    """Folds trained by two one-thread worker processes equal the serial run's. (Four
-    folds are computed again, the others loaded: :func:`conftest.copy_without_folds`.)"""
+    """Folds trained by two one-thread worker processes equal the serial run's.
+    (Some folds are computed again, the others loaded:
+    :func:`conftest.copy_without_folds`.)"""
     from sleepemo.rl import stage as rl_heads
 
     serial, *_ = rl_run
     copy_without_folds(serial.out, tmp_path, "05_rl")
     stage, *_ = _rl_stage(tmp_path, serial.data_dir, **{"rl.workers": "2"})
     stage.run(rl_heads.run)
-    for name in ("rl_dqn", "rl_dqn_twin", "rl_sac", "rl_sac_twin"):
-        for array in ("oof.npy", "test.npy"):
-            np.testing.assert_array_equal(
-                np.load(stage.out / "05_rl" / name / array),
-                np.load(serial.out / "05_rl" / name / array), err_msg=f"{name} {array}")
+    assert_same_results(stage, serial, ("rl_dqn", "rl_dqn_twin", "rl_sac", "rl_sac_twin"))
 
 
 @pytest.mark.parametrize("head", ["dqn", "sac"])

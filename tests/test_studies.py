@@ -1,5 +1,5 @@
-"""Optuna studies (sleepemo.ensemble.studies): two worker processes on one SQLite study and on a real
-PostgreSQL server, resume after a worker is killed with SIGKILL, a worker's error in the
+"""Optuna studies (sleepemo.ensemble.studies): two worker processes on one SQLite study and
+on a real PostgreSQL server, resume after a worker is killed with SIGKILL, a worker's error in the
 parent, URL checks and password masking.
 
 The PostgreSQL server is the one inside the ``pgserver`` wheel (requirements.txt), started
