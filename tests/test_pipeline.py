@@ -1,4 +1,6 @@
-"""End to end: ./run.sh on smoke-size synthetic data, as a user runs it."""
+"""End to end: ./run.sh with the smoke profile, as a user runs it, on smoke-size synthetic
+data with five training participants (five folds: the same code path as 14, in a third of
+the time; the label-shuffled stage tests and test_lopo run all 14 participants)."""
 from __future__ import annotations
 
 import json
@@ -26,9 +28,9 @@ def run_sh(*args, cwd=REPO):
 
 
 @pytest.fixture(scope="module")
-def smoke_run(smoke_dir, tmp_path_factory):
+def smoke_run(small_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run")
-    out = run_sh("--profile", "smoke", "--data-dir", smoke_dir, "--out", tmp / "out",
+    out = run_sh("--profile", "smoke", "--data-dir", small_dir, "--out", tmp / "out",
                   "--submissions", tmp / "subs")
     return tmp, out
 
@@ -37,11 +39,11 @@ def _submission(stdout: str) -> Path:
     return Path(re.search(r"submission: (\S+submission\.csv)", stdout).group(1))
 
 
-def test_run_writes_a_valid_submission_and_report(smoke_run, smoke_dir):
+def test_run_writes_a_valid_submission_and_report(smoke_run, small_dir):
     tmp, stdout = smoke_run
     sub = _submission(stdout)
     from sleepemo.data.reader import load_dataset
-    ds = load_dataset(smoke_dir, progress=False)
+    ds = load_dataset(small_dir, progress=False)
     validate_submission(sub, {s: (t.n_trials, 200) for s, t in ds.test.items()})
     assert (tmp / "subs" / "latest.csv").read_bytes() == sub.read_bytes()
     table = pd.read_csv(tmp / "out" / "lopo.csv", index_col="model")
@@ -86,20 +88,20 @@ def test_run_writes_a_valid_submission_and_report(smoke_run, smoke_dir):
     assert re.search(r"The ensemble's nested score [0-9.]+ .*(beats|does not beat)", stdout)
 
 
-def test_metric_cli_prints_the_summary_score(smoke_run, smoke_dir):
+def test_metric_cli_prints_the_summary_score(smoke_run, small_dir):
     _, stdout = smoke_run
     summary_line = re.search(r"^window AUC: .*$", stdout, re.M).group(0)
     proc = subprocess.run([sys.executable, "-m", "sleepemo.metric", str(_submission(stdout)),
-                           str(smoke_dir / "solution.csv")], capture_output=True, text=True,
+                           str(small_dir / "solution.csv")], capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=str(REPO / "src")))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0] == summary_line
 
 
-def test_rerun_skips_reproduces_and_keeps_earlier_submissions(smoke_run, smoke_dir):
+def test_rerun_skips_reproduces_and_keeps_earlier_submissions(smoke_run, small_dir):
     tmp, first = smoke_run
     table = (tmp / "out" / "lopo.csv").read_text()
-    second = run_sh("--profile", "smoke", "--data-dir", smoke_dir, "--out", tmp / "out",
+    second = run_sh("--profile", "smoke", "--data-dir", small_dir, "--out", tmp / "out",
                     "--submissions", tmp / "subs")
     assert "unchanged, reusing" in second
     assert (tmp / "out" / "lopo.csv").read_text() == table
@@ -109,7 +111,7 @@ def test_rerun_skips_reproduces_and_keeps_earlier_submissions(smoke_run, smoke_d
     # from scratch in a new folder, stages 00, 01 and 07 only: the same rows of the table
     # (stages 02-06 are reproduced by their own tests: fold workers = serial, resume)
     fresh = tmp / "fresh"
-    log = run_sh("--profile", "smoke", "--data-dir", smoke_dir, "--out", fresh,
+    log = run_sh("--profile", "smoke", "--data-dir", small_dir, "--out", fresh,
                  "--submissions", tmp / "subs2", "--set", "baselines.models=[shuffled,starter]",
                  "--stages", "00,01,07")
     assert "== 02_mae" not in log and "== 07_submission" in log
@@ -133,7 +135,7 @@ def test_bad_data_folder_fails_with_a_clear_message(tmp_path):
     assert proc.returncode == 2 and "--stages: no stage 42" in proc.stderr
 
 
-def test_predict_reproduces_every_result_of_the_run(smoke_run, smoke_dir):
+def test_predict_reproduces_every_result_of_the_run(smoke_run, small_dir):
     """sleepemo predict on the test files of the finished run gives exactly every
     result's test predictions (no retraining): the LOPO results (baselines, both probes),
     stage 03's experts (zero-shot and adapted), stage 04's fusion, stage 05's heads and the
@@ -150,7 +152,7 @@ def test_predict_reproduces_every_result_of_the_run(smoke_run, smoke_dir):
     torch.set_num_threads(1)  # as the smoke stages ran (conftest restores it)
     tmp, _ = smoke_run
     out = tmp / "out"
-    ds = load_dataset(smoke_dir, progress=False)
+    ds = load_dataset(small_dir, progress=False)
     folds = read_folds(out / "folds.json")
     run = Run.open(out)
     listed = results(out)
