@@ -24,9 +24,11 @@ def pytest_configure(config):
 #: the test files with the longest runs (./run.sh test lists the slowest tests), started
 #: first: two processes take files in this order, so that no long file starts last while
 #: the other process runs out of work
-LONGEST_FIRST = ("test_pipeline.py", "test_rl.py", "test_fusion.py", "test_faults.py",
-                 "test_experts.py", "test_mae.py", "test_predict.py", "test_lopo.py",
-                 "test_ensemble.py", "test_studies.py", "test_kaggle_bundle.py")
+LONGEST_FIRST = ("test_pipeline.py", "test_rl.py", "test_faults.py", "test_experts.py",
+                 "test_fusion.py", "test_predict.py", "test_fingerprint.py", "test_lopo.py",
+                 "test_ensemble.py", "test_studies.py", "test_mae.py", "test_kaggle_bundle.py",
+                 "test_cli.py", "test_evoked_baselines.py", "test_parallel.py",
+                 "test_fuzz_reader.py", "test_extending.py")
 
 
 def pytest_collection_modifyitems(session, config, items):

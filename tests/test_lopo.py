@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from sleepemo import baselines as models
+from sleepemo.errors import InputError
 from sleepemo.data.reader import load_dataset
 from sleepemo.data.folds import make_folds, read_folds, write_folds
 from sleepemo.pipeline.artefacts import score_oof
@@ -36,7 +37,7 @@ def test_folds_refuse_other_data(smoke, tmp_path, make_folder):
     other = load_dataset(make_folder(), progress=False)
     with pytest.raises(FileExistsError, match="made for other data"):
         write_folds(other, tmp_path / "folds.json")
-    with pytest.raises(ValueError, match="made for other data"):
+    with pytest.raises(InputError, match="made for other data"):  # one line, exit 2
         read_folds(tmp_path / "folds.json").check(other)
 
 

@@ -96,37 +96,37 @@ def test_loss_is_on_masked_points_only_and_masked_inputs_are_hidden():
                              .mean(-1)[mask].mean(), model.loss(x, mask))
 
 
-def _stage(args, out, smoke_dir, **popen):
+def _stage(args, out, data_dir, **popen):
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
     cmd = [sys.executable, str(REPO / "src" / "02_mae.py"), "--profile", "smoke",
-           "--data-dir", str(smoke_dir), "--out", str(out), "--no-progress", *args]
+           "--data-dir", str(data_dir), "--out", str(out), "--no-progress", *args]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, **popen)
 
 
 @pytest.fixture(scope="module")
-def folds_out(smoke_dir, tmp_path_factory):
-    """Two artefact folders with the smoke data's folds.json."""
+def folds_out(small_dir, tmp_path_factory):
+    """Two artefact folders with the small data's folds.json."""
     from sleepemo.data.reader import load_dataset
     from sleepemo.data.folds import write_folds
 
-    ds = load_dataset(smoke_dir, progress=False)
+    ds = load_dataset(small_dir, progress=False)
     outs = [tmp_path_factory.mktemp(name) for name in ("straight", "killed")]
     for out in outs:
         write_folds(ds, out / "folds.json")
     return outs
 
 
-def test_killed_run_resumes_to_the_uninterrupted_result(smoke_dir, folds_out):
+def test_killed_run_resumes_to_the_uninterrupted_result(small_dir, folds_out):
     straight, killed = folds_out
     # 50 tokens per sequence (the quick profile's): epochs of ~1 s, long enough to be
     # killed in between (the test polls for the first checkpoint every 50 ms)
     args = ["--set", "mae.epochs=4", "--set", "mae.seqs_per_epoch=1536", "--set", "mae.stride=4"]
-    p = _stage(args, straight, smoke_dir)
+    p = _stage(args, straight, small_dir)
     log = p.communicate(timeout=600)[0]
     assert p.returncode == 0, log
 
-    p = _stage(args, killed, smoke_dir)
+    p = _stage(args, killed, small_dir)
     ckpt = killed / "02_mae" / "ckpt" / "last.pt"
     deadline = time.time() + 300
     while not ckpt.exists() and time.time() < deadline and p.poll() is None:
@@ -137,7 +137,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(smoke_dir, folds_out):
     assert state["epoch"] < 3 and not (killed / "02_mae" / "encoder.pt").exists(), \
         "the run finished before it could be killed"
 
-    p = _stage(args, killed, smoke_dir)
+    p = _stage(args, killed, small_dir)
     log = p.communicate(timeout=600)[0]
     assert p.returncode == 0, log
     assert f"resuming after epoch {state['epoch'] + 1} of 4" in log
@@ -161,7 +161,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(smoke_dir, folds_out):
 
 
 def test_token_cache_is_the_encoders_pooled_output_and_rebuilds_for_another_mae(
-        smoke_dir, tmp_path):
+        small_dir, tmp_path):
     """The shared MAE token cache (stages 04 and 05) holds exactly the encoder's
     per-token output averaged to the asked stride; another MAE gets a new folder and the
     stale one is removed; a participant not built is a clear error."""
@@ -170,7 +170,7 @@ def test_token_cache_is_the_encoders_pooled_output_and_rebuilds_for_another_mae(
     from sleepemo.mae.model import TokenCache, load_encoder
     from sleepemo.pipeline.stage import stage_dir
 
-    stage, ds, folds = stage_with_random_mae("fusion", tmp_path, smoke_dir)
+    stage, ds, folds = stage_with_random_mae("fusion", tmp_path, small_dir)
     mcfg = stage.cfg.mae
     band = BandFeatureCache.for_run(tmp_path, ds, folds, mcfg.bands, mcfg.feature, False,
                                     evoked=mcfg.evoked())
@@ -192,7 +192,7 @@ def test_token_cache_is_the_encoders_pooled_output_and_rebuilds_for_another_mae(
 
 
 def test_coarser_token_caches_are_pooled_from_stage_02s_without_encoding_again(
-        smoke_dir, tmp_path, monkeypatch):
+        small_dir, tmp_path, monkeypatch):
     """Stage 02 keeps every token; a coarser cache (stages 04/05) pooled from it holds
     exactly what encoding again would give, and the encoder is not run for it. The
     probe's window means are the tokens overlapping the window, averaged."""
@@ -201,7 +201,7 @@ def test_coarser_token_caches_are_pooled_from_stage_02s_without_encoding_again(
     from sleepemo.mae import model as mae_module
     from sleepemo.mae.model import TokenCache
 
-    stage, ds, folds = stage_with_random_mae("fusion", tmp_path, smoke_dir,
+    stage, ds, folds = stage_with_random_mae("fusion", tmp_path, small_dir,
                                              sets=["mae.stride=4"])
     mcfg = stage.cfg.mae
     band = BandFeatureCache.for_run(tmp_path, ds, folds, mcfg.bands, mcfg.feature, False,

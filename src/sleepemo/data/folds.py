@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from sleepemo.data.reader import Dataset, scan
+from sleepemo.errors import InputError
 from sleepemo.io import file_sha256, read_json, write_json
 
 
@@ -98,10 +99,11 @@ class Folds:
         return folds
 
     def check(self, ds: Dataset) -> None:
-        """Raise if ``ds`` is not the dataset these folds were made for."""
+        """Raise an :class:`~sleepemo.errors.InputError` (one line, exit 2) if ``ds`` is
+        not the dataset these folds were made for."""
         if trial_counts(ds) != self.n_trials or ds.n_times != self.n_times:
-            raise ValueError(f"folds.json was made for other data ({self.data_root}); "
-                             "rerun stage 00 with --force or use another --out")
+            raise InputError(f"folds.json was made for other data ({self.data_root}), not "
+                             f"{ds.root}; rerun stage 00 with --force or use another --out")
 
 
 def balanced(y: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from timm.layers import trunc_normal_
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from sleepemo.config import ConfigError
@@ -55,6 +53,12 @@ class ChannelEncoder(nn.Module):
     """
 
     def __init__(self, cfg: EncoderConfig = EncoderConfig()):
+        # timm (and the torchvision and torch._dynamo it imports, ~3 s) only when a model
+        # is built: a stage that reuses its results, `plan` and the baselines' predict
+        # never pay for it
+        from timm.layers import trunc_normal_
+        from timm.models.vision_transformer import Block
+
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
