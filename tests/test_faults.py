@@ -201,6 +201,9 @@ def killed_and_resumed(tiny_dir, straight, tmp_path, reliability, points_per_sta
                 "and removes its record")
 
 
+@pytest.mark.slow  # 80 s of fuzzing; the default suite kills stage 02 by SIGKILL mid-training
+# (test_mae) and an Optuna worker (test_studies), and resumes stages 03-05 from fold
+# checkpoints (their own tests)
 def test_sigkill_at_random_points_resumes_to_identical_results(tiny_dir, straight, tmp_path,
                                                                reliability):
     killed_and_resumed(tiny_dir, straight, tmp_path, reliability, points_per_stage=1,

@@ -131,10 +131,11 @@ def test_label_shuffled_run_scores_about_chance(medium_dir, tmp_path, base):
     assert abs(score - 0.5) <= 0.03, f"shuffled {base} scored {score:.4f}"
 
 
-def test_fold_workers_give_the_serial_result(smoke, tmp_path, name="xdawn_ts"):
+def test_fold_workers_give_the_serial_result(small_dir, tmp_path, name="xdawn_ts"):
     """Folds fitted in two joblib processes equal the serial fit (up to the last bits of
     sums over a different number of BLAS threads)."""
-    ds, folds = smoke
+    ds = load_dataset(small_dir, progress=False)
+    folds = make_folds(ds)
     quiet = dict(progress=False, log=lambda m: None)
     one = run_lopo(name, ds, folds, tmp_path / "one", "baselines", **quiet)
     two = run_lopo(name, ds, folds, tmp_path / "two", "baselines", workers=2, **quiet)
