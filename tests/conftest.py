@@ -219,18 +219,39 @@ def smoke_dir(tmp_path_factory):
                     SynthConfig(seed=0, scale=0.1), progress=False)
 
 
+def synthetic_subset(folder, scale: float, train: tuple, test: tuple | None = None):
+    """Synthetic data (seed 0) at ``scale`` of the real trial counts in ``folder``, keeping
+    the training participants ``train`` and the test participants ``test`` (default:
+    all; ``solution.csv`` keeps their rows)."""
+    import pandas as pd
+
+    root = generate(folder, SynthConfig(seed=0, scale=scale), progress=False)
+    for f in (root / "training").glob("*/S_*_cleaned.mat"):
+        if int(f.name.split("_")[1]) not in train:
+            f.unlink()
+    if test is not None:
+        for f in (root / "testing").glob("test_subject_*.mat"):
+            if int(f.stem.split("_")[2]) not in test:
+                f.unlink()
+        sol = pd.read_csv(root / "solution.csv")
+        sol[sol["subject"].isin(test)].to_csv(root / "solution.csv", index=False)
+    return root
+
+
 @pytest.fixture(scope="session")
 def small_dir(tmp_path_factory):
     """The smoke data's size (10 % of the real trial counts) with five training
     participants (2-6: five folds) and the three test participants: what the stage tests
     that check plumbing (the contract, resume, fold workers, held-out labels, predict)
     run on, in a third of the smoke data's time."""
-    root = generate(tmp_path_factory.mktemp("data") / "small", SynthConfig(seed=0, scale=0.1),
-                    progress=False)
-    for f in (root / "training").glob("*/S_*_cleaned.mat"):
-        if f.name.split("_")[1] not in ("2", "3", "4", "5", "6"):
-            f.unlink()
-    return root
+    return synthetic_subset(tmp_path_factory.mktemp("data") / "small", 0.1, (2, 3, 4, 5, 6))
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """Synthetic data at 5 % of the real trial counts, three training participants (2, 3,
+    4) and one test participant (1): every stage runs its folds in seconds."""
+    return synthetic_subset(tmp_path_factory.mktemp("data") / "tiny", 0.05, (2, 3, 4), (1,))
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sleepemo.data.synth import SynthConfig, generate
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE_SCRIPTS = sorted(p.name for p in (REPO / "src").glob("[0-9][0-9]_*.py"))
@@ -30,23 +29,6 @@ FAST = ["baselines.models=[constant,starter]", "mae.epochs=1", "mae.seqs_per_epo
 def env():
     return dict(os.environ, PYTHONPATH=str(REPO / "src"), OMP_NUM_THREADS="1",
                 MPLBACKEND="Agg")
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    """Synthetic data at 5 % of the real trial counts, three training participants (2, 3,
-    4) and one test participant (1): every stage runs its folds in seconds."""
-    root = generate(tmp_path_factory.mktemp("data") / "tiny", SynthConfig(seed=0, scale=0.05),
-                    progress=False)
-    for f in (root / "training").glob("*/S_*_cleaned.mat"):
-        if f.name.split("_")[1] not in ("2", "3", "4"):
-            f.unlink()
-    for f in (root / "testing").glob("*.mat"):
-        if f.name != "test_subject_1.mat":
-            f.unlink()
-    sol = pd.read_csv(root / "solution.csv")
-    sol[sol["subject"] == 1].to_csv(root / "solution.csv", index=False)
-    return root
 
 
 def stage_cmd(script, data, out, subs, sets=FAST):

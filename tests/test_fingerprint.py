@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 import sleepemo
@@ -28,7 +27,6 @@ from sleepemo.mae import stage as pretrain_mae
 from sleepemo.experts import stage as train_experts
 from sleepemo.pipeline.codehash import closure, closure_hash, imports_of, package_modules
 from sleepemo.config import REPO, load_config
-from sleepemo.data.synth import SynthConfig, generate
 
 TOP = sleepemo.__name__
 PACKAGE = Path(sleepemo.__file__).resolve().parent
@@ -136,22 +134,14 @@ FAST = ["baselines.models=[constant,starter]", "mae.epochs=1", "mae.seqs_per_epo
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tiny_dir, tmp_path_factory):
     """Stages 00-06 once, in this process, on three training participants and one test
     participant (stage 07 has no fingerprinted results). Returns (data, out)."""
     from sleepemo.pipeline.plan import body_modules
     from sleepemo.pipeline.stage import STAGES, open_stage
 
     tmp = tmp_path_factory.mktemp("fingerprint")
-    data = generate(tmp / "data", SynthConfig(seed=0, scale=0.05), progress=False)
-    for f in (data / "training").glob("*/S_*_cleaned.mat"):
-        if f.name.split("_")[1] not in ("2", "3", "4"):
-            f.unlink()
-    for f in (data / "testing").glob("*.mat"):
-        if f.name != "test_subject_1.mat":
-            f.unlink()
-    sol = pd.read_csv(data / "solution.csv")
-    sol[sol["subject"] == 1].to_csv(data / "solution.csv", index=False)
+    data = tiny_dir
     out = tmp / "out"
     cfg = load_config("smoke", FAST)
     for spec in STAGES[:-1]:

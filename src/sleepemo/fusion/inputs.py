@@ -16,6 +16,7 @@ except :meth:`Inputs.labels`, which gives a fold's training labels only.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -231,23 +232,19 @@ class Inputs:
         self.stage, self.ds, self.folds = stage, ds, folds
         self.cfg, self.mcfg = stage.cfg.fusion, stage.cfg.mae
         self.subjects = list(folds.train_subjects) + list(folds.test_subjects)
-        self._band = self._evoked = None
         self._kept: dict = {}
 
-    @property
+    @functools.cached_property
     def band(self) -> BandFeatureCache:
-        """Stage 02/03's token features (the same cache)."""
-        if self._band is None:
-            self._band = built_band_cache(self.stage.out, self.ds, self.folds, self.mcfg,
-                                          self.stage.progress)
-        return self._band
+        """Stage 02/03's token features (the same cache), built on first use."""
+        return built_band_cache(self.stage.out, self.ds, self.folds, self.mcfg,
+                                self.stage.progress)
 
-    @property
+    @functools.cached_property
     def evoked_cache(self) -> BandFeatureCache:
-        if self._evoked is None:
-            self._evoked = built_evoked_cache(self.stage.out, self.ds, self.folds, self.cfg,
-                                              self.stage.progress)
-        return self._evoked
+        """The evoked tokens' features, built on first use."""
+        return built_evoked_cache(self.stage.out, self.ds, self.folds, self.cfg,
+                                  self.stage.progress)
 
     def evoked(self) -> dict:
         """Every participant's evoked tokens (:func:`evoked_tokens`), every trial."""
