@@ -70,7 +70,7 @@ case "${1:-}" in
     setup
     # two test files at once (pytest-xdist, one file per process so that its module
     # fixtures are built once), one torch/BLAS thread each: about 2x on 2 cores
-    # (the 15 slowest tests are listed at the end: the suite's time budget is 15 minutes)
+    # (the 15 slowest tests are listed at the end: the suite's time budget is 10 minutes)
     OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} python -m pytest -m "not slow" \
       -n "${SLEEPEMO_TEST_PROCESSES:-2}" --dist loadfile --durations=15 "$@"
     ;;

@@ -117,7 +117,7 @@ def folds_out(small_dir, tmp_path_factory):
     return outs
 
 
-def test_killed_run_resumes_to_the_uninterrupted_result(small_dir, folds_out):
+def test_killed_run_resumes_to_the_uninterrupted_result(small_dir, folds_out, reliability):
     straight, killed = folds_out
     # 50 tokens per sequence (the quick profile's): epochs of ~1 s, long enough to be
     # killed in between (the test polls for the first checkpoint every 50 ms)
@@ -150,6 +150,12 @@ def test_killed_run_resumes_to_the_uninterrupted_result(small_dir, folds_out):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    reliability("faults: SIGKILL",
+                "stage 02 (MAE pre-training) killed by SIGKILL right after its first epoch's "
+                "checkpoint, then rerun",
+                "resumes after that epoch; every weight of the encoder equal to an "
+                "uninterrupted run's (the SIGKILL of every stage at random points: "
+                "`-m slow`)")
 
     import json
     metrics = json.loads((straight / "02_mae" / "metrics.json").read_text())
