@@ -7,15 +7,18 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import nbformat
 import pytest
+from packaging.version import Version
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 from sleepemo import COMPETITION_SLUG
 from sleepemo.kaggle import bundle as kb
+from sleepemo.kaggle.image import Distribution, KaggleImage, read_image, unmet
 from sleepemo.data.submission import expected_from_data, validate_submission
 
 REPO = Path(__file__).resolve().parents[1]
@@ -163,6 +166,63 @@ def test_requirements_must_pin_every_wheel(tmp_path):
     with pytest.raises(kb.BundleError, match=f"{req}: pyriemann not pinned"):
         kb.pinned_versions(req, ["pyriemann", "loguru"])
     assert kb.pinned_versions(req, ["loguru"]) == {"loguru": "0.7.3"}
+
+
+# --------------------------------------------------------------------------- the closure
+def test_every_bundled_requirement_is_met_on_kaggles_image():
+    """What `pip install --no-index` of the wheels dataset checks on Kaggle: every
+    Requires-Dist of every bundled package (markers for the image's Python 3.12 on Linux
+    x86_64), versions included, is met by the bundle or the image; and every package the
+    kernel imports is in one of them. The installed packages stand for the wheels: this
+    environment holds exactly the pins."""
+    pins = kb.pinned_versions(REPO / "requirements.txt")
+    dists = kb.installed_bundle(pins)
+    assert dists is not None, "the pinned packages are not all installed at their pins"
+    assert kb.closure_problems(dists) == []
+
+
+def test_the_closure_check_names_what_the_kernel_would_miss():
+    image = read_image()
+    assert image.python == "3.12" and "docker-python" in image.header["source"]
+    assert image.version("torch") is not None and image.version("pyriemann") is None
+    pins = kb.pinned_versions(REPO / "requirements.txt")
+    dists = kb.installed_bundle(pins)
+    # the bundle before array-api-extra was added: pyriemann's dependency is missing
+    without = [d for d in dists if d.name != "array-api-extra"]
+    assert kb.closure_problems(without) == [
+        "pyriemann 0.12 requires array-api-extra>=0.6: neither Kaggle's image nor the "
+        "bundle has it"]
+    # a version the image has but the specifier refuses; a marker for another platform
+    old = KaggleImage({**image.packages, "gymnasium": Version("0.26.0")}, image.header)
+    fake = Distribution("demo", "1.0", ("gymnasium>=0.29.1", "pywin32; sys_platform == 'win32'",
+                                         "mne[hdf5]>=1.9", "nope; python_version < '3.12'"))
+    assert unmet([fake], old) == [
+        "demo 1.0 requires gymnasium>=0.29.1: Kaggle's image has 0.26.0"]
+    # the bundle's version replaces the image's
+    assert unmet([fake, Distribution("gymnasium", "1.4.0", ())], old) == []
+    assert kb.closure_problems(dists, imports=["pyriemann", "torch", "no-such-package"]) == [
+        "no-such-package: the kernel imports it, and neither Kaggle's image nor the bundle "
+        "has it"]
+
+
+def test_a_bundle_that_would_not_install_on_kaggle_is_refused(tmp_path, monkeypatch):
+    """The build reads the downloaded wheels' METADATA: a wheel whose dependency is
+    missing stops the build, and nothing is written."""
+    def fake_pip(cmd, **kw):
+        name, version = cmd[-1].split("==")
+        dest = Path(cmd[cmd.index("--dest") + 1])
+        dist = f"{name.replace('-', '_')}-{version}"
+        needs = "Requires-Dist: sleepemo-no-such-dependency>=1\n" if name == "loguru" else ""
+        with zipfile.ZipFile(dest / f"{dist}-py3-none-any.whl", "w") as zf:
+            zf.writestr(f"{dist}.dist-info/METADATA",
+                        f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n{needs}")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", fake_pip)
+    with pytest.raises(kb.BundleError, match="loguru 0.7.3 requires "
+                                             "sleepemo-no-such-dependency>=1: neither"):
+        kb.build_bundle(tmp_path / "bundle", user="u", log=lambda m: None)
+    assert not (tmp_path / "bundle").exists()
 
 
 # --------------------------------------------------------------------------- wheels

@@ -37,17 +37,21 @@ from sleepemo import COMPETITION_SLUG
 from sleepemo.config import CHECKOUT, ConfigError, PROFILES, REPO, load_config, project_dir
 from sleepemo.data.download import kaggle_username
 from sleepemo.io import atomic_dir, read_json, write_json, write_text
+from sleepemo.kaggle.image import (Distribution, ImageError, installed_distribution, missing,
+                                   read_image, unmet, wheel_distribution)
 
-#: The packages of requirements.txt that a current Kaggle Python image lacks, and their
+#: The packages of requirements.txt that Kaggle's Python image lacks, and their
 #: dependencies that it lacks too: the wheels dataset holds exactly these. Decided from
-#: the image's package list (Kaggle/docker-python, installed_cpu_packages.txt, a 2026
-#: image): it ships torch, torchvision, numpy, scipy, pandas, h5py, scikit-learn,
-#: matplotlib, tqdm, PyYAML, mne, timm, optuna, gymnasium, einops, cloudpickle, sympy,
-#: frozendict, kaggle and six (at its own versions), but none of these. A package whose
-#: Kaggle version breaks the code can be added here: its pinned wheel then replaces it.
+#: the image's package list (``kaggle_image.txt``, with its source and date): it ships
+#: torch, torchvision, numpy, scipy, pandas, h5py, scikit-learn, matplotlib, tqdm, PyYAML,
+#: mne, timm, gymnasium, einops, cloudpickle, sympy and frozendict (at its own versions),
+#: but none of these. ``build_bundle`` refuses a bundle whose wheels require something
+#: that neither the image nor the bundle has (:func:`sleepemo.kaggle.image.unmet`). A
+#: package whose Kaggle version breaks the code can be added here: its pinned wheel then
+#: replaces it.
 KAGGLE_LACKS = (
     "pyriemann",                # baselines (riemann, xdawn_ts)
-    "array-api-compat",         # pyriemann's dependency
+    "array-api-compat",         # pyriemann's dependencies
     "stable-baselines3",        # stage 05: DQN and SAC
     "vector-quantize-pytorch",  # stage 05: the SAC head's prototypes
     "einx",                     # vector-quantize-pytorch's dependencies
@@ -63,7 +67,11 @@ WHEELS_LIST = "sleepemo-wheels.txt"
 SETTINGS = "sleepemo-kernel.json"
 MARKER = "bundle.json"
 NOTEBOOK = REPO / "notebooks" / "kaggle_kernel.ipynb"
-PYTHON_VERSION = "3.11"
+#: Runtime requirements (pyproject.toml) the kernel never imports: the Kaggle client
+#: (the kernel runs on Kaggle, it does not call it) and the PostgreSQL driver (the kernel's
+#: studies are SQLite files).
+KERNEL_DOES_NOT_USE = ("kaggle", "kagglesdk", "requests", "six", "psycopg", "psycopg-binary")
+PYTHON_VERSION = read_image().python  # the image's Python (3.12): the wheels are for it
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux2014_x86_64")
 DEFAULT_OUT = project_dir() / "kaggle" / "bundle"
 _USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -168,9 +176,9 @@ def download_wheels(pins: dict[str, str], dest: Path, python_version: str = PYTH
 
 def write_wheels(dest: Path, user: str, pins: dict[str, str], wheels: bool,
                  python_version: str = PYTHON_VERSION, log: Callable[[str], None] = print
-                 ) -> list[str]:
+                 ) -> list[Path]:
     """The wheels dataset: the pins the notebook installs and, unless ``wheels`` is
-    False, their wheels. Returns the wheel file names."""
+    False, their wheels. Returns the wheel files."""
     dest.mkdir(parents=True)
     write_text(dest / WHEELS_LIST, "".join(f"{n}=={v}\n" for n, v in pins.items()))
     write_json(dest / "dataset-metadata.json", _dataset_metadata(
@@ -179,7 +187,66 @@ def write_wheels(dest: Path, user: str, pins: dict[str, str], wheels: bool,
         f"({', '.join(pins)}), each under its own license; {WHEELS_LIST} pins them."))
     if not wheels:
         return []
-    return [p.name for p in download_wheels(pins, dest, python_version, log=log)]
+    return download_wheels(pins, dest, python_version, log=log)
+
+
+# --------------------------------------------------------------------------- the closure
+def kernel_imports(pyproject: Path = REPO / "pyproject.toml") -> list[str]:
+    """The runtime dependencies of ``pyproject.toml`` that the kernel imports."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    deps = tomllib.loads(Path(pyproject).read_text())["project"]["dependencies"]
+    skip = {canonicalize_name(n) for n in KERNEL_DOES_NOT_USE}
+    return [Requirement(d).name for d in deps
+            if canonicalize_name(Requirement(d).name) not in skip]
+
+
+def installed_bundle(pins: dict[str, str]) -> list[Distribution] | None:
+    """The pinned distributions as installed in this environment, or None when one is
+    missing or at another version (their metadata then says nothing of the pins)."""
+    dists = []
+    for name, version in pins.items():
+        try:
+            dist = installed_distribution(name)
+        except ImageError:
+            return None
+        if dist.version != version:
+            return None
+        dists.append(dist)
+    return dists
+
+
+def closure_problems(dists: Sequence[Distribution], image=None,
+                     imports: Sequence[str] | None = None) -> list[str]:
+    """What ``pip install --no-index`` of the bundle, then the stages, would miss on
+    Kaggle's image: unmet requirements of the bundled distributions, and packages the
+    kernel imports that neither the image nor the bundle holds."""
+    image = read_image() if image is None else image
+    imports = kernel_imports() if imports is None else imports
+    return unmet(dists, image) + [
+        f"{name}: the kernel imports it, and neither Kaggle's image nor the bundle has it"
+        for name in missing(imports, dists, image)]
+
+
+def check_closure(pins: dict[str, str], wheels: Sequence[Path],
+                  log: Callable[[str], None] = print) -> bool:
+    """Refuse (:class:`BundleError`) a bundle that would not install on Kaggle's image.
+    The wheels' own metadata is read; without wheels, the installed distributions' when
+    they are at the pins. Returns whether the check could run."""
+    dists = [wheel_distribution(w) for w in wheels] if wheels else installed_bundle(pins)
+    if dists is None:
+        log("dependency closure not checked: no wheels, and the pinned packages are not "
+            "all installed here at their pins")
+        return False
+    problems = closure_problems(dists)
+    if problems:
+        raise BundleError("the kernel's offline install would fail on Kaggle's image "
+                          f"({read_image().header.get('source', 'kaggle_image.txt')}): "
+                          + "; ".join(problems))
+    return True
 
 
 def kernel_metadata(user: str, gpu: bool = False) -> dict:
@@ -225,12 +292,17 @@ def build_bundle(out: str | Path = DEFAULT_OUT, user: str | None = None, wheels:
     with atomic_dir(out, replaceable=_is_bundle) as tmp:
         write_code(tmp / "code", user, profile, sets)
         log(f"code dataset: {len(list((tmp / 'code').rglob('*.py')))} Python files")
-        names = write_wheels(tmp / "wheels", user, pins, wheels, python_version, log=log)
+        files = write_wheels(tmp / "wheels", user, pins, wheels, python_version, log=log)
+        checked = check_closure(pins, files, log=log)
+        names = [f.name for f in files]
         write_kernel(tmp / "kernel", user, gpu)
+        image = read_image()
         write_json(tmp / MARKER, {"user": user, "user_from": source, "profile": profile,
                                   "sets": list(sets), "gpu": bool(gpu), "pins": pins,
                                   "wheels": names, "python_version": python_version,
-                                  "platforms": list(PLATFORMS)})
+                                  "platforms": list(PLATFORMS), "closure_checked": checked,
+                                  "kaggle_image": {k: image.header.get(k) for k in
+                                                   ("source", "source-date", "python")}})
     log(f"wheels dataset: {len(names)} wheels" if wheels else
         "wheels dataset: no wheels (--no-wheels); the notebook's install then needs the "
         "packages already present")
@@ -269,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         build_bundle(args.out, args.user, not args.no_wheels, args.gpu, args.profile,
                      args.sets, args.python_version)
-    except (BundleError, ConfigError, FileExistsError, OSError) as exc:
+    except (BundleError, ConfigError, ImageError, FileExistsError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
