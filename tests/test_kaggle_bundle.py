@@ -189,7 +189,7 @@ def test_the_closure_check_names_what_the_kernel_would_miss():
     dists = kb.installed_bundle(pins)
     # the bundle before array-api-extra was added: pyriemann's dependency is missing
     without = [d for d in dists if d.name != "array-api-extra"]
-    assert kb.closure_problems(without) == [
+    assert kb.closure_problems(without, imports=[]) == [
         "pyriemann 0.12 requires array-api-extra>=0.6: neither Kaggle's image nor the "
         "bundle has it"]
     # a version the image has but the specifier refuses; a marker for another platform
@@ -208,17 +208,8 @@ def test_the_closure_check_names_what_the_kernel_would_miss():
 def test_a_bundle_that_would_not_install_on_kaggle_is_refused(tmp_path, monkeypatch):
     """The build reads the downloaded wheels' METADATA: a wheel whose dependency is
     missing stops the build, and nothing is written."""
-    def fake_pip(cmd, **kw):
-        name, version = cmd[-1].split("==")
-        dest = Path(cmd[cmd.index("--dest") + 1])
-        dist = f"{name.replace('-', '_')}-{version}"
-        needs = "Requires-Dist: sleepemo-no-such-dependency>=1\n" if name == "loguru" else ""
-        with zipfile.ZipFile(dest / f"{dist}-py3-none-any.whl", "w") as zf:
-            zf.writestr(f"{dist}.dist-info/METADATA",
-                        f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n{needs}")
-        return subprocess.CompletedProcess(cmd, 0, "", "")
-
-    monkeypatch.setattr(subprocess, "run", fake_pip)
+    monkeypatch.setattr(subprocess, "run", FakePip(
+        requires={"loguru": ["sleepemo-no-such-dependency>=1"]}))
     with pytest.raises(kb.BundleError, match="loguru 0.7.3 requires "
                                              "sleepemo-no-such-dependency>=1: neither"):
         kb.build_bundle(tmp_path / "bundle", user="u", log=lambda m: None)
@@ -226,12 +217,24 @@ def test_a_bundle_that_would_not_install_on_kaggle_is_refused(tmp_path, monkeypa
 
 
 # --------------------------------------------------------------------------- wheels
+def fake_wheel(dest: Path, name: str, version: str, requires=()) -> Path:
+    """A wheel with only its METADATA: what the bundle's closure check reads."""
+    dist = f"{name.replace('-', '_')}-{version}"
+    wheel = dest / f"{dist}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr(f"{dist}.dist-info/METADATA",
+                    f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
+                    + "".join(f"Requires-Dist: {r}\n" for r in requires))
+    return wheel
+
+
 class FakePip:
     """Stands in for subprocess.run: records the pip commands and writes the wheel
     pip would have downloaded (or fails), so that no request leaves the machine."""
 
-    def __init__(self, fail_on=None, write=True):
+    def __init__(self, fail_on=None, write=True, requires=None):
         self.calls, self.fail_on, self.write = [], fail_on, write
+        self.requires = requires or {}
 
     def __call__(self, cmd, **kw):
         self.calls.append(cmd)
@@ -241,8 +244,8 @@ class FakePip:
             return subprocess.CompletedProcess(cmd, 1, "", f"ERROR: No matching "
                                                f"distribution found for {req}\n")
         if self.write:
-            dest = Path(cmd[cmd.index("--dest") + 1])
-            (dest / f"{name.replace('-', '_')}-{version}-py3-none-any.whl").write_bytes(b"")
+            fake_wheel(Path(cmd[cmd.index("--dest") + 1]), name, version,
+                       self.requires.get(name, ()))
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
 
@@ -256,7 +259,7 @@ def test_wheels_are_downloaded_one_per_package_binary_for_kaggles_python(tmp_pat
     for cmd in fake.calls:
         assert cmd[:4] == [sys.executable, "-m", "pip", "download"]
         assert cmd[cmd.index("--only-binary") + 1] == ":all:" and "--no-deps" in cmd
-        assert cmd[cmd.index("--python-version") + 1] == "3.11"
+        assert cmd[cmd.index("--python-version") + 1] == read_image().python == "3.12"
         assert cmd[cmd.index("--platform") + 1].startswith("manylinux")
         assert "x86_64" in cmd[cmd.index("--platform") + 1]
     wheels = sorted(p.name for p in (out / "wheels").glob("*.whl"))

@@ -52,6 +52,7 @@ from sleepemo.kaggle.image import (Distribution, ImageError, installed_distribut
 KAGGLE_LACKS = (
     "pyriemann",                # baselines (riemann, xdawn_ts)
     "array-api-compat",         # pyriemann's dependencies
+    "array-api-extra",
     "stable-baselines3",        # stage 05: DQN and SAC
     "vector-quantize-pytorch",  # stage 05: the SAC head's prototypes
     "einx",                     # vector-quantize-pytorch's dependencies
