@@ -73,6 +73,7 @@ def test_metadata_attach_the_competition_and_both_datasets_with_internet_off(bun
     # Kaggle derives the kernel's slug from its title
     assert kernel["title"].lower().replace(" ", "-") == kernel["id"].split("/")[1]
     assert kernel["enable_internet"] is False and kernel["enable_gpu"] is False
+    assert kernel["docker_image_pinning_type"] == "original" and "machine_shape" not in kernel
     assert kernel["language"] == "python" and kernel["kernel_type"] == "notebook"
     assert kernel["competition_sources"] == [COMPETITION_SLUG]
     assert kernel["dataset_sources"] == [code["id"], wheels["id"]]
@@ -127,16 +128,19 @@ def test_user_option_placeholder_and_bad_input(tmp_path):
     assert kernel["dataset_sources"][0] == "someone/sleepemo-code"
     # no user name anywhere: the placeholder, and the output says what to edit
     proc = bundle_cli("--out", tmp_path / "b", "--no-wheels", "--gpu", "--profile", "smoke",
-                      "--set", "seed=3", env=kaggle_config(tmp_path / "empty", None))
+                      "--set", "seed=3", "--time-budget", "3600",
+                      env=kaggle_config(tmp_path / "empty", None))
     assert proc.returncode == 0, proc.stderr
     assert f"replace {kb.PLACEHOLDER_USER}" in proc.stdout
     kernel = json.loads((tmp_path / "b" / "kernel" / "kernel-metadata.json").read_text())
     assert kernel["id"] == f"{kb.PLACEHOLDER_USER}/sleepemo-offline"
     assert kernel["enable_gpu"] is True and kernel["enable_internet"] is False
+    assert kernel["machine_shape"] == "NvidiaTeslaT4"  # GPU T4 x2; the P100 lacks kernels
     assert json.loads((tmp_path / "b" / "code" / kb.SETTINGS).read_text()) == \
-        {"profile": "smoke", "sets": ["seed=3"]}
+        {"profile": "smoke", "sets": ["seed=3"], "time_budget_s": 3600.0}
     for args, message in ((["--user", "a b"], "Kaggle user name 'a b'"),
-                          (["--set", "nosuchkey=1"], "nosuchkey")):
+                          (["--set", "nosuchkey=1"], "nosuchkey"),
+                          (["--time-budget", "0"], "--time-budget 0: must be > 0")):
         proc = bundle_cli("--out", tmp_path / "c", "--no-wheels", *args,
                           env=kaggle_config(tmp_path / "empty", None))
         assert proc.returncode == 2 and proc.stderr.startswith("error: ")
@@ -336,6 +340,9 @@ def test_notebook_runs_offline_and_writes_a_valid_submission(bundle, smoke_dir, 
     log = "".join(text)
     assert f"sleepemo: {inputs / 'sleepemo-code' / 'src' / 'sleepemo'}" in log
     assert "submitted model: second_place" in log
+    assert "packages as the bundle was checked" in log and "| time budget: 41400 s" in log
+    for stage in ("00_folds.py: ran", "01_baselines.py: ran", "07_submission.py: ran"):
+        assert stage in log
     sub = work / "submission.csv"
     validate_submission(sub, expected_from_data(smoke_dir))
     assert sub.read_bytes() == (work / "submissions" / "latest.csv").read_bytes()
@@ -373,7 +380,7 @@ def test_notebook_runs_every_stage_script_in_order_by_default(bundle, smoke_dir,
             "    fh.write(' '.join([__file__.rsplit('/', 1)[1], *sys.argv[1:]]) + '\\n')\n")
     offline(monkeypatch, tmp_path, inputs, work, SLEEPEMO_SET="seed=2 'baselines.models=[a, b]'")
     nb = nbformat.read(bundle / "kernel" / "kaggle_kernel.ipynb", as_version=4)
-    stage_cell = next(i for i, c in enumerate(nb.cells) if "for script in STAGES" in c.source)
+    stage_cell = next(i for i, c in enumerate(nb.cells) if "run_stages(" in c.source)
     nb.cells = nb.cells[:stage_cell + 1]
     execute(nb, work)
     lines = calls.read_text().splitlines()

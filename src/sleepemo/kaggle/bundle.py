@@ -62,6 +62,7 @@ KAGGLE_LACKS = (
 )                               # heartbeat retry (RetryHeartbeatStaleTrialCallback)
 
 PLACEHOLDER_USER = "YOUR_KAGGLE_USERNAME"
+GPU_MACHINE_SHAPE = "NvidiaTeslaT4"
 CODE_SLUG, WHEELS_SLUG, KERNEL_SLUG = "sleepemo-code", "sleepemo-wheels", "sleepemo-offline"
 KERNEL_TITLE = "sleepemo offline"   # Kaggle derives the kernel slug from the title
 WHEELS_LIST = "sleepemo-wheels.txt"
@@ -128,7 +129,8 @@ def _dataset_metadata(user: str, slug: str, title: str, description: str) -> dic
 
 
 # --------------------------------------------------------------------------- the parts
-def write_code(dest: Path, user: str, profile: str, sets: Sequence[str]) -> None:
+def write_code(dest: Path, user: str, profile: str, sets: Sequence[str],
+               time_budget_s: float | None = None) -> None:
     """The code dataset: the package (its profiles inside), the stage scripts, the
     requirements."""
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
@@ -136,7 +138,10 @@ def write_code(dest: Path, user: str, profile: str, sets: Sequence[str]) -> None
     for script in sorted((REPO / "src").glob("[0-9][0-9]_*.py")):
         shutil.copyfile(script, dest / "src" / script.name)
     shutil.copyfile(REPO / "requirements.txt", dest / "requirements.txt")
-    write_json(dest / SETTINGS, {"profile": profile, "sets": list(sets)})
+    settings = {"profile": profile, "sets": list(sets)}
+    if time_budget_s is not None:
+        settings["time_budget_s"] = float(time_budget_s)
+    write_json(dest / SETTINGS, settings)
     write_json(dest / "dataset-metadata.json", _dataset_metadata(
         user, CODE_SLUG, "sleepemo code",
         "The sleepemo solution's source: src/ (the package with its profiles, and the "
@@ -252,14 +257,21 @@ def check_closure(pins: dict[str, str], wheels: Sequence[Path],
 
 def kernel_metadata(user: str, gpu: bool = False) -> dict:
     """``kernel-metadata.json``: the notebook, the competition data and both datasets
-    attached, internet off."""
-    return {"id": f"{user}/{KERNEL_SLUG}", "title": KERNEL_TITLE,
+    attached, internet off, the image pinned. ``docker_image_pinning_type: original``
+    keeps the image of the kernel's first run for every later version (the push API pins
+    no image by name); the notebook prints how the image it meets differs from
+    ``kaggle_image.txt``. With ``gpu``: ``machine_shape`` NvidiaTeslaT4 (Kaggle's "GPU T4
+    x2"; its P100 has no kernels in the image's CUDA 12.8 torch)."""
+    meta = {"id": f"{user}/{KERNEL_SLUG}", "title": KERNEL_TITLE,
             "code_file": NOTEBOOK.name, "language": "python", "kernel_type": "notebook",
             "is_private": True, "enable_gpu": bool(gpu), "enable_tpu": False,
-            "enable_internet": False,
+            "enable_internet": False, "docker_image_pinning_type": "original",
             "dataset_sources": [f"{user}/{CODE_SLUG}", f"{user}/{WHEELS_SLUG}"],
             "competition_sources": [COMPETITION_SLUG], "kernel_sources": [],
             "model_sources": []}
+    if gpu:
+        meta["machine_shape"] = GPU_MACHINE_SHAPE
+    return meta
 
 
 def write_kernel(dest: Path, user: str, gpu: bool) -> None:
@@ -275,7 +287,7 @@ def _is_bundle(folder: Path) -> bool:
 
 def build_bundle(out: str | Path = DEFAULT_OUT, user: str | None = None, wheels: bool = True,
                  gpu: bool = False, profile: str = "quick", sets: Sequence[str] = (),
-                 python_version: str = PYTHON_VERSION,
+                 python_version: str = PYTHON_VERSION, time_budget_s: float | None = None,
                  log: Callable[[str], None] = print) -> Path:
     """Write the bundle (see the module docstring) into ``out``, replacing an earlier
     bundle there (built aside and renamed into place when complete); any other
@@ -291,7 +303,7 @@ def build_bundle(out: str | Path = DEFAULT_OUT, user: str | None = None, wheels:
     user, source = resolve_user(user)
     pins = pinned_versions(REPO / "requirements.txt")
     with atomic_dir(out, replaceable=_is_bundle) as tmp:
-        write_code(tmp / "code", user, profile, sets)
+        write_code(tmp / "code", user, profile, sets, time_budget_s)
         log(f"code dataset: {len(list((tmp / 'code').rglob('*.py')))} Python files")
         files = write_wheels(tmp / "wheels", user, pins, wheels, python_version, log=log)
         checked = check_closure(pins, files, log=log)
@@ -336,12 +348,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="the notebook's default profile (default: quick)")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="a config override the notebook passes to every stage")
+    ap.add_argument("--time-budget", type=float, metavar="SECONDS",
+                    help="the notebook's time budget from its start (default 41400 = 11.5 h "
+                         "of Kaggle's 12-hour limit): stages that do not fit are skipped or "
+                         "stopped, the submission stage always runs")
     ap.add_argument("--python-version", default=PYTHON_VERSION,
                     help=f"Kaggle's Python for the wheels (default {PYTHON_VERSION})")
     args = ap.parse_args(argv)
     try:
+        if args.time_budget is not None and args.time_budget <= 0:
+            raise BundleError(f"--time-budget {args.time_budget:g}: must be > 0 seconds")
         build_bundle(args.out, args.user, not args.no_wheels, args.gpu, args.profile,
-                     args.sets, args.python_version)
+                     args.sets, args.python_version, args.time_budget)
     except (BundleError, ConfigError, ImageError, FileExistsError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

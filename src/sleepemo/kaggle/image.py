@@ -157,3 +157,39 @@ def missing(names: Iterable[str], bundle: Iterable[Distribution],
     shipped = {canonicalize_name(d.name) for d in bundle}
     return [n for n in names
             if canonicalize_name(n) not in shipped and image.version(n) is None]
+
+
+def _pins(text: str) -> dict[str, str]:
+    pins = {}
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        name, sep, version = line.partition("==")
+        if sep:
+            pins[canonicalize_name(name)] = version.strip()
+    return pins
+
+
+def drift(image: KaggleImage, requirements: str, wheels: str) -> list[str]:
+    """Run in the kernel: the packages of ``requirements`` (text of requirements.txt) whose
+    installed version differs from the one the bundle was checked with (its pin when the
+    wheels list ``wheels`` ships it, else the image's), one line each, then a summary."""
+    import importlib.metadata as md
+
+    shipped = _pins(wheels)
+    lines, same = [], 0
+    for name in _pins(requirements):
+        expected = shipped.get(name) or (str(image.version(name)) if image.version(name)
+                                         else None)
+        if expected is None:
+            continue  # neither shipped nor in the image: not used by the kernel
+        try:
+            installed = md.version(name)
+        except md.PackageNotFoundError:
+            installed = "not installed"
+        if installed == expected:
+            same += 1
+        else:
+            lines.append(f"  {name}: {installed} here, {expected} when the bundle was checked")
+    head = (f"{same} packages as the bundle was checked" + (
+        f"; {len(lines)} differ (Kaggle's image may have moved on):" if lines else ""))
+    return [head, *lines]
