@@ -13,8 +13,8 @@ from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelSessionStatu
 from kagglesdk.kernels.types.kernels_enums import KernelWorkerStatus as KS
 
 from sleepemo.kaggle import kernel as kk
-from test_submit import (KAGGLE_VARS, REPO, SECRET, isolated,  # noqa: F401 (a fixture)
-                         set_credentials, write_keyless_kaggle_json)
+from test_submit import isolated  # noqa: F401 (the autouse fixture, registered here too)
+from test_submit import KAGGLE_VARS, REPO, SECRET, set_credentials, write_keyless_kaggle_json
 
 KERNEL = "someone/sleepemo-offline"  # set_credentials' user, the bundle's kernel slug
 STAMP = "20261130-120000Z"
@@ -68,6 +68,12 @@ def api(monkeypatch):
         monkeypatch.setattr(kk, "kaggle_api", lambda: fake)
         return fake
     return install
+
+
+@pytest.fixture
+def clock(request):
+    """``isolated``'s fake clock: ``clock["sleeps"]``, the pauses taken."""
+    return request.getfixturevalue("isolated")
 
 
 @pytest.fixture(autouse=True)
@@ -134,13 +140,13 @@ def test_a_token_without_user_name_needs_the_kernel_named(api, monkeypatch, caps
     assert fake.calls == []
 
 
-def test_wait_polls_until_complete_with_growing_pauses(api, monkeypatch, isolated, capsys):
+def test_wait_polls_until_complete_with_growing_pauses(api, monkeypatch, clock, capsys):
     set_credentials(monkeypatch)
     fake = api(FakeKernels([(KS.QUEUED, ""), (KS.RUNNING, ""), (KS.RUNNING, ""),
                             (KS.COMPLETE, "")]))
     assert main("status", "--wait", "--interval", 10, "--max-interval", 20) == 0
     out, err = capsys.readouterr()
-    assert isolated["sleeps"] == [10, 15, 20]  # 10, 15, 22.5 capped at 20; no real sleep
+    assert clock["sleeps"] == [10, 15, 20]  # 10, 15, 22.5 capped at 20; no real sleep
     assert len(fake.calls) == 4
     assert out == f"{KERNEL}: complete\n"
     assert err.splitlines() == [f"{KERNEL}: queued; next check in 10 s",
@@ -148,22 +154,22 @@ def test_wait_polls_until_complete_with_growing_pauses(api, monkeypatch, isolate
                                 f"{KERNEL}: running; next check in 20 s"]
 
 
-def test_wait_ends_with_exit_1_when_the_kernel_fails(api, monkeypatch, isolated, capsys):
+def test_wait_ends_with_exit_1_when_the_kernel_fails(api, monkeypatch, clock, capsys):
     set_credentials(monkeypatch)
     api(FakeKernels([(KS.RUNNING, ""), (KS.ERROR, "out of memory")]))
     assert main("status", "--wait", "--interval", 5) == 1
     assert capsys.readouterr().out == f"{KERNEL}: error (failure message: out of memory)\n"
-    assert isolated["sleeps"] == [5]
+    assert clock["sleeps"] == [5]
 
 
 def test_wait_retries_a_failed_question_and_stops_at_the_timeout(api, monkeypatch,
-                                                                 isolated, capsys):
+                                                                 clock, capsys):
     set_credentials(monkeypatch)
     fake = api(FakeKernels([(KS.RUNNING, ""), ConnectionError(f"reset ({SECRET})"),
                             (KS.RUNNING, "")]))
     assert main("status", "--wait", "--interval", 30, "--timeout", 100) == 1
     out, err = capsys.readouterr()
-    assert isolated["sleeps"] == [30, 45, 25]  # never past the deadline
+    assert clock["sleeps"] == [30, 45, 25]  # never past the deadline
     assert len(fake.calls) == 4
     assert out == f"{KERNEL}: running\n"
     assert "ConnectionError" in err and "asking again" in err and SECRET not in err

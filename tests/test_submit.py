@@ -486,7 +486,7 @@ def test_an_invalid_file_is_refused_before_any_upload(damage, kernel_file, tiny_
                                                       tmp_path, use_api, monkeypatch,
                                                       capsys):
     set_credentials(monkeypatch)
-    path, n_rows = kernel_file
+    path, _ = kernel_file
     lines = path.read_text().splitlines()
     if damage == "drop a row":
         lines.pop(7)
