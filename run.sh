@@ -11,15 +11,20 @@
 #   ./run.sh test [PYTEST ARGS]
 #       set up .venv and run the test suite, two files at once (slow tests excluded
 #       unless you ask: -m slow; one process: -n 0).
-#   ./run.sh submit [--run RUN] [--model MODEL] [--dry-run] [--timeout S] [...]
-#       submit a finished run (default: the newest) to Kaggle, wait for the public score,
-#       append a row to submissions/leaderboard.csv (python -m sleepemo.kaggle.submit --help).
+#   ./run.sh submit [--run RUN] [--model MODEL] [--file FILE] [--dry-run] [...]
+#       submit a finished run (default: the newest) or a checked file to Kaggle, wait for
+#       the public score, append a row to submissions/leaderboard.csv
+#       (python -m sleepemo.kaggle.submit --help).
 #   ./run.sh predict --run OUT [--model NAME] [--stream] [--out DIR] FILE_OR_FOLDER...
 #       apply a finished run to new .mat recordings without retraining
 #       (python -m sleepemo predict --help; README "Predict new recordings").
 #   ./run.sh kaggle-bundle [--out DIR] [--user NAME] [--no-wheels] [--gpu] [--profile P]
 #       write the code and wheels datasets and the offline kernel for Kaggle
 #       (default kaggle/bundle/; README "Run as a Kaggle kernel (offline)").
+#   ./run.sh kaggle status [--kernel USER/SLUG] [--wait]
+#   ./run.sh kaggle output [--kernel USER/SLUG] [--out DIR]
+#       the pushed kernel's status, or its output files downloaded into a new folder
+#       submissions/kernel-<slug>-<UTC time>/ (python -m sleepemo.kaggle.kernel --help).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 REPO=$PWD
@@ -74,7 +79,7 @@ case "${1:-}" in
     OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} python -m pytest -m "not slow" \
       -n "${SLEEPEMO_TEST_PROCESSES:-2}" --dist loadfile --durations=15 "$@"
     ;;
-  submit|predict|kaggle-bundle)  # pass-throughs to `python -m sleepemo <command>`
+  submit|predict|kaggle-bundle|kaggle)  # pass-throughs to `python -m sleepemo <command>`
     setup
     exec python -m sleepemo "$@"
     ;;

@@ -33,12 +33,12 @@ def test_help_lists_every_command():
     assert proc.returncode == 0, proc.stderr
     listed = re.findall(r"^  (\S+)  ", proc.stdout, re.M)
     assert listed == list(COMMANDS) == ["run", "plan", "stage", "predict", "submit",
-                                        "kaggle-bundle", "data"]
+                                        "kaggle-bundle", "kaggle", "data"]
     proc = sleepemo()
     assert proc.returncode == 2 and "commands:" in proc.stderr
     proc = sleepemo("nope")
     assert proc.returncode == 2 and "unknown command 'nope'" in proc.stderr
-    for command in ("run", "stage", "predict", "submit", "kaggle-bundle", "data"):
+    for command in ("run", "stage", "predict", "submit", "kaggle-bundle", "kaggle", "data"):
         proc = sleepemo(command, "--help")
         assert proc.returncode == 0 and "usage:" in proc.stdout, (command, proc.stderr)
 

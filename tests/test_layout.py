@@ -45,7 +45,8 @@ DEFERRED = {
        " needs only the standard library" for m in (
            "sleepemo", "sleepemo.config", "sleepemo.errors", "sleepemo.data.location",
            "sleepemo.pipeline.runner", "sleepemo.pipeline.plan", "sleepemo.pipeline.stage",
-           "sleepemo.predict.cli", "sleepemo.kaggle.submit", "sleepemo.kaggle.bundle")},
+           "sleepemo.predict.cli", "sleepemo.kaggle.submit", "sleepemo.kaggle.bundle",
+           "sleepemo.kaggle.kernel")},
 }
 
 

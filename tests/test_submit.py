@@ -421,3 +421,141 @@ def test_relative_paths_in_the_summary_are_found(finished_run, monkeypatch, caps
     (source / "summary.json").write_text(json.dumps(summary))
     assert run_main("--submissions", subs, "--model", "starter", "--dry-run") == 0
     assert "model=starter" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ --file
+def listing(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.fixture
+def kernel_file(tmp_path, tiny_dir):
+    """A valid submission for the tiny data (one test participant) where
+    ``./run.sh kaggle output`` puts a kernel's: ``subs/kernel-<slug>-<time>/``."""
+    from sleepemo.data.submission import build_submission, expected_from_data
+
+    rng = np.random.default_rng(5)
+    expected = expected_from_data(tiny_dir)
+    df = build_submission({s: rng.uniform(size=shape) for s, shape in expected.items()})
+    folder = tmp_path / "subs" / "kernel-sleepemo-offline-20261130-120000Z"
+    folder.mkdir(parents=True)
+    df.to_csv(folder / "submission.csv", index=False, float_format="%.6f")
+    return folder / "submission.csv", len(df)
+
+
+def test_file_is_checked_submitted_and_logged(kernel_file, tiny_dir, tmp_path, use_api,
+                                              monkeypatch, capsys):
+    set_credentials(monkeypatch)
+    path, n_rows = kernel_file
+    subs = tmp_path / "subs"
+    api = use_api(FakeKaggle([(PENDING, ""), (COMPLETE, "0.54100")]))
+    assert run_main("--submissions", subs, "--file", path, "--data-dir", tiny_dir,
+                    "--interval", 1) == 0
+    out, err = capsys.readouterr()
+    assert [s["file"] for s in api.submitted] == [str(path)]
+    assert len(api.submitted[0]["rows"]) == n_rows
+    assert f"{n_rows} rows, fits the test data of {tiny_dir}" in err
+    row, = sm.read_leaderboard(subs / "leaderboard.csv")
+    assert {k: row[k] for k in ("run", "model", "lopo", "nested", "local_score",
+                                "public_score", "status", "ref")} == {
+        "run": "file:kernel-sleepemo-offline-20261130-120000Z", "model": "kernel",
+        "lopo": "", "nested": "", "local_score": "", "public_score": "0.54100",
+        "status": "complete", "ref": str(REF)}
+    assert row["message"] == api.submitted[0]["message"] == (
+        "sleepemo file:kernel-sleepemo-offline-20261130-120000Z kernel")
+    assert "public score 0.54100" in out
+
+
+def test_file_beside_a_summary_takes_its_model_and_scores(kernel_file, tiny_dir, tmp_path,
+                                                          use_api, monkeypatch):
+    set_credentials(monkeypatch)
+    path, _ = kernel_file
+    subs = tmp_path / "subs"
+    run = make_run(subs)  # summary.json: mae_probe, LOPO 0.5209, local 0.525028
+    (run / "submission.csv").write_bytes(path.read_bytes())
+    use_api(FakeKaggle([(COMPLETE, "0.52000")]))
+    assert run_main("--submissions", subs, "--file", run / "submission.csv",
+                    "--data-dir", tiny_dir) == 0
+    row = sm.read_leaderboard(subs / "leaderboard.csv")[0]
+    assert (row["run"], row["model"], row["lopo"], row["local_score"]) == (
+        f"file:{run.name}", "mae_probe", "0.5209", "0.525028")
+
+
+@pytest.mark.parametrize("damage", ["drop a row", "out of range"])
+def test_an_invalid_file_is_refused_before_any_upload(damage, kernel_file, tiny_dir,
+                                                      tmp_path, use_api, monkeypatch,
+                                                      capsys):
+    set_credentials(monkeypatch)
+    path, _ = kernel_file
+    lines = path.read_text().splitlines()
+    if damage == "drop a row":
+        lines.pop(7)
+    else:
+        lines[3] = lines[3].split(",")[0] + ",1.5"
+    path.write_text("\n".join(lines) + "\n")
+    subs = tmp_path / "subs"
+    before = listing(tmp_path)
+    api = use_api(FakeKaggle([(COMPLETE, "0.5")]))
+    assert run_main("--submissions", subs, "--file", path, "--data-dir", tiny_dir) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: {path} does not fit the test data of {tiny_dir}: ")
+    assert ("expected ids are missing" if damage == "drop a row" else "are > 1") in err
+    assert "nothing was uploaded" in err
+    assert api.submitted == [] and api.polls == 0
+    assert listing(tmp_path) == before
+
+
+def test_file_dry_run_checks_and_shows_the_row_without_kaggle(kernel_file, tiny_dir,
+                                                              tmp_path, use_api, capsys):
+    path, _ = kernel_file
+    use_api(None)  # no credentials, no API: a dry run needs neither
+    before = listing(tmp_path)
+    assert run_main("--submissions", tmp_path / "subs", "--file", path, "--data-dir",
+                    tiny_dir, "--dry-run") == 0
+    out, _ = capsys.readouterr()
+    assert out.startswith(f"dry run: would submit {path}")
+    assert "run=file:kernel-sleepemo-offline-20261130-120000Z, model=kernel" in out
+    assert listing(tmp_path) == before
+
+
+def test_file_without_credentials_is_one_line_and_writes_nothing(kernel_file, tiny_dir,
+                                                                 tmp_path, use_api, capsys):
+    write_keyless_kaggle_json(tmp_path / "home")
+    path, _ = kernel_file
+    before = listing(tmp_path)
+    use_api(None)
+    assert run_main("--submissions", tmp_path / "subs", "--file", path,
+                    "--data-dir", tiny_dir) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: no Kaggle credentials found") and SECRET not in err
+    assert listing(tmp_path) == before
+
+
+def test_file_data_folder_defaults_to_the_data_under_input(kernel_file, tiny_dir, tmp_path,
+                                                           monkeypatch, capsys):
+    path, _ = kernel_file
+    project = tmp_path / "project"
+    (project / "input").mkdir(parents=True)
+    monkeypatch.setattr(sm, "project_dir", lambda: project)
+    assert run_main("--file", path, "--dry-run") == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "give --data-dir DATA" in err
+    (project / "input" / COMPETITION_SLUG).symlink_to(tiny_dir)
+    assert run_main("--file", path, "--dry-run", "--submissions", tmp_path / "subs") == 0
+    assert f"fits the test data of {project / 'input' / COMPETITION_SLUG}" in \
+        capsys.readouterr().err
+
+
+@pytest.mark.parametrize("other", [("--run", "x"), ("--model", "starter"), ("--ref", "3")])
+def test_file_cannot_be_combined_with_a_run(other, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        run_main("--file", tmp_path / "s.csv", *other)
+    assert info.value.code == 2
+    assert "--file submits that file" in capsys.readouterr().err
+
+
+def test_a_missing_file_is_a_clear_error(tmp_path, capsys):
+    assert run_main("--file", tmp_path / "nope.csv", "--dry-run") == 2
+    assert capsys.readouterr().err == f"error: --file {tmp_path / 'nope.csv'}: no such file\n"

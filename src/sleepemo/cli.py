@@ -8,6 +8,8 @@
 - ``predict``: a finished run on new recordings (:mod:`sleepemo.predict`);
 - ``submit``: a finished run to Kaggle (:mod:`sleepemo.kaggle.submit`);
 - ``kaggle-bundle``: the offline Kaggle kernel (:mod:`sleepemo.kaggle.bundle`);
+- ``kaggle status|output``: that kernel on Kaggle after the push: its status, its output
+  files (:mod:`sleepemo.kaggle.kernel`);
 - ``data``: resolve the data folder and print its path: real data in ``input/<slug>/``,
   a Kaggle download when credentials exist, else the built-in synthetic data.
 
@@ -34,6 +36,7 @@ COMMANDS = {
     "predict": "apply a finished run to new .mat recordings without retraining",
     "submit": "submit a finished run to Kaggle, wait for the score, log it",
     "kaggle-bundle": "write the code and wheels datasets and the offline Kaggle kernel",
+    "kaggle": "the pushed kernel: kaggle status [--wait] | kaggle output (its files)",
     "data": "resolve (find, download or generate) the data folder and print its path",
 }
 
@@ -98,6 +101,12 @@ def _kaggle_bundle(argv: list[str]) -> int:
     return bundle_main(argv)
 
 
+def _kaggle(argv: list[str]) -> int:
+    from sleepemo.kaggle.kernel import main as kernel_main
+
+    return kernel_main(argv)
+
+
 # ------------------------------------------------------------------ stages
 def stage_entry(name: str) -> tuple[Callable, Callable | None, str]:
     """``(body, add_arguments, doc)`` of stage ``name``, from its trainer module (its
@@ -143,7 +152,7 @@ def _stage(argv: list[str]) -> int:
 
 _HANDLERS: dict[str, Callable[[list[str]], int]] = {
     "run": _run, "plan": _plan, "stage": _stage, "predict": _predict, "submit": _submit,
-    "kaggle-bundle": _kaggle_bundle, "data": _data}
+    "kaggle-bundle": _kaggle_bundle, "kaggle": _kaggle, "data": _data}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,17 +1,25 @@
-"""Submit a finished run to Kaggle, wait for its public score and log it.
+"""Submit a finished run (or a given file) to Kaggle, wait for its public score and log it.
 
 Command line (``./run.sh submit [ARGS]`` sets up the environment and calls it)::
 
     python -m sleepemo.kaggle.submit [--run RUN] [--model MODEL] [-m MESSAGE] [--dry-run]
                               [--interval S] [--max-interval S] [--timeout S]
                               [--ref REF] [--submissions DIR]
+    python -m sleepemo.kaggle.submit --file FILE [--data-dir DATA] [-m MESSAGE] [--dry-run]
+                              [--interval S] [--max-interval S] [--timeout S]
+                              [--submissions DIR]
 
 Reads:  ``submissions/<run>/summary.json`` and ``submission.csv`` (written by stage 07;
         default run: the newest folder with a ``summary.json``); the ensemble's
         ``06_ensemble/metrics.json`` (its ``nested`` key) beside the submission or in the
         run's artefact folder, when it exists; with ``--model``: the run's artefact folder
         (``folds.json``, the model's result ``NN_stage/<model>/``) and its data folder
-        (test shapes, ``solution.csv`` if present)
+        (test shapes, ``solution.csv`` if present); with ``--file`` (typically a kernel's
+        ``submission.csv``, ``./run.sh kaggle output``): that file, checked against the
+        test files of ``--data-dir`` (default: the data found under ``input/``) before
+        any upload, and a ``summary.json`` (and ``lopo.csv``) beside it if there is one;
+        its row's ``run`` is ``file:<the file's folder>``, its ``model`` the summary's,
+        else ``kernel``
 Writes: with ``--model``: a new run folder ``submissions/<time>-<profile>-<model>/``
         (``submission.csv``, validated; ``summary.json``) and ``submissions/latest.csv``;
         one row appended to ``submissions/leaderboard.csv`` per submission Kaggle
@@ -48,11 +56,12 @@ from typing import Sequence
 from sleepemo import COMPETITION_SLUG
 from sleepemo.config import project_dir
 from sleepemo.data.download import (KaggleApiError, _short_message, credentials_help,
-                                    find_credentials, kaggle_api, mask_secrets)
+                                    find_credentials, find_data_root, kaggle_api,
+                                    mask_secrets)
 from sleepemo.data.folds import read_folds
 from sleepemo.data.reader import DataError, load_dataset
-from sleepemo.data.submission import (SubmissionError, new_run_dir, run_name,
-                                      write_test_submission)
+from sleepemo.data.submission import (SubmissionError, expected_from_data, new_run_dir,
+                                      run_name, validate_submission, write_test_submission)
 from sleepemo.io import atomic_path, read_json, write_json
 from sleepemo.metric import score_files
 from sleepemo.pipeline.artefacts import find
@@ -211,6 +220,57 @@ def _run_bad_values(artefacts: Path) -> str:
     cfg = yaml.safe_load(path.read_text()) if path.is_file() else None
     data = cfg.get("data") if isinstance(cfg, dict) else None
     return str((data or {}).get("bad_values", "error"))
+
+
+# ------------------------------------------------------------------ --file
+#: The row's ``model`` for a file without a ``summary.json`` beside it.
+FILE_MODEL = "kernel"
+
+
+def default_data_dir() -> Path | None:
+    """The data a file is checked against: the competition's in ``input/<slug>/`` of the
+    project (:func:`sleepemo.config.project_dir`), else any data folder under ``input/``
+    (the synthetic data has the competition's test shapes); None if there is none."""
+    inputs = project_dir() / "input"
+    return find_data_root(inputs / COMPETITION_SLUG) or find_data_root(inputs)
+
+
+def check_file(path: Path, data_dir: str | os.PathLike | None) -> tuple[Path, int]:
+    """Validate the submission ``path`` against the test files of ``data_dir`` (default:
+    :func:`default_data_dir`); returns ``(data folder, rows)``."""
+    if not path.is_file():
+        raise SubmitUsageError(f"--file {path}: no such file")
+    data = Path(data_dir) if data_dir else default_data_dir()
+    if data is None:
+        raise SubmitUsageError(f"no data folder under {project_dir() / 'input'} to check "
+                               f"{path} against: give --data-dir DATA (the competition "
+                               "data: the folder with training/ and testing/)")
+    expected = expected_from_data(data)
+    try:
+        validate_submission(path, expected)
+    except SubmissionError as exc:
+        raise SubmitUsageError(f"{path} does not fit the test data of {data}: "
+                               f"{'; '.join(exc.problems)}; nothing was uploaded") from None
+    return data, sum(n * t for n, t in expected.values())
+
+
+def file_row(path: Path) -> dict:
+    """The leaderboard cells a file gives before its upload: ``run`` ``file:<folder>``;
+    ``model``, ``lopo``, ``nested`` and ``local_score`` from a stage-07 ``summary.json``
+    beside it (else ``kernel`` and empty cells)."""
+    folder = path.resolve().parent
+    summary: dict = {}
+    if (folder / SUMMARY_NAME).is_file():
+        try:
+            summary = read_summary(folder)
+        except SubmitUsageError as exc:
+            print(f"ignored: {exc}", file=sys.stderr)
+    row = {"run": f"file:{folder.name}", "model": summary.get("model") or FILE_MODEL,
+           "lopo": None, "nested": None, "local_score": None}
+    if summary:
+        row.update(lopo=_lopo(folder, summary), nested=_nested(folder, summary),
+                   local_score=_number(summary.get("local_leaderboard")))
+    return row
 
 
 # ------------------------------------------------------------------ the leaderboard log
@@ -379,8 +439,14 @@ def _parser() -> argparse.ArgumentParser:
                          "is logged as pending")
     ap.add_argument("--ref", type=int, help="do not upload: wait for this earlier "
                                             "submission (a pending row's ref) and log it")
+    ap.add_argument("--file", help="submit this file instead of a run's (e.g. a kernel's "
+                                   "submission.csv from ./run.sh kaggle output); checked "
+                                   "against --data-dir first")
+    ap.add_argument("--data-dir", help="with --file: the data whose test files it must fit "
+                                       "(default: the data found under input/)")
     ap.add_argument("--dry-run", action="store_true",
-                    help="write the --model submission and show the row; no Kaggle call")
+                    help="write the --model submission (check the --file) and show the "
+                         "row; no Kaggle call")
     return ap
 
 
@@ -389,16 +455,22 @@ def _check_args(ap, args) -> None:
         ap.error("--interval and --max-interval must be > 0, --timeout >= 0")
     if args.ref is not None and args.model:
         ap.error("--ref polls an earlier submission; it cannot be combined with --model")
+    if args.file and (args.run or args.model or args.ref is not None):
+        ap.error("--file submits that file; it cannot be combined with --run, --model or "
+                 "--ref")
+    if args.data_dir and not args.file:
+        ap.error("--data-dir is for --file (a run knows its data)")
 
 
 def run(args) -> int:
     """The command's work (see the module docstring); raises the errors :func:`main`
     turns into messages."""
     root = Path(args.submissions)
+    if args.file:
+        return _run_file(args, root)
     run_dir = find_run(root, args.run)
     summary = read_summary(run_dir)
-    if not args.dry_run and find_credentials() is None:
-        raise KaggleApiError(f"no Kaggle credentials found: {credentials_help()}")
+    _require_credentials(args)
     if args.model:
         run_dir = write_model_submission(run_dir, summary, args.model, root)
         summary = read_summary(run_dir)
@@ -411,7 +483,34 @@ def run(args) -> int:
     row = {"run": run_dir.name, "model": summary["model"], "lopo": lopo,
            "nested": _nested(run_dir, summary),
            "local_score": _number(summary.get("local_leaderboard"))}
-    message = args.message or (f"sleepemo {run_dir.name} {summary['model']}"
+    resume = f"wait for it later with: ./run.sh submit --run {row['run']} --ref " + "{ref}"
+    return _submit_and_log(args, root, path, row, resume)
+
+
+def _require_credentials(args) -> None:
+    if not args.dry_run and find_credentials() is None:
+        raise KaggleApiError(f"no Kaggle credentials found: {credentials_help()}")
+
+
+def _run_file(args, root: Path) -> int:
+    """``--file``: check the file, then submit and log it as a run's."""
+    path = Path(args.file)
+    if not path.is_file():
+        raise SubmitUsageError(f"--file {path}: no such file")
+    _require_credentials(args)
+    data, n_rows = check_file(path, args.data_dir)
+    print(f"{path}: {n_rows} rows, fits the test data of {data}", file=sys.stderr)
+    resume = ("Kaggle lists it as ref {ref} on https://www.kaggle.com/competitions/"
+              f"{COMPETITION_SLUG}/submissions")
+    return _submit_and_log(args, root, path, file_row(path), resume)
+
+
+def _submit_and_log(args, root: Path, path: Path, row: dict, resume: str) -> int:
+    """Upload ``path`` (or, with ``--ref``, find that earlier submission), wait for its
+    score and append ``row`` completed to the leaderboard; ``--dry-run``: show the row.
+    ``resume`` (with ``{ref}``) says how to get a pending score later."""
+    lopo = row["lopo"]
+    message = args.message or (f"sleepemo {row['run']} {row['model']}"
                                + (f" LOPO {lopo:.4f}" if lopo is not None else ""))
     if args.dry_run:
         print(f"dry run: would submit {path} to {COMPETITION_SLUG} as {message!r}; "
@@ -441,9 +540,8 @@ def run(args) -> int:
               f", LOPO {_cell(lopo) or '?'}; logged in {leaderboard}")
         return 0
     if outcome.status == PENDING:
-        raise SubmitFailed(
-            f"no score after {args.timeout:g} s; logged as pending in {leaderboard}; wait "
-            f"for it later with: ./run.sh submit --run {row['run']} --ref {ref}")
+        raise SubmitFailed(f"no score after {args.timeout:g} s; logged as pending in "
+                           f"{leaderboard}; {resume.replace('{ref}', str(ref))}")
     raise SubmitFailed(f"Kaggle could not score submission {ref} of {path} "
                        f"({outcome.status}: {outcome.error or 'no reason given'}); "
                        f"logged in {leaderboard}")
