@@ -346,6 +346,7 @@ def test_notebook_runs_offline_and_writes_a_valid_submission(bundle, smoke_dir, 
     sub = work / "submission.csv"
     validate_submission(sub, expected_from_data(smoke_dir))
     assert sub.read_bytes() == (work / "submissions" / "latest.csv").read_bytes()
+    assert json.loads((work / "summary.json").read_text())["model"] == "second_place"
     assert sorted(p.name for p in (work / "output" / "smoke").glob("0*")) == \
         ["00_folds", "01_baselines", "07_submission"]
 
