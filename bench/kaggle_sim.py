@@ -244,7 +244,8 @@ def main(argv=None) -> int:
         [sys.executable, "-m", "sleepemo", "data", "--profile", args.profile,
          *[a for s in args.sets for a in ("--set", s)]],
         env=dict(os.environ, PYTHONPATH=str(REPO / "src")), check=True,
-        capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        capture_output=True, text=True, cwd=REPO).stdout.strip().splitlines()[-1])
+    data = data if data.is_absolute() else (REPO / data).resolve()
     inputs, kwork = lay_out(work / "kaggle", bundle, data)
     before = manifest(inputs)
     seconds = run_notebook(bundle / "kernel" / "kaggle_kernel.ipynb", venv, inputs, kwork,

@@ -340,7 +340,7 @@ def test_notebook_runs_offline_and_writes_a_valid_submission(bundle, smoke_dir, 
     log = "".join(text)
     assert f"sleepemo: {inputs / 'sleepemo-code' / 'src' / 'sleepemo'}" in log
     assert "submitted model: second_place" in log
-    assert "packages as the bundle was checked" in log and "| time budget: 41400 s" in log
+    assert "packages the stages import are as the bundle was checked" in log and "| time budget: 41400 s" in log
     for stage in ("00_folds.py: ran", "01_baselines.py: ran", "07_submission.py: ran"):
         assert stage in log
     sub = work / "submission.csv"
@@ -391,3 +391,16 @@ def test_notebook_runs_every_stage_script_in_order_by_default(bundle, smoke_dir,
         assert (f"--profile quick --data-dir {data} --out {work / 'output' / 'quick'} "
                 "--no-progress --set seed=2 --set baselines.models=[a, b]") in line
         assert ("--submissions" in line) == line.startswith("07_")
+
+
+def test_the_kernel_reports_packages_that_differ_from_the_checked_image():
+    """The notebook's environment report: here numpy is the image's version and pyriemann
+    the bundle's, scikit-learn is not (1.9 here, 1.6.1 in the image)."""
+    from sleepemo.kaggle.image import drift
+
+    lines = drift(read_image(), ["numpy", "pyriemann", "scikit-learn"], "pyriemann==0.12\n")
+    assert lines[0].startswith("2 of the 3 packages the stages import are as the bundle "
+                               "was checked")
+    assert lines[1:] == ["  scikit-learn: 1.9.1 here, 1.6.1 when the bundle was checked"]
+    assert kb.kernel_imports()[:2] == ["torch", "torchvision"]
+    assert "kaggle" not in kb.kernel_imports() and "pyriemann" in kb.kernel_imports()

@@ -5,7 +5,7 @@
 command line (default ``kaggle/bundle/``)::
 
     code/     dataset <user>/sleepemo-code: src/sleepemo/ (with its profiles/),
-              src/NN_*.py, requirements.txt, sleepemo-kernel.json (the notebook's default profile and
+              src/NN_*.py, requirements.txt, pyproject.toml, sleepemo-kernel.json (the notebook's default profile and
               --set overrides), dataset-metadata.json
     wheels/   dataset <user>/sleepemo-wheels: one wheel per package of KAGGLE_LACKS at
               its requirements.txt version (pip download, binary only, no dependencies,
@@ -138,6 +138,7 @@ def write_code(dest: Path, user: str, profile: str, sets: Sequence[str],
     for script in sorted((REPO / "src").glob("[0-9][0-9]_*.py")):
         shutil.copyfile(script, dest / "src" / script.name)
     shutil.copyfile(REPO / "requirements.txt", dest / "requirements.txt")
+    shutil.copyfile(REPO / "pyproject.toml", dest / "pyproject.toml")  # the kernel's imports
     settings = {"profile": profile, "sets": list(sets)}
     if time_budget_s is not None:
         settings["time_budget_s"] = float(time_budget_s)

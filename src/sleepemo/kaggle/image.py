@@ -169,27 +169,26 @@ def _pins(text: str) -> dict[str, str]:
     return pins
 
 
-def drift(image: KaggleImage, requirements: str, wheels: str) -> list[str]:
-    """Run in the kernel: the packages of ``requirements`` (text of requirements.txt) whose
-    installed version differs from the one the bundle was checked with (its pin when the
-    wheels list ``wheels`` ships it, else the image's), one line each, then a summary."""
+def drift(image: KaggleImage, names: Iterable[str], wheels: str) -> list[str]:
+    """Run in the kernel: the packages ``names`` (those the kernel imports) whose installed
+    version differs from the one the bundle was checked with (its pin when the wheels list
+    ``wheels`` ships it, else the image's), one line each after a summary line."""
     import importlib.metadata as md
 
     shipped = _pins(wheels)
     lines, same = [], 0
-    for name in _pins(requirements):
-        expected = shipped.get(name) or (str(image.version(name)) if image.version(name)
-                                         else None)
-        if expected is None:
-            continue  # neither shipped nor in the image: not used by the kernel
+    for name in names:
+        key = canonicalize_name(name)
+        expected = shipped.get(key) or (str(image.version(key)) if image.version(key)
+                                        else "absent")
         try:
-            installed = md.version(name)
+            installed = md.version(key)
         except md.PackageNotFoundError:
             installed = "not installed"
         if installed == expected:
             same += 1
         else:
-            lines.append(f"  {name}: {installed} here, {expected} when the bundle was checked")
-    head = (f"{same} packages as the bundle was checked" + (
-        f"; {len(lines)} differ (Kaggle's image may have moved on):" if lines else ""))
+            lines.append(f"  {key}: {installed} here, {expected} when the bundle was checked")
+    head = (f"{same} of the {same + len(lines)} packages the stages import are as the "
+            "bundle was checked" + (" (Kaggle's image may have moved on):" if lines else ""))
     return [head, *lines]
