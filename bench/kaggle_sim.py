@@ -205,12 +205,30 @@ def read_lopo(path: Path) -> dict[str, float]:
         return {row["model"]: float(row["overall"]) for row in csv.DictReader(fh)}
 
 
-def side_by_side(local: dict[str, float], kernel: dict[str, float]) -> list[dict]:
+def max_difference(local_out: Path | None, kernel_out: Path, model: str) -> float | None:
+    """The largest absolute difference between the two runs' out-of-fold predictions."""
+    import numpy as np
+
+    if local_out is None:
+        return None
+    found = sorted(kernel_out.glob(f"[0-9][0-9]_*/{model}/oof.npy"))
+    if len(found) != 1:
+        return None
+    other = local_out / found[0].relative_to(kernel_out)
+    if not other.is_file():
+        return None
+    return float(np.nanmax(np.abs(np.load(found[0]) - np.load(other))))
+
+
+def side_by_side(local: dict[str, float], kernel: dict[str, float],
+                 local_out: Path | None = None, kernel_out: Path | None = None) -> list[dict]:
     rows = []
     for model in sorted(set(local) | set(kernel), key=lambda m: -(local.get(m) or 0)):
         a, b = local.get(model), kernel.get(model)
         rows.append({"model": model, "local": a, "kernel": b,
-                     "diff": None if a is None or b is None else round(b - a, 4)})
+                     "diff": None if a is None or b is None else b - a,
+                     "max_oof_diff": None if kernel_out is None else
+                     max_difference(local_out, kernel_out, model)})
     return rows
 
 
@@ -276,7 +294,10 @@ def main(argv=None) -> int:
             "--no-progress", "--quiet", *[a for s in args.sets for a in ("--set", s)]],
            env=dict(os.environ, PYTHONPATH=str(REPO / "src"), MPLBACKEND="Agg"))
         times["local run (pins)"] = round(time.monotonic() - t0, 1)
-        report["lopo"] = side_by_side(read_lopo(local_out / "lopo.csv"), kernel_lopo)
+        report["lopo"] = side_by_side(read_lopo(local_out / "lopo.csv"), kernel_lopo,
+                                      local_out, kwork / "output" / args.profile)
+        report["same_submission"] = ((kwork / "submission.csv").read_bytes()
+                                     == (work / "local-subs" / "latest.csv").read_bytes())
     else:
         report["lopo"] = side_by_side({}, kernel_lopo)
     report["times_s"] = times
@@ -300,12 +321,19 @@ def markdown(report: dict) -> str:
     lines += ["", "| package | kernel (image + bundle) | local (pins) |", "|---|---|---|"]
     lines += [f"| {n} | {v['kernel'] or '-'} | {v['local'] or '-'} |"
               for n, v in report["versions"].items()]
-    lines += ["", "| model | local LOPO | kernel LOPO | kernel - local |", "|---|---:|---:|---:|"]
+    if "same_submission" in report:
+        lines += ["", "submission.csv of the kernel and of the local run: "
+                  + ("byte-identical" if report["same_submission"] else "different")]
+    lines += ["", "| model | local LOPO | kernel LOPO | kernel - local | max abs oof difference |",
+              "|---|---:|---:|---:|---:|"]
     def fmt(x, sign=""):
         return "-" if x is None else f"{x:{sign}.4f}"
 
+    def g2(x):
+        return "-" if x is None else f"{x:.2g}"
+
     lines += [f"| {r['model']} | {fmt(r['local'])} | {fmt(r['kernel'])} | "
-              f"{fmt(r['diff'], '+')} |" for r in report["lopo"]]
+              f"{fmt(r['diff'], '+')} | {g2(r.get('max_oof_diff'))} |" for r in report["lopo"]]
     return "\n".join(lines) + "\n"
 
 
