@@ -128,7 +128,7 @@ def test_user_option_placeholder_and_bad_input(tmp_path):
     assert kernel["dataset_sources"][0] == "someone/sleepemo-code"
     # no user name anywhere: the placeholder, and the output says what to edit
     proc = bundle_cli("--out", tmp_path / "b", "--no-wheels", "--gpu", "--profile", "smoke",
-                      "--set", "seed=3", "--time-budget", "3600",
+                      "--set", "seed=3", "--time-budget", "3600", "--stages", "00", "01", "07",
                       env=kaggle_config(tmp_path / "empty", None))
     assert proc.returncode == 0, proc.stderr
     assert f"replace {kb.PLACEHOLDER_USER}" in proc.stdout
@@ -137,10 +137,12 @@ def test_user_option_placeholder_and_bad_input(tmp_path):
     assert kernel["enable_gpu"] is True and kernel["enable_internet"] is False
     assert kernel["machine_shape"] == "NvidiaTeslaT4"  # GPU T4 x2; the P100 lacks kernels
     assert json.loads((tmp_path / "b" / "code" / kb.SETTINGS).read_text()) == \
-        {"profile": "smoke", "sets": ["seed=3"], "time_budget_s": 3600.0}
+        {"profile": "smoke", "sets": ["seed=3"], "time_budget_s": 3600.0,
+         "stages": ["00", "01", "07"]}
     for args, message in ((["--user", "a b"], "Kaggle user name 'a b'"),
                           (["--set", "nosuchkey=1"], "nosuchkey"),
-                          (["--time-budget", "0"], "--time-budget 0: must be > 0")):
+                          (["--time-budget", "0"], "--time-budget 0: must be > 0"),
+                          (["--stages", "00", "09"], "--stages 09: no such stage")):
         proc = bundle_cli("--out", tmp_path / "c", "--no-wheels", *args,
                           env=kaggle_config(tmp_path / "empty", None))
         assert proc.returncode == 2 and proc.stderr.startswith("error: ")

@@ -548,7 +548,7 @@ def test_file_data_folder_defaults_to_the_data_under_input(kernel_file, tiny_dir
         capsys.readouterr().err
 
 
-@pytest.mark.parametrize("other", [("--run", "x"), ("--model", "starter"), ("--ref", "3")])
+@pytest.mark.parametrize("other", [("--run", "x"), ("--model", "starter")])
 def test_file_cannot_be_combined_with_a_run(other, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         run_main("--file", tmp_path / "s.csv", *other)
@@ -559,3 +559,26 @@ def test_file_cannot_be_combined_with_a_run(other, tmp_path, capsys):
 def test_a_missing_file_is_a_clear_error(tmp_path, capsys):
     assert run_main("--file", tmp_path / "nope.csv", "--dry-run") == 2
     assert capsys.readouterr().err == f"error: --file {tmp_path / 'nope.csv'}: no such file\n"
+
+
+def test_a_pending_file_submission_is_waited_for_later_with_ref(kernel_file, tiny_dir,
+                                                                tmp_path, use_api,
+                                                                monkeypatch, capsys):
+    """--timeout passes first: the row is pending and the message gives the command that
+    later polls the same submission (no second upload) and logs its final row."""
+    set_credentials(monkeypatch)
+    path, _ = kernel_file
+    subs = tmp_path / "subs"
+    api = use_api(FakeKaggle([(PENDING, "")]))
+    assert run_main("--submissions", subs, "--file", path, "--data-dir", tiny_dir,
+                    "--timeout", 0) == 1
+    err = capsys.readouterr().err
+    assert f"./run.sh submit --file {path} --ref {REF}" in err
+    api.script = [(COMPLETE, "0.53000")]
+    assert run_main("--submissions", subs, "--file", path, "--data-dir", tiny_dir,
+                    "--ref", REF) == 0
+    assert len(api.submitted) == 1                      # polled, not uploaded again
+    first, second = sm.read_leaderboard(subs / "leaderboard.csv")
+    assert (first["status"], second["status"]) == ("pending", "complete")
+    assert second["public_score"] == "0.53000" and second["ref"] == str(REF)
+    assert second["run"] == first["run"] == "file:kernel-sleepemo-offline-20261130-120000Z"

@@ -37,6 +37,7 @@ from sleepemo import COMPETITION_SLUG
 from sleepemo.config import CHECKOUT, ConfigError, PROFILES, REPO, load_config, project_dir
 from sleepemo.data.download import kaggle_username
 from sleepemo.io import atomic_dir, read_json, write_json, write_text
+from sleepemo.pipeline.stage import STAGES
 from sleepemo.kaggle.image import (Distribution, ImageError, installed_distribution, missing,
                                    read_image, unmet, wheel_distribution)
 
@@ -130,7 +131,7 @@ def _dataset_metadata(user: str, slug: str, title: str, description: str) -> dic
 
 # --------------------------------------------------------------------------- the parts
 def write_code(dest: Path, user: str, profile: str, sets: Sequence[str],
-               time_budget_s: float | None = None) -> None:
+               time_budget_s: float | None = None, stages: Sequence[str] = ()) -> None:
     """The code dataset: the package (its profiles inside), the stage scripts, the
     requirements."""
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
@@ -142,6 +143,8 @@ def write_code(dest: Path, user: str, profile: str, sets: Sequence[str],
     settings = {"profile": profile, "sets": list(sets)}
     if time_budget_s is not None:
         settings["time_budget_s"] = float(time_budget_s)
+    if stages:
+        settings["stages"] = list(stages)
     write_json(dest / SETTINGS, settings)
     write_json(dest / "dataset-metadata.json", _dataset_metadata(
         user, CODE_SLUG, "sleepemo code",
@@ -289,7 +292,7 @@ def _is_bundle(folder: Path) -> bool:
 def build_bundle(out: str | Path = DEFAULT_OUT, user: str | None = None, wheels: bool = True,
                  gpu: bool = False, profile: str = "quick", sets: Sequence[str] = (),
                  python_version: str = PYTHON_VERSION, time_budget_s: float | None = None,
-                 log: Callable[[str], None] = print) -> Path:
+                 stages: Sequence[str] = (), log: Callable[[str], None] = print) -> Path:
     """Write the bundle (see the module docstring) into ``out``, replacing an earlier
     bundle there (built aside and renamed into place when complete); any other
     non-empty folder is refused."""
@@ -301,10 +304,15 @@ def build_bundle(out: str | Path = DEFAULT_OUT, user: str | None = None, wheels:
     if out == source or source in out.parents:
         raise BundleError(f"{out}: the bundle cannot go inside {source}, which it copies")
     load_config(profile, list(sets))  # refuse bad settings here, not on Kaggle
+    known = {spec.number for spec in STAGES}
+    unknown = [s for s in stages if s not in known]
+    if unknown:
+        raise BundleError(f"--stages {' '.join(unknown)}: no such stage (have "
+                          f"{' '.join(sorted(known))})")
     user, source = resolve_user(user)
     pins = pinned_versions(REPO / "requirements.txt")
     with atomic_dir(out, replaceable=_is_bundle) as tmp:
-        write_code(tmp / "code", user, profile, sets, time_budget_s)
+        write_code(tmp / "code", user, profile, sets, time_budget_s, stages)
         log(f"code dataset: {len(list((tmp / 'code').rglob('*.py')))} Python files")
         files = write_wheels(tmp / "wheels", user, pins, wheels, python_version, log=log)
         checked = check_closure(pins, files, log=log)
@@ -353,6 +361,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="the notebook's time budget from its start (default 41400 = 11.5 h "
                          "of Kaggle's 12-hour limit): stages that do not fit are skipped or "
                          "stopped, the submission stage always runs")
+    ap.add_argument("--stages", nargs="+", default=[], metavar="NN",
+                    help="only these stages in the kernel, e.g. 00 01 07 (default: all)")
     ap.add_argument("--python-version", default=PYTHON_VERSION,
                     help=f"Kaggle's Python for the wheels (default {PYTHON_VERSION})")
     args = ap.parse_args(argv)
@@ -360,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.time_budget is not None and args.time_budget <= 0:
             raise BundleError(f"--time-budget {args.time_budget:g}: must be > 0 seconds")
         build_bundle(args.out, args.user, not args.no_wheels, args.gpu, args.profile,
-                     args.sets, args.python_version, args.time_budget)
+                     args.sets, args.python_version, args.time_budget, args.stages)
     except (BundleError, ConfigError, ImageError, FileExistsError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -455,9 +455,8 @@ def _check_args(ap, args) -> None:
         ap.error("--interval and --max-interval must be > 0, --timeout >= 0")
     if args.ref is not None and args.model:
         ap.error("--ref polls an earlier submission; it cannot be combined with --model")
-    if args.file and (args.run or args.model or args.ref is not None):
-        ap.error("--file submits that file; it cannot be combined with --run, --model or "
-                 "--ref")
+    if args.file and (args.run or args.model):
+        ap.error("--file submits that file; it cannot be combined with --run or --model")
     if args.data_dir and not args.file:
         ap.error("--data-dir is for --file (a run knows its data)")
 
@@ -500,8 +499,7 @@ def _run_file(args, root: Path) -> int:
     _require_credentials(args)
     data, n_rows = check_file(path, args.data_dir)
     print(f"{path}: {n_rows} rows, fits the test data of {data}", file=sys.stderr)
-    resume = ("Kaggle lists it as ref {ref} on https://www.kaggle.com/competitions/"
-              f"{COMPETITION_SLUG}/submissions")
+    resume = f"wait for it later with: ./run.sh submit --file {path} --ref " + "{ref}"
     return _submit_and_log(args, root, path, file_row(path), resume)
 
 
