@@ -19,6 +19,7 @@
 #       apply a finished run to new .mat recordings without retraining
 #       (python -m sleepemo predict --help; README "Predict new recordings").
 #   ./run.sh kaggle-bundle [--out DIR] [--user NAME] [--no-wheels] [--gpu] [--profile P]
+#            [--time-budget S] [--stages NN...]
 #       write the code and wheels datasets and the offline kernel for Kaggle
 #       (default kaggle/bundle/; README "Run as a Kaggle kernel (offline)").
 #   ./run.sh kaggle status [--kernel USER/SLUG] [--wait]
