@@ -32,22 +32,40 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-#: Per stage: what one step is, the cut settings of run (a) as {key: value}, the step
-#: count of (a) per unit, and the full profile's count of the same unit. Run (b) doubles
-#: every value of (a)'s settings (warm-ups included, so that the fraction stays the same).
-CUTS = {
-    "mae": ("optimiser step of 1024 channel-sequences",
-            {"mae.epochs": 1, "mae.seqs_per_epoch": 2048, "mae.eval_seqs": 2048}, 2, None),
-    "experts": ("meta-step (4 tasks, 32+32 trials) per fold and variant",
-                {"experts.meta_steps": 2, "experts.tta_steps": 1}, 2, 300),
-    "fusion": ("training step per fold and variant",
-               {"fusion.steps": 4, "fusion.eval_every": 2}, 4, 1500),
-    "rl": ("environment step per fold and head (prototype steps and warm-up scaled alike)",
-           {"rl.env_steps": 150, "rl.learning_starts": 25, "rl.eval_every": 50,
-            "rl.sac_env_steps": 150, "rl.sac_learning_starts": 25, "rl.proto_steps": 15},
-           150, 3000),
-    "ensemble": ("Optuna trial per study", {"ensemble.n_trials": 10}, 10, 300),
+#: The step counts of the three runs, per stage: what one step is, the settings of each
+#: run, and the full profile's steps. (b) doubles the experts' meta-steps; (c) starts
+#: from a copy of (b) (its folds, MAE and experts are reused: same settings) and takes
+#: the later stages' steps eight or four times further, so that each difference is large
+#: against run-to-run noise. What is counted in steps alongside them (evaluation
+#: intervals, RL's warm-up) scales with them: a difference is training steps only.
+#: The MAE's step comes from bench/bench_mae.py (full-profile shapes), not from here.
+STEPS = {
+    "experts": ("meta-step (4 tasks, 32+32 trials) per fold and variant", "ab",
+                {"experts.meta_steps": (2, 4, 4)}, {"experts.tta_steps": 1}, 300),
+    "fusion": ("training step per fold and variant", "bc",
+               {"fusion.steps": (4, 8, 64), "fusion.eval_every": (2, 4, 32)}, {}, 1500),
+    "rl": ("environment step per fold and head (prototype steps, warm-up alike)", "bc",
+           {"rl.env_steps": (150, 300, 1200), "rl.learning_starts": (25, 50, 200),
+            "rl.eval_every": (50, 100, 400), "rl.sac_env_steps": (150, 300, 1200),
+            "rl.sac_learning_starts": (25, 50, 200), "rl.proto_steps": (15, 30, 120)},
+           {}, 3000),
+    "ensemble": ("Optuna trial per study", "bc", {"ensemble.n_trials": (10, 20, 80)}, {},
+                 300),
 }
+MAE_SETTINGS = {"mae.epochs": (1, 1, 1), "mae.seqs_per_epoch": (2048, 4096, 4096),
+                "mae.eval_seqs": (2048, 2048, 2048)}
+RUNS = "abc"
+
+
+def settings(run: str) -> list[str]:
+    i = RUNS.index(run)
+    out = [f"{k}={v[i]}" for k, v in MAE_SETTINGS.items()]
+    for _, _, varied, fixed, _ in STEPS.values():
+        out += [f"{k}={v[i]}" for k, v in varied.items()]
+        out += [f"{k}={v}" for k, v in fixed.items()]
+    return out
+
+
 #: The real data's MAE steps per epoch: every channel-sequence of the 11,943 trials
 #: (10,209 training, 1,734 test) but those of the 2 validation participants (about 2/14 of
 #: the training trials), 16 channels, batch 1024.
@@ -73,17 +91,30 @@ def make_data(folder: Path, scale: float, train, test) -> Path:
     return root
 
 
-def run(out: Path, data: Path, factor: int) -> float:
-    sets = [f"{k}={v * factor}" for cut in CUTS.values() for k, v in cut[1].items()]
-    shutil.rmtree(out, ignore_errors=True)
+def run(out: Path, data: Path, name: str, keep: bool = False) -> float:
+    folder, sets = out / name, settings(name)
+    if keep and (folder / "07_submission" / "metrics.json").is_file() and \
+            (folder / "sets.json").is_file() and \
+            json.loads((folder / "sets.json").read_text()) == sets:
+        print(f"kept: {folder} (same settings)", flush=True)
+        return json.loads((folder / "wall.json").read_text())
+    shutil.rmtree(folder, ignore_errors=True)
+    if name == "c":  # (b)'s folds, MAE and experts are reused: their settings are the same
+        later = ("04_", "05_", "06_", "07_", "lopo", "report", "sets.json", "wall.json",
+                 ".sleepemo.lock")
+        shutil.copytree(out / "b", folder, ignore=lambda d, names: [
+            n for n in names if Path(d) == out / "b" and n.startswith(later)])
     cmd = [sys.executable, "-m", "sleepemo", "run", "--profile", "full", "--data-dir",
-           str(data), "--out", str(out), "--submissions", str(out.parent / "submissions"),
+           str(data), "--out", str(folder), "--submissions", str(out / "submissions"),
            "--no-progress", "--quiet", *[a for s in sets for a in ("--set", s)]]
     print("$", " ".join(cmd), flush=True)
     t0 = time.monotonic()
     subprocess.run(cmd, check=True, env=dict(os.environ, PYTHONPATH=str(REPO / "src"),
                                               MPLBACKEND="Agg"))
-    return time.monotonic() - t0
+    wall = time.monotonic() - t0
+    (folder / "sets.json").write_text(json.dumps(sets))
+    (folder / "wall.json").write_text(json.dumps(wall))
+    return wall
 
 
 def stage_metrics(out: Path) -> dict[str, dict]:
@@ -94,7 +125,8 @@ def stage_metrics(out: Path) -> dict[str, dict]:
         path = stage_dir(out, spec.name) / "metrics.json"
         if path.is_file():
             m = json.loads(path.read_text())
-            rows[spec.name] = {"seconds": m.get("seconds"), "peak_rss_mb": m.get("peak_rss_mb")}
+            rows[spec.name] = {"seconds": m.get("stage_seconds"),
+                              "peak_rss_mb": m.get("peak_rss_mb")}
     return rows
 
 
@@ -121,27 +153,37 @@ def main(argv=None) -> int:
     ap.add_argument("--scale", type=float, default=0.1)
     ap.add_argument("--train", type=int, nargs="+", default=[2, 3, 4, 5])
     ap.add_argument("--test", type=int, nargs="+", default=[1])
+    ap.add_argument("--keep", action="store_true",
+                    help="reuse a finished run (a) or (b) of the same settings and data")
     args = ap.parse_args(argv)
     out = Path(args.out).resolve()
-    data = make_data(out / "data", args.scale, set(args.train), set(args.test))
-    walls = {"a": run(out / "a", data, 1), "b": run(out / "b", data, 2)}
-    ma, mb = stage_metrics(out / "a"), stage_metrics(out / "b")
+    if not (args.keep and (out / "data").is_dir()):
+        make_data(out / "data", args.scale, set(args.train), set(args.test))
+    data = next(p.parent for p in (out / "data").rglob("training"))
+    walls = {name: run(out, data, name, args.keep) for name in RUNS}
+    metrics = {name: stage_metrics(out / name) for name in RUNS}
     size = sizes(out / "a")
+    mae_bench = json.loads((REPO / "bench" / "results" / "mae-cpu.json").read_text())
+    mae_step = next(r["median_step_s"] for r in mae_bench if r["profile"] == "full")
     rows = []
-    for name in ma:
-        row = {"stage": name, "a_s": ma[name]["seconds"], "b_s": mb.get(name, {}).get("seconds"),
-               "peak_rss_mb": max(ma[name]["peak_rss_mb"] or 0,
-                                  mb.get(name, {}).get("peak_rss_mb") or 0),
-               "sizes": size.get(name, "")}
-        if name in CUTS:
-            unit, _, steps_a, full = CUTS[name]
-            if name == "mae":
-                full = REAL_MAE_STEPS
-            per_step = (row["b_s"] - row["a_s"]) / steps_a
-            folds = 1 if name == "mae" else REAL_FOLDS / len(args.train)
-            row.update(unit=unit, steps_a=steps_a, steps_b=2 * steps_a, full_steps=full,
-                       s_per_step=round(per_step, 3),
-                       real_projection_h=round(per_step * full * folds / 3600, 2))
+    for name in metrics["a"]:
+        row = {"stage": name, "sizes": size.get(name, ""),
+               **{f"{r}_s": metrics[r].get(name, {}).get("seconds") for r in RUNS},
+               "peak_rss_mb": max(metrics[r].get(name, {}).get("peak_rss_mb") or 0
+                                  for r in RUNS)}
+        if name == "mae":
+            row.update(unit="optimiser step, batch 1024 (bench/bench_mae.py)",
+                       s_per_step=mae_step, full_steps=REAL_MAE_STEPS,
+                       real_projection_h=round(mae_step * REAL_MAE_STEPS / 3600, 2))
+        elif name in STEPS:
+            unit, pair, varied, _, full = STEPS[name]
+            first = next(iter(varied.values()))
+            i, j = RUNS.index(pair[0]), RUNS.index(pair[1])
+            per_step = (row[f"{pair[1]}_s"] - row[f"{pair[0]}_s"]) / (first[j] - first[i])
+            row.update(unit=unit, compared=f"{pair[0]} {first[i]} -> {pair[1]} {first[j]}",
+                       s_per_step=round(per_step, 3), full_steps=full,
+                       real_projection_h=round(per_step * full * REAL_FOLDS
+                                               / len(args.train) / 3600, 2))
         rows.append(row)
     report = {"scale": args.scale, "train": args.train, "test": args.test,
               "cpus": os.cpu_count(), "run_wall_s": {k: round(v, 1) for k, v in walls.items()},
@@ -154,18 +196,18 @@ def main(argv=None) -> int:
 
 
 def markdown(report: dict) -> str:
+    walls = ", ".join(f"({k}) {v:.0f} s" for k, v in report["run_wall_s"].items())
     lines = [f"Full profile on {report['cpus']} CPU cores, synthetic data at "
              f"{report['scale']:g} of the real trial counts, training participants "
-             f"{report['train']} ({len(report['train'])} folds); runs (a) and (b) took "
-             f"{report['run_wall_s']['a']:.0f} s and {report['run_wall_s']['b']:.0f} s.", "",
-             "| stage | sizes | wall (a) s | wall (b) s | peak MB | step | steps (a) | s per "
-             "step (all folds here) | full steps | full on real data, training (h) |",
-             "|---|---|---:|---:|---:|---|---:|---:|---:|---:|"]
+             f"{report['train']} ({len(report['train'])} folds); runs: {walls}.", "",
+             "| stage | sizes | (a) s | (b) s | (c) s | peak MB | step | compared | s per step "
+             "(all folds here) | full steps | full, real data, training only (h) |",
+             "|---|---|---:|---:|---:|---:|---|---|---:|---:|---:|"]
     for r in report["rows"]:
         lines.append(f"| {r['stage']} | {r['sizes']} | {r['a_s']} | {r['b_s']} | "
-                     f"{r['peak_rss_mb']} | {r.get('unit', '-')} | {r.get('steps_a', '-')} | "
-                     f"{r.get('s_per_step', '-')} | {r.get('full_steps', '-')} | "
-                     f"{r.get('real_projection_h', '-')} |")
+                     f"{r['c_s']} | {r['peak_rss_mb']} | {r.get('unit', '-')} | "
+                     f"{r.get('compared', '-')} | {r.get('s_per_step', '-')} | "
+                     f"{r.get('full_steps', '-')} | {r.get('real_projection_h', '-')} |")
     return "\n".join(lines) + "\n"
 
 
