@@ -240,6 +240,9 @@ def main(argv=None) -> int:
     ap.add_argument("--set", dest="sets", action="append", default=[])
     ap.add_argument("--python", default="python3.12", help="the image's Python")
     ap.add_argument("--no-local", action="store_true", help="skip the local comparison run")
+    ap.add_argument("--local-run", help="compare with this finished local run (a folder "
+                                        "with lopo.csv, e.g. docs/results) instead of "
+                                        "running one")
     args = ap.parse_args(argv)
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -285,7 +288,12 @@ def main(argv=None) -> int:
         [str(venv / "bin" / "python"), "-V"], capture_output=True, text=True).stdout.strip(),
         "local": f"Python {sys.version.split()[0]}"}
     kernel_lopo = read_lopo(kwork / "output" / args.profile / "lopo.csv")
-    if not args.no_local:
+    if args.local_run:
+        local_out = Path(args.local_run).resolve()
+        report["local_run"] = str(local_out)
+        report["lopo"] = side_by_side(read_lopo(local_out / "lopo.csv"), kernel_lopo,
+                                      local_out, kwork / "output" / args.profile)
+    elif not args.no_local:
         t0 = time.monotonic()
         local_out = work / "local"
         shutil.rmtree(local_out, ignore_errors=True)
@@ -316,6 +324,8 @@ def markdown(report: dict) -> str:
              + (f" with {' '.join(report['sets'])}" if report["sets"] else "") + ".", "",
              f"- image list: {report['image'].get('source', '?')}",
              f"- Python: kernel {report['python']['kernel']}, local {report['python']['local']}",
+             *([f"- local side: the finished run {report['local_run']}"]
+               if report.get("local_run") else []),
              "", "| time | s |", "|---|---:|"]
     lines += [f"| {k} | {v:g} |" for k, v in report["times_s"].items()]
     lines += ["", "| package | kernel (image + bundle) | local (pins) |", "|---|---|---|"]
