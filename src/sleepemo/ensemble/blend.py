@@ -334,6 +334,14 @@ class OptunaBlend:
     def load(cls, path) -> "OptunaBlend":
         d = json.loads(Path(path).read_text())
         est = cls(Path(path).parent, d["study"], **{k: v for k, v in d["settings"].items()})
-        est.candidates_, est.params_ = d["candidates"], d["params"]
+        # the blend sums its models in the order it was tuned with (the candidates'), and
+        # float sums depend on their order: the JSON keeps its keys sorted, so the order
+        # is restored from the candidates list, or a reloaded blend could rank near-ties
+        # otherwise than the stage that saved it
+        models = d["params"]["models"]
+        order = [m for m in d["candidates"] if m in models] + \
+            [m for m in models if m not in d["candidates"]]
+        est.candidates_ = d["candidates"]
+        est.params_ = {**d["params"], "models": {m: models[m] for m in order}}
         est.single_scores_, est.best_score_ = d["single_scores"], d["tuned_score"]
         return est
