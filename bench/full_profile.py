@@ -74,21 +74,10 @@ REAL_MAE_STEPS = 100 * math.ceil((11943 - 10209 * 2 / 14) * 16 / 1024)
 
 
 def make_data(folder: Path, scale: float, train, test) -> Path:
-    import pandas as pd
-
-    from sleepemo.data.synth import SynthConfig, generate
+    from sleepemo.data.synth import generate_subset
 
     shutil.rmtree(folder, ignore_errors=True)
-    root = generate(folder, SynthConfig(seed=0, scale=scale), progress=False)
-    for f in (root / "training").glob("*/S_*_cleaned.mat"):
-        if int(f.name.split("_")[1]) not in train:
-            f.unlink()
-    for f in (root / "testing").glob("test_subject_*.mat"):
-        if int(f.stem.split("_")[2]) not in test:
-            f.unlink()
-    sol = pd.read_csv(root / "solution.csv")
-    sol[sol["subject"].isin(test)].to_csv(root / "solution.csv", index=False)
-    return root
+    return generate_subset(folder, scale, train, test)
 
 
 def run(out: Path, data: Path, name: str, keep: bool = False) -> float:

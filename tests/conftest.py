@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sleepemo import CHANNELS, N_TIMES, SFREQ
-from sleepemo.data.synth import SynthConfig, generate, write_mat73
+from sleepemo.data.synth import SynthConfig, generate, generate_subset, write_mat73
 
 
 def pytest_configure(config):
@@ -223,19 +223,7 @@ def synthetic_subset(folder, scale: float, train: tuple, test: tuple | None = No
     """Synthetic data (seed 0) at ``scale`` of the real trial counts in ``folder``, keeping
     the training participants ``train`` and the test participants ``test`` (default:
     all; ``solution.csv`` keeps their rows)."""
-    import pandas as pd
-
-    root = generate(folder, SynthConfig(seed=0, scale=scale), progress=False)
-    for f in (root / "training").glob("*/S_*_cleaned.mat"):
-        if int(f.name.split("_")[1]) not in train:
-            f.unlink()
-    if test is not None:
-        for f in (root / "testing").glob("test_subject_*.mat"):
-            if int(f.stem.split("_")[2]) not in test:
-                f.unlink()
-        sol = pd.read_csv(root / "solution.csv")
-        sol[sol["subject"].isin(test)].to_csv(root / "solution.csv", index=False)
-    return root
+    return generate_subset(folder, scale, train, test)
 
 
 @pytest.fixture(scope="session")

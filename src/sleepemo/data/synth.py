@@ -336,6 +336,24 @@ def generate(out: str | Path, cfg: SynthConfig = SynthConfig(), progress: bool =
     return out
 
 
+def generate_subset(out: str | Path, scale: float, train, test=None, seed: int = 0) -> Path:
+    """Synthetic data (``seed``) at ``scale`` of the real trial counts in ``out``, keeping
+    the training participants ``train`` and the test participants ``test`` (default:
+    all; ``solution.csv`` keeps their rows): small LOPO data for tests and benches."""
+    root = generate(out, SynthConfig(seed=seed, scale=scale), progress=False)
+    for f in (root / "training").glob("*/S_*_cleaned.mat"):
+        if int(f.name.split("_")[1]) not in train:
+            f.unlink()
+    if test is not None:
+        for f in (root / "testing").glob("test_subject_*.mat"):
+            if int(f.stem.split("_")[2]) not in test:
+                f.unlink()
+        header, *rows = (root / "solution.csv").read_text().splitlines()
+        kept = [r for r in rows if int(r.split(",", 1)[0]) in test]
+        (root / "solution.csv").write_text("\n".join([header, *kept]) + "\n")
+    return root
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sleepemo.data.synth", description=__doc__.split(
         "\n")[0])
