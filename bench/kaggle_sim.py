@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from sleepemo import COMPETITION_SLUG  # noqa: E402
 from sleepemo.kaggle.bundle import installed_bundle, kernel_imports, pinned_versions  # noqa: E402,E501
-from sleepemo.kaggle.image import read_image  # noqa: E402
+from sleepemo.kaggle.image import applies, read_image  # noqa: E402
 
 #: What the notebook itself needs from the image beyond the project's imports.
 NOTEBOOK_NEEDS = ("pip", "ipykernel", "ipython", "jupyter_client", "packaging")
@@ -67,7 +67,6 @@ def bundle_needs(image) -> list[str]:
     """What the bundled wheels require that the bundle does not ship: on Kaggle the image
     has it (the closure check), so the stand-in installs the image's version."""
     from packaging.requirements import Requirement
-    from packaging.utils import canonicalize_name
 
     pins = pinned_versions(REPO / "requirements.txt")
     dists = installed_bundle(pins)
@@ -75,10 +74,9 @@ def bundle_needs(image) -> list[str]:
         raise SystemExit("the pinned wheels are not installed here at their pins: run from "
                          "the project's environment (./run.sh sets it up)")
     shipped = {canonicalize_name(n) for n in pins}
-    env = image.environment()
-    return sorted({Requirement(r).name for d in dists for r in d.requires
-                   if (Requirement(r).marker is None or Requirement(r).marker.evaluate(env))
-                   and canonicalize_name(Requirement(r).name) not in shipped})
+    reqs = [Requirement(r) for d in dists for r in d.requires]
+    return sorted({r.name for r in reqs if applies(r, image.environment())
+                   and canonicalize_name(r.name) not in shipped})
 
 
 def image_packages() -> tuple[list[str], list[str]]:

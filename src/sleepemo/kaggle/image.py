@@ -116,7 +116,9 @@ def installed_distribution(name: str) -> Distribution:
     return Distribution(canonicalize_name(name), dist.version, tuple(dist.requires or []))
 
 
-def _applies(req: Requirement, env: Mapping[str, str]) -> bool:
+def applies(req: Requirement, env: Mapping[str, str]) -> bool:
+    """Whether ``req`` applies in the marker environment ``env``
+    (:meth:`KaggleImage.environment`)."""
     return req.marker is None or req.marker.evaluate(dict(env))
 
 
@@ -136,7 +138,7 @@ def unmet(bundle: Iterable[Distribution], image: KaggleImage) -> list[str]:
                 problems.append(f"{dist.name} {dist.version}: unreadable requirement "
                                 f"{line!r} ({exc})")
                 continue
-            if not _applies(req, env):
+            if not applies(req, env):
                 continue
             key = canonicalize_name(req.name)
             have, where = shipped.get(key), "the bundle"
