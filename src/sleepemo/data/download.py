@@ -58,6 +58,7 @@ __all__ = [
     "KaggleApiError",
     "KaggleDownloadError",
     "credentials_help",
+    "require_credentials",
     "find_credentials",
     "kaggle_api",
     "mask_secrets",
@@ -193,6 +194,15 @@ def credentials_help() -> str:
             f"https://www.kaggle.com/settings) in {_describe(_kaggle_json())} (chmod 600), "
             "or set the environment variables KAGGLE_USERNAME and KAGGLE_KEY (or "
             "KAGGLE_API_TOKEN)")
+
+
+def require_credentials() -> str:
+    """:func:`find_credentials`, or :class:`KaggleApiError` saying in one line where to put
+    them (for the commands that call Kaggle: submit, kaggle status|output)."""
+    source = find_credentials()
+    if source is None:
+        raise KaggleApiError(f"no Kaggle credentials found: {credentials_help()}")
+    return source
 
 
 def kaggle_username() -> str | None:

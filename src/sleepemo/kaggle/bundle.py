@@ -77,7 +77,8 @@ KERNEL_DOES_NOT_USE = ("kaggle", "kagglesdk", "requests", "six", "psycopg", "psy
 PYTHON_VERSION = read_image().python  # the image's Python (3.12): the wheels are for it
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux2014_x86_64")
 DEFAULT_OUT = project_dir() / "kaggle" / "bundle"
-_USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+#: A Kaggle user name or slug (of a dataset or kernel).
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
 class BundleError(ValueError):
@@ -118,7 +119,7 @@ def resolve_user(user: str | None = None) -> tuple[str, str]:
         user, source = kaggle_username(), "the Kaggle configuration"
     if user is None:
         return PLACEHOLDER_USER, "placeholder"
-    if not _USER.match(user):
+    if not NAME.match(user):
         raise BundleError(f"Kaggle user name {user!r} (from {source}): use letters, "
                           "digits, '-' and '_'")
     return user, source

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import shlex
 import sys
 from datetime import datetime, timezone
@@ -43,18 +42,16 @@ from pathlib import Path
 from typing import Sequence
 
 from sleepemo.config import project_dir
-from sleepemo.data.download import (KaggleApiError, _short_message, credentials_help,
-                                    find_credentials, kaggle_api, mask_secrets)
+from sleepemo.data.download import (KaggleApiError, _short_message, kaggle_api,
+                                    mask_secrets, require_credentials)
 from sleepemo.data.submission import SUBMISSION_NAME
 from sleepemo.io import atomic_dir
 from sleepemo.kaggle import submit as _submit  # its clock and pause (tests replace them)
-from sleepemo.kaggle.bundle import KERNEL_SLUG, BundleError, resolve_user
+from sleepemo.kaggle.bundle import KERNEL_SLUG, NAME, BundleError, resolve_user
 
 #: A kernel's statuses after which nothing changes (``KernelWorkerStatus``, lower case).
 COMPLETE, ERROR = "complete", "error"
 CANCELLED = ("cancel_requested", "cancel_acknowledged")
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")  # a user name or a kernel slug
 
 
 def _utcnow() -> datetime:
@@ -81,15 +78,10 @@ def kernel_id(kernel: str | None = None) -> str:
             raise KernelError("no Kaggle user name (KAGGLE_USERNAME or the username of "
                               f"kaggle.json) to name the kernel: give --kernel USER/{slug}")
     for part in (owner, slug):
-        if not _NAME.match(part):
+        if not NAME.match(part):
             raise KernelError(f"--kernel {kernel}: not USER/SLUG (letters, digits, '-' and "
                               "'_')")
     return f"{owner}/{slug}"
-
-
-def _require_credentials() -> None:
-    if find_credentials() is None:
-        raise KaggleApiError(f"no Kaggle credentials found: {credentials_help()}")
 
 
 def _ask(what: str, call, *args, **kwargs):
@@ -121,26 +113,28 @@ def status_line(kernel: str, status: str, message: str) -> str:
 
 
 def wait(api, kernel: str, interval: float, timeout: float, max_interval: float,
-         backoff: float = 1.5, log=lambda m: print(m, file=sys.stderr)) -> tuple[str, str]:
+         backoff: float = _submit.BACKOFF,
+         log=lambda m: print(m, file=sys.stderr)) -> tuple[str, str]:
     """Ask for the kernel's status until it finished (:func:`finished`) or ``timeout``
-    seconds passed; returns the last ``(status, failure message)``. The first question's
-    failure is an error; a later one is logged and asked again."""
-    deadline = _submit._now() + timeout
-    pause = interval
-    seen = describe(_ask(f"tell the status of {kernel}", api.kernels_status, kernel))
-    while not finished(seen[0]):
-        remaining = deadline - _submit._now()
-        if remaining <= 0:
-            break
-        step = min(pause, remaining)
-        log(f"{kernel}: {seen[0]}; next check in {step:.0f} s")
-        _submit._sleep(step)
-        pause = min(pause * backoff, max_interval)
+    seconds passed (:func:`sleepemo.kaggle.submit.poll_until`); returns the last
+    ``(status, failure message)``. The first question's failure is an error; a later one
+    is logged and asked again."""
+    seen: list[tuple[str, str]] = []
+
+    def ask() -> tuple[str, str]:
         try:
-            seen = describe(_ask(f"tell the status of {kernel}", api.kernels_status, kernel))
+            seen.append(describe(_ask(f"tell the status of {kernel}", api.kernels_status,
+                                      kernel)))
         except KernelError as exc:  # a network blip: the kernel runs on regardless
+            if not seen:
+                raise
             log(f"{exc}; asking again")
-    return seen
+        return seen[-1]
+
+    return _submit.poll_until(ask, lambda answer: finished(answer[0]), interval, timeout,
+                              max_interval, backoff,
+                              lambda answer, pause: log(f"{kernel}: {answer[0]}; next check "
+                                                        f"in {pause:.0f} s"))
 
 
 # ------------------------------------------------------------------ the output
@@ -197,13 +191,9 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--wait", action="store_true",
                         help="ask again until complete, error or cancelled (exit code 0 "
                              "complete, 1 otherwise)")
-    status.add_argument("--interval", type=float, default=60.0,
-                        help="with --wait: first pause between checks, s (default 60)")
-    status.add_argument("--max-interval", type=float, default=600.0,
-                        help="with --wait: longest pause; pauses grow 1.5x (default 600)")
-    status.add_argument("--timeout", type=float, default=43200.0,
-                        help="with --wait: stop waiting after this many seconds (default "
-                             "43200: Kaggle's 12 h run limit)")
+    _submit.add_poll_options(status, 60.0, 600.0, 43200.0, "with --wait: stop waiting "
+                             "after this many seconds (default 43200: Kaggle's 12 h run "
+                             "limit)", when="with --wait: ")
     output = commands.add_parser(
         "output", help="download the kernel's output files into a new folder",
         description="Download the kernel's output files and log into a new folder and "
@@ -218,9 +208,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _status(args) -> int:
-    if args.interval <= 0 or args.max_interval <= 0 or args.timeout < 0:
-        raise KernelError("--interval and --max-interval must be > 0, --timeout >= 0")
-    _require_credentials()
+    if _submit.poll_options_problem(args):
+        raise KernelError(_submit.poll_options_problem(args))
+    require_credentials()
     kernel = kernel_id(args.kernel)
     api = kaggle_api()
     if not args.wait:
@@ -238,7 +228,7 @@ def _status(args) -> int:
 
 
 def _output(args) -> int:
-    _require_credentials()
+    require_credentials()
     kernel = kernel_id(args.kernel)
     dest = Path(args.out) if args.out else default_out(args.submissions, kernel)
     if dest.exists():  # before asking Kaggle anything

@@ -55,9 +55,8 @@ from typing import Sequence
 
 from sleepemo import COMPETITION_SLUG
 from sleepemo.config import project_dir
-from sleepemo.data.download import (KaggleApiError, _short_message, credentials_help,
-                                    find_credentials, find_data_root, kaggle_api,
-                                    mask_secrets)
+from sleepemo.data.download import (KaggleApiError, _short_message, find_data_root,
+                                    kaggle_api, mask_secrets, require_credentials)
 from sleepemo.data.folds import read_folds
 from sleepemo.data.reader import DataError, load_dataset
 from sleepemo.data.submission import (SubmissionError, expected_from_data, new_run_dir,
@@ -75,6 +74,8 @@ SUMMARY_NAME = "summary.json"
 #: Statuses of a Kaggle submission (``kagglesdk`` ``SubmissionStatus`` names, lower case).
 PENDING, COMPLETE, ERROR = "pending", "complete", "error"
 
+#: Pauses between polls grow by this factor.
+BACKOFF = 1.5
 # The clock and the pause of the polling loop (tests replace them).
 _now = time.monotonic
 _sleep = time.sleep
@@ -357,36 +358,53 @@ def _find(submissions, ref: int | None, message: str):
     return None
 
 
-def poll(api, competition: str, ref: int | None, message: str, interval: float,
-         timeout: float, max_interval: float, backoff: float = 1.5,
-         log=lambda m: print(m, file=sys.stderr)) -> Outcome:
-    """Ask Kaggle for the submission until it is complete or failed, or ``timeout``
-    seconds passed; the pause starts at ``interval`` and grows by ``backoff`` up to
-    ``max_interval``. A failed listing (network) is logged and retried."""
+def poll_until(ask, done, interval: float, timeout: float, max_interval: float,
+               backoff: float = BACKOFF, note=lambda seen, pause: None):
+    """``ask()`` until ``done(answer)`` or ``timeout`` seconds passed; returns the last
+    answer. The pause starts at ``interval`` and grows by ``backoff`` up to
+    ``max_interval``; ``note(answer, pause)`` before each (the clock and the pause are
+    this module's ``_now`` and ``_sleep``: tests replace them)."""
     deadline = _now() + timeout
     wait = interval
-    seen = Outcome(PENDING)
     while True:
+        seen = ask()
+        remaining = deadline - _now()
+        if done(seen) or remaining <= 0:
+            return seen
+        pause = min(wait, remaining)
+        note(seen, pause)
+        _sleep(pause)
+        wait = min(wait * backoff, max_interval)
+
+
+def poll(api, competition: str, ref: int | None, message: str, interval: float,
+         timeout: float, max_interval: float, backoff: float = BACKOFF,
+         log=lambda m: print(m, file=sys.stderr)) -> Outcome:
+    """Ask Kaggle for the submission until it is complete or failed, or ``timeout``
+    seconds passed (:func:`poll_until`). A failed listing (network) is logged and
+    retried."""
+    seen = [Outcome(PENDING)]
+
+    def ask() -> tuple[Outcome, bool]:
         try:
             sub = _find(api.competition_submissions(competition), ref, message)
         except Exception as exc:  # a network blip must not lose a registered submission
             log(f"listing the submissions failed ({_short_message(exc)}); retrying")
             sub = None
         if sub is not None:
-            seen = Outcome(_status(sub), str(getattr(sub, "public_score", "") or ""),
-                           str(getattr(sub, "error_description", "") or ""),
-                           str(getattr(sub, "description", "") or ""),
-                           getattr(sub, "date", None))
-            if seen.status != PENDING:
-                return seen
-        remaining = deadline - _now()
-        if remaining <= 0:
-            return seen
-        pause = min(wait, remaining)
-        log(f"submission {ref or message!r}: {seen.status if sub else 'not listed yet'}; "
-            f"next check in {pause:.0f} s")
-        _sleep(pause)
-        wait = min(wait * backoff, max_interval)
+            seen[0] = Outcome(_status(sub), str(getattr(sub, "public_score", "") or ""),
+                              str(getattr(sub, "error_description", "") or ""),
+                              str(getattr(sub, "description", "") or ""),
+                              getattr(sub, "date", None))
+        return seen[0], sub is not None
+
+    def note(answer, pause):
+        outcome, listed = answer
+        log(f"submission {ref or message!r}: {outcome.status if listed else 'not listed yet'}"
+            f"; next check in {pause:.0f} s")
+
+    return poll_until(ask, lambda answer: answer[0].status != PENDING, interval, timeout,
+                      max_interval, backoff, note)[0]
 
 
 def _utc_iso(date: datetime | None = None) -> str:
@@ -416,6 +434,25 @@ def submit_file(api, path: Path, message: str, competition: str) -> int | None:
 
 
 # ------------------------------------------------------------------ command line
+def add_poll_options(ap, interval: float, max_interval: float, timeout: float,
+                     timeout_help: str, what: str = "checks", when: str = "") -> None:
+    """``--interval``, ``--max-interval`` and ``--timeout`` of :func:`poll_until`, with
+    these defaults (``when``: a prefix of the help texts, e.g. "with --wait: ")."""
+    ap.add_argument("--interval", type=float, default=interval,
+                    help=f"{when}first pause between {what}, s (default {interval:g})")
+    ap.add_argument("--max-interval", type=float, default=max_interval,
+                    help=f"{when}longest pause; pauses grow {BACKOFF:g}x (default "
+                         f"{max_interval:g})")
+    ap.add_argument("--timeout", type=float, default=timeout, help=timeout_help)
+
+
+def poll_options_problem(args) -> str | None:
+    """What is wrong with the options of :func:`add_poll_options`, if anything."""
+    if args.interval <= 0 or args.max_interval <= 0 or args.timeout < 0:
+        return "--interval and --max-interval must be > 0, --timeout >= 0"
+    return None
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m sleepemo.kaggle.submit",
@@ -430,13 +467,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--submissions", default=str(project_dir() / "submissions"),
                     help="submissions folder (default: submissions/ of the checkout, else of "
                          "the current folder)")
-    ap.add_argument("--interval", type=float, default=30.0,
-                    help="first pause between score checks, s (default 30)")
-    ap.add_argument("--max-interval", type=float, default=300.0,
-                    help="longest pause; pauses grow 1.5x (default 300)")
-    ap.add_argument("--timeout", type=float, default=1800.0,
-                    help="stop waiting after this many seconds (default 1800); the row "
-                         "is logged as pending")
+    add_poll_options(ap, 30.0, 300.0, 1800.0, "stop waiting after this many seconds "
+                     "(default 1800); the row is logged as pending", what="score checks")
     ap.add_argument("--ref", type=int, help="do not upload: wait for this earlier "
                                             "submission (a pending row's ref) and log it")
     ap.add_argument("--file", help="submit this file instead of a run's (e.g. a kernel's "
@@ -451,8 +483,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check_args(ap, args) -> None:
-    if args.interval <= 0 or args.max_interval <= 0 or args.timeout < 0:
-        ap.error("--interval and --max-interval must be > 0, --timeout >= 0")
+    if poll_options_problem(args):
+        ap.error(poll_options_problem(args))
     if args.ref is not None and args.model:
         ap.error("--ref polls an earlier submission; it cannot be combined with --model")
     if args.file and (args.run or args.model):
@@ -487,8 +519,8 @@ def run(args) -> int:
 
 
 def _require_credentials(args) -> None:
-    if not args.dry_run and find_credentials() is None:
-        raise KaggleApiError(f"no Kaggle credentials found: {credentials_help()}")
+    if not args.dry_run:
+        require_credentials()
 
 
 def _run_file(args, root: Path) -> int:
