@@ -94,9 +94,10 @@ def run_stages(scripts: Sequence[Path], command: Callable[[Path], Sequence[str]]
             log(message)
             records.append(StageRecord(name, SKIPPED, 0.0, message))
             continue
-        log(f"$ {' '.join(str(c) for c in command(script))}")
+        cmd = command(script)
+        log(f"$ {' '.join(str(c) for c in cmd)}")
         t0 = clock()
-        code = _run(command(script), left, grace, log, **popen)
+        code = _run(cmd, left, grace, log, **popen)
         seconds = clock() - t0
         if code is None:
             message = (f"{name}: stopped after {seconds:.0f} s at the time budget; its "

@@ -38,6 +38,7 @@ from sleepemo.config import CHECKOUT, ConfigError, PROFILES, REPO, load_config, 
 from sleepemo.data.download import kaggle_username
 from sleepemo.io import atomic_dir, read_json, write_json, write_text
 from sleepemo.pipeline.stage import STAGES
+from sleepemo.kaggle.budget import DEFAULT_BUDGET_S
 from sleepemo.kaggle.image import (Distribution, ImageError, installed_distribution, missing,
                                    read_image, unmet, wheel_distribution)
 
@@ -74,7 +75,9 @@ NOTEBOOK = REPO / "notebooks" / "kaggle_kernel.ipynb"
 #: (the kernel runs on Kaggle, it does not call it) and the PostgreSQL driver (the kernel's
 #: studies are SQLite files).
 KERNEL_DOES_NOT_USE = ("kaggle", "kagglesdk", "requests", "six", "psycopg", "psycopg-binary")
-PYTHON_VERSION = read_image().python  # the image's Python (3.12): the wheels are for it
+#: Kaggle's image as written down (``kaggle_image.txt``), read once.
+IMAGE = read_image()
+PYTHON_VERSION = IMAGE.python  # the image's Python (3.12): the wheels are for it
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux2014_x86_64")
 DEFAULT_OUT = project_dir() / "kaggle" / "bundle"
 #: A Kaggle user name or slug (of a dataset or kernel).
@@ -235,7 +238,7 @@ def closure_problems(dists: Sequence[Distribution], image=None,
     """What ``pip install --no-index`` of the bundle, then the stages, would miss on
     Kaggle's image: unmet requirements of the bundled distributions, and packages the
     kernel imports that neither the image nor the bundle holds."""
-    image = read_image() if image is None else image
+    image = IMAGE if image is None else image
     imports = kernel_imports() if imports is None else imports
     return unmet(dists, image) + [
         f"{name}: the kernel imports it, and neither Kaggle's image nor the bundle has it"
@@ -255,7 +258,7 @@ def check_closure(pins: dict[str, str], wheels: Sequence[Path],
     problems = closure_problems(dists)
     if problems:
         raise BundleError("the kernel's offline install would fail on Kaggle's image "
-                          f"({read_image().header.get('source', 'kaggle_image.txt')}): "
+                          f"({IMAGE.header.get('source', 'kaggle_image.txt')}): "
                           + "; ".join(problems))
     return True
 
@@ -319,12 +322,11 @@ def build_bundle(out: str | Path = DEFAULT_OUT, user: str | None = None, wheels:
         checked = check_closure(pins, files, log=log)
         names = [f.name for f in files]
         write_kernel(tmp / "kernel", user, gpu)
-        image = read_image()
         write_json(tmp / MARKER, {"user": user, "user_from": source, "profile": profile,
                                   "sets": list(sets), "gpu": bool(gpu), "pins": pins,
                                   "wheels": names, "python_version": python_version,
                                   "platforms": list(PLATFORMS), "closure_checked": checked,
-                                  "kaggle_image": {k: image.header.get(k) for k in
+                                  "kaggle_image": {k: IMAGE.header.get(k) for k in
                                                    ("source", "source-date", "python")}})
     log(f"wheels dataset: {len(names)} wheels" if wheels else
         "wheels dataset: no wheels (--no-wheels); the notebook's install then needs the "
@@ -359,9 +361,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="a config override the notebook passes to every stage")
     ap.add_argument("--time-budget", type=float, metavar="SECONDS",
-                    help="the notebook's time budget from its start (default 41400 = 11.5 h "
-                         "of Kaggle's 12-hour limit): stages that do not fit are skipped or "
-                         "stopped, the submission stage always runs")
+                    help=f"the notebook's time budget from its start (default "
+                         f"{DEFAULT_BUDGET_S:.0f} s, of Kaggle's 12-hour limit): stages that "
+                         "do not fit are skipped or stopped, the submission stage always runs")
     ap.add_argument("--stages", nargs="+", default=[], metavar="NN",
                     help="only these stages in the kernel, e.g. 00 01 07 (default: all)")
     ap.add_argument("--python-version", default=PYTHON_VERSION,
