@@ -18,7 +18,7 @@ from sleepemo.baselines.models import BaselineModel
 
 NAMES = sorted(REGISTRY)
 #: models with one probability per timepoint; the others give one per trial (broadcast)
-PER_TIMEPOINT = {"starter", "erp_lda"}
+PER_TIMEPOINT = {"starter", "erp_lda", "eegnet", "shallow_fbcsp", "conformer"}
 
 
 def inputs(model, n_participants=4, n_trials=12, seed=0):

@@ -15,7 +15,20 @@ from sleepemo.baselines import REGISTRY, make_model
 def test_profiles_load(profile):
     cfg = load_config(profile)
     assert cfg.profile == profile
-    assert all(m in REGISTRY for m in cfg.baselines.models)
+    assert all(cfg.baselines.registry_key(m) in REGISTRY for m in cfg.baselines.models)
+    # every named variant builds its registered model with its parameters
+    for m in cfg.baselines.models:
+        make_model(cfg.baselines.registry_key(m), **cfg.baselines.model_params(m))
+
+
+def test_a_named_variant_runs_a_registered_model_with_its_parameters():
+    b = load_config("smoke", ["baselines.models=[riemann, riemann_ea]"]).baselines
+    assert b.registry_key("riemann_ea") == "riemann" and b.registry_key("riemann") == "riemann"
+    assert b.model_params("riemann_ea") == {"align": "euclidean"}
+    with pytest.raises(ConfigError, match=r"unknown baseline model\(s\) \['riemann_xx'\]"):
+        load_config("smoke", ["baselines.models=[riemann_xx]"])
+    with pytest.raises(ConfigError, match=r"unknown baseline model\(s\) \['v'\]"):
+        load_config("smoke", ["baselines.models=[v]", "baselines.params={v: {model: nope}}"])
 
 
 def test_overrides_are_parsed_as_yaml():

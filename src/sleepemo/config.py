@@ -122,18 +122,42 @@ class DataConfig:
 class BaselinesConfig:
     """Stage 01: models of the registry (``sleepemo.baselines``) run under LOPO."""
     models: list[str] = setting(factory=lambda: [
-        "constant", "shuffled", "starter", "second_place", "riemann", "xdawn_ts", "erp_lda"],
-        affects="nothing")
+        "constant", "shuffled", "starter", "second_place", "riemann", "xdawn_ts", "erp_lda",
+        "eegnet", "shallow_fbcsp"], affects="nothing")
+    #: result name -> the model's parameters; ``model: <registry name>`` makes a named
+    #: variant of a registered model (as in :attr:`VARIANTS`)
     params: dict[str, dict] = field(default_factory=dict)
     workers: int = setting(1, affects="nothing",
                            help="processes fitting folds at once (joblib; 0: one per core); "
                                 "each uses one BLAS thread")
 
+    #: named variants every profile knows (``params`` may add or replace them): the
+    #: Euclidean-aligned twins, so that adding ``<model>_ea`` to ``models`` reports a
+    #: model both ways in one run
+    VARIANTS: typing.ClassVar[dict[str, dict]] = {
+        "riemann_ea": {"model": "riemann", "align": "euclidean"},
+        "xdawn_ts_ea": {"model": "xdawn_ts", "align": "euclidean", "recentre": False},
+        "eegnet_ea": {"model": "eegnet", "align": "euclidean"},
+        "shallow_fbcsp_ea": {"model": "shallow_fbcsp", "align": "euclidean"},
+        "conformer_ea": {"model": "conformer", "align": "euclidean"}}
+
+    def _spec(self, name: str) -> dict:
+        return dict(self.params.get(name) or self.VARIANTS.get(name) or {})
+
+    def registry_key(self, name: str) -> str:
+        """The registered model behind result ``name``."""
+        return str(self._spec(name).get("model", name))
+
+    def model_params(self, name: str) -> dict:
+        """Result ``name``'s model parameters (without ``model``)."""
+        return {k: v for k, v in self._spec(name).items() if k != "model"}
+
     def validate(self, cfg: "Config") -> None:
         from sleepemo.baselines import REGISTRY
 
-        bad = [m for m in self.models if m not in REGISTRY]
-        _check(not bad, f"unknown baseline model(s) {bad}; registered: {sorted(REGISTRY)}")
+        bad = [m for m in self.models if self.registry_key(m) not in REGISTRY]
+        _check(not bad, f"unknown baseline model(s) {bad} (a variant names its registered "
+                        f"model with params.<name>.model); registered: {sorted(REGISTRY)}")
         _check(self.workers >= 0, f"baselines.workers must be >= 0, got {self.workers}")
 
 

@@ -148,6 +148,33 @@ def recentre(C: np.ndarray) -> np.ndarray:
     return W @ C @ W
 
 
+def euclidean_align(X: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """Euclidean alignment of one participant's trials (He & Wu 2019), label-free.
+
+    ``X_i -> R^{-1/2} X_i`` with ``R`` the mean over the participant's trials of
+    ``X_i X_i^T / n_times``: afterwards the mean trial covariance is the identity, for
+    every participant alike, so a model trained on some participants meets the others'
+    data in the same frame. Computed from the participant's own trials only (so a held-out
+    or test participant is aligned like a training one); the Euclidean twin of
+    :func:`recentre`, applied to the waveform instead of to covariance matrices. ``R`` is
+    regularised by ``eps`` times its mean eigenvalue (a rank-deficient montage stays
+    invertible).
+
+    X : (n_trials, n_chans, n_times). Returns the same shape, in X's floating dtype.
+    """
+    X = np.asarray(X)
+    if X.ndim != 3 or len(X) == 0:
+        raise ValueError(f"euclidean_align needs (n_trials, n_chans, n_times), got {X.shape}")
+    x = X.astype(np.float64)
+    R = np.einsum("nct,ndt->cd", x, x) / (x.shape[0] * x.shape[2])
+    w, V = np.linalg.eigh((R + R.T) / 2)
+    w = np.maximum(w, 0) + eps * max(float(w.mean()), np.finfo(float).tiny)
+    W = (V / np.sqrt(w)) @ V.T
+    out = np.einsum("cd,ndt->nct", W, x)
+    return out.astype(X.dtype if np.issubdtype(X.dtype, np.floating) else np.float64,
+                      copy=False)
+
+
 #: Default bands of the band features (Hz): delta, theta, alpha, sigma, beta.
 BANDS = ((0.5, 4.0), (4.0, 8.0), (8.0, 12.0), (12.0, 16.0), (16.0, 30.0))
 

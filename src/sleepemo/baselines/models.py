@@ -19,7 +19,6 @@ applied with an unfitted model to held-out, test and new participants.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.base import BaseEstimator
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
@@ -27,36 +26,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
 from sleepemo import features as F
-
-
-class BaselineModel(BaseEstimator):
-    """Common defaults; subclasses override what they need.
-
-    A scikit-learn estimator with a per-participant interface (see the module docstring):
-    not a ``ClassifierMixin``, whose ``score`` and classifier tag promise ``fit(X, y)`` on
-    one array and ``predict_proba`` with a column per class. ``random_state`` seeds what
-    the model draws (logistic regressions, ``Shuffled``'s permutations); models that draw
-    nothing keep it too, so that every model is made the same way (:func:`make_model`).
-    """
-
-    #: excluded from choosing the submission model (leakage alarms, references)
-    diagnostic: bool = False
-    #: every per-participant step of ``transform`` and ``predict_proba`` is a z-score of
-    #: :mod:`sleepemo.features` (``zscore_trials``, ``zscore_participant``), so a streamed
-    #: trial can be computed alone with running statistics (:mod:`sleepemo.predict`)
-    online: bool = False
-
-    def __init__(self, random_state: int = 0):
-        self.random_state = random_state
-
-    def transform(self, X: np.ndarray, sfreq: float) -> np.ndarray:
-        return X
-
-    def fit(self, feats: list[np.ndarray], labels: list[np.ndarray]) -> "BaselineModel":
-        raise NotImplementedError
-
-    def predict_proba(self, feats: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+from sleepemo.baselines.base import BaselineModel, lowpass_decimate  # noqa: F401 (public here too)
+from sleepemo.baselines.deep import Conformer, EEGNet, ShallowFBCSP
 
 
 class Constant(BaselineModel):
@@ -159,18 +130,28 @@ class SecondPlace(BaselineModel):
 class RiemannTS(BaselineModel):
     """Tangent space with per-participant re-centring + logistic regression.
 
-    Theta band-pass, OAS covariance over samples ``window``, each participant's
-    covariances whitened by their own Riemannian mean (label-free), Riemannian tangent
+    Theta band-pass, OAS covariance over samples ``window``, each participant aligned
+    (label-free, from its own trials; ``align``): ``recentre`` whitens its covariances by
+    their Riemannian mean, ``euclidean`` its windowed signal by its mean trial covariance
+    (:func:`sleepemo.features.euclidean_align`), ``none`` leaves them; Riemannian tangent
     space at the identity, standardised, L2 logistic regression; broadcast.
     """
 
-    def __init__(self, random_state=0, band=(4.0, 8.0), window=(70, 130), C=0.1):
+    ALIGN = ("recentre", "euclidean", "none")
+
+    def __init__(self, random_state=0, band=(4.0, 8.0), window=(70, 130), C=0.1,
+                 align="recentre"):
         super().__init__(random_state)
-        self.band, self.window, self.C = band, window, C
+        self.band, self.window, self.C, self.align = band, window, C, align
 
     def transform(self, X, sfreq):
+        if self.align not in self.ALIGN:
+            raise ValueError(f"align must be one of {self.ALIGN}, not {self.align!r}")
         theta = F.bandpass(X, sfreq, tuple(self.band))[:, :, slice(*self.window)]
-        return F.recentre(F.covariances(theta, estimator="oas"))
+        if self.align == "euclidean":
+            theta = F.euclidean_align(theta)
+        C = F.covariances(theta, estimator="oas")
+        return F.recentre(C) if self.align == "recentre" else C
 
     def fit(self, feats, labels):
         from pyriemann.tangentspace import TangentSpace
@@ -203,22 +184,6 @@ def one_blas_thread(method):
     return wrapper
 
 
-def lowpass_decimate(X: np.ndarray, sfreq: float, band=(0.5, 15.0),
-                     decim: int = 4) -> np.ndarray:
-    """Cue-locked waveform of one participant: zero-phase band-pass, every ``decim``-th
-    sample (200 -> 50 Hz for ``decim=4``). Label-free.
-
-    Returns
-    -------
-    ndarray, shape (n_trials, n_chans, ceil(n_times / decim)), float64
-    """
-    decim = int(decim)
-    if decim < 1 or band[1] >= sfreq / decim / 2:
-        raise ValueError(f"band {tuple(band)} Hz does not fit below the Nyquist frequency "
-                         f"of {sfreq} Hz decimated by {decim}")
-    return F.bandpass(X, sfreq, tuple(band))[..., ::decim]
-
-
 class XdawnTS(BaselineModel):
     """Evoked response: Xdawn covariances of the 0.5-15 Hz waveform, tangent space, LR.
 
@@ -229,23 +194,32 @@ class XdawnTS(BaselineModel):
     Riemannian mean (``recentre``, label-free, also for the predicted participant),
     tangent space, standardised, L2 logistic regression; broadcast. ``recentre=True`` was
     chosen by LOPO on recorded EEG (eegmat: 0.634 against 0.630 without, a near tie).
+    ``align="euclidean"`` whitens each participant's waveform by its mean trial covariance
+    first (:func:`sleepemo.features.euclidean_align`; label-free, its own trials).
     """
 
+    ALIGN = ("none", "euclidean")
+
     def __init__(self, random_state=0, band=(0.5, 15.0), decim=4, nfilter=4,
-                 xdawn_estimator="lwf", recentre=True, C=0.1):
+                 xdawn_estimator="lwf", recentre=True, C=0.1, align="none"):
         super().__init__(random_state)
         self.band, self.decim, self.nfilter = band, decim, nfilter
         self.xdawn_estimator, self.recentre = xdawn_estimator, recentre
-        self.C = C
+        self.C, self.align = C, align
 
     def transform(self, X, sfreq):
+        if self.align not in self.ALIGN:
+            raise ValueError(f"align must be one of {self.ALIGN}, not {self.align!r}")
         wave = F.zscore_participant(lowpass_decimate(X, sfreq, tuple(self.band),
                                                      int(self.decim)))
+        if self.align == "euclidean":
+            wave = F.euclidean_align(wave)
         return wave.astype(np.float32)
 
     @property
     def online(self) -> bool:
-        return not self.recentre  # the re-centring needs all of the participant's trials
+        # the re-centring and the alignment need all of the participant's trials
+        return not self.recentre and self.align == "none"
 
     def _covariances(self, feats):
         C = self.xdawn_.transform(np.asarray(feats, dtype=np.float64))
@@ -404,6 +378,9 @@ REGISTRY = {
     "xdawn_ts": XdawnTS,
     "erp_lda": ErpLDA,
     "linear_probe": LinearProbe,
+    "eegnet": EEGNet,
+    "shallow_fbcsp": ShallowFBCSP,
+    "conformer": Conformer,
 }
 
 

@@ -61,7 +61,11 @@ KAGGLE_LACKS = (
     "loguru",
     "torch-einops-utils",
     "optuna",                   # stage 06: Kaggle has 4.x; sleepemo.ensemble.studies uses 5.0's
-)                               # heartbeat retry (RetryHeartbeatStaleTrialCallback)
+                                # heartbeat retry (RetryHeartbeatStaleTrialCallback)
+    "braindecode",              # stage 01's deep anchors
+    "skorch",                   # braindecode's dependencies
+    "docstring-inheritance",
+)
 
 PLACEHOLDER_USER = "YOUR_KAGGLE_USERNAME"
 GPU_MACHINE_SHAPE = "NvidiaTeslaT4"
