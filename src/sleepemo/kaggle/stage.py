@@ -16,10 +16,10 @@ from pathlib import Path
 from sleepemo.config import project_dir
 from sleepemo.data.submission import (new_run_dir, run_name as default_run_name,
                                       write_test_submission)
-from sleepemo.ensemble.blend import best_single
 from sleepemo.io import copy_file, write_json
 from sleepemo.metric import format_report, score_files
 from sleepemo.pipeline.artefacts import results
+from sleepemo.pipeline.choice import best_single
 from sleepemo.pipeline.evidence import results_table
 from sleepemo.pipeline.report import copy_report, write_report
 from sleepemo.pipeline.stage import Stage, StageOutput, peak_rss_mb
