@@ -133,3 +133,38 @@ def test_no_single_model_leaves_the_differences_empty_and_other_participants_are
                             {k + 10: v for k, v in s.per_subject.items()})
     with pytest.raises(ValueError, match="same ones"):
         add_intervals(table, scores, 200.0)
+
+
+def test_stage_07_says_when_its_choice_is_within_noise():
+    from sleepemo.kaggle.stage import choice_noise, choose_model
+
+    rng = np.random.default_rng(4)
+    bump = np.exp(-0.5 * ((np.arange(200) - 100) / 20) ** 2)
+    base = 0.5 + (0.02 + 0.03 * rng.standard_normal((8, 1))) * bump + \
+        0.01 * rng.standard_normal((8, 200))
+    curves = {"ens": base + 0.08 * bump, "good": base + 0.04 * bump,
+              "twin": base + 0.04 * bump + 0.002 * rng.standard_normal((8, 200)),
+              "weak": base}
+    stages = {"ens": "ensemble", "good": "baselines", "twin": "baselines",
+              "weak": "baselines"}
+    table, scores = _table(curves, stages)
+    table = add_intervals(table, scores, 200.0)
+    single = str(table.loc[["good", "twin"], "overall"].idxmax())
+    other = "twin" if single == "good" else "good"
+    # the ensemble clearly beats the best single model: chosen, not within noise
+    assert choose_model(table) == "ens"
+    text, within = choice_noise(table, "ens")
+    assert not within and f"`ens` minus `{single}`" in text and "excludes 0" in text
+    # without it, the best single model is chosen over a near-twin: within noise
+    table = table.drop(index="ens")
+    assert choose_model(table) == single
+    text, within = choice_noise(table, single)
+    assert within and f"`{single}` minus `{other}`" in text and "within noise" in text
+    # the mirrored interval of the runner-up is the chosen model's own paired interval
+    reps = bootstrap_scores(np.stack([curves[single], curves[other]]), 10, resample(8))
+    low, high = percentile_interval(reps[0] - reps[1])
+    assert f"[{low:+.4f}, {high:+.4f}]" in text
+    # against a clearly weaker runner-up it is not
+    text, within = choice_noise(table.drop(index=other), single)
+    assert not within and f"minus `weak`" in text
+    assert choice_noise(table.loc[[single]], single) is None  # no rival
