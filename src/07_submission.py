@@ -7,8 +7,8 @@ Writes: <out>/{lopo.csv, lopo_curves.png, lopo_bars.png, report.md} (the run's r
         written only here), <out>/07_submission/{metrics.json, evidence.md},
         submissions/<run>/submission.csv (validated; never overwrites an earlier run),
         submissions/latest.csv (a copy), and beside the submission: the report with its
-        pictures, config.yaml, summary.json (chosen model, LOPO score, local leaderboard
-        score when solution.csv exists, inputs)
+        pictures, config.yaml, summary.json (chosen model, LOPO score, whether the choice
+        is within noise, local leaderboard score when solution.csv exists, inputs)
 
 Until the ensemble stage (06) exists, the submitted model is the non-diagnostic model
 with the highest overall LOPO window AUC (--model picks one by name).

@@ -73,6 +73,20 @@ def test_same_name_in_two_stages_both_listed_neither_overwritten(smoke, tmp_path
     assert set(table.index) == {"baselines/toy", "fusion/toy"}
     assert table.loc["fusion/toy", "stage"] == "fusion"
     assert table.loc["baselines/toy", "overall"] == round(a.score()[0].score, 4)
+    # lopo.csv: the intervals after overall, then the participants; the report shows them
+    import pandas as pd
+    written = pd.read_csv(tmp_path / "lopo.csv", index_col="model")
+    assert list(written.columns) == ["stage", "overall", "ci_low", "ci_high", "diff_to_best",
+                                     "diff_low", "diff_high", "window_ms", "diagnostic",
+                                     *[f"S{s}" for s in folds.train_subjects]]
+    best = written["overall"].idxmax()
+    assert written.loc[best, ["diff_to_best", "diff_low", "diff_high"]].tolist() == [0, 0, 0]
+    report = (tmp_path / "report.md").read_text()
+    assert "drawn with replacement 2000 times (seed 0" in report
+    assert f"model, `{best}`, with the 95% interval" in report
+    row = next(line for line in report.splitlines() if line.startswith(f"| {best} |"))
+    ci = f"[{written.loc[best, 'ci_low']:.4f}, {written.loc[best, 'ci_high']:.4f}]"
+    assert f"| {ci} | reference |" in row
 
 
 def test_a_fold_with_another_fingerprint_is_not_reused(smoke, tmp_path):

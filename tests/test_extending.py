@@ -80,6 +80,10 @@ def test_toy_model_runs_in_stage_01_and_toy_stage_06_reads_it(extended):
     best = max((r for r in listed.values() if not r.diagnostic),
                key=lambda r: r.score()[0].score)
     assert submitted.metrics["model"] == best.label
+    # stage 07 says whether its choice is within noise, in its summary and the report
+    noise = submitted.metrics["choice_noise"]
+    assert noise.startswith(f"`{best.label}` minus `") and noise in report
+    assert ("contains 0" in noise) == submitted.metrics["choice_within_noise"]
 
 
 def test_toy_stage_06_is_skipped_when_nothing_changed(extended):

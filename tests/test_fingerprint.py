@@ -123,6 +123,19 @@ def test_the_stage_runner_and_results_do_not_depend_on_report_submit_predict():
     assert sleepemo.pipeline.report.__name__ not in lopo
 
 
+def test_the_intervals_of_the_report_retrain_nothing():
+    """lopo.csv's bootstrap (pipeline.intervals) belongs to the report: no stage that
+    makes results reaches it, so changing its replicates or seed recomputes nothing."""
+    from sleepemo.pipeline.plan import body_modules
+    from sleepemo.pipeline.stage import STAGES
+
+    mods = package_modules(PACKAGE, TOP)
+    reached = {spec.name: "sleepemo.pipeline.intervals" in closure(body_modules(spec), mods)
+               for spec in STAGES}
+    assert reached.pop("submission")  # stage 07 writes the report; it makes no result
+    assert not any(reached.values()), reached
+
+
 # ------------------------------------------------------------------ a finished run
 #: every stage in seconds on the tiny data; stage 04 has a raw variant so that the SAC
 #: reads stage 04's fused tokens (its source is then a stage-04 result)

@@ -129,18 +129,6 @@ def score(y: np.ndarray, pred: np.ndarray, subjects: np.ndarray, sfreq: float = 
                       {s: pred[subjects == s] for s in parts}, sfreq, min_run).score
 
 
-def best_single(table) -> tuple[str, float] | None:
-    """The best single model of a run and its LOPO score: the non-diagnostic row of a
-    LOPO table (:func:`sleepemo.pipeline.evidence.results_table`) with the highest ``overall`` that
-    is not an ensemble; None if there is none. Stage 06's report and stage 07's choice
-    compare the ensemble's nested score with it."""
-    singles = table[~table["diagnostic"].astype(bool) & (table["stage"] != "ensemble")]
-    if singles.empty:
-        return None
-    best = str(singles["overall"].astype(float).idxmax())
-    return best, float(singles.loc[best, "overall"])
-
-
 def curves_of(stack: Stack, y: np.ndarray) -> dict:
     """model -> participant -> the model's per-timepoint AUC curve on that participant."""
     y = np.asarray(y)

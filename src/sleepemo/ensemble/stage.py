@@ -29,11 +29,12 @@ import time
 import numpy as np
 
 from sleepemo.config import fields_affecting
-from sleepemo.ensemble.blend import OptunaBlend, Stack, best_single, curves_of
+from sleepemo.ensemble.blend import OptunaBlend, Stack, curves_of
 from sleepemo.io import read_json
 from sleepemo.pipeline.artefacts import (Planned, ResultWriter, code_hash, fingerprint,
                                          listing, results)
 from sleepemo.pipeline.evidence import plot_curves, pyplot, results_table, save_figure
+from sleepemo.pipeline.choice import best_single
 from sleepemo.pipeline.executor import run_folds
 from sleepemo.pipeline.stage import Stage, StageOutput
 from sleepemo.progress import bar

@@ -7,7 +7,8 @@ highest overall LOPO window AUC (or ``--model``); its ``test`` array becomes the
 competition CSV, which is validated as a table and again as the file written. Stage 06's
 ensemble is one of those results, scored by its nested LOPO score, so it is submitted
 exactly when its nested score beats the best single model's LOPO; the summary says which
-was chosen and why (:func:`ensemble_choice`).
+was chosen and why (:func:`ensemble_choice`), and whether the choice is within noise
+(:func:`choice_noise`: the paired bootstrap interval of ``lopo.csv`` contains 0).
 """
 from __future__ import annotations
 
@@ -16,12 +17,11 @@ from pathlib import Path
 from sleepemo.config import project_dir
 from sleepemo.data.submission import (new_run_dir, run_name as default_run_name,
                                       write_test_submission)
-from sleepemo.ensemble.blend import best_single
 from sleepemo.io import copy_file, write_json
 from sleepemo.metric import format_report, score_files
 from sleepemo.pipeline.artefacts import results
-from sleepemo.pipeline.evidence import results_table
-from sleepemo.pipeline.report import copy_report, write_report
+from sleepemo.pipeline.choice import best_single
+from sleepemo.pipeline.report import copy_report, scored_table, write_report
 from sleepemo.pipeline.stage import Stage, StageOutput, peak_rss_mb
 
 
@@ -69,6 +69,44 @@ def ensemble_choice(table, listed) -> str | None:
             f"single model `{best}` (LOPO {lopo:.4f}): the single model is the candidate.")
 
 
+def choice_noise(table, name: str) -> tuple[str, bool] | None:
+    """Whether submitting ``name`` rather than its closest rival is within noise.
+
+    The rival is the best single model (:func:`~sleepemo.pipeline.choice.best_single`)
+    when ``name`` is not that model (e.g. the ensemble), else the runner-up (the next
+    non-diagnostic result by ``overall``). The difference and its paired 95% interval
+    are ``lopo.csv``'s (:mod:`sleepemo.pipeline.intervals`), read from ``table``.
+
+    Returns
+    -------
+    (str, bool) or None
+        The sentence for the log, summary and report, and whether the interval contains
+        0; None when there is no rival.
+    """
+    best = best_single(table)
+    if best is None:
+        return None
+    if name != best[0]:
+        rival = best[0]
+        diff, low, high = (float(table.loc[name, c])
+                           for c in ("diff_to_best", "diff_low", "diff_high"))
+    else:
+        others = table[~table["diagnostic"].astype(bool)].drop(index=name)
+        if others.empty:
+            return None
+        rival = str(others["overall"].astype(float).idxmax())
+        # name minus rival = -(rival minus name): the interval mirrored
+        diff, low, high = (-float(table.loc[rival, c]) + 0.0
+                           for c in ("diff_to_best", "diff_high", "diff_low"))
+    within = low <= 0 <= high
+    text = (f"`{name}` minus `{rival}`: {diff:+.4f}, 95% interval [{low:+.4f}, "
+            f"{high:+.4f}] (paired participant bootstrap), which "
+            + ("contains 0: the choice is within noise, these participants cannot tell "
+               "the two apart." if within else "excludes 0: the choice is not within "
+                                                "noise."))
+    return text, within
+
+
 def run(stage: Stage, model: str | None = None, submissions: str | Path | None = None,
         run_name: str | None = None) -> StageOutput:
     """Write the report and ``submissions/<run>/submission.csv``; return the summary."""
@@ -77,7 +115,8 @@ def run(stage: Stage, model: str | None = None, submissions: str | Path | None =
     listed = results(stage.out)
     if not listed:
         raise FileNotFoundError(f"no model results under {stage.out}: run the stages first")
-    table = results_table(listed)[0]
+    scored = scored_table(listed)
+    table = scored[0]
     name = choose_model(table, model)
     result = next(r for r in listed if r.label == name)
     root = Path(submissions) if submissions else project_dir() / "submissions"
@@ -104,6 +143,11 @@ def run(stage: Stage, model: str | None = None, submissions: str | Path | None =
         summary["ensemble_choice"] = why
         lines.append(why)
         evidence.append(why)
+    noise = choice_noise(table, name)
+    if noise:
+        summary["choice_noise"], summary["choice_within_noise"] = noise
+        lines.append(noise[0])
+        evidence.append(noise[0])
     if ds.solution is not None:
         res = score_files(path, ds.solution, sfreq=ds.sfreq)
         summary["local_leaderboard"] = res.score
@@ -119,7 +163,8 @@ def run(stage: Stage, model: str | None = None, submissions: str | Path | None =
     # the report last, so that it holds this stage's evidence and (almost all) its time
     stage.write_evidence("\n".join(evidence))
     write_report(stage.out, extra_times={stage.spec.name: {
-        "stage_seconds": round(stage.seconds(), 1), "peak_rss_mb": peak_rss_mb()}})
+        "stage_seconds": round(stage.seconds(), 1), "peak_rss_mb": peak_rss_mb()}},
+        scored=scored)
     copy_report(stage.out, run_dir)
     copy_file(stage.out / "config.yaml", run_dir / "config.yaml")
     return StageOutput({k: v for k, v in summary.items() if k != "text"}, summary["text"],

@@ -9,8 +9,11 @@ Files written into ``<out>``:
 
 - ``lopo.csv``: one row per result. ``overall`` is the competition metric over all
   held-out participants (their per-timepoint AUC curves averaged, then windowed),
-  ``window_ms`` the run it chose, ``diagnostic`` whether the model is a reference that is
-  never submitted, and one column per participant (``S<id>``): that participant's AUC
+  ``ci_low``/``ci_high`` its participant-bootstrap 95% interval, ``diff_to_best`` the score
+  minus the best single model's and ``diff_low``/``diff_high`` that paired difference's
+  95% interval (:mod:`sleepemo.pipeline.intervals`), ``window_ms`` the run it chose,
+  ``diagnostic`` whether the model is a reference that is never submitted, and one column
+  per participant (``S<id>``): that participant's AUC
   averaged over the model's overall scoring window (over all timepoints when the model has
   no window). A value below 0.5 means the model ranks that person's trials the wrong way
   round. (Windowing each participant's own curve instead would pick that person's luckiest
@@ -32,7 +35,9 @@ import pandas as pd
 
 from sleepemo.config import CHECKOUT, REPO
 from sleepemo.io import copy_file, read_json, write_text
+from sleepemo.pipeline import intervals
 from sleepemo.pipeline.artefacts import results
+from sleepemo.pipeline.choice import best_single
 from sleepemo.pipeline.evidence import (plot_bars, plot_curves, results_table, to_markdown,
                                         write_table)
 from sleepemo.pipeline.stage import STAGES
@@ -80,8 +85,36 @@ def run_times(out: Path, extra: dict | None = None) -> list[dict]:
     return rows
 
 
+def scored_table(listed) -> tuple[pd.DataFrame, dict, float]:
+    """:func:`~sleepemo.pipeline.evidence.results_table` of ``listed`` with the interval
+    columns of :func:`sleepemo.pipeline.intervals.add_intervals`: the table of ``lopo.csv``,
+    its results' scores and the sampling rate."""
+    table, scores, sfreq = results_table(listed)
+    return intervals.add_intervals(table, scores, sfreq), scores, sfreq
+
+
+def _interval(low: float, high: float, signed: bool = False) -> str:
+    f = "{:+.4f}" if signed else "{:.4f}"
+    return f"[{f.format(low)}, {f.format(high)}]"
+
+
+def shown_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The report's view of ``lopo.csv``: each interval in one cell, the difference to the
+    best single model beside its interval."""
+    best = best_single(table)
+    shown = table.drop(columns=list(intervals.COLUMNS))
+    at = list(shown.columns).index("overall") + 1
+    shown.insert(at, "95% interval", [_interval(r.ci_low, r.ci_high)
+                                      for r in table.itertuples()])
+    shown.insert(at + 1, "minus best single [95%]", [
+        "" if pd.isna(r.diff_to_best) else "reference" if best and r.Index == best[0] else
+        f"{r.diff_to_best:+.4f} {_interval(r.diff_low, r.diff_high, signed=True)}"
+        for r in table.itertuples()])
+    return shown
+
+
 def render(out: Path, table: pd.DataFrame, extra_times: dict | None = None) -> str:
-    """The Markdown report of the run in ``out``."""
+    """The Markdown report of the run in ``out`` (``table``: :func:`scored_table`'s)."""
 
     cfg_path = out / "config.yaml"
     profile = ""
@@ -100,7 +133,8 @@ def render(out: Path, table: pd.DataFrame, extra_times: dict | None = None) -> s
              "`overall` is the competition metric over the held-out participants; `S<id>` "
              "is that participant's AUC averaged over the model's window. Diagnostic rows "
              "(leakage alarms, references) are never submitted.", "",
-             to_markdown(table), "",
+             uncertainty(table), "",
+             to_markdown(shown_table(table)), "",
              "![LOPO curves](lopo_curves.png)", "", "![LOPO per participant](lopo_bars.png)",
              ""]
     for s in STAGES:
@@ -122,16 +156,35 @@ def render(out: Path, table: pd.DataFrame, extra_times: dict | None = None) -> s
     return "\n".join(lines)
 
 
-def write_report(out: str | Path, extra_times: dict | None = None
+def uncertainty(table: pd.DataFrame) -> str:
+    """The report's paragraph on how the intervals were made."""
+    n = sum(1 for c in table.columns if c.startswith("S") and c[1:].isdigit())
+    best = best_single(table)
+    text = (f"Intervals: participant bootstrap. The {n} held-out participants are drawn "
+            f"with replacement {intervals.N_BOOT} times (seed {intervals.SEED}, the same "
+            "draws for every row); each draw's per-timepoint AUC curves are averaged and "
+            "scored with the metric, window search included; `95% interval` is the 2.5th "
+            "to 97.5th percentile of those scores.")
+    if best is None:
+        return text
+    return text + (f" `minus best single [95%]` is the score minus that of the best single "
+                   f"model, `{best[0]}`, with the 95% interval of the same difference over "
+                   "the same draws (paired): an interval containing 0 means these "
+                   "participants cannot tell the two apart.")
+
+
+def write_report(out: str | Path, extra_times: dict | None = None,
+                 scored: tuple[pd.DataFrame, dict, float] | None = None
                  ) -> tuple[pd.DataFrame, list]:
     """Write ``lopo.csv``, the pictures and ``report.md`` into ``out``; returns the
-    table and the results (see the module docstring)."""
+    table and the results (see the module docstring). ``scored``: :func:`scored_table`
+    of the run's results when the caller has it already."""
 
     out = Path(out)
     listed = results(out)
     if not listed:
         raise FileNotFoundError(f"no model results under {out}: run the stages first")
-    table, scores, sfreq = results_table(listed)
+    table, scores, sfreq = scored or scored_table(listed)
     write_table(table, out / "lopo.csv")
     plot_curves({m: scores[m] for m in table.index}, sfreq, out / "lopo_curves.png")
     plot_bars(table, out / "lopo_bars.png")
