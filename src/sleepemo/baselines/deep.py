@@ -43,6 +43,8 @@ from sleepemo.baselines.base import BaselineModel, lowpass_decimate
 
 ALIGN = ("none", "euclidean")
 OUTPUTS = ("timepoint", "trial")
+#: registry names of the anchors (``sleepemo.baselines.REGISTRY``)
+ANCHORS = ("eegnet", "shallow_fbcsp", "conformer")
 
 
 @contextlib.contextmanager

@@ -163,3 +163,22 @@ def add_intervals(table: pd.DataFrame, scores: dict, sfreq: float, n_boot: int =
     for i, c in enumerate(COLUMNS):
         out.insert(at + i, c, np.round(columns[c], 4) + 0.0)  # + 0.0: no "-0.0"
     return out
+
+
+def paired_difference(scores: dict, a: str, b: str, sfreq: float, n_boot: int = N_BOOT,
+                      seed: int = SEED) -> tuple[float, float, float]:
+    """Result ``a``'s score minus ``b``'s, with the 95% interval of that difference over
+    the same participant draws (:func:`resample`) as the table's intervals.
+
+    ``scores``: label -> :class:`~sleepemo.metric.WindowAUC` (both on the same
+    participants). Returns ``(difference, low, high)``.
+    """
+    subjects = list(scores[a].per_subject)
+    if list(scores[b].per_subject) != subjects:
+        raise ValueError(f"{a} and {b} are scored on different participants")
+    curves = np.stack([np.stack([scores[m].per_subject[s] for s in subjects])
+                       for m in (a, b)])
+    reps = bootstrap_scores(curves, default_min_run(sfreq), resample(len(subjects), n_boot,
+                                                                     seed))
+    low, high = percentile_interval(reps[0] - reps[1])
+    return float(scores[a].score - scores[b].score), float(low), float(high)

@@ -35,7 +35,7 @@ import pandas as pd
 
 from sleepemo.config import CHECKOUT, REPO
 from sleepemo.io import copy_file, read_json, write_text
-from sleepemo.pipeline import intervals
+from sleepemo.pipeline import contrasts, intervals
 from sleepemo.pipeline.artefacts import results
 from sleepemo.pipeline.choice import best_single
 from sleepemo.pipeline.evidence import (plot_bars, plot_curves, results_table, to_markdown,
@@ -113,8 +113,10 @@ def shown_table(table: pd.DataFrame) -> pd.DataFrame:
     return shown
 
 
-def render(out: Path, table: pd.DataFrame, extra_times: dict | None = None) -> str:
-    """The Markdown report of the run in ``out`` (``table``: :func:`scored_table`'s)."""
+def render(out: Path, table: pd.DataFrame, extra_times: dict | None = None,
+           deep_path: str = "") -> str:
+    """The Markdown report of the run in ``out`` (``table``: :func:`scored_table`'s;
+    ``deep_path``: :func:`sleepemo.pipeline.contrasts.section`'s, after the table)."""
 
     cfg_path = out / "config.yaml"
     profile = ""
@@ -136,7 +138,7 @@ def render(out: Path, table: pd.DataFrame, extra_times: dict | None = None) -> s
              uncertainty(table), "",
              to_markdown(shown_table(table)), "",
              "![LOPO curves](lopo_curves.png)", "", "![LOPO per participant](lopo_bars.png)",
-             ""]
+             ""] + ([deep_path] if deep_path else [])
     for s in STAGES:
         path = out / s.folder / "evidence.md"
         if path.is_file():
@@ -188,7 +190,8 @@ def write_report(out: str | Path, extra_times: dict | None = None,
     write_table(table, out / "lopo.csv")
     plot_curves({m: scores[m] for m in table.index}, sfreq, out / "lopo_curves.png")
     plot_bars(table, out / "lopo_bars.png")
-    write_text(out / "report.md", render(out, table, extra_times))
+    write_text(out / "report.md", render(out, table, extra_times,
+                                        contrasts.section(table, listed, scores, sfreq)))
     return table, listed
 
 

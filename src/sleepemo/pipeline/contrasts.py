@@ -1,0 +1,100 @@
+"""The report's answer to "does the design's deep path beat the field's deep anchors, and
+if not, what do the ablations say?", from the results of one run.
+
+Three groups of non-diagnostic results: the **design** (stages 02-04: the MAE's probes,
+the experts, the fusion), the **anchors** (stage-01 results of the braindecode networks,
+:data:`ANCHOR_MODELS`, aligned or not) and the **other baselines**
+(the rest of stage 01). The best of each is compared with the best anchor by a paired
+participant-bootstrap difference (:func:`sleepemo.pipeline.intervals.paired_difference`).
+
+**Ablations** are pairs of results that differ by one thing (:data:`CONTRASTS`, plus every
+``<name>_ea`` against ``<name>``: the Euclidean alignment); each pair present in the run
+is shown with its paired difference, so the report says which ingredient helps, hurts or
+cannot be told apart on these participants.
+"""
+from __future__ import annotations
+
+from sleepemo.pipeline import intervals
+
+#: (with, without, what the difference measures): pairs that differ by one ingredient
+CONTRASTS = (
+    ("fusion_experts", "fusion_raw", "stage 03's experts as the fusion's input, against "
+                                     "the raw band envelopes"),
+    ("fusion_mae", "fusion_raw", "the MAE's tokens as the fusion's input, against the raw "
+                                 "band envelopes"),
+    ("fusion_experts", "fusion_experts_noevoked", "the evoked-waveform tokens"),
+    ("fusion_experts_pairwise", "fusion_experts", "the pairwise (within-participant AUC) "
+                                                  "loss against per-timepoint BCE"),
+    ("experts_mae_fomaml", "experts_random_fomaml", "the MAE's weights as the experts' "
+                                                    "initialisation"),
+    ("experts_mae_fomaml", "experts_mae_supervised", "FOMAML against plain supervised "
+                                                     "training of the experts"),
+    ("experts_mae_fomaml_tta", "experts_mae_fomaml", "test-time adaptation"),
+    ("mae_probe", "band_probe", "the MAE encoder's embeddings against the band features "
+                                "it reads"),
+)
+DESIGN_STAGES = ("mae", "experts", "fusion")
+#: registry names of the anchors: :data:`sleepemo.baselines.deep.ANCHORS` (a test keeps
+#: the two equal; the report does not import the family, so editing it retrains nothing)
+ANCHOR_MODELS = ("eegnet", "shallow_fbcsp", "conformer")
+
+
+def groups(table, listed) -> dict[str, list[str]]:
+    """Non-diagnostic result labels of the design, the anchors and the other baselines."""
+    anchors = {r.label for r in listed
+               if r.stage == "baselines" and r.meta.get("registry") in ANCHOR_MODELS}
+    singles = table[~table["diagnostic"].astype(bool)]
+    out = {"design": [], "anchors": [], "baselines": []}
+    for label, stage in singles["stage"].items():
+        if label in anchors:
+            out["anchors"].append(label)
+        elif stage in DESIGN_STAGES:
+            out["design"].append(label)
+        elif stage == "baselines":
+            out["baselines"].append(label)
+    return out
+
+
+def _best(table, labels: list[str]) -> str | None:
+    return max(labels, key=lambda m: (float(table.loc[m, "overall"]), m)) if labels else None
+
+
+def _verdict(low: float, high: float) -> str:
+    return "ahead" if low > 0 else "behind" if high < 0 else "within noise"
+
+
+def section(table, listed, scores: dict, sfreq: float) -> str:
+    """The report's Markdown section (empty when the run has no anchors or no design
+    results)."""
+    g = groups(table, listed)
+    anchor = _best(table, g["anchors"])
+    if anchor is None:
+        return ""
+    rows = []
+    for what, key in (("the design's deep path (stages 02-04)", "design"),
+                      ("the other baselines (stage 01)", "baselines")):
+        best = _best(table, g[key])
+        if best is None:
+            continue
+        d, lo, hi = intervals.paired_difference(scores, best, anchor, sfreq)
+        rows.append(f"| best of {what} | `{best}` | {scores[best].score:.4f} | {d:+.4f} "
+                    f"[{lo:+.4f}, {hi:+.4f}] | {_verdict(lo, hi)} |")
+    pairs = [(a, b, w) for a, b, w in CONTRASTS if a in scores and b in scores]
+    pairs += [(m, m[:-3], "Euclidean alignment") for m in sorted(scores)
+              if m.endswith("_ea") and m[:-3] in scores]
+    lines = ["## The design's deep path against the deep anchors", "",
+             f"The best anchor (braindecode networks, stage 01) is `{anchor}` "
+             f"({scores[anchor].score:.4f}). Differences are paired participant-bootstrap "
+             "differences with their 95% intervals (as in the LOPO table).", "",
+             "| | result | LOPO | minus best anchor [95%] | |", "|---|---|---|---|---|",
+             f"| best anchor | `{anchor}` | {scores[anchor].score:.4f} | reference | |",
+             *rows, ""]
+    if pairs:
+        lines += ["Ablations: each pair differs by one ingredient.", "",
+                  "| with | without | what | difference [95%] | |", "|---|---|---|---|---|"]
+        for a, b, what in pairs:
+            d, lo, hi = intervals.paired_difference(scores, a, b, sfreq)
+            lines.append(f"| `{a}` | `{b}` | {what} | {d:+.4f} [{lo:+.4f}, {hi:+.4f}] "
+                         f"| {_verdict(lo, hi)} |")
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,58 @@
+"""The report's deep-path section (sleepemo.pipeline.contrasts): the design's best deep
+result and the best other baseline against the best anchor, and the ablation pairs, each
+with a paired participant-bootstrap difference."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from sleepemo.baselines.deep import ANCHORS
+from sleepemo.pipeline import contrasts
+from test_intervals import _table
+
+
+def _run(curves: dict, stages: dict, registry: dict):
+    table, scores = _table(curves, stages)
+    listed = [SimpleNamespace(label=m, stage=stages[m], meta={"registry": registry.get(m, m)})
+              for m in curves]
+    # _table scores on 200 samples with a 10-sample shortest run: sfreq 200 gives 10 (50 ms)
+    return table, listed, scores
+
+
+def test_the_section_compares_the_groups_with_the_best_anchor_and_shows_the_ablations():
+    rng = np.random.default_rng(3)
+    bump = np.exp(-0.5 * ((np.arange(200) - 100) / 20) ** 2)
+    base = 0.5 + 0.03 * rng.standard_normal((8, 200)) * 0.2 + 0.02 * rng.standard_normal(
+        (8, 1)) * bump
+    curves = {"eegnet": base + 0.10 * bump, "eegnet_ea": base + 0.04 * bump,
+              "riemann": base + 0.02 * bump, "fusion_experts": base + 0.03 * bump,
+              "fusion_raw": base + 0.03 * bump, "shuffled": base}
+    stages = {"eegnet": "baselines", "eegnet_ea": "baselines", "riemann": "baselines",
+              "fusion_experts": "fusion", "fusion_raw": "fusion", "shuffled": "baselines"}
+    table, listed, scores = _run(curves, stages, {"eegnet_ea": "eegnet"})
+    table.loc["shuffled", "diagnostic"] = True
+    g = contrasts.groups(table, listed)
+    assert sorted(g["anchors"]) == ["eegnet", "eegnet_ea"]
+    assert sorted(g["design"]) == ["fusion_experts", "fusion_raw"]
+    assert g["baselines"] == ["riemann"]  # the diagnostic row is in no group
+    text = contrasts.section(table, listed, scores, 200.0)
+    assert "The best anchor (braindecode networks, stage 01) is `eegnet`" in text
+    design = next(line for line in text.splitlines() if line.startswith("| best of the design"))
+    assert "`fusion_experts`" in design or "`fusion_raw`" in design
+    assert design.rstrip().endswith("| behind |")  # 0.03 below 0.10 on every participant
+    ea = next(line for line in text.splitlines() if line.startswith("| `eegnet_ea` |"))
+    assert "Euclidean alignment" in ea and ea.rstrip().endswith("| behind |")
+    same = next(line for line in text.splitlines() if line.startswith("| `fusion_experts` |"))
+    assert "+0.0000 [+0.0000, +0.0000]" in same and same.rstrip().endswith("| within noise |")
+
+
+def test_no_anchor_no_section():
+    rng = np.random.default_rng(1)
+    curves = {"riemann": 0.5 + 0.02 * rng.standard_normal((8, 200))}
+    table, listed, scores = _run(curves, {"riemann": "baselines"}, {})
+    assert contrasts.section(table, listed, scores, 200.0) == ""
+
+
+def test_the_reports_anchor_names_are_the_familys():
+    assert contrasts.ANCHOR_MODELS == ANCHORS
