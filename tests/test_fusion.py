@@ -151,12 +151,13 @@ def _untrained_experts(stage, ds, folds):
 
 @pytest.fixture(scope="module")
 def fusion_run(small_dir, tmp_path_factory):
-    """Stage 04 with five variants on stage-03 experts (untrained: plumbing)."""
+    """Stage 04 with seven variants (two Euclidean-aligned) on stage-03 experts
+    (untrained: plumbing)."""
     from sleepemo.fusion import stage as train_fusion
 
     stage, ds, folds = _stage(tmp_path_factory.mktemp("fusion"), small_dir, **{
         "fusion.variants": "[experts, experts_noevoked, experts_pairwise, experts_finetune, "
-                           "raw]"})
+                           "raw, experts_pairwise_ea, raw_ea]"})
     _untrained_experts(stage, ds, folds)
     metrics = stage.run(train_fusion.run).metrics
     return stage, ds, folds, metrics
@@ -206,7 +207,7 @@ def test_missing_experts_is_a_clear_error(small_dir, tmp_path):
         stage.run(train_fusion.run)
 
 
-@pytest.mark.parametrize("variant", ["raw", "experts_pairwise", "experts_finetune"])
+@pytest.mark.parametrize("variant", ["raw", "experts_pairwise", "experts_finetune", "raw_ea"])
 def test_held_out_labels_never_reach_the_fitted_fusion(fusion_run, variant):
     """Fold 0 with the held-out participant's labels flipped gives bit-identical
     outputs, and a label dict that includes the held-out participant is refused."""
@@ -313,6 +314,80 @@ def test_predictor_reproduces_the_fine_tuned_experts_variant(fusion_run):
     np.testing.assert_array_equal(
         p.predict(ds.test[first].X, ds.sfreq),
         find(stage.out, "fusion_experts_finetune").test[:folds.n_trials[first]])
+
+
+def test_aligned_variants_read_the_aligned_waveform(fusion_run):
+    """``raw_ea``'s input of a participant is ``raw``'s built from its Euclidean-aligned
+    trials (band envelopes and evoked tokens); ``experts_pairwise_ea`` keeps the experts'
+    embeddings and takes the aligned evoked tokens; both differ from the unaligned
+    inputs, and their caches live beside the unaligned ones."""
+    from sleepemo.features import euclidean_align
+    from sleepemo.fusion.inputs import Inputs, evoked_features, participant_input
+    from sleepemo.mae.inputs import band_tokens
+
+    stage, ds, folds, _ = fusion_run
+    source = Inputs(stage, ds, folds)
+    held, test = folds.held_out(1), folds.test_subjects[0]
+    for s, X in ((held, ds.train[held].X), (test, ds.test[test].X)):
+        A = euclidean_align(X)
+        want = participant_input("raw", stage.cfg, band_tokens(A, ds.sfreq, stage.cfg.mae),
+                                 evoked_features(A, ds.sfreq, stage.cfg.fusion))
+        got = source.variant("raw_ea", 1)[s]
+        np.testing.assert_array_equal(got, want)
+        assert got.shape == source.variant("raw", 1)[s].shape
+        assert not np.allclose(got, source.variant("raw", 1)[s], atol=1e-3)
+        ea, plain = source.variant("experts_pairwise_ea", 1)[s], \
+            source.variant("experts_pairwise", 1)[s]
+        np.testing.assert_array_equal(ea[..., :-1], plain[..., :-1])  # the experts'
+        np.testing.assert_array_equal(ea[..., -1:], want[..., -1:])   # aligned evoked
+        assert not np.allclose(ea[..., -1:], plain[..., -1:], atol=1e-3)
+    cache = stage.out / "cache"
+    assert {"band_features", "band_features_ea", "evoked", "evoked_ea"} <= {
+        p.name for p in cache.iterdir()}
+    assert source.key("raw", True) != source.key("raw") and \
+        source.evoked_cache(True).key != source.evoked_cache().key
+
+
+@pytest.mark.parametrize("variant", ["raw_ea", "experts_pairwise_ea"])
+def test_predictor_reproduces_the_aligned_variants(fusion_run, variant):
+    """sleepemo predict aligns a new participant's trials as the stage did and gives the
+    stage's test predictions bit for bit; the alignment needs all of the participant's
+    trials, so the predictor is not online."""
+    from sleepemo.pipeline.artefacts import find
+    from sleepemo.predict.base import Run
+    from sleepemo.predict.load import load_predictor
+
+    stage, ds, folds, _ = fusion_run
+    torch.set_num_threads(1)  # as the stage ran (conftest restores it)
+    run = Run(stage.out, stage.cfg, list(ds.ch_names), ds.sfreq, ds.n_times, folds.n_folds)
+    p = load_predictor(stage.out, f"fusion_{variant}", run)
+    assert not p.online
+    first = folds.test_subjects[0]
+    np.testing.assert_array_equal(p.predict(ds.test[first].X, ds.sfreq),
+                                  find(stage.out, f"fusion_{variant}").test[
+                                      :folds.n_trials[first]])
+
+
+def test_aligned_variants_leave_the_other_variants_fingerprints_as_they_were(monkeypatch):
+    """Adding ``align`` to the variants changes no other variant's fingerprint (code held
+    fixed): the values are those of the code before the option existed."""
+    from sleepemo.fusion import stage as train_fusion
+
+    monkeypatch.setattr(train_fusion, "code_hash", lambda *a: "code")
+    cfg = load_config("quick").fusion
+    before = {
+        "experts": "7e359d1ff50c74a8cc3a41bdf38555ec071762ec0abff312ff27830251d76645",
+        "experts_pairwise": "9b85bbb47ac031781f82d6bbd1757b25f9c5b3387a2d537f92d23b2a17da3ffe",
+        "experts_noevoked": "15e8e60819d4567ad2c0bde45c768983d9e9b609da0e83c10802a3a0ebf4238b",
+        "experts_finetune": "602d56333c13d7c881f3ecacb542f4c5be32249cc4ff7d398fc75f96f86663a0",
+        "mae": "1582790be501de1a10eb1dd84618eaff1c44bb5c3ae39eaad4765f17f020940e",
+        "raw": "29ec9792e758fa32fc52d4d8c1fd2b9bfd090000b0837d070b10a2559420cb6e"}
+    pos = np.arange(6.0).reshape(2, 3)
+    now = {v: train_fusion.variant_fingerprint(cfg, v, 0, "data", "inputs", "evoked", pos)
+           for v in before}
+    assert now == before
+    assert train_fusion.variant_fingerprint(cfg, "raw_ea", 0, "data", "inputs", "evoked",
+                                            pos) != before["raw"]
 
 
 def test_fold_workers_give_the_serial_results(fusion_run, tmp_path):

@@ -231,6 +231,9 @@ class FusionVariant:
     inputs: str     # one of FUSION_INPUTS
     evoked: bool    # the evoked-waveform tokens beside the inputs' tokens
     loss: str       # "bce" (per trial and timepoint) or "pairwise" (within-participant AUC)
+    # the evoked tokens and the raw envelopes from the participant's Euclidean-aligned
+    # waveform (features.euclidean_align); pre-trained models keep the inputs they know
+    align: bool = False
 
 
 @dataclass
@@ -323,6 +326,10 @@ class FusionConfig:
         "mae": FusionVariant(inputs="mae", evoked=True, loss="bce"),
         # no pre-training at all
         "raw": FusionVariant(inputs="raw", evoked=True, loss="bce"),
+        # Euclidean-aligned twins (listed last: a variant's position seeds its folds)
+        "experts_pairwise_ea": FusionVariant(inputs="experts", evoked=True, loss="pairwise",
+                                             align=True),
+        "raw_ea": FusionVariant(inputs="raw", evoked=True, loss="bce", align=True),
     }
     INPUTS: typing.ClassVar[tuple[str, ...]] = FUSION_INPUTS
 

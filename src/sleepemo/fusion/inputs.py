@@ -5,7 +5,10 @@ One participant's input of a variant is built by one function, :func:`participan
 label-free: its token features (:func:`sleepemo.mae.inputs.band_tokens`), its evoked
 waveform (:func:`evoked_features`), the MAE's encoder tokens
 (:func:`sleepemo.mae.inputs.encoder_tokens`) and fold k's fitted state (stage 03's
-experts). The stage reads those from the run's caches (which store exactly these
+experts). A variant with ``align`` (:func:`aligned`) reads its evoked waveform and, for
+the ``raw`` input, its band envelopes from the participant's Euclidean-aligned waveform
+(:func:`sleepemo.features.euclidean_align`, label-free, from its own trials; caches of
+their own, ``<out>/cache/evoked_ea`` and ``band_features_ea``). The stage reads those from the run's caches (which store exactly these
 functions' outputs) in :class:`Inputs`; ``sleepemo predict``
 (:class:`sleepemo.fusion.predict.FusionPredictor`) computes them for a new participant
 and calls the same function. :class:`FusedTokens` rebuilds fold k's trained fusion from
@@ -26,7 +29,7 @@ from sleepemo.experts.model import embed_tokens
 from sleepemo.features import BandFeatureCache, TokenSpec, pool_time
 from sleepemo.fusion.model import (FusionNet, TunedFusion, electrode_positions, fused_tokens,
                                    standardise)
-from sleepemo.mae.inputs import band_at, built_band_cache
+from sleepemo.mae.inputs import ALIGNED, Aligned, band_at, built_band_cache, cache_class
 from sleepemo.mae.model import TokenCache, load_mae_weights
 from sleepemo.pipeline.artefacts import Result, load_checkpoint, results
 from sleepemo.pipeline.stage import Stage, stage_dir
@@ -67,30 +70,52 @@ def tuned_input(x: np.ndarray, evoked: np.ndarray, ratio: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ one participant's input
+def aligned(variant: str) -> tuple[bool, bool]:
+    """Whether variant ``variant`` reads (its band features, its evoked waveform) from
+    the participant's Euclidean-aligned waveform: the evoked waveform whenever the variant
+    is ``align``-ed, the band features only for the ``raw`` input (the experts and the MAE
+    keep the features they were trained on)."""
+    spec = VARIANTS[variant]
+    return spec.align and spec.inputs == "raw", spec.align
+
+
+def variant_spec(variant: str) -> tuple:
+    """Variant ``variant``'s fields as its fingerprint and the stage's metrics hold them:
+    (inputs, evoked, loss), then ``True`` for an aligned variant (an unaligned variant's
+    fingerprint is what it was before variants could be aligned)."""
+    spec = VARIANTS[variant]
+    return (spec.inputs, spec.evoked, spec.loss) + ((True,) if spec.align else ())
+
+
 def evoked_spec(cfg: FusionConfig) -> TokenSpec:
     """The evoked tokens' features: the ``fusion.evoked_band`` waveform, z-scored."""
     return TokenSpec.of((), evoked=cfg.evoked_band)
 
 
-def evoked_features(X: np.ndarray, sfreq: float, cfg: FusionConfig) -> np.ndarray:
+def evoked_features(X: np.ndarray, sfreq: float, cfg: FusionConfig, align: bool = False
+                    ) -> np.ndarray:
     """One participant's evoked waveform (n_trials, n_chans, n_times, 1): what the run's
-    evoked cache (:func:`evoked_cache`) holds for it."""
-    return evoked_spec(cfg)(X, sfreq)
-
-
-def evoked_cache(out, data_fingerprint: str, cfg: FusionConfig) -> BandFeatureCache:
-    """The run's cache of :func:`evoked_features` (``<out>/cache/evoked``), not built."""
+    evoked cache (:func:`evoked_cache`, of the same ``align``) holds for it; ``align``:
+    of its Euclidean-aligned waveform."""
     spec = evoked_spec(cfg)
-    return BandFeatureCache.of_run(out, data_fingerprint, spec.bands, spec.kind, spec.evoked,
-                                   name="evoked")
+    return (Aligned(spec) if align else spec)(X, sfreq)
 
 
-def built_evoked_cache(out, ds, folds, cfg: FusionConfig,
-                       progress: bool = True) -> BandFeatureCache:
+def evoked_cache(out, data_fingerprint: str, cfg: FusionConfig, align: bool = False
+                 ) -> BandFeatureCache:
+    """The run's cache of :func:`evoked_features` (``<out>/cache/evoked``, aligned:
+    ``evoked_ea``), not built."""
+    spec = evoked_spec(cfg)
+    return cache_class(align).of_run(out, data_fingerprint, spec.bands, spec.kind,
+                                     spec.evoked, name="evoked" + ALIGNED * align)
+
+
+def built_evoked_cache(out, ds, folds, cfg: FusionConfig, progress: bool = True,
+                       align: bool = False) -> BandFeatureCache:
     """:func:`evoked_cache` with every training and test participant of ``folds`` built."""
     spec = evoked_spec(cfg)
-    return BandFeatureCache.for_run(out, ds, folds, spec.bands, spec.kind, progress,
-                                    evoked=spec.evoked, name="evoked")
+    return cache_class(align).for_run(out, ds, folds, spec.bands, spec.kind, progress,
+                                      evoked=spec.evoked, name="evoked" + ALIGNED * align)
 
 
 def base_input(kind: str, cfg: Config, band, tokens=None, experts: dict | None = None
@@ -144,7 +169,8 @@ def participant_input(variant: str, cfg: Config, band, evoked=None, tokens=None,
     """One participant's input of fusion variant ``variant`` (what fold k's network reads):
     :func:`base_input` of the variant's kind, then :func:`with_evoked` with ``evoked``
     (:func:`evoked_features` or a cache entry; variants without evoked tokens ignore
-    it). ``experts``: fold k's, for the ``experts`` variants."""
+    it). ``experts``: fold k's, for the ``experts`` variants. ``band`` and ``evoked`` are
+    of the aligned waveform where :func:`aligned` says so."""
     spec = VARIANTS[variant]
     return with_evoked(variant, cfg, base_input(spec.inputs, cfg, band, tokens, experts),
                        evoked_tokens(evoked, cfg.fusion) if spec.evoked else None)
@@ -178,9 +204,10 @@ class FusedTokens:
         """Build the run-level caches of the variant's inputs (in a stage's own process,
         before its fold workers start)."""
         inputs = Inputs(self.stage, self.ds, self.folds)
-        inputs.band
+        band_align, evoked_align = aligned(self.variant)
+        inputs.band_cache(band_align)
         if VARIANTS[self.variant].evoked:
-            inputs.evoked_cache
+            inputs.evoked_cache(evoked_align)
         if VARIANTS[self.variant].inputs == "mae":
             inputs.mae_tokens()
 
@@ -233,25 +260,37 @@ class Inputs:
         self.cfg, self.mcfg = stage.cfg.fusion, stage.cfg.mae
         self.subjects = list(folds.train_subjects) + list(folds.test_subjects)
         self._kept: dict = {}
+        self._caches: dict = {}  # the band-feature caches, built on first use
 
     @functools.cached_property
     def band(self) -> BandFeatureCache:
         """Stage 02/03's token features (the same cache), built on first use."""
-        return built_band_cache(self.stage.out, self.ds, self.folds, self.mcfg,
-                                self.stage.progress)
+        return self.band_cache(False)
 
-    @functools.cached_property
-    def evoked_cache(self) -> BandFeatureCache:
-        """The evoked tokens' features, built on first use."""
-        return built_evoked_cache(self.stage.out, self.ds, self.folds, self.cfg,
-                                  self.stage.progress)
+    def band_cache(self, align: bool = False) -> BandFeatureCache:
+        """The token features (``align``: of the aligned waveform), built on first use."""
+        name = "band_cache" + ALIGNED * align
+        if name not in self._caches:
+            self._caches[name] = built_band_cache(self.stage.out, self.ds, self.folds,
+                                                  self.mcfg, self.stage.progress, align)
+        return self._caches[name]
 
-    def evoked(self) -> dict:
+    def evoked_cache(self, align: bool = False) -> BandFeatureCache:
+        """The evoked tokens' features (``align``: of the aligned waveform), built on
+        first use."""
+        name = "evoked_cache" + ALIGNED * align
+        if name not in self._caches:
+            self._caches[name] = built_evoked_cache(self.stage.out, self.ds, self.folds,
+                                                    self.cfg, self.stage.progress, align)
+        return self._caches[name]
+
+    def evoked(self, align: bool = False) -> dict:
         """Every participant's evoked tokens (:func:`evoked_tokens`), every trial."""
-        if "evoked" not in self._kept:
-            self._kept["evoked"] = {s: evoked_tokens(self.evoked_cache.load(s), self.cfg)
-                                    for s in self.subjects}
-        return self._kept["evoked"]
+        name = "evoked" + ALIGNED * align
+        if name not in self._kept:
+            self._kept[name] = {s: evoked_tokens(self.evoked_cache(align).load(s), self.cfg)
+                                for s in self.subjects}
+        return self._kept[name]
 
     def expert_result(self) -> Result:
         name = self.cfg.expert_result
@@ -263,10 +302,11 @@ class Inputs:
                 "(--set 'fusion.variants=[mae,raw]')")
         return found[0]
 
-    def key(self, kind: str) -> str:
+    def key(self, kind: str, align: bool = False) -> str:
+        """What identifies the input ``kind`` (``align``: its band features aligned)."""
         return input_key(kind, lambda: self.expert_result().fingerprint,
                          lambda: load_mae_weights(stage_dir(self.stage.out, "mae"))[2][
-                             "fingerprint"], lambda: self.band.key)
+                             "fingerprint"], lambda: self.band_cache(align).key)
 
     def keep(self, k: int) -> dict:
         """Fold k's training trials (at most ``fusion.train_trials`` per training
@@ -277,11 +317,12 @@ class Inputs:
         return {s: np.sort(rng.choice(n[s], size=min(self.cfg.train_trials, n[s]),
                                       replace=False)) for s in self.folds.train_of(k)}
 
-    def get(self, kind: str, k: int) -> dict:
+    def get(self, kind: str, k: int, align: bool = False) -> dict:
         """The :func:`base_input` ``kind`` of every participant for fold ``k``, of the
         kept trials of its training participants (:meth:`keep`), every trial of the
         others. The experts embed only the kept trials (and z-score over them); the other
-        kinds are built on every trial once and their kept rows taken."""
+        kinds are built on every trial once and their kept rows taken. ``align``: from
+        the aligned band features (the ``raw`` input: :func:`aligned`)."""
         keep = self.keep(k)
         if kind == "experts":
             if self._kept.get("experts_fold") != k:
@@ -289,18 +330,21 @@ class Inputs:
                 self._kept["experts"] = self._experts(k, keep)
                 self._kept["experts_fold"] = k
             return self._kept["experts"]
-        return {s: x[keep[s]] if s in keep else x for s, x in self._shared(kind).items()}
+        return {s: x[keep[s]] if s in keep else x
+                for s, x in self._shared(kind, align).items()}
 
-    def _shared(self, kind: str) -> dict:
+    def _shared(self, kind: str, align: bool = False) -> dict:
         """Every trial's :func:`base_input` ``kind`` for the kinds that are the same in
         every fold (``mae``, ``raw``, ``experts_tuned``), built once and kept."""
-        if kind not in self._kept:
+        name = kind + ALIGNED * align
+        if name not in self._kept:
             cache = self.mae_tokens() if kind == "mae" else None
-            self._kept[kind] = {
-                s: base_input(kind, self.stage.cfg, self.band.load(s),
+            band = self.band_cache(align)
+            self._kept[name] = {
+                s: base_input(kind, self.stage.cfg, band.load(s),
                               tokens=None if cache is None else cache.load(s))
                 for s in self.subjects}
-        return self._kept[kind]
+        return self._kept[name]
 
     def expert_params(self, k: int) -> dict:
         """Fold k's stage-03 experts: their stacked parameters."""
@@ -328,11 +372,12 @@ class Inputs:
     def variant(self, v: str, k: int) -> dict:
         """Variant ``v``'s input of every participant for fold ``k``
         (:func:`with_evoked` of :meth:`get`)."""
-        base = self.get(VARIANTS[v].inputs, k)
+        band_align, evoked_align = aligned(v)
+        base = self.get(VARIANTS[v].inputs, k, band_align)
         if not VARIANTS[v].evoked:
             return base
         keep = self.keep(k)
-        ev = {s: x[keep[s]] if s in keep else x for s, x in self.evoked().items()}
+        ev = {s: x[keep[s]] if s in keep else x for s, x in self.evoked(evoked_align).items()}
         return {s: with_evoked(v, self.stage.cfg, base[s], ev[s]) for s in self.subjects}
 
     def full(self, v: str) -> dict:
@@ -342,7 +387,9 @@ class Inputs:
         if kind not in ("mae", "raw"):
             raise ConfigError(f"fusion variant {v} reads fold-specific experts: only the "
                               "mae and raw variants have one input for every fold")
-        base, ev = self._shared(kind), self.evoked() if VARIANTS[v].evoked else {}
+        band_align, evoked_align = aligned(v)
+        base = self._shared(kind, band_align)
+        ev = self.evoked(evoked_align) if VARIANTS[v].evoked else {}
         return {s: with_evoked(v, self.stage.cfg, x, ev.get(s)) for s, x in base.items()}
 
     def labels(self, k: int, shuffle: bool = False) -> dict:

@@ -13,7 +13,10 @@ the participant (:func:`sleepemo.fusion.model.predict`, interpolated to timepoin
 prediction is the folds' mean, as the stage's test predictions are.
 ``experts_finetune``: fold k's fine-tuned experts (in its ``fold<k>.pt`` with the fusion)
 embed the experts' own inputs and z-score them over the participant's trials, then fold
-k's fusion.
+k's fusion. An aligned variant (``experts_pairwise_ea``, ``raw_ea``) computes those of
+its inputs that :func:`sleepemo.fusion.inputs.aligned` names from the participant's
+Euclidean-aligned waveform, as its caches hold them; the alignment needs all of the
+participant's trials, so it is not online.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import numpy as np
 
 from sleepemo.config import FusionConfig
 from sleepemo.experts.infer import load_expert_params
-from sleepemo.fusion.inputs import (evoked_features, new_model, new_tuned_model,
+from sleepemo.fusion.inputs import (aligned, evoked_features, new_model, new_tuned_model,
                                     participant_input)
 from sleepemo.fusion.model import electrode_positions, fused_tokens, predict, to_timepoints
 from sleepemo.mae.predict import band_tokens, encoder_tokens
@@ -44,8 +47,10 @@ class FusionPredictor(Predictor):
         self.kind = VARIANTS[self.variant].inputs
         self.evoked = VARIANTS[self.variant].evoked
         # the fine-tuned experts' embeddings are z-scored over the participant in torch
-        # (models.fusion.zscore_groups), which running statistics do not reach
-        self.online = self.kind != "experts_tuned"
+        # (models.fusion.zscore_groups), and the Euclidean alignment is over all of its
+        # trials: running statistics reach neither
+        self.online = self.kind != "experts_tuned" and not VARIANTS[self.variant].align
+        self.align = aligned(self.variant)  # (band features, evoked waveform)
         self.cfg = run.cfg.fusion
         self.positions = electrode_positions(run.channels)
         self.states, self._models = [], {}
@@ -87,8 +92,8 @@ class FusionPredictor(Predictor):
         """Fold k's input (n_trials, n_chans, n_tokens, n_features) for k = 0, 1, ...
         (:func:`~sleepemo.fusion.inputs.participant_input`): one array for every fold, or
         built fold by fold when the variant reads fold k's experts."""
-        band = band_tokens(self.run, X, sfreq)
-        evoked = evoked_features(X, sfreq, self.cfg) if self.evoked else None
+        band = band_tokens(self.run, X, sfreq, self.align[0])
+        evoked = evoked_features(X, sfreq, self.cfg, self.align[1]) if self.evoked else None
         tokens = encoder_tokens(self.run, band, self.cfg.stride) if self.kind == "mae" \
             else None
 

@@ -15,7 +15,10 @@ timepoint) and a trial logit. What it reads per (channel, token) is the variant'
   their learning rate is ``fusion.finetune_lr_scale`` times the fusion's); plus the
   evoked tokens;
 - ``mae``: the frozen stage-02 encoder's embeddings (no stage 03) plus evoked tokens;
-- ``raw``: the band envelopes themselves plus evoked tokens (no pre-training).
+- ``raw``: the band envelopes themselves plus evoked tokens (no pre-training);
+- ``experts_pairwise_ea``, ``raw_ea``: ``experts_pairwise`` and ``raw`` with the evoked
+  tokens (and ``raw``'s envelopes) of the participant's Euclidean-aligned waveform
+  (:func:`sleepemo.features.euclidean_align`; :func:`sleepemo.fusion.inputs.aligned`).
 
 The **evoked tokens** are the 0.5-8 Hz waveform of every channel (phase kept), z-scored
 per participant (:func:`sleepemo.features.evoked_features`); every input is z-scored per
@@ -48,8 +51,8 @@ import torch
 
 from sleepemo.config import ConfigError, FusionConfig, fields_affecting
 from sleepemo.data.folds import balanced
-from sleepemo.fusion.inputs import (Inputs, evoked_cache, input_key, new_model,
-                                    new_tuned_model, output_name, token_window)
+from sleepemo.fusion.inputs import (Inputs, aligned, evoked_cache, input_key, new_model,
+                                    new_tuned_model, output_name, token_window, variant_spec)
 from sleepemo.fusion.model import (FusionNet, electrode_positions, fusion_loss, predict,
                                    to_timepoints)
 from sleepemo.io import read_json
@@ -183,10 +186,11 @@ def fold_state(stage: Stage) -> FoldState:
     positions = electrode_positions(ds.ch_names)
     writers = {}
     for v in cfg.variants:
+        band_align, evoked_align = aligned(v)
         fp = variant_fingerprint(cfg, v, seed, folds.data_fingerprint,
-                                 inputs.key(VARIANTS[v].inputs),
-                                 inputs.evoked_cache.key if VARIANTS[v].evoked else None,
-                                 positions)
+                                 inputs.key(VARIANTS[v].inputs, band_align),
+                                 inputs.evoked_cache(evoked_align).key
+                                 if VARIANTS[v].evoked else None, positions)
         writers[v] = ResultWriter(stage.out, stage.spec.name, output_name(cfg, v), fp, folds)
     return FoldState(stage, ds, folds, inputs, positions, writers)
 
@@ -196,8 +200,9 @@ def variant_fingerprint(cfg: FusionConfig, v: str, seed: int, data_fp: str, inpu
     """Everything variant ``v``'s weights depend on: its settings, seed, data, input
     (:func:`~sleepemo.fusion.inputs.input_key`), evoked tokens, electrode positions and
     code."""
-    # spec: the variant's fields as a list (inputs, evoked, loss), as it always was
-    return fingerprint(stage="fusion", variant=v, spec=dataclasses.astuple(VARIANTS[v]),
+    # spec: the variant's fields as a list (inputs, evoked, loss[, align]): unaligned
+    # variants' as they always were
+    return fingerprint(stage="fusion", variant=v, spec=variant_spec(v),
                        seed=seed,
                        fusion=fields_affecting(cfg, "weights"), data=data_fp,
                        inputs=input_key, evoked=evoked_key,
@@ -217,8 +222,8 @@ def fingerprints(stage: Stage, planned: dict | None = None) -> list[Planned]:
     with the stage-02 encoder and stage-03 results ``planned`` (or as on disk)."""
     cfg, mcfg = stage.cfg.fusion, stage.cfg.mae
     data = stage.folds().data_fingerprint
-    band = band_cache(stage.out, data, mcfg)
-    evoked = evoked_cache(stage.out, data, cfg)
+    band = {a: band_cache(stage.out, data, mcfg, a) for a in (False, True)}
+    evoked = {a: evoked_cache(stage.out, data, cfg, a) for a in (False, True)}
     positions = electrode_positions(_channels(stage))
 
     def expert_fp():
@@ -232,8 +237,9 @@ def fingerprints(stage: Stage, planned: dict | None = None) -> list[Planned]:
 
     return [Planned(stage.spec.name, output_name(cfg, v), variant_fingerprint(
                 cfg, v, stage.cfg.seed, data,
-                input_key(VARIANTS[v].inputs, expert_fp, mae_fp, lambda: band.key),
-                evoked.key if VARIANTS[v].evoked else None, positions),
+                input_key(VARIANTS[v].inputs, expert_fp, mae_fp,
+                          lambda v=v: band[aligned(v)[0]].key),
+                evoked[aligned(v)[1]].key if VARIANTS[v].evoked else None, positions),
                 diagnostic=cfg.shuffle_labels)
             for v in cfg.variants]
 
@@ -288,6 +294,7 @@ def run(stage: Stage) -> StageOutput:
             ds, seed=seed, diagnostic=cfg.shuffle_labels, config=dataclasses.asdict(cfg),
             meta={"registry": "fusion", "variant": v, "inputs": VARIANTS[v].inputs,
                   "evoked_tokens": VARIANTS[v].evoked, "loss": VARIANTS[v].loss,
+                  "aligned": VARIANTS[v].align,
                   "inner_best": {f"S{s}": p["history"][:, 2].max().round(4).item()
                                  for s, p in writer.load_parts().items()}})
     return _report(stage, ds, folds, finished, seconds, state.positions)
@@ -314,7 +321,7 @@ def _report(stage: Stage, ds, folds, finished: dict, seconds: dict, positions
                             centre=1 / ds.n_chans) if positions is not None else None
     metrics = {
         "lopo_window_auc": {n: float(scores[n].score) for n in names.values()},
-        "variants": {names[v]: list(dataclasses.astuple(VARIANTS[v])) for v in names},
+        "variants": {names[v]: list(variant_spec(v)) for v in names},
         "channel_attention": {n: dict(zip(ds.ch_names, a)) for n, a in attention.items()},
         "median_fold_seconds": {v: float(np.median(s)) for v, s in seconds.items() if s},
         "labels_shuffled": cfg.shuffle_labels, "token_samples": cfg.stride,
@@ -348,7 +355,8 @@ def evidence(table, names: dict, m: dict, cfg: FusionConfig) -> str:
         "| result | input | evoked tokens | loss | LOPO window AUC | window (ms) |",
         "|---|---|---|---|---|---|"]
     for n in fusion:
-        kind, evoked, loss = m["variants"][n]
+        kind, evoked, loss, *align = m["variants"][n]
+        kind += " (aligned)" if align else ""
         lines.append(f"| `{n}` | {kind} | {'yes' if evoked else 'no'} | {loss} | "
                      f"{table.loc[n, 'overall']:.4f} | {table.loc[n, 'window_ms'] or 'none'} |")
     lines.append("")
@@ -374,7 +382,10 @@ def evidence(table, names: dict, m: dict, cfg: FusionConfig) -> str:
                  ("experts", "experts_noevoked", "with against without the evoked tokens"),
                  ("experts_pairwise", "experts", "pairwise AUC loss against BCE"),
                  ("experts_finetune", "experts", "the experts fine-tuned end to end against "
-                  "frozen")]
+                  "frozen"),
+                 ("experts_pairwise_ea", "experts_pairwise", "Euclidean-aligned against "
+                  "unaligned evoked tokens"),
+                 ("raw_ea", "raw", "Euclidean-aligned against unaligned raw inputs")]
         for a, b, what in pairs:
             if a in names and b in names:
                 lines.append(f"- {what}: {paired(table, names[a], names[b])}.")

@@ -7,7 +7,9 @@ never keep copies that must agree:
 
 - :func:`band_tokens`: the token features (band envelopes, and the evoked waveform when
   ``mae.evoked_tokens``), what :class:`~sleepemo.features.BandFeatureCache` of
-  :func:`band_cache` holds (its entries are ``band_spec(mcfg)(X, sfreq)``);
+  :func:`band_cache` holds (its entries are ``band_spec(mcfg)(X, sfreq)``); with
+  ``align=True`` the same features of the participant's Euclidean-aligned waveform
+  (:class:`Aligned`, cached apart by :class:`AlignedFeatureCache`);
 - :func:`band_at`: those features pooled to a token rate (the MAE's, the experts');
 - :func:`encoder_tokens`: the encoder's per-token output, pooled to a coarser token rate,
   what :class:`~sleepemo.mae.model.TokenCache` holds; :func:`pool_tokens` pools one
@@ -19,41 +21,87 @@ never keep copies that must agree:
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from sleepemo.config import MAEConfig
-from sleepemo.features import BandFeatureCache, TokenSpec, pool_time, token_window, zscore_trials
+from sleepemo.features import (BandFeatureCache, TokenSpec, euclidean_align, pool_time,
+                               token_window, zscore_trials)
+
+
+# ------------------------------------------------------------------ Euclidean alignment
+@dataclasses.dataclass(frozen=True)
+class Aligned:
+    """A feature spec (:class:`~sleepemo.features.TokenSpec`) applied to the participant's
+    Euclidean-aligned waveform: ``Aligned(spec)(X, sfreq) == spec(euclidean_align(X),
+    sfreq)`` (:func:`sleepemo.features.euclidean_align`: label-free, from all of the
+    participant's own trials)."""
+
+    spec: TokenSpec
+
+    def __call__(self, X: np.ndarray, sfreq: float) -> np.ndarray:
+        return self.spec(euclidean_align(X), sfreq)
+
+
+class AlignedFeatureCache(BandFeatureCache):
+    """A :class:`~sleepemo.features.BandFeatureCache` of the same features of the
+    Euclidean-aligned waveform (entries ``Aligned(spec)(X, sfreq)``): its key adds
+    ``align`` to the settings, and its callers give it a folder name of its own
+    (:data:`ALIGNED`), so that it and the unaligned cache coexist in one run."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.settings = {**self.settings, "align": "euclidean"}
+        self.key = hashlib.sha256(json.dumps(self.settings, sort_keys=True).encode()
+                                  ).hexdigest()[:16]
+        self.dir = self.root / self.key
+        self.spec = Aligned(self.spec)
+
+
+#: the suffix of an aligned cache's folder name (``<out>/cache/<name>_ea``)
+ALIGNED = "_ea"
+
+
+def cache_class(align: bool) -> type[BandFeatureCache]:
+    return AlignedFeatureCache if align else BandFeatureCache
 
 
 # ------------------------------------------------------------------ band token features
-def band_spec(mcfg: MAEConfig) -> TokenSpec:
+def band_spec(mcfg: MAEConfig, align: bool = False) -> TokenSpec | Aligned:
     """The token features of a ``mae:`` section (stage 02's, the experts' and the
-    fusion's input)."""
-    return TokenSpec.of(mcfg.bands, mcfg.feature, mcfg.evoked())
+    fusion's input); ``align``: of the Euclidean-aligned waveform."""
+    spec = TokenSpec.of(mcfg.bands, mcfg.feature, mcfg.evoked())
+    return Aligned(spec) if align else spec
 
 
-def band_tokens(X: np.ndarray, sfreq: float, mcfg: MAEConfig) -> np.ndarray:
+def band_tokens(X: np.ndarray, sfreq: float, mcfg: MAEConfig, align: bool = False
+                ) -> np.ndarray:
     """One participant's token features (n_trials, n_chans, n_times, n_features), float32:
-    what :func:`band_cache` holds for it."""
-    return band_spec(mcfg)(X, sfreq)
+    what :func:`band_cache` (of the same ``align``) holds for it."""
+    return band_spec(mcfg, align)(X, sfreq)
 
 
-def band_cache(out: str | Path, data_fingerprint: str, mcfg: MAEConfig) -> BandFeatureCache:
-    """The run's cache of :func:`band_tokens` (``<out>/cache/band_features``), not built:
-    its :attr:`~sleepemo.features.BandFeatureCache.key`."""
+def band_cache(out: str | Path, data_fingerprint: str, mcfg: MAEConfig,
+               align: bool = False) -> BandFeatureCache:
+    """The run's cache of :func:`band_tokens` (``<out>/cache/band_features``, aligned:
+    ``band_features_ea``), not built: its :attr:`~sleepemo.features.BandFeatureCache.key`."""
     spec = band_spec(mcfg)
-    return BandFeatureCache.of_run(out, data_fingerprint, spec.bands, spec.kind, spec.evoked)
+    return cache_class(align).of_run(out, data_fingerprint, spec.bands, spec.kind,
+                                     spec.evoked, name="band_features" + ALIGNED * align)
 
 
 def built_band_cache(out: str | Path, ds, folds, mcfg: MAEConfig,
-                     progress: bool = True) -> BandFeatureCache:
+                     progress: bool = True, align: bool = False) -> BandFeatureCache:
     """:func:`band_cache` with every training and test participant of ``folds`` built."""
     spec = band_spec(mcfg)
-    return BandFeatureCache.for_run(out, ds, folds, spec.bands, spec.kind, progress,
-                                    evoked=spec.evoked)
+    return cache_class(align).for_run(out, ds, folds, spec.bands, spec.kind, progress,
+                                      evoked=spec.evoked,
+                                      name="band_features" + ALIGNED * align)
 
 
 def band_at(band, stride: int) -> np.ndarray:

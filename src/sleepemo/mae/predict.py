@@ -16,10 +16,10 @@ from sleepemo.pipeline.stage import stage_dir
 from sleepemo.predict.base import Predictor, Run
 
 
-def band_tokens(run: Run, X: np.ndarray, sfreq: float) -> np.ndarray:
+def band_tokens(run: Run, X: np.ndarray, sfreq: float, align: bool = False) -> np.ndarray:
     """The run's token features of one participant (:func:`sleepemo.mae.inputs.band_tokens`:
-    what its band-feature cache holds)."""
-    return inputs.band_tokens(X, sfreq, run.cfg.mae)
+    what its band-feature cache holds; ``align``: its aligned cache)."""
+    return inputs.band_tokens(X, sfreq, run.cfg.mae, align)
 
 
 def encoder_tokens(run: Run, band: np.ndarray, stride: int) -> np.ndarray:
