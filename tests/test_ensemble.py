@@ -50,7 +50,9 @@ def test_blend_finds_the_informative_model_and_predicts_a_new_participant(tmp_pa
     est = OptunaBlend(tmp_path, "t", n_trials=12, top_k=3, seed=0, sfreq=100.0).fit(
         stack.rows(range(13)), y[tune])
     assert est.candidates_[0] == "good" and "good" in est.params_["models"]
-    assert est.best_score_ >= est.single_scores_["good"] - 1e-12  # best model alone queued
+    assert est.search == "compact" and est.guard_["kept_value"] == est.best_score_
+    # the best model alone is queued: the study's best is never below it
+    assert est.guard_["best_value"] >= est.single_scores_["good"] - 1e-12
     pred = est.predict(stack.rows([held]))
     assert pred.shape == (int((~tune).sum()), 60) and 0 <= pred.min() and pred.max() <= 1
     assert score(y[~tune], pred, stack.subjects[~tune], 100.0) > 0.6
@@ -84,6 +86,89 @@ def test_a_loaded_blend_sums_its_models_in_the_tuned_order(tmp_path):
     assert list(again.params_["models"]) == ["zeta", "alpha", "mid"]
     stack = Stack(preds, subjects)
     np.testing.assert_array_equal(again.predict(stack), est.predict(stack))
+
+
+def _trial(number, n, pack, models, norm="rank", smooth=0, broadcast=0.0):
+    """A completed compact trial (what ``one_se_choice`` reads), its value computed."""
+    from types import SimpleNamespace
+
+    from sleepemo.ensemble.blend import params_of, participant_scores
+
+    params = {"norm": norm, "n_models": n, "smooth": smooth, "broadcast": broadcast}
+    value = participant_scores(pack, params_of(params, models), models, 5).mean()
+    return SimpleNamespace(number=number, value=float(value), params=params)
+
+
+def test_the_one_se_rule_keeps_the_simplest_blend_within_noise_of_the_best():
+    """Written out by hand on a small stack: d_p = score_p(best) - score_p(simpler), SE =
+    sd(d, ddof=1) / sqrt(P); the smallest n with mean(d) <= SE is kept."""
+    from sleepemo.ensemble.blend import one_se_choice, participant_scores, params_of
+    from sleepemo.ensemble.sim import simulated_stack
+
+    def pack_of(stack, y, models):
+        return {"y": y.astype(np.int8), "subjects": stack.subjects,
+                **{f"rank_{i}": normalise(stack.preds[m], stack.subjects, "rank")
+                   for i, m in enumerate(models)}}
+
+    # two equally informative models with independent noise: the pair is clearly better
+    stack, y = simulated_stack({"a": 0.7, "b": 0.7}, n_subjects=10, seed=3)
+    models = ["a", "b"]
+    pack = pack_of(stack, y, models)
+    trials = [_trial(0, 2, pack, models), _trial(1, 1, pack, models)]
+    kept, rec = one_se_choice(trials, pack, models, 5)
+    d = participant_scores(pack, params_of(trials[0].params, models), models, 5) - \
+        participant_scores(pack, params_of(trials[1].params, models), models, 5)
+    se = d.std(ddof=1) / np.sqrt(10)
+    assert trials[0].value > trials[1].value and d.mean() > se
+    assert kept is trials[0] and rec["kept_n"] == 2 and not rec["fell_back_to_one"]
+    assert rec["simpler"]["1"]["se"] == pytest.approx(se)
+    assert rec["simpler"]["1"]["mean_diff"] == pytest.approx(d.mean())
+    # one informative model and three noise ones: blends of more models that score a
+    # little higher by chance do not beat it by more than their noise
+    stack, y = simulated_stack({"a": 0.7, "n1": 0.0, "n2": 0.0, "n3": 0.0}, n_subjects=10,
+                               seed=1)
+    models = ["a", "n1", "n2", "n3"]
+    pack = pack_of(stack, y, models)
+    one = _trial(5, 1, pack, models)
+    lucky = _trial(7, 3, pack, models)
+    lucky.value = one.value + 0.001  # (as if the study's best by a hair)
+    kept, rec = one_se_choice([one, lucky], pack, models, 5)
+    assert kept is one and rec["best_trial"] == 7 and rec["fell_back_to_one"]
+    assert one_se_choice([lucky, one], pack, models, 5)[1] == rec  # order-free
+    assert json.loads(json.dumps(rec)) == rec
+
+
+def test_the_compact_search_has_four_parameters_and_its_study_keeps_its_search(tmp_path):
+    from sleepemo.ensemble.studies import StudyError
+    from sleepemo.ensemble.sim import simulated_stack
+
+    stack, y = simulated_stack({"a": 0.5, "b": 0.0, "c": 0.0}, n_subjects=6, seed=0)
+    est = OptunaBlend(tmp_path, "c", n_trials=5, top_k=3, seed=0, sfreq=100.0).fit(stack, y)
+    assert {frozenset(t.params) for t in est.study_.trials} == \
+        {frozenset({"norm", "n_models", "smooth", "broadcast"})}
+    first = est.study_.trials[:2]  # queued: every candidate, then the best alone
+    assert [t.params["n_models"] for t in first] == [3, 1]
+    assert first[1].value == pytest.approx(est.single_scores_[est.candidates_[0]])
+    assert all(p["w"] == 1.0 for p in est.params_["models"].values())
+    assert list(est.params_["models"]) == est.candidates_[:est.guard_["kept_n"]]
+    again = OptunaBlend.load(est.save(tmp_path / "blend.json"))
+    assert again.search == "compact" and again.guard_ == est.guard_
+    np.testing.assert_array_equal(again.predict(stack), est.predict(stack))
+    with pytest.raises(StudyError, match="holds a 'compact' search"):
+        OptunaBlend(tmp_path, "c", n_trials=5, top_k=3, sfreq=100.0, search="full").fit(
+            stack, y)
+    with pytest.raises(ValueError, match="search 'wide'"):
+        OptunaBlend(tmp_path, "w", search="wide")
+
+
+def test_the_search_setting_is_validated_and_enters_the_fingerprint():
+    from sleepemo.config import ConfigError, fields_affecting, load_config
+
+    assert load_config("smoke").ensemble.search == "compact"
+    assert fields_affecting(load_config("smoke", ["ensemble.search=full"]).ensemble,
+                            "weights")["search"] == "full"
+    with pytest.raises(ConfigError, match="ensemble.search must be one of"):
+        load_config("smoke", ["ensemble.search=wide"])
 
 
 def test_nested_score_removes_the_tuners_optimism_on_noise(tmp_path):
@@ -170,6 +255,12 @@ def test_stage_writes_the_nested_ensemble_through_the_contract(ens_run):
         assert (stage.dir / f).stat().st_size > 0, f
     evidence = (stage.dir / "evidence.md").read_text()
     assert "| tuned |" in evidence and "| nested |" in evidence
+    # which search, and what its one-standard-error rule kept, per nested fold and final
+    assert m["search"] == "compact" and "search `compact`" in evidence
+    assert sum(m["nested_guard"]["kept_n"].values()) == folds.n_folds
+    assert m["final_guard"]["kept_n"] == len(m["final_params"]["models"])
+    assert "One-standard-error choice. Final blend: " in evidence
+    assert f"Nested folds ({folds.n_folds}): " in evidence
     assert len(list((stage.dir / "studies").glob("*.db"))) == folds.n_folds + 1
 
 
