@@ -488,6 +488,14 @@ class EnsembleConfig:
     """Stage 06: an Optuna-tuned blend of every model's out-of-fold predictions, with a
     nested (outer leave-one-participant-out) score."""
 
+    #: the search spaces of :class:`sleepemo.ensemble.blend.OptunaBlend`
+    SEARCHES: typing.ClassVar[tuple[str, ...]] = ("compact", "full")
+
+    search: str = setting("compact", help="compact: norm, how many of the best candidates "
+                          "(equal weights), one smoothing and one broadcast for all, then "
+                          "the simplest blend within one standard error of the best trial; "
+                          "full: per-model use, weight, smoothing and broadcast, the best "
+                          "trial")
     n_trials: int = setting(60)       # finished trials per study (one per fold + 1 final)
     top_k: int = setting(6)           # candidates kept per study, best alone first
     # Gaussian smoothing sigmas (samples) a study chooses from
@@ -510,6 +518,8 @@ class EnsembleConfig:
     def validate(self, cfg: "Config") -> None:
         _check(self.n_trials >= 2, f"ensemble.n_trials must be >= 2, got {self.n_trials}")
         _check(self.top_k >= 1, f"ensemble.top_k must be >= 1, got {self.top_k}")
+        _check(self.search in self.SEARCHES,
+               f"ensemble.search must be one of {self.SEARCHES}, not {self.search!r}")
         _check(len(self.smooth_choices) >= 1 and min(self.smooth_choices) >= 0,
                f"ensemble.smooth_choices must be sigmas >= 0, got {self.smooth_choices}")
         _check(self.workers >= 0 and self.study_workers >= 0,

@@ -8,30 +8,52 @@ scikit-learn-style estimator: ``fit(stack, y)`` tunes a blend on the stack's tri
 What ``fit`` does, on its own trials only:
 
 1. **Candidates**: every model is scored alone (the competition metric,
-   :func:`sleepemo.metric.window_auc`); the ``top_k`` best are kept.
+   :func:`sleepemo.metric.window_auc`); the ``top_k`` best are kept, best first.
 2. **Search** (an Optuna study, :mod:`sleepemo.ensemble.studies`: seeded TPE sampler, SQLite file or
-   any SQLAlchemy URL, resumable, ``n_workers`` processes on one study), per trial:
+   any SQLAlchemy URL, resumable, ``n_workers`` processes on one study). Every blend has
+   ``norm``: per-participant normalisation of every model's output, at each timepoint
+   across that participant's trials: ``rank`` (ranks scaled to [0, 1]) or ``zscore``; and
+   per blended model a weight ``w``, a Gaussian smoothing along time ``smooth`` (sigma in
+   samples, one of ``smooth_choices``) and a ``broadcast`` (the mix of the per-timepoint
+   output with its trial mean broadcast to every timepoint: 0 = per-timepoint only,
+   1 = trial-level only). ``search`` sets how many of these a study chooses:
 
-   - ``norm``: per-participant normalisation of every model's output, at each timepoint
-     across that participant's trials: ``rank`` (ranks scaled to [0, 1]) or ``zscore``;
-   - per model: ``use`` (inclusion), ``w`` (blend weight), ``smooth`` (Gaussian smoothing
-     along time, sigma in samples, one of ``smooth_choices``) and ``broadcast`` (the mix of
-     the per-timepoint output with its trial mean broadcast to every timepoint:
-     0 = per-timepoint only, 1 = trial-level only).
+   - ``compact`` (the default; 4 parameters): ``norm``; ``n_models`` in 1..``top_k``, the
+     blend being the ``n_models`` best candidates (by the tuning participants' own
+     single-model scores) with equal weights, so "the best model alone" is one of its
+     choices; one ``smooth`` and one ``broadcast`` shared by those models.
+   - ``full`` (``1 + 4 * top_k`` parameters): per candidate ``use`` (inclusion), ``w``,
+     ``smooth`` and ``broadcast``. With many candidates and a weak signal its studies fit
+     the tuning participants' noise (see docs/evaluation.md).
 
    The objective is the window AUC over the trials' participants. It is computed on the
    first half of the participants first and reported, so Optuna's median pruner can stop a
    poor trial early. Two trials are queued before the sampler's own: every candidate with
-   equal weights, and the best candidate alone (so the tuned blend is never worse than the
-   best single model on the tuning participants).
-3. The best trial's settings are kept (``params_``); ``predict`` normalises the new trials
+   equal weights, and the best candidate alone (``rank``, no smoothing, no broadcast).
+3. **Choice.** ``full``: the best trial (the tuned blend is never worse than the best
+   single model on the tuning participants). ``compact``: the *one-standard-error rule*
+   (``guard_`` records it). Let B be the best completed trial (highest value, then lowest
+   number), with ``n_B`` models, and for each ``n < n_B`` that a completed trial used, C_n
+   the best completed trial with ``n`` models (same tie rule). For a trial, each tuning
+   participant's score is the mean of that participant's per-timepoint AUC curve over the
+   trial's window (the window of the participants' mean curve, as the metric's; so the
+   trial's value is the mean of these scores). With ``d_p = score_p(B) - score_p(C_n)``
+   over the P tuning participants, ``SE = std(d, ddof=1) / sqrt(P)`` (0 if P < 2). The
+   blend kept is C_n for the smallest ``n`` with ``mean(d) <= SE``, else B: the simplest
+   blend whose advantage the best one does not beat by more than its own participant-to-
+   participant noise. The rule has no randomness: the same study gives the same choice
+   (the study itself is seeded, see :mod:`sleepemo.ensemble.studies`). Since the best
+   candidate alone is queued, C_1 is never worse than it on the tuning participants.
+4. The kept trial's settings are ``params_`` (the same form for both searches: ``norm``
+   and per model ``w``, ``smooth``, ``broadcast``); ``predict`` normalises the new trials
    per participant (label-free), blends, and ranks the blend within each participant
    again, giving values in [0, 1] (the metric only compares trials of one participant).
 
-Nothing in ``predict`` reads a label. The **nested score** (stage 06) wraps ``fit`` in an
-outer leave-one-participant-out loop: tune on 13 participants' out-of-fold predictions,
-predict the 14th; the tuned score (best trial value on all 14) is optimistic, the nested one
-is the expected score of the procedure.
+Nothing in ``predict`` reads a label. The **nested score** (stage 06; :func:`nested_predict`
+for a plain stack) wraps ``fit`` in an outer leave-one-participant-out loop
+(:func:`fit_held_out`): tune on 13 participants' out-of-fold predictions, predict the
+14th; the tuned score (the kept trial's value on all 14) is optimistic, the nested one is
+the expected score of the procedure.
 """
 from __future__ import annotations
 
@@ -43,12 +65,14 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
+from sleepemo.config import EnsembleConfig
 from sleepemo.ensemble import studies
 from sleepemo.io import write_json, write_npy
 from sleepemo.metric import (column_ranks, default_min_run, per_timepoint_auc,
                              score_from_curve, window_auc)
 
 NORMS = ("rank", "zscore")
+SEARCHES = EnsembleConfig.SEARCHES
 _PACKS: dict = {}  # pack folder -> {name: array}: one load per process
 
 
@@ -154,16 +178,49 @@ def _load_pack(folder: str) -> dict:
     return _PACKS[folder]
 
 
+def _participant_curves(pack, params: dict, models: list[str], parts: list) -> list:
+    """Each participant of ``parts``: the blend ``params``'s per-timepoint AUC curve (its
+    normalised outputs read from ``pack``: ``<norm>_<index in models>``)."""
+    subjects, y = pack["subjects"], pack["y"]
+    curves = []
+    for s in parts:
+        idx = np.flatnonzero(subjects == s)
+        normed = {m: pack[f"{params['norm']}_{models.index(m)}"][idx]
+                  for m in params["models"]}
+        curves.append(per_timepoint_auc(y[idx], blend(normed, params)))
+    return curves
+
+
+def participant_scores(pack, params: dict, models: list[str], min_run: int) -> np.ndarray:
+    """Per participant of ``pack`` (in order of appearance): the blend's AUC curve averaged
+    over the blend's window (that of the participants' mean curve); 0.5 without one. Their
+    mean is the blend's window AUC."""
+    parts = list(dict.fromkeys(np.asarray(pack["subjects"]).tolist()))
+    curves = np.asarray(_participant_curves(pack, params, models, parts), dtype=float)
+    _, window = score_from_curve(curves.mean(0), min_run)
+    if window is None:
+        return np.full(len(parts), 0.5)
+    return curves[:, window[0]:window[1]].mean(1)
+
+
 class BlendObjective:
     """The study's objective (picklable: it carries the pack's folder, not the arrays)."""
 
     def __init__(self, pack: str, models: list[str], smooth_choices, sfreq: float,
-                 min_run: int):
+                 min_run: int, search: str = "compact"):
+        if search not in SEARCHES:
+            raise ValueError(f"search {search!r}: use one of {SEARCHES}")
         self.pack, self.models = str(pack), list(models)
         self.smooth_choices = [int(s) for s in smooth_choices]
-        self.sfreq, self.min_run = sfreq, min_run
+        self.sfreq, self.min_run, self.search = sfreq, min_run, search
 
     def suggest(self, trial) -> dict:
+        if self.search == "compact":
+            trial.suggest_categorical("norm", list(NORMS))
+            trial.suggest_int("n_models", 1, len(self.models))
+            trial.suggest_categorical("smooth", self.smooth_choices)
+            trial.suggest_float("broadcast", 0.0, 1.0)
+            return params_of(trial.params, self.models)
         params = {"norm": trial.suggest_categorical("norm", list(NORMS)), "models": {}}
         for m in self.models:  # parameters named by model: readable importances
             use = trial.suggest_categorical(f"{m}.use", [True, False])
@@ -181,15 +238,10 @@ class BlendObjective:
         if not params["models"]:
             raise optuna.TrialPruned("no model included")
         pack = _load_pack(self.pack)
-        subjects, y = pack["subjects"], pack["y"]
-        parts = list(dict.fromkeys(subjects.tolist()))
+        parts = list(dict.fromkeys(pack["subjects"].tolist()))
         curves = []
         for half, group in enumerate((parts[:len(parts) // 2], parts[len(parts) // 2:])):
-            for s in group:
-                idx = np.flatnonzero(subjects == s)
-                normed = {m: pack[f"{params['norm']}_{self.models.index(m)}"][idx]
-                          for m in params["models"]}
-                curves.append(per_timepoint_auc(y[idx], blend(normed, params)))
+            curves += _participant_curves(pack, params, self.models, group)
             value = score_from_curve(np.mean(curves, axis=0), self.min_run)[0]
             if half == 0 and len(parts) > 3:
                 trial.report(value, 0)
@@ -199,14 +251,57 @@ class BlendObjective:
 
 
 def params_of(trial_params: dict, models: list[str]) -> dict:
-    """A trial's flat Optuna parameters -> the blend's settings."""
+    """A trial's flat Optuna parameters -> the blend's settings (either search's: a compact
+    trial has ``n_models``)."""
     out = {"norm": trial_params["norm"], "models": {}}
+    if "n_models" in trial_params:
+        for m in models[:int(trial_params["n_models"])]:
+            out["models"][m] = {"w": 1.0, "smooth": int(trial_params["smooth"]),
+                                "broadcast": float(trial_params["broadcast"])}
+        return out
     for m in models:
         if trial_params[f"{m}.use"]:
             out["models"][m] = {"w": float(trial_params[f"{m}.w"]),
                                 "smooth": int(trial_params[f"{m}.smooth"]),
                                 "broadcast": float(trial_params[f"{m}.broadcast"])}
     return out
+
+
+def one_se_choice(trials: list, pack, models: list[str], min_run: int) -> tuple:
+    """The compact search's choice among completed ``trials`` (the one-standard-error rule
+    of the module docstring): ``(kept trial, record)``; the record (JSON-ready) holds the
+    best trial, the kept one and, per simpler ``n`` tried, its best trial's value, the
+    mean paired difference to the best and its standard error."""
+    def rank(t):
+        return (-float(t.value), t.number)
+
+    done = sorted(trials, key=rank)
+    best = done[0]
+    n_best = int(best.params["n_models"])
+    by_n = {}
+    for t in done:  # (best first: the first of each n is that n's best)
+        by_n.setdefault(int(t.params["n_models"]), t)
+    scores_best = participant_scores(pack, params_of(best.params, models), models, min_run)
+    record = {"rule": "one_se", "n_participants": int(scores_best.size),
+              "best_trial": best.number, "best_n": n_best, "best_value": float(best.value),
+              "simpler": {}}
+    kept = best
+    for n in sorted(k for k in by_n if k < n_best):
+        t = by_n[n]
+        d = scores_best - participant_scores(pack, params_of(t.params, models), models,
+                                             min_run)
+        se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else 0.0
+        within = bool(d.mean() <= se)
+        record["simpler"][str(n)] = {"trial": t.number, "value": float(t.value),
+                                     "mean_diff": float(d.mean()), "se": se,
+                                     "within_one_se": within}
+        if within:
+            kept = t
+            break
+    n_kept = int(kept.params["n_models"])
+    record.update(kept_trial=kept.number, kept_n=n_kept, kept_value=float(kept.value),
+                  fell_back_to_one=n_kept == 1 and n_best > 1)
+    return kept, record
 
 
 # ------------------------------------------------------------------ the estimator
@@ -220,6 +315,7 @@ class OptunaBlend:
     study_name : str
         The study's name (resumes when it exists with the same name and storage).
     n_trials, top_k, smooth_choices, seed : the search (see the module docstring)
+    search : ``compact`` (default) or ``full``: the search space and the choice rule
     storage : str or None
         A SQLAlchemy URL; None: ``sqlite:///<folder>/<study_name>.db``.
     n_workers : int
@@ -230,8 +326,12 @@ class OptunaBlend:
     def __init__(self, folder, study_name: str = "ensemble", n_trials: int = 60,
                  top_k: int = 6, smooth_choices=(0, 2, 5, 10), seed: int = 0,
                  storage: str | None = None, n_workers: int = 1, sfreq: float = 200.0,
-                 min_run: int | None = None, progress: bool = False):
+                 min_run: int | None = None, progress: bool = False,
+                 search: str = "compact"):
+        if search not in SEARCHES:
+            raise ValueError(f"search {search!r}: use one of {SEARCHES}")
         self.folder, self.study_name = Path(folder), study_name
+        self.search = search
         self.n_trials, self.top_k = int(n_trials), int(top_k)
         self.smooth_choices, self.seed = tuple(int(s) for s in smooth_choices), seed
         self.storage, self.n_workers = storage, n_workers
@@ -240,7 +340,7 @@ class OptunaBlend:
         self.progress = progress
 
     def get_params(self) -> dict:
-        return {"n_trials": self.n_trials, "top_k": self.top_k,
+        return {"search": self.search, "n_trials": self.n_trials, "top_k": self.top_k,
                 "smooth_choices": list(self.smooth_choices), "seed": self.seed,
                 "sfreq": self.sfreq, "min_run": self.min_run}
 
@@ -270,32 +370,52 @@ class OptunaBlend:
                 arrays[f"{how}_{i}"] = normalise(stack.preds[m], stack.subjects, how)
         pack = _write_pack(self.folder / f"{self.study_name}.pack", arrays)
         objective = BlendObjective(pack, self.candidates_, self.smooth_choices, self.sfreq,
-                                   self.min_run)
+                                   self.min_run, self.search)
         url = studies.study_url(self.storage, self.folder, self.study_name,
                                 key="ensemble.storage")
         # the default SQLite file in the run folder is this run's alone (the run lock), so
         # a killed study resumes to the uninterrupted result (studies: *Replay*)
         exclusive = not self.storage
         study = studies.open_study(self.study_name, url, self.seed, exclusive=exclusive)
+        searched = study.user_attrs.get("search", "full")  # (studies before the attr: full)
+        if study.trials and searched != self.search:
+            raise studies.StudyError(
+                f"study {self.study_name!r} at {studies.mask_url(url)} holds a {searched!r} "
+                f"search, not {self.search!r}: use another study name or folder")
         if not study.trials:  # a new study: equal weights, and the best model alone
-            base = {"norm": "rank"}
-            for m in self.candidates_:
-                base.update({f"{m}.w": 1.0, f"{m}.smooth": 0, f"{m}.broadcast": 0.0})
-            first = self.candidates_[0]
-            study.enqueue_trial({**base, **{f"{m}.use": True for m in self.candidates_}})
-            study.enqueue_trial({**base, **{f"{m}.use": m == first for m in self.candidates_}})
+            study.set_user_attr("search", self.search)
+            for trial in self._first_trials():
+                study.enqueue_trial(trial)
         try:
             study = studies.optimize(self.study_name, url, objective, self.n_trials,
                                      self.n_workers, self.seed, progress=self.progress,
                                      exclusive=exclusive)
+            if self.search == "compact":
+                done = study.get_trials(deepcopy=False,
+                                        states=(optuna.trial.TrialState.COMPLETE,))
+                kept, self.guard_ = one_se_choice(done, arrays, self.candidates_,
+                                                  self.min_run)
+            else:
+                kept, self.guard_ = study.best_trial, None
         finally:
             _PACKS.clear()
             shutil.rmtree(pack, ignore_errors=True)
-        best = study.best_trial
-        self.params_ = params_of(best.params, self.candidates_)
-        self.best_score_ = float(best.value)
+        self.params_ = params_of(kept.params, self.candidates_)
+        self.best_score_ = float(kept.value)
         self.study_ = study
         return self
+
+    def _first_trials(self) -> list[dict]:
+        """The two queued trials: every candidate with equal weights, the best alone."""
+        if self.search == "compact":
+            base = {"norm": "rank", "smooth": 0, "broadcast": 0.0}
+            return [{**base, "n_models": len(self.candidates_)}, {**base, "n_models": 1}]
+        base = {"norm": "rank"}
+        for m in self.candidates_:
+            base.update({f"{m}.w": 1.0, f"{m}.smooth": 0, f"{m}.broadcast": 0.0})
+        first = self.candidates_[0]
+        return [{**base, **{f"{m}.use": True for m in self.candidates_}},
+                {**base, **{f"{m}.use": m == first for m in self.candidates_}}]
 
     # -------------------------------------------------------------- predict
     def predict(self, stack: Stack) -> np.ndarray:
@@ -312,7 +432,8 @@ class OptunaBlend:
     def to_json(self) -> dict:
         return {"settings": self.get_params(), "candidates": self.candidates_,
                 "single_scores": self.single_scores_, "params": self.params_,
-                "tuned_score": self.best_score_, "study": self.study_name}
+                "tuned_score": self.best_score_, "study": self.study_name,
+                "guard": getattr(self, "guard_", None)}
 
     def save(self, path, **extra) -> Path:
         """The settings and the tuned blend as JSON (plus ``extra`` keys)."""
@@ -321,7 +442,8 @@ class OptunaBlend:
     @classmethod
     def load(cls, path) -> "OptunaBlend":
         d = json.loads(Path(path).read_text())
-        est = cls(Path(path).parent, d["study"], **{k: v for k, v in d["settings"].items()})
+        settings = {"search": "full", **d["settings"]}  # (files from before the setting)
+        est = cls(Path(path).parent, d["study"], **settings)
         # the blend sums its models in the order it was tuned with (the candidates'), and
         # float sums depend on their order: the JSON keeps its keys sorted, so the order
         # is restored from the candidates list, or a reloaded blend could rank near-ties
@@ -332,4 +454,38 @@ class OptunaBlend:
         est.candidates_ = d["candidates"]
         est.params_ = {**d["params"], "models": {m: models[m] for m in order}}
         est.single_scores_, est.best_score_ = d["single_scores"], d["tuned_score"]
+        est.guard_ = d.get("guard")
         return est
+
+
+# ------------------------------------------------------------------ the nested score
+def fit_held_out(est: OptunaBlend, stack: Stack, labels: dict, held,
+                 curves: dict | None = None) -> np.ndarray:
+    """One outer fold of the nested score: tune ``est`` on the participants of ``labels``
+    (participant -> its labels, in the stack's row order; the held-out one refused) and
+    predict participant ``held``'s trials. Stage 06's nested folds and
+    :func:`nested_predict` both run this."""
+    if held in labels:
+        raise ValueError(f"participant {held} is held out: its labels must not reach the "
+                         "tuner")
+    tune = list(labels)
+    rows = stack.rows(tune)
+    if not np.array_equal(rows.subjects, np.repeat(tune, [len(labels[s]) for s in tune])):
+        raise ValueError("the labels must follow the stack's rows: one block per "
+                         "participant, in its order")
+    est.fit(rows, np.concatenate([labels[s] for s in tune]), curves)
+    return est.predict(stack.rows([held]))
+
+
+def nested_predict(make, stack: Stack, y: np.ndarray, curves: dict | None = None
+                   ) -> np.ndarray:
+    """The nested (outer leave-one-participant-out) predictions of every trial of ``stack``
+    (rows in one block per participant): for each participant ``s``, ``make(s)`` (a new
+    :class:`OptunaBlend`, its own study) tuned on the others by :func:`fit_held_out`."""
+    y = np.asarray(y)
+    parts = stack.participants()
+    out = np.zeros(np.shape(next(iter(stack.preds.values()))), dtype=np.float32)
+    for held in parts:
+        labels = {s: y[stack.subjects == s] for s in parts if s != held}
+        out[stack.subjects == held] = fit_held_out(make(held), stack, labels, held, curves)
+    return out

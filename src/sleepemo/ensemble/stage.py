@@ -9,8 +9,9 @@ ensembler is :class:`sleepemo.ensemble.blend.OptunaBlend` (its docstring has the
   labels of fold k's 13 training participants only (:meth:`Folds.labels_of`) and predicts
   the held-out participant. The 14 held-out predictions form the ``ensemble`` result, so
   its LOPO score (``lopo.csv``) *is* the nested score.
-- **Tuned score**: the final ensembler, tuned on all 14 participants, scores its own best
-  trial: optimistic (the settings were chosen on those very participants). The report
+- **Tuned score**: the final ensembler, tuned on all 14 participants, scores its own kept
+  trial (``ensemble.search``: the best one, or the simplest within one standard error of
+  it): optimistic (the settings were chosen on those very participants). The report
   shows both side by side; the expected score of a submission is the nested one.
 - **Test predictions**: the final ensembler's, applied to the test participants' test
   predictions of its models (per-participant normalisation, label-free).
@@ -29,7 +30,7 @@ import time
 import numpy as np
 
 from sleepemo.config import fields_affecting
-from sleepemo.ensemble.blend import OptunaBlend, Stack, curves_of
+from sleepemo.ensemble.blend import OptunaBlend, Stack, curves_of, fit_held_out
 from sleepemo.io import read_json
 from sleepemo.pipeline.artefacts import (Planned, ResultWriter, code_hash, fingerprint,
                                          listing, results)
@@ -120,7 +121,7 @@ def blender(state: FoldState, study: str, n_workers: int) -> OptunaBlend:
     cfg, stage = state.stage.cfg.ensemble, state.stage
     return OptunaBlend(stage.dir / "studies", f"{study}-{state.fp[:12]}", cfg.n_trials,
                        cfg.top_k, cfg.smooth_choices, stage.cfg.seed, cfg.storage,
-                       n_workers, state.ds.sfreq, progress=False)
+                       n_workers, state.ds.sfreq, progress=False, search=cfg.search)
 
 
 def final_labels(state: FoldState) -> np.ndarray:
@@ -142,13 +143,8 @@ def tune_fold(state: FoldState, k: int, step) -> dict:
     t0 = time.perf_counter()
     held = folds.held_out(k)
     labels = folds.labels_of(state.ds, k, cfg.shuffle_labels, state.stage.cfg.seed)
-    if held in labels:
-        raise ValueError(f"participant {held} is held out in fold {k}: its labels must not "
-                         "reach the tuner")
-    tune = list(labels)
-    est = blender(state, f"nested{k}", state.nested_workers).fit(
-        state.stack.rows(tune), np.concatenate([labels[s] for s in tune]), state.curves)
-    oof = est.predict(state.stack.rows([held]))
+    est = blender(state, f"nested{k}", state.nested_workers)
+    oof = fit_held_out(est, state.stack, labels, held, state.curves)
     state.writer.save_fold(k, oof=oof.astype(np.float32), tuned=np.float64(est.best_score_),
                            settings=np.array(json.dumps(est.to_json())))
     step()
@@ -202,6 +198,9 @@ def _report(stage: Stage, state: FoldState, final: OptunaBlend, result, parts: d
     score = result.score()[0]
     nested, tuned = float(score.score), float(final.best_score_)
     nested_tuned = [float(parts[folds.held_out(k)]["tuned"]) for k in range(folds.n_folds)]
+    guards = [json.loads(str(parts[folds.held_out(k)]["settings"])).get("guard")
+              for k in range(folds.n_folds)]
+    search = stage.cfg.ensemble.search
     metrics = {
         "nested": nested, "tuned": tuned,
         "nested_fold_tuned_median": float(np.median(nested_tuned)),
@@ -209,6 +208,8 @@ def _report(stage: Stage, state: FoldState, final: OptunaBlend, result, parts: d
         "beats_best_single": nested > lopo,
         "n_candidates": len(state.models), "final_candidates": final.candidates_,
         "final_params": final.params_, "n_trials": stage.cfg.ensemble.n_trials,
+        "search": search, "final_guard": final.guard_,
+        "nested_guard": _guard_counts(guards),
         "median_fold_seconds": float(np.median(fold_seconds)) if fold_seconds else None,
         "final_study_seconds": round(final_seconds, 1),
         "label": result.label,
@@ -221,16 +222,18 @@ def _report(stage: Stage, state: FoldState, final: OptunaBlend, result, parts: d
         f"{metrics['n_candidates']} candidate models (every non-diagnostic result); "
         f"{stage.cfg.ensemble.n_trials} Optuna trials per study (seeded TPE, median pruner "
         "after half the participants), the best candidates "
-        f"(top {stage.cfg.ensemble.top_k} by the tuning participants' score) searched.",
+        f"(top {stage.cfg.ensemble.top_k} by the tuning participants' score) searched; "
+        f"search `{search}`: " + SEARCH_TEXT[search],
         "",
+        *_guard_lines(final.guard_, metrics["nested_guard"], n),
         "| score | value | what it is |",
         "|---|---|---|",
-        f"| tuned | {tuned:.4f} | best trial of the final study on all {n} participants "
+        f"| tuned | {tuned:.4f} | the final study's kept trial on all {n} participants "
         "(optimistic: chosen on them) |",
         f"| nested | **{nested:.4f}** | outer LOPO around the whole tuner: the expected "
         "score |",
         f"| nested folds' own tuned scores | {metrics['nested_fold_tuned_median']:.4f} "
-        f"(median) | each nested study's best trial on its {n - 1} participants |",
+        f"(median) | each nested study's kept trial on its {n - 1} participants |",
         f"| best single model ({best}) | {lopo:.4f} | its LOPO score |",
         "",
         f"The ensemble's nested score {verdict} the best single model's LOPO "
@@ -250,6 +253,47 @@ def _report(stage: Stage, state: FoldState, final: OptunaBlend, result, parts: d
     summary = (f"ensemble: nested {nested:.4f}, tuned {tuned:.4f}; best single "
                f"{best} {lopo:.4f}")
     return StageOutput(metrics, summary, "\n".join(lines))
+
+
+SEARCH_TEXT = {
+    "compact": "the n best candidates with equal weights, one smoothing and one broadcast "
+               "for them (4 parameters), then the simplest blend within one standard error "
+               "of the best trial (fewest models; the rule in `sleepemo.ensemble.blend`).",
+    "full": "per-model inclusion, weight, smoothing and broadcast; the best trial kept.",
+}
+
+
+def _guard_counts(guards: list) -> dict | None:
+    """The nested folds' one-standard-error choices: how many folds kept each number of
+    models, and how many fell back to one model (None without the rule: search full)."""
+    if any(g is None for g in guards):
+        return None
+    kept = [int(g["kept_n"]) for g in guards]
+    return {"kept_n": {str(n): kept.count(n) for n in sorted(set(kept))},
+            "fell_back_to_one": sum(bool(g["fell_back_to_one"]) for g in guards),
+            "simpler_than_best": sum(g["kept_n"] < g["best_n"] for g in guards)}
+
+
+def _guard_lines(final: dict | None, nested: dict | None, n: int) -> list[str]:
+    """The report's sentences on what the one-standard-error rule chose."""
+    if final is None or nested is None:
+        return []
+    counts = ", ".join(f"{c} kept {k} model{'s' * (k != '1')}"
+                       for k, c in nested["kept_n"].items())
+    if final["kept_n"] < final["best_n"]:
+        what = (f"the best trial (#{final['best_trial']}, {final['best_n']} models, "
+                f"{final['best_value']:.4f}) was not better than trial #{final['kept_trial']} "
+                f"with {final['kept_n']} model{'s' * (final['kept_n'] != 1)} "
+                f"({final['kept_value']:.4f}) by more than one standard error, so the "
+                "simpler one was kept" + (" (one model)" if final["fell_back_to_one"] else ""))
+    else:
+        what = (f"the best trial (#{final['best_trial']}, {final['best_n']} "
+                f"model{'s' * (final['best_n'] != 1)}, {final['best_value']:.4f}) was kept"
+                + ("" if final["best_n"] == 1 else ": the best trial of each smaller "
+                   "number of models tried was more than one standard error below it"))
+    return [f"One-standard-error choice. Final blend: {what}. Nested folds ({n}): {counts}; "
+            f"{nested['simpler_than_best']} kept fewer models than their best trial, "
+            f"{nested['fell_back_to_one']} of them falling back to one model.", ""]
 
 
 def _plots(stage: Stage, final: OptunaBlend, score, ds) -> None:
