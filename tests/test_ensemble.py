@@ -227,6 +227,7 @@ def test_on_a_weak_signal_the_nested_default_holds_against_the_best_single_model
     assert all(e.search == "compact" and e.guard_ is not None for e in kept)
 
 
+@pytest.mark.slow  # 30 s; the weak-signal and shuffled simulations stay in the default run
 def test_on_a_strong_signal_the_default_still_blends_two_complementary_models(tmp_path):
     """Two informative models with independent noise (each alone below their average)
     among 8 noise ones: the nested folds keep both, and the nested score beats each."""

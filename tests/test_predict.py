@@ -34,10 +34,12 @@ def stage(script: str, data, out, *sets, subs=None):
 
 @pytest.fixture(scope="module")
 def small_run(small_dir, tmp_path_factory):
-    """Stages 00, 01 (two fast baselines), 06 (their ensemble) and 07 on small data."""
+    """Stages 00, 01 (two fast baselines and a deep anchor, one epoch), 06 (their
+    ensemble) and 07 on small data."""
     tmp = tmp_path_factory.mktemp("predict")
     out, subs = tmp / "out", tmp / "subs"
-    sets = ["baselines.models=[riemann,erp_lda]", "ensemble.top_k=2"]
+    sets = ["baselines.models=[riemann,erp_lda,eegnet]",
+            "baselines.params={eegnet: {epochs: 1}}", "ensemble.top_k=3"]
     for script in ("00_folds.py", "01_baselines.py", "06_ensemble.py"):
         stage(script, small_dir, out, *sets)
     text = stage("07_submission.py", small_dir, out, *sets, subs=subs)
@@ -69,7 +71,7 @@ def test_each_model_of_the_run_predicts_one_new_participant(small_run, small_dir
     ensemble included) gives probabilities for every trial and timepoint."""
     out, _, _ = small_run
     files = list((small_dir / "training").rglob("S_2_cleaned.mat"))
-    for model in ("riemann", "erp_lda", "ensemble"):
+    for model in ("riemann", "erp_lda", "eegnet", "ensemble"):
         res = predict_files(out, files[:1], model, progress=False)
         (p, warm), = res["predictions"].values()
         assert p.dtype == np.float32 and p.shape[1] == 200 and not warm.any()
@@ -87,6 +89,21 @@ def test_the_ensemble_reproduces_its_test_predictions_exactly(small_run, small_d
                         progress=False)["predictions"]
     got = np.concatenate([res[s][0] for s in folds.test_subjects])
     np.testing.assert_array_equal(got, find(out, "ensemble").test)
+
+
+def test_a_deep_anchor_reproduces_its_test_predictions_exactly(small_run, small_dir):
+    """The anchor's fold models, kept as weights and rebuilt when loaded, give the stage's
+    test predictions bit for bit."""
+    from sleepemo.pipeline.artefacts import find
+    from sleepemo.data.folds import read_folds
+
+    out, _, _ = small_run
+    folds = read_folds(out / "folds.json")
+    files = recordings([small_dir / "testing"])
+    res = predict_files(out, [files[s] for s in folds.test_subjects], "eegnet",
+                        progress=False)["predictions"]
+    got = np.concatenate([res[s][0] for s in folds.test_subjects])
+    np.testing.assert_array_equal(got, find(out, "eegnet").test)
 
 
 def test_streaming_after_warm_up_is_close_to_batch(small_run, small_dir, reliability):
