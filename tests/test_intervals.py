@@ -166,5 +166,5 @@ def test_stage_07_says_when_its_choice_is_within_noise():
     assert f"[{low:+.4f}, {high:+.4f}]" in text
     # against a clearly weaker runner-up it is not
     text, within = choice_noise(table.drop(index=other), single)
-    assert not within and f"minus `weak`" in text
+    assert not within and "minus `weak`" in text
     assert choice_noise(table.loc[[single]], single) is None  # no rival
