@@ -78,32 +78,20 @@ def test_each_model_of_the_run_predicts_one_new_participant(small_run, small_dir
         assert np.isfinite(p).all() and p.min() >= 0 and p.max() <= 1
 
 
-def test_the_ensemble_reproduces_its_test_predictions_exactly(small_run, small_dir):
+@pytest.mark.parametrize("model", ["ensemble", "eegnet"])
+def test_a_result_reproduces_its_test_predictions_exactly(small_run, small_dir, model):
+    """The ensemble, and a deep anchor (its fold models kept as weights, rebuilt when
+    loaded), give the stage's test predictions bit for bit."""
     from sleepemo.pipeline.artefacts import find
     from sleepemo.data.folds import read_folds
 
     out, _, _ = small_run
     folds = read_folds(out / "folds.json")
     files = recordings([small_dir / "testing"])
-    res = predict_files(out, [files[s] for s in folds.test_subjects], "ensemble",
+    res = predict_files(out, [files[s] for s in folds.test_subjects], model,
                         progress=False)["predictions"]
     got = np.concatenate([res[s][0] for s in folds.test_subjects])
-    np.testing.assert_array_equal(got, find(out, "ensemble").test)
-
-
-def test_a_deep_anchor_reproduces_its_test_predictions_exactly(small_run, small_dir):
-    """The anchor's fold models, kept as weights and rebuilt when loaded, give the stage's
-    test predictions bit for bit."""
-    from sleepemo.pipeline.artefacts import find
-    from sleepemo.data.folds import read_folds
-
-    out, _, _ = small_run
-    folds = read_folds(out / "folds.json")
-    files = recordings([small_dir / "testing"])
-    res = predict_files(out, [files[s] for s in folds.test_subjects], "eegnet",
-                        progress=False)["predictions"]
-    got = np.concatenate([res[s][0] for s in folds.test_subjects])
-    np.testing.assert_array_equal(got, find(out, "eegnet").test)
+    np.testing.assert_array_equal(got, find(out, model).test)
 
 
 def test_streaming_after_warm_up_is_close_to_batch(small_run, small_dir, reliability):
