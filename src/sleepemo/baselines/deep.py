@@ -34,6 +34,7 @@ they are lengths of time (kernels, pools); ``net_params`` overrides any of them.
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import numpy as np
 from sklearn.utils.validation import check_is_fitted
@@ -49,21 +50,49 @@ ANCHORS = ("eegnet", "shallow_fbcsp", "conformer")
 
 @contextlib.contextmanager
 def one_torch_thread():
-    """torch on one intra-op thread inside the block (fold workers share the cores; one
-    thread also keeps the sums' order, hence the outputs, the same everywhere), without
-    oneDNN: its convolutions' backward pass gave ShallowFBCSPNet different weights from
-    run to run with the same seed (differences up to 2e-3 after one step), the plain CPU
-    kernels give the same bits every time."""
+    """torch on one intra-op thread inside the block: fold workers share the cores, and one
+    thread keeps the sums' order, hence the outputs, the same on every run. oneDNN stays on
+    (about 2x faster steps than the plain CPU kernels); its one convolution whose weight
+    gradient depended on where the input happened to sit in memory (ShallowFBCSPNet's
+    first layer, see :class:`_ChannelsAsInputConv`) is computed another way."""
     import torch
 
-    threads, onednn = torch.get_num_threads(), torch.backends.mkldnn.enabled
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    torch.backends.mkldnn.enabled = False
     try:
         yield torch
     finally:
-        torch.backends.mkldnn.enabled = onednn
         torch.set_num_threads(threads)
+
+
+@functools.lru_cache(maxsize=None)
+def _channels_as_input_conv():
+    """braindecode's ``CombinedConv`` (ShallowFBCSPNet's temporal and spatial convolutions
+    merged into one kernel) computed with the EEG channels as the convolution's input
+    channels: the same parameters, the same merged kernel, the same output. As braindecode
+    writes it (one input channel, a time x channels kernel) oneDNN's weight gradient
+    differed from run to run with the same seed (up to 2e-3 after one step, whatever the
+    determinism flags): its result depended on the input buffer's alignment. With the
+    channels as input channels oneDNN's weight gradient is the same every time."""
+    import torch
+    from braindecode.models.modules import CombinedConv
+
+    class _ChannelsAsInputConv(CombinedConv):
+        def forward(self, x):  # x: (batch, 1, time, channels)
+            w = (self.conv_time.weight * self.conv_spat.weight.permute(1, 0, 2, 3)).sum(0)
+            bias = None
+            if self.bias_time or self.bias_spat:
+                bias = 0
+                if self.bias_time:
+                    bias = bias + (self.conv_spat.weight.squeeze().sum(-1)
+                                   .mm(self.conv_time.bias.unsqueeze(-1)).squeeze())
+                if self.bias_spat:
+                    bias = bias + self.conv_spat.bias
+            out = torch.nn.functional.conv1d(x[:, 0].transpose(1, 2).contiguous(),
+                                             w.transpose(1, 2).contiguous(), bias)
+            return out.unsqueeze(-1)  # (batch, filters, time, 1), as CombinedConv's
+
+    return _ChannelsAsInputConv
 
 
 class DeepAnchor(BaselineModel):
@@ -225,6 +254,13 @@ class ShallowFBCSP(DeepAnchor):
     the trial: a per-timepoint deep anchor."""
 
     NET = "ShallowFBCSPNet"
+
+    def _build(self, kwargs):
+        net = super()._build(kwargs)
+        first = getattr(net, "conv_time_spat", None)
+        if first is not None and type(first).__name__ == "CombinedConv":
+            first.__class__ = _channels_as_input_conv()  # same parameters, see there
+        return net
 
     def architecture(self):
         # at 250 Hz: kernel 25 (100 ms), pool 75 (300 ms) every 15 (60 ms) -> 100 Hz
