@@ -46,6 +46,9 @@ def test_overrides_are_parsed_as_yaml():
     ("seed", "is not key=value"),
     ("experts.tta_variants=[random_fomaml]", "tta_variants"),
     ("experts.variants=[maml2]", "unknown experts variant"),
+    ("experts.variants=[mae_fomaml_ea2]", "unknown experts variant"),
+    ("experts.tta_variants=[mae_fomaml_ea]", "tta_variants"),  # not in the variants
+    ("fusion.expert_result=experts_mae_fomaml_ea", "unaligned band features"),
     ("experts.n_support=7", "even"),
     ("fusion.variants=[nope]", "unknown fusion variant"),
     ("fusion.stride=6", "multiple of"),
