@@ -364,9 +364,10 @@ def test_aligned_variant_reads_the_aligned_band_features_beside_its_twin(aligned
     (unchanged) in the same run; the aligned experts read the band features of the
     participant's Euclidean-aligned trials (cache ``band_features_ea``), so their
     predictions differ from the twin's."""
-    from sleepemo.experts.stage import fold_state
+    from sleepemo.experts.stage import fingerprints, fold_state
     from sleepemo.features import euclidean_align
     from sleepemo.mae.inputs import band_at, band_tokens
+    from sleepemo.pipeline.artefacts import find
 
     stage, ds, folds, metrics = aligned_run
     names = ("experts_mae_fomaml", "experts_mae_fomaml_tta", "experts_mae_fomaml_ea",
@@ -383,6 +384,11 @@ def test_aligned_variant_reads_the_aligned_band_features_beside_its_twin(aligned
     assert "| `experts_mae_fomaml_ea` | mae, aligned input |" in \
         (stage.dir / "evidence.md").read_text()
     assert (stage.out / "cache" / "band_features_ea").is_dir()
+    # the plan computes the fingerprints the stage wrote (the aligned one of the aligned
+    # cache's key)
+    written = {n: find(stage.out, n).fingerprint for n in names}
+    assert {p.name: p.fingerprint for p in fingerprints(stage)} == written
+    assert written["experts_mae_fomaml_ea"] != written["experts_mae_fomaml"]
     state = fold_state(stage)
     s = folds.test_subjects[0]
     X, mcfg, stride = ds.test[s].X, stage.cfg.mae, stage.cfg.experts.stride
