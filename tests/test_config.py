@@ -46,6 +46,9 @@ def test_overrides_are_parsed_as_yaml():
     ("seed", "is not key=value"),
     ("experts.tta_variants=[random_fomaml]", "tta_variants"),
     ("experts.variants=[maml2]", "unknown experts variant"),
+    ("experts.variants=[mae_fomaml_ea2]", "unknown experts variant"),
+    ("experts.tta_variants=[mae_fomaml_ea]", "tta_variants"),  # not in the variants
+    ("fusion.expert_result=experts_mae_fomaml_ea", "unaligned band features"),
     ("experts.n_support=7", "even"),
     ("fusion.variants=[nope]", "unknown fusion variant"),
     ("fusion.stride=6", "multiple of"),
@@ -54,6 +57,25 @@ def test_overrides_are_parsed_as_yaml():
 def test_bad_config_is_refused(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config("smoke", [override])
+
+
+def test_the_aligned_experts_variant_is_one_set_away_and_in_the_full_profile():
+    """``mae_fomaml_ea`` (stage 03 on Euclidean-aligned inputs) is known, listed last (a
+    variant's position seeds its folds), off in the quick and smoke profiles (budget) and
+    on, with its test-time adaptation, in the full profile."""
+    from sleepemo.config import ExpertsConfig
+
+    assert list(ExpertsConfig.VARIANTS)[-1] == "mae_fomaml_ea"
+    assert [v for v, spec in ExpertsConfig.VARIANTS.items() if spec.align] == ["mae_fomaml_ea"]
+    for profile in ("quick", "smoke"):
+        assert "mae_fomaml_ea" not in load_config(profile).experts.variants
+        cfg = load_config(profile, ["experts.variants=[mae_fomaml, mae_fomaml_ea]",
+                                    "experts.tta_variants=[mae_fomaml_ea]"])
+        assert cfg.experts.variants == ["mae_fomaml", "mae_fomaml_ea"]
+    full = load_config("full").experts
+    assert "mae_fomaml_ea" in full.variants and "mae_fomaml_ea" in full.tta_variants
+    assert ExpertsConfig.variant_of("experts_mae_fomaml_ea_tta_shuffled") == "mae_fomaml_ea"
+    assert ExpertsConfig.variant_of("experts_nope") is None
 
 
 def test_unknown_model_name():

@@ -47,6 +47,26 @@ def test_the_section_compares_the_groups_with_the_best_anchor_and_shows_the_abla
     assert "+0.0000 [+0.0000, +0.0000]" in same and same.rstrip().endswith("| within noise |")
 
 
+def test_every_aligned_result_is_paired_with_its_unaligned_twin():
+    """The baselines', the fusion's and stage 03's aligned results (zero-shot and
+    ``_tta``) each against its unaligned twin; a twin missing from the run, no row."""
+    assert contrasts.aligned_twin("experts_mae_fomaml_ea") == "experts_mae_fomaml"
+    assert contrasts.aligned_twin("experts_mae_fomaml_ea_tta") == "experts_mae_fomaml_tta"
+    assert contrasts.aligned_twin("fusion_raw_ea") == "fusion_raw"
+    assert contrasts.aligned_twin("experts_mae_fomaml_tta") is None
+    rng = np.random.default_rng(5)
+    names = ["eegnet", "eegnet_ea", "experts_mae_fomaml", "experts_mae_fomaml_ea",
+             "experts_mae_fomaml_tta", "experts_mae_fomaml_ea_tta", "fusion_raw_ea"]
+    curves = {m: 0.5 + 0.02 * rng.standard_normal((8, 200)) for m in names}
+    stages = {m: m.split("_")[0].replace("eegnet", "baselines") for m in names}
+    table, listed, scores = _run(curves, stages, {"eegnet_ea": "eegnet"})
+    text = contrasts.section(table, listed, scores, 200.0)
+    pairs = {tuple(cell.strip(" `") for cell in line.split("|")[1:3])
+             for line in text.splitlines() if "| Euclidean alignment |" in line}
+    assert pairs == {("eegnet_ea", "eegnet"), ("experts_mae_fomaml_ea", "experts_mae_fomaml"),
+                     ("experts_mae_fomaml_ea_tta", "experts_mae_fomaml_tta")}
+
+
 def test_no_anchor_no_section():
     rng = np.random.default_rng(1)
     curves = {"riemann": 0.5 + 0.02 * rng.standard_normal((8, 200))}

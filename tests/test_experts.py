@@ -204,28 +204,21 @@ def test_fold_workers_give_the_serial_results(smoke_stage, tmp_path):
                         ("oof.npy", "test.npy", "oof_experts.npy"))
 
 
-@pytest.mark.parametrize("variant", ["mae_fomaml", "mae_supervised", "random_fomaml"])
+@pytest.mark.parametrize("variant", ["mae_fomaml", "mae_supervised", "random_fomaml",
+                                     "mae_fomaml_ea"])
 def test_held_out_labels_never_reach_the_fitted_experts(small_dir, tmp_path, variant):
     """Fold 0 with the held-out participant's labels flipped gives bit-identical
-    predictions, and a label dict that includes the held-out participant is refused."""
-    from sleepemo.features import BandFeatureCache
-    from sleepemo.experts.model import pool_time
-    from sleepemo.mae.model import load_mae_weights
-    from sleepemo.experts.stage import ExpertTrainer, run_fold
+    predictions, and a label dict that includes the held-out participant is refused.
+    The trainer is the stage's (:func:`fold_state`: the aligned variant's reads the
+    aligned band features)."""
+    from sleepemo.experts.stage import VARIANTS, fold_state, run_fold
 
+    tta = variant in ("mae_fomaml", "mae_fomaml_ea")
     stage, ds, folds = _stage(tmp_path, small_dir, variants=f"[{variant}]",
-                              tta_variants="[mae_fomaml]" if variant == "mae_fomaml" else "[]")
-    cfg = stage.cfg
+                              tta_variants=f"[{variant}]" if tta else "[]")
     torch.set_num_threads(1)
-    subjects = list(folds.train_subjects) + list(folds.test_subjects)
-    cache = BandFeatureCache(stage.out / "cache" / "band_features", folds.data_fingerprint,
-                             cfg.mae.bands).build({s: ds.subject(s).X for s in subjects},
-                                                  ds.sfreq, False)
-    feats = {s: pool_time(np.asarray(cache.load(s), np.float32), 8) for s in subjects}
-    enc, head, info = load_mae_weights(stage.out / "02_mae")
-    trainer = ExpertTrainer(cfg.experts, feats, EncoderConfig(**{**info["encoder"],
-                                                                 "n_times": 25}),
-                            (enc, head), 200, torch.device("cpu"))
+    trainer = fold_state(stage).trainer(variant)
+    assert trainer.enc_cfg.n_times == 25  # 200 samples pooled by experts.stride 8
     held = folds.held_out(0)
 
     def fold0():
@@ -235,12 +228,13 @@ def test_held_out_labels_never_reach_the_fitted_experts(small_dir, tmp_path, var
     first, second = with_flipped_labels(ds, held, fold0)
     for kind in ("zero_shot", "tta"):
         if first[kind] is None:
-            assert variant != "mae_fomaml"
+            assert not tta
             continue
         for key, arr in first[kind].items():
             np.testing.assert_array_equal(np.asarray(second[kind][key]), np.asarray(arr))
     np.testing.assert_array_equal(first["losses"], second["losses"])
-    assert len(first["losses"]) == (2 if variant.endswith("fomaml") else 2 * 2 * 4)
+    assert len(first["losses"]) == (2 if VARIANTS[variant].training == "fomaml"
+                                    else 2 * 2 * 4)
     leaky = folds.labels_of(ds, 0) | {held: ds.train[held].y}
     with pytest.raises(ValueError, match="held out"):
         run_fold(trainer, variant, 0, held, folds.test_subjects, leaky, 0, 0.4)
@@ -263,17 +257,22 @@ def test_label_shuffled_stage_scores_about_chance(medium_dir, tmp_path):
 
 
 # ---------------------------------------------------------------- sleepemo predict
-@pytest.fixture
-def experts_run(smoke_stage):
-    """The smoke stage's output made a run folder that sleepemo predict opens (stage 00's
-    record of the data's channels)."""
+def _predictable(stage) -> None:
+    """``stage``'s run folder made one that sleepemo predict opens (stage 00's record of
+    the data's channels)."""
     from sleepemo.config import load_config
     from sleepemo.pipeline.stage import open_stage
     from sleepemo.pipeline import folds as make_folds
 
-    stage, ds, folds, _ = smoke_stage
     open_stage("folds", load_config("smoke"), stage.data_dir, stage.out, progress=False,
                log=lambda m: None).run(make_folds.run)
+
+
+@pytest.fixture
+def experts_run(smoke_stage):
+    """The smoke stage's output made a run folder that sleepemo predict opens."""
+    stage, ds, folds, _ = smoke_stage
+    _predictable(stage)
     torch.set_num_threads(1)  # as the stage ran (restored after the test)
     return stage.out, ds, folds
 
@@ -338,6 +337,83 @@ def test_predictor_errors_are_one_clear_line(experts_run, tmp_path):
     with pytest.raises(PredictError, match=r"experts_mae_fomaml/fold3\.pt: the fold's "
                                            "experts are missing"):
         load_predictor(copy, "experts_mae_fomaml_tta")
+
+
+# ---------------------------------------------------------------- Euclidean alignment
+@pytest.fixture(scope="module")
+def aligned_run(smoke_stage, tmp_path_factory):
+    """The smoke run copied, and stage 03 run again with ``mae_fomaml_ea`` (and its
+    ``_tta``) beside ``mae_fomaml`` (reused): a run folder sleepemo predict opens."""
+    import shutil
+
+    from sleepemo.experts import stage as train_experts
+
+    smoke, ds, folds, _ = smoke_stage
+    out = tmp_path_factory.mktemp("experts_ea")
+    shutil.copytree(smoke.out, out, dirs_exist_ok=True)
+    stage, _, _ = _stage(out, smoke.data_dir, variants="[mae_fomaml, mae_fomaml_ea]",
+                         tta_variants="[mae_fomaml, mae_fomaml_ea]")
+    metrics = stage.run(train_experts.run).metrics
+    _predictable(stage)
+    return stage, ds, folds, metrics
+
+
+def test_aligned_variant_reads_the_aligned_band_features_beside_its_twin(aligned_run,
+                                                                         smoke_stage):
+    """``experts_mae_fomaml_ea[_tta]`` are rows of their own beside their unaligned twins
+    (unchanged) in the same run; the aligned experts read the band features of the
+    participant's Euclidean-aligned trials (cache ``band_features_ea``), so their
+    predictions differ from the twin's."""
+    from sleepemo.experts.stage import fingerprints, fold_state
+    from sleepemo.features import euclidean_align
+    from sleepemo.mae.inputs import band_at, band_tokens
+    from sleepemo.pipeline.artefacts import find
+
+    stage, ds, folds, metrics = aligned_run
+    names = ("experts_mae_fomaml", "experts_mae_fomaml_tta", "experts_mae_fomaml_ea",
+             "experts_mae_fomaml_ea_tta")
+    assert set(metrics["lopo_window_auc"]) == set(names)
+    for name in names[2:]:
+        contract_arrays(stage, name, ds, folds, metrics)
+        assert json.loads((stage.dir / name / "meta.json").read_text())["aligned"]
+    assert_same_results(stage, smoke_stage[0], names[:2])
+    assert not np.allclose(np.load(stage.dir / names[2] / "oof.npy"),
+                           np.load(stage.dir / names[0] / "oof.npy"), atol=1e-4)
+    assert metrics["variants"]["experts_mae_fomaml_ea"] == ["mae_fomaml_ea", "mae", "fomaml",
+                                                            "none", True]
+    assert "| `experts_mae_fomaml_ea` | mae, aligned input |" in \
+        (stage.dir / "evidence.md").read_text()
+    assert (stage.out / "cache" / "band_features_ea").is_dir()
+    # the plan computes the fingerprints the stage wrote (the aligned one of the aligned
+    # cache's key)
+    written = {n: find(stage.out, n).fingerprint for n in names}
+    assert {p.name: p.fingerprint for p in fingerprints(stage)} == written
+    assert written["experts_mae_fomaml_ea"] != written["experts_mae_fomaml"]
+    state = fold_state(stage)
+    s = folds.test_subjects[0]
+    X, mcfg, stride = ds.test[s].X, stage.cfg.mae, stage.cfg.experts.stride
+    np.testing.assert_array_equal(
+        state.trainer("mae_fomaml_ea").feats[s],
+        band_at(band_tokens(euclidean_align(X), ds.sfreq, mcfg), stride))
+    np.testing.assert_array_equal(state.trainer("mae_fomaml").feats[s],
+                                  band_at(band_tokens(X, ds.sfreq, mcfg), stride))
+
+
+def test_predictor_reproduces_the_aligned_variant_exactly(aligned_run):
+    """sleepemo predict aligns a new participant's trials as the stage did: each test
+    participant's zero-shot and adapted predictions equal the stage's test.npy bit for
+    bit; the alignment needs all of the participant's trials, so it is not online."""
+    from sleepemo.pipeline.artefacts import find
+    from sleepemo.predict.load import load_predictor
+
+    stage, ds, folds, _ = aligned_run
+    torch.set_num_threads(1)  # as the stage ran (restored after the test)
+    for name in ("experts_mae_fomaml_ea", "experts_mae_fomaml_ea_tta"):
+        p = load_predictor(stage.out, name)
+        assert p.align and not p.online
+        got = np.concatenate([p.predict(ds.test[s].X, ds.sfreq, subject=s)
+                              for s in folds.test_subjects])
+        np.testing.assert_array_equal(got, find(stage.out, name).test, err_msg=name)
 
 
 def test_combining_the_experts_does_not_depend_on_blas_threads():

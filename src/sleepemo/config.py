@@ -222,6 +222,9 @@ class ExpertVariant:
 
     init: str       # the experts' initialisation: "mae" (stage 02's encoder) or "random"
     training: str   # "fomaml" (first-order meta-learning) or "supervised" (same compute)
+    # the band features of the participant's Euclidean-aligned waveform
+    # (features.euclidean_align); the MAE initialising the experts keeps its own inputs
+    align: bool = False
 
 
 @dataclass(frozen=True)
@@ -248,6 +251,9 @@ class ExpertsConfig:
         "mae_supervised": ExpertVariant(init="mae", training="supervised"),
         # (c) no pre-training
         "random_fomaml": ExpertVariant(init="random", training="fomaml"),
+        # the design on Euclidean-aligned inputs (listed last: a variant's position seeds
+        # its folds)
+        "mae_fomaml_ea": ExpertVariant(init="mae", training="fomaml", align=True),
     }
 
     variants: list[str] = setting(factory=lambda: list(ExpertsConfig.VARIANTS),
@@ -281,6 +287,13 @@ class ExpertsConfig:
     device: str = setting("auto", affects="nothing")
     num_threads: int | None = setting(None, affects="nothing")
     workers: int = setting(1, affects="nothing", help=WORKERS_HELP)
+
+    @classmethod
+    def variant_of(cls, result: str) -> str | None:
+        """The variant of stage-03 result ``result`` (``experts_<variant>[_tta][_shuffled]``,
+        :func:`sleepemo.experts.infer.output_names`); None if it names none."""
+        name = result.removeprefix("experts_").removesuffix("_shuffled").removesuffix("_tta")
+        return name if name in cls.VARIANTS else None
 
     def validate(self, cfg: "Config") -> None:
         known = self.VARIANTS
@@ -374,6 +387,10 @@ class FusionConfig:
         _check(self.expert_result.startswith("experts_"),
                f"fusion.expert_result must name a stage-03 result (experts_<variant>), "
                f"got {self.expert_result!r}")
+        variant = ExpertsConfig.variant_of(self.expert_result)
+        _check(variant is None or not ExpertsConfig.VARIANTS[variant].align,
+               f"fusion.expert_result {self.expert_result!r}: the fusion embeds the "
+               "unaligned band features, which aligned experts were not trained on")
         for src, stride in (("mae.stride", cfg.mae.stride),
                             ("experts.stride", cfg.experts.stride)):
             _check(self.stride % stride == 0, f"fusion.stride ({self.stride}) must be a "

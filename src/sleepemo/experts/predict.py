@@ -6,7 +6,10 @@ the ``_tta`` result uses its zero-shot twin's) and the combination weights
 (``<result>/fold<k>.npz``, ``weights``). A new participant's trials are turned into the
 stage's inputs with the run's settings (band features of its own trials, pooled to
 ``experts.stride``: :func:`sleepemo.mae.inputs.band_tokens` and
-:func:`~sleepemo.mae.inputs.band_at`, as the stage pools its cache's), each fold's experts predict them (``_tta``: after the unsupervised
+:func:`~sleepemo.mae.inputs.band_at`, as the stage pools its cache's; an aligned variant,
+``mae_fomaml_ea``: of the participant's Euclidean-aligned trials, as its cache
+``band_features_ea`` holds them, which needs all of its trials, so it is not online), each
+fold's experts predict them (``_tta``: after the unsupervised
 test-time adaptation on the participant's own trials, seeded by its id as in the stage),
 the fold's weights combine the 16 experts, and the 14 folds' probabilities are averaged
 as the stage's test predictions are. All of it runs through
@@ -42,7 +45,9 @@ class ExpertsPredictor(Predictor):
                                f"cannot read ({exc}); run src/03_experts.py again"
                                ) from None
         self.variant, self.tta = meta["variant"], bool(meta["test_time_adaptation"])
-        self.online = not self.tta  # the adaptation needs the participant's trials
+        # the adaptation and the Euclidean alignment need the participant's trials
+        self.align = VARIANTS[self.variant].align
+        self.online = not self.tta and not self.align
         self.seed = int(meta["seed"])
         self.mask_ratio = run.cfg.mae.mask_ratio
         zero_shot = result.folder.parent / output_names(cfg, self.variant)[0]
@@ -69,7 +74,8 @@ class ExpertsPredictor(Predictor):
             raise PredictError(f"{self.name}: test-time adaptation is seeded by the "
                                "participant's id; give it (subject=<id>; sleepemo predict "
                                "reads it from the file name)")
-        feats = band_at(band_tokens(self.run, X, sfreq), self.cfg.stride)  # as the stage's
+        feats = band_at(band_tokens(self.run, X, sfreq, self.align),  # as the stage's
+                        self.cfg.stride)
         probs = []
         for k, (params, weights) in enumerate(zip(self.params, self.weights)):
             if self.tta:

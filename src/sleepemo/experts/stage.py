@@ -17,7 +17,10 @@ at 0 (equal weights when no expert exceeds 0.5). Each participant is predicted o
 Variants (``experts.variants``, table rows ``experts_<variant>[_tta][_shuffled]``):
 ``mae_fomaml`` (the design), ``mae_supervised`` (the same experts and data, plain Adam on
 class-balanced batches, as many gradient evaluations as FOMAML), ``random_fomaml``
-(no pre-training). ``experts.shuffle_labels`` permutes labels within each training
+(no pre-training), ``mae_fomaml_ea`` (the design on the band features of the participant's
+Euclidean-aligned waveform, :func:`sleepemo.features.euclidean_align`: label-free, from
+its own trials; cache ``<out>/cache/band_features_ea``; initialised from the same MAE,
+trained on the unaligned features). ``experts.shuffle_labels`` permutes labels within each training
 participant (a leakage alarm: must score about 0.5).
 
 Stage 02's encoder is read from ``<out>/02_mae/`` with
@@ -94,8 +97,9 @@ class ExpertTrainer(ExpertInference):
     (prediction, test-time adaptation and the combination are
     :class:`sleepemo.experts.infer.ExpertInference`'s, shared with ``sleepemo predict``).
 
-    ``feats`` holds every participant's pooled band features (label-free); labels are
-    only ever passed in explicitly, for the fold's training participants.
+    ``feats`` holds every participant's pooled band features (label-free; aligned or not,
+    one trainer per kind, :func:`fold_state`); labels are only ever passed in explicitly,
+    for the fold's training participants.
     """
 
     def __init__(self, cfg: ExpertsConfig, feats: dict, enc_cfg: EncoderConfig,
@@ -242,13 +246,15 @@ def train_fingerprint(cfg: ExpertsConfig, variant: str, seed: int, data_fp: str,
                        bands=band_key, mae=mae_fp, code=code_hash(__name__))
 
 
-def variant_fingerprints(cfg: ExpertsConfig, mcfg, seed: int, data_fp: str, band_key: str,
-                         mae_fp: str | None) -> list[tuple[str, str, dict]]:
+def variant_fingerprints(cfg: ExpertsConfig, mcfg, seed: int, data_fp: str,
+                         band_keys: dict[bool, str], mae_fp: str | None
+                         ) -> list[tuple[str, str, dict]]:
     """Per variant: (variant, its trained weights' fingerprint, {role: (result name, its
-    predictions' fingerprint)}) for the zero-shot and (``_tta``) adapted results."""
+    predictions' fingerprint)}) for the zero-shot and (``_tta``) adapted results;
+    ``band_keys``: the band-feature caches' keys by ``align``."""
     jobs = []
     for v in cfg.variants:
-        tfp = train_fingerprint(cfg, v, seed, data_fp, band_key,
+        tfp = train_fingerprint(cfg, v, seed, data_fp, band_keys[VARIANTS[v].align],
                                 mae_fp if VARIANTS[v].init == "mae" else None)
         pfp = fingerprint(train=tfp, tta=uses_tta(cfg, v), mask_ratio=mcfg.mask_ratio,
                           **fields_affecting(cfg, "predictions"))
@@ -262,19 +268,20 @@ def fingerprints(stage: Stage, planned: dict | None = None) -> list[Planned]:
     stage-02 encoder ``planned`` (or as on disk)."""
     cfg, mcfg = stage.cfg.experts, stage.cfg.mae
     data = stage.folds().data_fingerprint
-    band_key = band_cache(stage.out, data, mcfg).key
+    band_keys = {a: band_cache(stage.out, data, mcfg, a).key for a in (False, True)}
     mae_fp = None
     if any(VARIANTS[v].init == "mae" for v in cfg.variants):
         mae_fp = planned_or(planned, "mae", "encoder", lambda: stored_fingerprint(
             stage_dir(stage.out, "mae") / "run.json"))
     return [Planned(stage.spec.name, name, pfp, diagnostic=cfg.shuffle_labels)
             for _, _, outputs in variant_fingerprints(cfg, mcfg, stage.cfg.seed, data,
-                                                      band_key, mae_fp)
+                                                      band_keys, mae_fp)
             for name, pfp in outputs.values()]
 
 
 def _mae_init(stage: Stage, cache: BandFeatureCache):
-    """The stage-02 encoder and head, its fingerprint and ``run.json``."""
+    """The stage-02 encoder and head, its fingerprint and ``run.json``; ``cache``: the
+    (unaligned) band features it must have been trained on."""
     enc, head, info = load_mae_weights(stage_dir(stage.out, "mae"))
     if info.get("band_cache") != cache.key:
         raise FileNotFoundError(
@@ -291,9 +298,13 @@ class FoldState:
     stage: Stage
     ds: object
     folds: object
-    trainer: ExpertTrainer
+    trainers: dict  # align -> ExpertTrainer on those band features (the variants' kinds)
     enc_cfg: EncoderConfig
     jobs: list  # (variant, train fingerprint, {"zero_shot": writer, "tta": writer})
+
+    def trainer(self, variant: str) -> ExpertTrainer:
+        """The trainer on variant ``variant``'s band features (aligned or not)."""
+        return self.trainers[VARIANTS[variant].align]
 
     def done(self, k: int, writers: dict | None = None) -> bool:
         """Fold k is written for ``writers`` (every variant's when None)."""
@@ -302,8 +313,9 @@ class FoldState:
 
 
 def fold_state(stage: Stage) -> FoldState:
-    """The data, the band features (built where missing), the trainer and one result
-    writer per output, fingerprinted by everything that shapes it."""
+    """The data, the band features (built where missing; aligned ones only for aligned
+    variants), a trainer per kind of band features and one result writer per output,
+    fingerprinted by everything that shapes it."""
     cfg, mcfg, seed = stage.cfg.experts, stage.cfg.mae, stage.cfg.seed
     ds = stage.dataset()
     folds = stage.folds(ds)
@@ -311,21 +323,25 @@ def fold_state(stage: Stage) -> FoldState:
         raise ConfigError(f"experts.stride {cfg.stride} does not divide the {ds.n_times} "
                           "samples of a trial")
     subjects = list(folds.train_subjects) + list(folds.test_subjects)
-    cache = built_band_cache(stage.out, ds, folds, mcfg, stage.progress)
-    feats = {s: band_at(cache.load(s), cfg.stride) for s in subjects}
+    caches = {a: built_band_cache(stage.out, ds, folds, mcfg, stage.progress, a)
+              for a in sorted({VARIANTS[v].align for v in cfg.variants})}
 
     mae_state, mae_fp, mae_info = None, None, None
     if any(VARIANTS[v].init == "mae" for v in cfg.variants):
-        mae_state, mae_fp, mae_info = _mae_init(stage, cache)
+        mae_state, mae_fp, mae_info = _mae_init(
+            stage, band_cache(stage.out, folds.data_fingerprint, mcfg))
     enc_cfg = expert_encoder_config(cfg, mcfg, ds.n_times, ds.n_chans, mae_info)
-    trainer = ExpertTrainer(cfg, feats, enc_cfg, mae_state, ds.n_times, stage.device)
+    trainers = {a: ExpertTrainer(cfg, {s: band_at(c.load(s), cfg.stride) for s in subjects},
+                                 enc_cfg, mae_state, ds.n_times, stage.device)
+                for a, c in caches.items()}
 
     jobs = [(v, tfp, {role: ResultWriter(stage.out, stage.spec.name, name, pfp, folds)
                       for role, (name, pfp) in outputs.items()})
             for v, tfp, outputs in variant_fingerprints(cfg, mcfg, seed,
-                                                        folds.data_fingerprint, cache.key,
+                                                        folds.data_fingerprint,
+                                                        {a: c.key for a, c in caches.items()},
                                                         mae_fp)]
-    return FoldState(stage, ds, folds, trainer, enc_cfg, jobs)
+    return FoldState(stage, ds, folds, trainers, enc_cfg, jobs)
 
 
 def train_fold(state: FoldState, k: int, step) -> dict:
@@ -340,7 +356,7 @@ def train_fold(state: FoldState, k: int, step) -> dict:
             continue
         t0 = time.perf_counter()
         zs = writers["zero_shot"]
-        res = run_fold(state.trainer, v, k, held, folds.test_subjects,
+        res = run_fold(state.trainer(v), v, k, held, folds.test_subjects,
                        folds.labels_of(state.ds, k, cfg.shuffle_labels, seed), seed,
                        stage.cfg.mae.mask_ratio, ckpt=zs.path(f"fold{k}.pt"), train_fp=tfp,
                        progress=step)
@@ -354,8 +370,8 @@ def run(stage: Stage) -> StageOutput:
     """Everything stage 03 does (see the module docstring)."""
     cfg, seed, log = stage.cfg.experts, stage.cfg.seed, stage.log
     state = fold_state(stage)
-    ds, folds, jobs, trainer, enc_cfg = (state.ds, state.folds, state.jobs, state.trainer,
-                                         state.enc_cfg)
+    ds, folds, jobs, enc_cfg = state.ds, state.folds, state.jobs, state.enc_cfg
+    trainer = next(iter(state.trainers.values()))  # the experts' size, whichever features
     for v, _, writers in jobs:
         if all(state.done(k, writers) for k in range(folds.n_folds)):
             log(f"{writers['zero_shot'].name}: unchanged, reusing "
@@ -387,8 +403,10 @@ def run(stage: Stage) -> StageOutput:
         "lopo_window_auc": {n: s.score for n, s in scores.items()},
         "window_samples": {n: list(s.window) if s.window else None
                            for n, s in scores.items()},
+        # [variant, init, training, tta], then True for an aligned variant
         "variants": {n: [v, VARIANTS[v].init, VARIANTS[v].training,
                          "tta" if r.meta["test_time_adaptation"] else "none"]
+                     + ([True] if VARIANTS[v].align else [])
                      for n, (v, r) in finished.items()},
         "expert_auc_by_channel": {n: dict(zip(ds.ch_names, a)) for n, a in expert_auc.items()},
         "tta_mae_loss_on_masked_tokens": tta_loss,
@@ -414,7 +432,7 @@ def _finish(writer: ResultWriter, variant: str, role: str, ds, cfg: ExpertsConfi
     tta = role == "tta"
     meta = {"registry": "experts", "variant": variant,
             "init_and_training": [VARIANTS[variant].init, VARIANTS[variant].training],
-            "test_time_adaptation": tta,
+            "test_time_adaptation": tta, "aligned": VARIANTS[variant].align,
             "params": dataclasses.asdict(cfg),
             "weights_by_fold": {f"S{s}": parts[s]["weights"].round(4).tolist()
                                 for s in parts}}
@@ -436,7 +454,8 @@ def evidence(m: dict, sfreq: float) -> str:
     """Stage 03's section of the run report."""
     rows = []
     for name, score in sorted(m["lopo_window_auc"].items(), key=lambda kv: -kv[1]):
-        v, init, training, tta = m["variants"][name]
+        v, init, training, tta, *align = m["variants"][name]
+        init += ", aligned input" if align else ""
         w = m["window_samples"][name]
         window = f"{1000 * w[0] / sfreq:.0f}-{1000 * (w[1] - 1) / sfreq:.0f}" if w else "none"
         rows.append(f"| `{name}` | {init} | {training} | {tta} | {score:.4f} | {window} |")

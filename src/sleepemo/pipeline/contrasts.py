@@ -8,9 +8,9 @@ the experts, the fusion), the **anchors** (stage-01 results of the braindecode n
 participant-bootstrap difference (:func:`sleepemo.pipeline.intervals.paired_difference`).
 
 **Ablations** are pairs of results that differ by one thing (:data:`CONTRASTS`, plus every
-``<name>_ea`` against ``<name>``: the Euclidean alignment); each pair present in the run
-is shown with its paired difference, so the report says which ingredient helps, hurts or
-cannot be told apart on these participants.
+Euclidean-aligned result against its unaligned twin, :func:`aligned_twin`); each pair
+present in the run is shown with its paired difference, so the report says which
+ingredient helps, hurts or cannot be told apart on these participants.
 """
 from __future__ import annotations
 
@@ -37,6 +37,16 @@ DESIGN_STAGES = ("mae", "experts", "fusion")
 #: registry names of the anchors: :data:`sleepemo.baselines.deep.ANCHORS` (a test keeps
 #: the two equal; the report does not import the family, so editing it retrains nothing)
 ANCHOR_MODELS = ("eegnet", "shallow_fbcsp", "conformer")
+
+
+def aligned_twin(label: str) -> str | None:
+    """The unaligned twin of a Euclidean-aligned result: ``<name>_ea`` -> ``<name>`` (the
+    baselines', the experts', the fusion's), and stage 03's adapted
+    ``experts_<variant>_ea_tta`` -> ``experts_<variant>_tta``; None for other labels."""
+    for suffix in ("_ea", "_ea_tta"):
+        if label.endswith(suffix):
+            return label[:-len(suffix)] + suffix[len("_ea"):]
+    return None
 
 
 def groups(table, listed) -> dict[str, list[str]]:
@@ -80,8 +90,8 @@ def section(table, listed, scores: dict, sfreq: float) -> str:
         rows.append(f"| best of {what} | `{best}` | {scores[best].score:.4f} | {d:+.4f} "
                     f"[{lo:+.4f}, {hi:+.4f}] | {_verdict(lo, hi)} |")
     pairs = [(a, b, w) for a, b, w in CONTRASTS if a in scores and b in scores]
-    pairs += [(m, m[:-3], "Euclidean alignment") for m in sorted(scores)
-              if m.endswith("_ea") and m[:-3] in scores]
+    pairs += [(m, aligned_twin(m), "Euclidean alignment") for m in sorted(scores)
+              if aligned_twin(m) in scores]
     lines = ["## The design's deep path against the deep anchors", "",
              f"The best anchor (braindecode networks, stage 01) is `{anchor}` "
              f"({scores[anchor].score:.4f}). Differences are paired participant-bootstrap "
