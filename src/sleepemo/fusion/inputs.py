@@ -267,22 +267,22 @@ class Inputs:
         """Stage 02/03's token features (the same cache), built on first use."""
         return self.band_cache(False)
 
+    def _cache(self, name: str, build) -> BandFeatureCache:
+        """The band-feature cache ``name``, built by ``build()`` on first use."""
+        if name not in self._caches:
+            self._caches[name] = build()
+        return self._caches[name]
+
     def band_cache(self, align: bool = False) -> BandFeatureCache:
         """The token features (``align``: of the aligned waveform), built on first use."""
-        name = "band_cache" + ALIGNED * align
-        if name not in self._caches:
-            self._caches[name] = built_band_cache(self.stage.out, self.ds, self.folds,
-                                                  self.mcfg, self.stage.progress, align)
-        return self._caches[name]
+        return self._cache("band_cache" + ALIGNED * align, lambda: built_band_cache(
+            self.stage.out, self.ds, self.folds, self.mcfg, self.stage.progress, align))
 
     def evoked_cache(self, align: bool = False) -> BandFeatureCache:
         """The evoked tokens' features (``align``: of the aligned waveform), built on
         first use."""
-        name = "evoked_cache" + ALIGNED * align
-        if name not in self._caches:
-            self._caches[name] = built_evoked_cache(self.stage.out, self.ds, self.folds,
-                                                    self.cfg, self.stage.progress, align)
-        return self._caches[name]
+        return self._cache("evoked_cache" + ALIGNED * align, lambda: built_evoked_cache(
+            self.stage.out, self.ds, self.folds, self.cfg, self.stage.progress, align))
 
     def evoked(self, align: bool = False) -> dict:
         """Every participant's evoked tokens (:func:`evoked_tokens`), every trial."""
