@@ -250,6 +250,104 @@ def test_label_shuffled_simulated_stacks_give_a_nested_score_about_chance(tmp_pa
         (nested, max(singles.values()))
 
 
+# ------------------------------------------------------------------ the nested best single
+#: predictions of 4 trials (labels 0, 0, 1, 1) with the AUC of the key
+_AUC_ORDER = {1.0: [.1, .2, .3, .4], .75: [.1, .3, .2, .4], .5: [.1, .4, .2, .3],
+              0.0: [.4, .3, .2, .1]}
+
+
+def _auc_stack(aucs: dict, n_times: int = 10) -> tuple[Stack, np.ndarray]:
+    """Participants 0, 1, 2 of 4 trials; model ``m``'s AUC on participant p is
+    ``aucs[m][p]`` at every timepoint (flat curves: a window AUC is then the mean of the
+    participants' AUCs when that is above 0.5, else 0.5)."""
+    subjects = np.repeat([0, 1, 2], 4)
+    preds = {m: np.repeat(np.concatenate([_AUC_ORDER[a] for a in v])[:, None], n_times,
+                          axis=1).astype(np.float32) for m, v in aucs.items()}
+    return Stack(preds, subjects), np.tile([0, 0, 1, 1], 3)
+
+
+def test_the_nested_best_single_model_is_chosen_per_fold_without_the_held_out_one():
+    """By hand (sfreq 100 Hz: windows of >= 5 samples; 10 flat samples here):
+
+    ======  ====  ====  ====
+    model   p0    p1    p2
+    ======  ====  ====  ====
+    m0      0     1     1
+    m1      .5    .75   1
+    m2      .5    1     1
+    ======  ====  ====  ====
+
+    Held p0 (tuning p1, p2): m0 1, m1 .875, m2 1 -> m0 (tie, first) -> p0 gets 0.
+    Held p1 (p0, p2): m0 .5 (no run above 0.5: 0.5), m1 .75, m2 .75 -> m1 (tie) -> .75.
+    Held p2 (p0, p1): m0 .5, m1 .625, m2 .75 -> m2 -> 1.
+    Nested best single: mean(0, .75, 1) = 7/12; the hindsight best, m2, scores 5/6.
+    Listing m2 before m1 breaks the p1 tie the other way: p1 gets 1, score 2/3."""
+    from sleepemo.ensemble.blend import curves_of, nested_best_single, single_scores
+
+    aucs = {"m0": [0.0, 1.0, 1.0], "m1": [.5, .75, 1.0], "m2": [.5, 1.0, 1.0]}
+    stack, y = _auc_stack(aucs)
+    curves = curves_of(stack, y)
+    fold1 = single_scores(curves, [0, 2], 5)
+    np.testing.assert_array_equal(fold1["m0"], [.5, .5])  # no window: 0.5 for each
+    np.testing.assert_array_equal(fold1["m1"], [.5, 1.0])
+    pred, chosen = nested_best_single(stack, y, 5, curves)
+    assert chosen == {0: "m0", 1: "m1", 2: "m2"}
+    for s, m in chosen.items():
+        np.testing.assert_array_equal(pred[stack.subjects == s],
+                                      stack.preds[m][stack.subjects == s])
+    assert score(y, pred, stack.subjects, 100.0) == pytest.approx(7 / 12)
+    assert score(y, stack.preds["m2"], stack.subjects, 100.0) == pytest.approx(5 / 6)
+    assert nested_best_single(stack, y, 5)[1] == chosen  # curves computed from the labels
+    swapped, _ = _auc_stack({m: aucs[m] for m in ("m0", "m2", "m1")})
+    pred, chosen = nested_best_single(swapped, y, 5)
+    assert chosen == {0: "m0", 1: "m2", 2: "m2"}
+    assert score(y, pred, stack.subjects, 100.0) == pytest.approx(2 / 3)
+
+
+def test_the_held_out_labels_cannot_change_the_nested_best_single_choice():
+    """Participant k's labels flipped or permuted (the curves computed from them, as the
+    stage does once for every fold): fold k's choice and predictions are unchanged, and
+    labels that include the held-out participant are refused."""
+    from sleepemo.ensemble.blend import best_single_held_out, curves_of, nested_best_single
+    from sleepemo.ensemble.sim import simulated_stack
+
+    stack, y = simulated_stack(WEAK, n_subjects=8, seed=2)
+    pred, chosen = nested_best_single(stack, y, 5, curves_of(stack, y))
+    rng = np.random.default_rng(0)
+    changed = 0
+    for held in stack.participants():
+        rows = stack.subjects == held
+        for new in (1 - y[rows], rng.permutation(y[rows])):
+            y2 = y.copy()
+            y2[rows] = new
+            pred2, chosen2 = nested_best_single(stack, y2, 5, curves_of(stack, y2))
+            assert chosen2[held] == chosen[held]
+            np.testing.assert_array_equal(pred2[rows], pred[rows])
+            changed += chosen2 != chosen  # (as a training participant it does count)
+    assert changed > 0
+    labels = {s: y[stack.subjects == s] for s in stack.participants()}
+    with pytest.raises(ValueError, match="is held out"):
+        best_single_held_out(stack, labels, 0, 5)
+
+
+def test_on_shuffled_labels_the_hindsight_best_single_is_optimistic_the_nested_is_not():
+    """The weak design's 20 models, labels permuted within participant (seeds 0-7): the
+    best of 20 LOPO scores sits well above chance (0.525-0.550), the nested best single
+    model near it (0.500-0.550, median 0.507): their difference is the hindsight pick's
+    optimism."""
+    from sleepemo.ensemble.blend import curves_of, nested_best_single
+    from sleepemo.ensemble.sim import simulated_stack
+
+    gaps, nested = [], []
+    for seed in range(8):
+        stack, y = simulated_stack(WEAK, seed=seed, shuffle_labels=True)
+        pred, _ = nested_best_single(stack, y, 5, curves_of(stack, y))
+        nested.append(score(y, pred, stack.subjects, 100.0))
+        gaps.append(max(score(y, p, stack.subjects, 100.0) for p in stack.preds.values())
+                    - nested[-1])
+    assert np.median(gaps) > 0.02 and np.median(nested) < 0.52, (gaps, nested)
+
+
 # ------------------------------------------------------------------ the stage
 def _fake_results(out, ds, folds, strengths: dict):
     """Results of the predictions contract: out-of-fold predictions carrying
