@@ -419,6 +419,39 @@ def test_stage_writes_the_nested_ensemble_through_the_contract(ens_run):
     assert len(list((stage.dir / "studies").glob("*.db"))) == folds.n_folds + 1
 
 
+def test_stage_reports_the_nested_best_single_model_with_paired_intervals(ens_run):
+    """metrics.json: the nested best single model (its score, one choice per fold among
+    the candidates) and the ensemble minus it and minus the hindsight best single model,
+    each inside its paired bootstrap interval; the report states both."""
+    from sleepemo.ensemble.stage import fold_state, nested_best_single
+    from sleepemo.io import read_json
+    from sleepemo.pipeline.artefacts import find
+    from sleepemo.pipeline.intervals import N_BOOT
+
+    stage, ds, folds, output, _ = ens_run
+    m = read_json(stage.dir / "metrics.json")
+    nbs = m["nested_best_single"]
+    assert [f["held_out"] for f in nbs["folds"]] == list(folds.train_subjects)
+    assert {f["model"] for f in nbs["folds"]} <= {"good", "weak", "noise_a", "noise_b"}
+    assert sum(nbs["counts"].values()) == folds.n_folds
+    oof, chosen = nested_best_single(fold_state(stage))
+    assert chosen == [f["model"] for f in nbs["folds"]]
+    assert nbs["score"] == pytest.approx(score(
+        np.concatenate([ds.train[s].y for s in folds.train_subjects]), oof,
+        np.repeat(folds.train_subjects, [folds.n_trials[s] for s in folds.train_subjects]),
+        ds.sfreq))
+    nested = find(stage.out, "ensemble").score()[0].score
+    for key, other in (("ensemble_minus_best_single", find(stage.out, "good").score()[0].score),
+                       ("ensemble_minus_nested_best_single", nbs["score"])):
+        d = m[key]
+        assert d["value"] == pytest.approx(nested - other) and d["n_boot"] == N_BOOT
+        assert d["low"] <= d["value"] <= d["high"] and d["low"] < d["high"], (key, d)
+    evidence = (stage.dir / "evidence.md").read_text()
+    assert "| nested best single model |" in evidence
+    assert "minus the nested best single model: " in evidence
+    assert "like-for-like comparator" in evidence
+
+
 def test_stage_resumes_a_lost_fold_and_reuses_a_finished_run(ens_run):
     from sleepemo.pipeline.stage import open_stage
     from sleepemo.ensemble import stage as ensemble
@@ -470,6 +503,25 @@ def test_held_out_labels_never_reach_the_nested_tuner(ens_run, tmp_path):
     np.testing.assert_array_equal(first["oof"], second["oof"])
     assert json.loads(str(first["settings"]))["params"] == \
         json.loads(str(second["settings"]))["params"]
+
+
+def test_held_out_labels_never_reach_the_stages_nested_best_single(ens_run):
+    """The stage's nested best single model with participant k's labels flipped: fold k
+    chooses the same model (the curves recomputed from the flipped labels)."""
+    from sleepemo.ensemble.stage import fold_state, nested_best_single
+
+    stage, ds, folds, _, _ = ens_run
+    state = fold_state(stage)
+    state.ds = ds
+    for k in (0, folds.n_folds - 1):
+        def choices():
+            state.__dict__.pop("curves", None)
+            return nested_best_single(state)
+
+        (oof, first), (oof2, second) = with_flipped_labels(ds, folds.held_out(k), choices)
+        assert first[k] == second[k]
+        rows = state.stack.subjects == folds.held_out(k)
+        np.testing.assert_array_equal(oof[rows], oof2[rows])
 
 
 def test_label_shuffled_ensemble_of_noise_scores_about_chance(smoke_dir, tmp_path):
