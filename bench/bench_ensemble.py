@@ -16,12 +16,17 @@ For each design and seed, the nested score (outer leave-one-participant-out arou
 ``OptunaBlend.fit``, :func:`sleepemo.ensemble.blend.nested_predict`, the loop stage 06 runs)
 of each search (``compact``: the default, with its one-standard-error choice; ``full``: the
 per-model search) and the best single model's LOPO score (the highest of the stack's
-models, chosen on all 14 participants, as stage 06's report and stage 07 compare). The
+models, chosen on all 14 participants, as stage 06's report and stage 07 compare: in
+hindsight, so optimistic), and the *nested best single model*'s score
+(:func:`sleepemo.ensemble.blend.nested_best_single`: per fold, the model with the best
+score on the 13 tuning participants; numpy only, the like-for-like reference). The
 simulation's settings were fixed from the single models' scores only (informative models
 at about 0.55-0.60 on ``weak``, the noise models' maximum at about 0.53-0.56), before any
 blend was run. Each study is seeded, so the numbers are reproducible.
 
 Results go to ``bench/results/ensemble-sim.json`` and stdout (medians across seeds).
+``--merge`` adds the nested best single model to earlier rows without it (recomputed from
+the design and seed; refused if the stack's best single score is not the row's).
 """
 from __future__ import annotations
 
@@ -37,7 +42,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from sleepemo.ensemble.blend import OptunaBlend, curves_of, nested_predict, score  # noqa: E402
+from sleepemo.ensemble.blend import (OptunaBlend, curves_of, nested_best_single,  # noqa: E402
+                                     nested_predict, score)
+from sleepemo.metric import default_min_run  # noqa: E402
 from sleepemo.ensemble.sim import simulated_stack  # noqa: E402
 
 SFREQ = 100.0
@@ -70,6 +77,18 @@ def nested(stack, y, search: str, n_trials: int, top_k: int, folder: Path) -> di
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
+def singles(design: str, seed: int) -> dict:
+    """The hindsight and the nested best single model of one design and seed."""
+    strengths, shuffle = DESIGNS[design]
+    stack, y = simulated_stack(strengths, seed=seed, shuffle_labels=shuffle)
+    alone = {m: score(y, p, stack.subjects, SFREQ) for m, p in stack.preds.items()}
+    best = max(alone, key=alone.get)
+    pred, chosen = nested_best_single(stack, y, default_min_run(SFREQ), curves_of(stack, y))
+    return {"best_single": best, "best_single_lopo": alone[best],
+            "nested_best_single": score(y, pred, stack.subjects, SFREQ),
+            "nested_best_single_models": sorted(set(chosen.values()))}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -89,14 +108,18 @@ def main(argv=None) -> int:
         rows.sort(key=lambda r: (list(DESIGNS).index(r["design"]), r["seed"]))
         args.designs = [d for d in DESIGNS if any(r["design"] == d for r in rows)]
         args.seeds = sorted({r["seed"] for r in rows})
+        for r in rows:
+            if "nested_best_single" not in r:
+                again = singles(r["design"], r["seed"])
+                if abs(again["best_single_lopo"] - r["best_single_lopo"]) > 1e-9:
+                    raise SystemExit(f"{r['design']} seed {r['seed']}: the simulated stack "
+                                     "is not the one of this row")
+                r.update(again)
     for design in args.designs if not args.merge else []:
         strengths, shuffle = DESIGNS[design]
         for seed in args.seeds:
             stack, y = simulated_stack(strengths, seed=seed, shuffle_labels=shuffle)
-            singles = {m: score(y, p, stack.subjects, SFREQ) for m, p in stack.preds.items()}
-            best = max(singles, key=singles.get)
-            row = {"design": design, "seed": seed, "best_single": best,
-                   "best_single_lopo": singles[best]}
+            row = {"design": design, "seed": seed, **singles(design, seed)}
             with tempfile.TemporaryDirectory() as tmp:
                 for search in ("compact", "full"):
                     row[search] = nested(stack, y, search, args.n_trials, args.top_k,
@@ -109,11 +132,16 @@ def main(argv=None) -> int:
         summary[design] = {"seeds": [r["seed"] for r in mine]}
         best = np.array([r["best_single_lopo"] for r in mine])
         summary[design]["best_single_lopo"] = float(np.median(best))
+        nested_single = np.array([r["nested_best_single"] for r in mine])
+        summary[design]["nested_best_single"] = float(np.median(nested_single))
+        summary[design]["best_single_minus_nested_best_single"] = float(
+            np.median(best - nested_single))
         for search in ("compact", "full"):
             got = np.array([r[search]["nested"] for r in mine])
             summary[design][search] = {
                 "nested": float(np.median(got)),
                 "nested_minus_best_single": float(np.median(got - best)),
+                "nested_minus_nested_best_single": float(np.median(got - nested_single)),
                 "seeds_at_or_above_best_single_minus_0.01": int(np.sum(got >= best - 0.01)),
                 "folds_with_one_model": float(np.median(
                     [r[search]["folds_with_one_model"] for r in mine]))}

@@ -250,6 +250,104 @@ def test_label_shuffled_simulated_stacks_give_a_nested_score_about_chance(tmp_pa
         (nested, max(singles.values()))
 
 
+# ------------------------------------------------------------------ the nested best single
+#: predictions of 4 trials (labels 0, 0, 1, 1) with the AUC of the key
+_AUC_ORDER = {1.0: [.1, .2, .3, .4], .75: [.1, .3, .2, .4], .5: [.1, .4, .2, .3],
+              0.0: [.4, .3, .2, .1]}
+
+
+def _auc_stack(aucs: dict, n_times: int = 10) -> tuple[Stack, np.ndarray]:
+    """Participants 0, 1, 2 of 4 trials; model ``m``'s AUC on participant p is
+    ``aucs[m][p]`` at every timepoint (flat curves: a window AUC is then the mean of the
+    participants' AUCs when that is above 0.5, else 0.5)."""
+    subjects = np.repeat([0, 1, 2], 4)
+    preds = {m: np.repeat(np.concatenate([_AUC_ORDER[a] for a in v])[:, None], n_times,
+                          axis=1).astype(np.float32) for m, v in aucs.items()}
+    return Stack(preds, subjects), np.tile([0, 0, 1, 1], 3)
+
+
+def test_the_nested_best_single_model_is_chosen_per_fold_without_the_held_out_one():
+    """By hand (sfreq 100 Hz: windows of >= 5 samples; 10 flat samples here):
+
+    ======  ====  ====  ====
+    model   p0    p1    p2
+    ======  ====  ====  ====
+    m0      0     1     1
+    m1      .5    .75   1
+    m2      .5    1     1
+    ======  ====  ====  ====
+
+    Held p0 (tuning p1, p2): m0 1, m1 .875, m2 1 -> m0 (tie, first) -> p0 gets 0.
+    Held p1 (p0, p2): m0 .5 (no run above 0.5: 0.5), m1 .75, m2 .75 -> m1 (tie) -> .75.
+    Held p2 (p0, p1): m0 .5, m1 .625, m2 .75 -> m2 -> 1.
+    Nested best single: mean(0, .75, 1) = 7/12; the hindsight best, m2, scores 5/6.
+    Listing m2 before m1 breaks the p1 tie the other way: p1 gets 1, score 2/3."""
+    from sleepemo.ensemble.blend import curves_of, nested_best_single, single_scores
+
+    aucs = {"m0": [0.0, 1.0, 1.0], "m1": [.5, .75, 1.0], "m2": [.5, 1.0, 1.0]}
+    stack, y = _auc_stack(aucs)
+    curves = curves_of(stack, y)
+    fold1 = single_scores(curves, [0, 2], 5)
+    np.testing.assert_array_equal(fold1["m0"], [.5, .5])  # no window: 0.5 for each
+    np.testing.assert_array_equal(fold1["m1"], [.5, 1.0])
+    pred, chosen = nested_best_single(stack, y, 5, curves)
+    assert chosen == {0: "m0", 1: "m1", 2: "m2"}
+    for s, m in chosen.items():
+        np.testing.assert_array_equal(pred[stack.subjects == s],
+                                      stack.preds[m][stack.subjects == s])
+    assert score(y, pred, stack.subjects, 100.0) == pytest.approx(7 / 12)
+    assert score(y, stack.preds["m2"], stack.subjects, 100.0) == pytest.approx(5 / 6)
+    assert nested_best_single(stack, y, 5)[1] == chosen  # curves computed from the labels
+    swapped, _ = _auc_stack({m: aucs[m] for m in ("m0", "m2", "m1")})
+    pred, chosen = nested_best_single(swapped, y, 5)
+    assert chosen == {0: "m0", 1: "m2", 2: "m2"}
+    assert score(y, pred, stack.subjects, 100.0) == pytest.approx(2 / 3)
+
+
+def test_the_held_out_labels_cannot_change_the_nested_best_single_choice():
+    """Participant k's labels flipped or permuted (the curves computed from them, as the
+    stage does once for every fold): fold k's choice and predictions are unchanged, and
+    labels that include the held-out participant are refused."""
+    from sleepemo.ensemble.blend import best_single_held_out, curves_of, nested_best_single
+    from sleepemo.ensemble.sim import simulated_stack
+
+    stack, y = simulated_stack(WEAK, n_subjects=8, seed=2)
+    pred, chosen = nested_best_single(stack, y, 5, curves_of(stack, y))
+    rng = np.random.default_rng(0)
+    changed = 0
+    for held in stack.participants():
+        rows = stack.subjects == held
+        for new in (1 - y[rows], rng.permutation(y[rows])):
+            y2 = y.copy()
+            y2[rows] = new
+            pred2, chosen2 = nested_best_single(stack, y2, 5, curves_of(stack, y2))
+            assert chosen2[held] == chosen[held]
+            np.testing.assert_array_equal(pred2[rows], pred[rows])
+            changed += chosen2 != chosen  # (as a training participant it does count)
+    assert changed > 0
+    labels = {s: y[stack.subjects == s] for s in stack.participants()}
+    with pytest.raises(ValueError, match="is held out"):
+        best_single_held_out(stack, labels, 0, 5)
+
+
+def test_on_shuffled_labels_the_hindsight_best_single_is_optimistic_the_nested_is_not():
+    """The weak design's 20 models, labels permuted within participant (seeds 0-7): the
+    best of 20 LOPO scores sits well above chance (0.525-0.550), the nested best single
+    model near it (0.500-0.550, median 0.507): their difference is the hindsight pick's
+    optimism."""
+    from sleepemo.ensemble.blend import curves_of, nested_best_single
+    from sleepemo.ensemble.sim import simulated_stack
+
+    gaps, nested = [], []
+    for seed in range(8):
+        stack, y = simulated_stack(WEAK, seed=seed, shuffle_labels=True)
+        pred, _ = nested_best_single(stack, y, 5, curves_of(stack, y))
+        nested.append(score(y, pred, stack.subjects, 100.0))
+        gaps.append(max(score(y, p, stack.subjects, 100.0) for p in stack.preds.values())
+                    - nested[-1])
+    assert np.median(gaps) > 0.02 and np.median(nested) < 0.52, (gaps, nested)
+
+
 # ------------------------------------------------------------------ the stage
 def _fake_results(out, ds, folds, strengths: dict):
     """Results of the predictions contract: out-of-fold predictions carrying
@@ -321,6 +419,39 @@ def test_stage_writes_the_nested_ensemble_through_the_contract(ens_run):
     assert len(list((stage.dir / "studies").glob("*.db"))) == folds.n_folds + 1
 
 
+def test_stage_reports_the_nested_best_single_model_with_paired_intervals(ens_run):
+    """metrics.json: the nested best single model (its score, one choice per fold among
+    the candidates) and the ensemble minus it and minus the hindsight best single model,
+    each inside its paired bootstrap interval; the report states both."""
+    from sleepemo.ensemble.stage import fold_state, nested_best_single
+    from sleepemo.io import read_json
+    from sleepemo.pipeline.artefacts import find
+    from sleepemo.pipeline.intervals import N_BOOT
+
+    stage, ds, folds, output, _ = ens_run
+    m = read_json(stage.dir / "metrics.json")
+    nbs = m["nested_best_single"]
+    assert [f["held_out"] for f in nbs["folds"]] == list(folds.train_subjects)
+    assert {f["model"] for f in nbs["folds"]} <= {"good", "weak", "noise_a", "noise_b"}
+    assert sum(nbs["counts"].values()) == folds.n_folds
+    oof, chosen = nested_best_single(fold_state(stage))
+    assert chosen == [f["model"] for f in nbs["folds"]]
+    assert nbs["score"] == pytest.approx(score(
+        np.concatenate([ds.train[s].y for s in folds.train_subjects]), oof,
+        np.repeat(folds.train_subjects, [folds.n_trials[s] for s in folds.train_subjects]),
+        ds.sfreq))
+    nested = find(stage.out, "ensemble").score()[0].score
+    for key, other in (("ensemble_minus_best_single", find(stage.out, "good").score()[0].score),
+                       ("ensemble_minus_nested_best_single", nbs["score"])):
+        d = m[key]
+        assert d["value"] == pytest.approx(nested - other) and d["n_boot"] == N_BOOT
+        assert d["low"] <= d["value"] <= d["high"] and d["low"] < d["high"], (key, d)
+    evidence = (stage.dir / "evidence.md").read_text()
+    assert "| nested best single model |" in evidence
+    assert "minus the nested best single model: " in evidence
+    assert "like-for-like comparator" in evidence
+
+
 def test_stage_resumes_a_lost_fold_and_reuses_a_finished_run(ens_run):
     from sleepemo.pipeline.stage import open_stage
     from sleepemo.ensemble import stage as ensemble
@@ -372,6 +503,25 @@ def test_held_out_labels_never_reach_the_nested_tuner(ens_run, tmp_path):
     np.testing.assert_array_equal(first["oof"], second["oof"])
     assert json.loads(str(first["settings"]))["params"] == \
         json.loads(str(second["settings"]))["params"]
+
+
+def test_held_out_labels_never_reach_the_stages_nested_best_single(ens_run):
+    """The stage's nested best single model with participant k's labels flipped: fold k
+    chooses the same model (the curves recomputed from the flipped labels)."""
+    from sleepemo.ensemble.stage import fold_state, nested_best_single
+
+    stage, ds, folds, _, _ = ens_run
+    state = fold_state(stage)
+    state.ds = ds
+    for k in (0, folds.n_folds - 1):
+        def choices():
+            state.__dict__.pop("curves", None)
+            return nested_best_single(state)
+
+        (oof, first), (oof2, second) = with_flipped_labels(ds, folds.held_out(k), choices)
+        assert first[k] == second[k]
+        rows = state.stack.subjects == folds.held_out(k)
+        np.testing.assert_array_equal(oof[rows], oof2[rows])
 
 
 def test_label_shuffled_ensemble_of_noise_scores_about_chance(smoke_dir, tmp_path):

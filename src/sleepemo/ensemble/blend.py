@@ -53,7 +53,10 @@ Nothing in ``predict`` reads a label. The **nested score** (stage 06; :func:`nes
 for a plain stack) wraps ``fit`` in an outer leave-one-participant-out loop
 (:func:`fit_held_out`): tune on 13 participants' out-of-fold predictions, predict the
 14th; the tuned score (the kept trial's value on all 14) is optimistic, the nested one is
-the expected score of the procedure.
+the expected score of the procedure. Its like-for-like reference is the **nested best
+single model** (:func:`best_single_held_out`, :func:`nested_best_single`): in each outer
+fold, the one model with the best score on the tuning participants (what the compact
+search's "best model alone" is) predicts the held-out participant.
 """
 from __future__ import annotations
 
@@ -196,10 +199,30 @@ def participant_scores(pack, params: dict, models: list[str], min_run: int) -> n
     over the blend's window (that of the participants' mean curve); 0.5 without one. Their
     mean is the blend's window AUC."""
     parts = list(dict.fromkeys(np.asarray(pack["subjects"]).tolist()))
-    curves = np.asarray(_participant_curves(pack, params, models, parts), dtype=float)
+    return window_means(_participant_curves(pack, params, models, parts), min_run)
+
+
+def window_means(curves, min_run: int) -> np.ndarray:
+    """Per-participant scores over a common window.
+
+    Parameters
+    ----------
+    curves : array-like, shape (n_participants, n_times)
+        Each participant's per-timepoint AUC curve.
+    min_run : int
+        The metric's shortest run in samples.
+
+    Returns
+    -------
+    np.ndarray, shape (n_participants,)
+        Each curve averaged over the window of the participants' mean curve (the metric's
+        window, :func:`~sleepemo.metric.score_from_curve`); 0.5 for every participant
+        without one. Their mean is the window AUC of the participants.
+    """
+    curves = np.asarray(curves, dtype=float)
     _, window = score_from_curve(curves.mean(0), min_run)
     if window is None:
-        return np.full(len(parts), 0.5)
+        return np.full(len(curves), 0.5)
     return curves[:, window[0]:window[1]].mean(1)
 
 
@@ -465,6 +488,13 @@ def fit_held_out(est: OptunaBlend, stack: Stack, labels: dict, held,
     (participant -> its labels, in the stack's row order; the held-out one refused) and
     predict participant ``held``'s trials. Stage 06's nested folds and
     :func:`nested_predict` both run this."""
+    est.fit(*_tuning_rows(stack, labels, held), curves)
+    return est.predict(stack.rows([held]))
+
+
+def _tuning_rows(stack: Stack, labels: dict, held) -> tuple[Stack, np.ndarray]:
+    """The stack's rows of the participants of ``labels`` and their labels, concatenated;
+    refused when ``labels`` holds participant ``held`` or does not follow the rows."""
     if held in labels:
         raise ValueError(f"participant {held} is held out: its labels must not reach the "
                          "tuner")
@@ -473,8 +503,7 @@ def fit_held_out(est: OptunaBlend, stack: Stack, labels: dict, held,
     if not np.array_equal(rows.subjects, np.repeat(tune, [len(labels[s]) for s in tune])):
         raise ValueError("the labels must follow the stack's rows: one block per "
                          "participant, in its order")
-    est.fit(rows, np.concatenate([labels[s] for s in tune]), curves)
-    return est.predict(stack.rows([held]))
+    return rows, np.concatenate([labels[s] for s in tune])
 
 
 def nested_predict(make, stack: Stack, y: np.ndarray, curves: dict | None = None
@@ -489,3 +518,77 @@ def nested_predict(make, stack: Stack, y: np.ndarray, curves: dict | None = None
         labels = {s: y[stack.subjects == s] for s in parts if s != held}
         out[stack.subjects == held] = fit_held_out(make(held), stack, labels, held, curves)
     return out
+
+
+# ------------------------------------------------------------------ the nested best single model
+def single_scores(curves: dict, parts: list, min_run: int) -> dict:
+    """Every model alone, per participant of ``parts``.
+
+    Parameters
+    ----------
+    curves : dict
+        Model -> participant -> its per-timepoint AUC curve (:func:`curves_of`); only the
+        participants of ``parts`` are read.
+    parts : list
+        The participants scored.
+    min_run : int
+        The metric's shortest run in samples.
+
+    Returns
+    -------
+    dict
+        Model -> array (len(parts),): each participant's curve averaged over the model's
+        window on ``parts`` (:func:`window_means`). The mean is the model's window AUC on
+        ``parts``: the score :meth:`OptunaBlend.fit` ranks its candidates by.
+    """
+    return {m: window_means([by_part[s] for s in parts], min_run)
+            for m, by_part in curves.items()}
+
+
+def best_single_held_out(stack: Stack, labels: dict, held, min_run: int,
+                         curves: dict | None = None) -> tuple[str, np.ndarray]:
+    """One outer fold of the *nested best single model*: choose one of ``stack``'s models
+    on the participants of ``labels`` only (participant -> its labels, in the stack's row
+    order; the held-out one refused) and predict participant ``held`` with it.
+
+    The model chosen has the highest mean :func:`single_scores` over those participants
+    (ties: the first in the stack's order); its held-out predictions are its own
+    out-of-fold ones, unchanged. ``curves`` as in :meth:`OptunaBlend.fit` (computed from
+    ``labels`` when None). Returns ``(model, predictions of held's trials)``.
+    """
+    rows, y = _tuning_rows(stack, labels, held)
+    if curves is None:
+        curves = curves_of(rows, y)
+    means = {m: float(v.mean()) for m, v in
+             single_scores({m: curves[m] for m in stack.models}, list(labels),
+                           min_run).items()}
+    choice = max(stack.models, key=means.__getitem__)  # max keeps the first of equals
+    return choice, np.asarray(stack.preds[choice])[stack.subjects == held]
+
+
+def nested_best_single(stack: Stack, y: np.ndarray, min_run: int,
+                       curves: dict | None = None) -> tuple[np.ndarray, dict]:
+    """The nested best single model of a plain stack (rows in one block per participant):
+    for each participant, the model :func:`best_single_held_out` chooses on the others.
+
+    The hindsight best single model (the best LOPO score over every participant) is chosen
+    on the participants it is scored on, so with many candidates and a weak signal its
+    score is optimistic (the highest of several noisy scores); this one is chosen as the
+    nested ensemble is, and is scored like it (:func:`score` of the predictions).
+
+    Returns
+    -------
+    pred : np.ndarray, shape (n_trials, n_times)
+        Each participant's trials predicted by the model chosen without its labels.
+    chosen : dict
+        Participant -> the model chosen for it.
+    """
+    y = np.asarray(y)
+    parts = stack.participants()
+    out = np.zeros(np.shape(next(iter(stack.preds.values()))), dtype=np.float32)
+    chosen = {}
+    for held in parts:
+        labels = {s: y[stack.subjects == s] for s in parts if s != held}
+        chosen[held], out[stack.subjects == held] = best_single_held_out(
+            stack, labels, held, min_run, curves)
+    return out, chosen

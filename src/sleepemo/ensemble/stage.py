@@ -15,10 +15,18 @@ ensembler is :class:`sleepemo.ensemble.blend.OptunaBlend` (its docstring has the
   shows both side by side; the expected score of a submission is the nested one.
 - **Test predictions**: the final ensembler's, applied to the test participants' test
   predictions of its models (per-participant normalisation, label-free).
+- **Best single model, hindsight and nested**: the best single model's LOPO score
+  (:func:`sleepemo.pipeline.choice.best_single`) is chosen on the 14 participants it is
+  scored on, so it is optimistic; the *nested best single model* is its honest twin
+  (:func:`nested_best_single`): in fold k, the candidate with the best score on fold k's
+  training participants predicts participant k (numpy only, recomputed by the report).
+  The report gives the ensemble's nested score minus each, with paired participant-
+  bootstrap 95% intervals (:func:`sleepemo.pipeline.intervals.paired_difference`).
 
 Every study is resumable (an SQLite file per study under ``06_ensemble/studies/`` by
 default, or ``ensemble.storage``, any SQLAlchemy URL); a finished fold is not tuned again.
-Stage 07 submits the ensemble when its nested score beats the best single model's LOPO.
+Stage 07 submits the ensemble when its nested score beats the best single model's LOPO
+(the hindsight one: the comparison with the nested one is reported, not acted on).
 """
 from __future__ import annotations
 
@@ -26,17 +34,21 @@ import dataclasses
 import functools
 import json
 import time
+from collections import Counter
 
 import numpy as np
 
 from sleepemo.config import fields_affecting
-from sleepemo.ensemble.blend import OptunaBlend, Stack, curves_of, fit_held_out
+from sleepemo.ensemble.blend import (OptunaBlend, Stack, best_single_held_out, curves_of,
+                                     fit_held_out)
 from sleepemo.io import read_json
+from sleepemo.metric import default_min_run
 from sleepemo.pipeline.artefacts import (Planned, ResultWriter, code_hash, fingerprint,
-                                         listing, results)
+                                         listing, results, score_oof)
 from sleepemo.pipeline.evidence import plot_curves, pyplot, results_table, save_figure
 from sleepemo.pipeline.choice import best_single
 from sleepemo.pipeline.executor import run_folds
+from sleepemo.pipeline.intervals import N_BOOT, paired_difference
 from sleepemo.pipeline.stage import Stage, StageOutput
 from sleepemo.progress import bar
 
@@ -151,6 +163,26 @@ def tune_fold(state: FoldState, k: int, step) -> dict:
     return {"seconds": time.perf_counter() - t0}
 
 
+def nested_best_single(state: FoldState) -> tuple[np.ndarray, list[str]]:
+    """The nested best single model: out-of-fold predictions (the training participants'
+    rows, as the stack's) and the model each fold k chose. Fold k chooses among the
+    ensemble's candidates with fold k's training participants' labels only
+    (:meth:`Folds.labels_of`, permuted as the nested studies' are with
+    ``ensemble.shuffle_labels``), by :func:`sleepemo.ensemble.blend.best_single_held_out`,
+    and predicts participant k with that model's out-of-fold predictions."""
+    folds, cfg = state.folds, state.stage.cfg.ensemble
+    min_run = default_min_run(state.ds.sfreq)
+    oof = np.zeros(np.shape(state.stack.preds[state.models[0]]), dtype=np.float32)
+    chosen = []
+    for k in range(folds.n_folds):
+        held = folds.held_out(k)
+        labels = folds.labels_of(state.ds, k, cfg.shuffle_labels, state.stage.cfg.seed)
+        model, pred = best_single_held_out(state.stack, labels, held, min_run, state.curves)
+        oof[state.stack.subjects == held] = pred
+        chosen.append(model)
+    return oof, chosen
+
+
 def run(stage: Stage) -> StageOutput:
     """Everything stage 06 does (see the module docstring)."""
     cfg, seed = stage.cfg.ensemble, stage.cfg.seed
@@ -194,18 +226,23 @@ def run(stage: Stage) -> StageOutput:
 def _report(stage: Stage, state: FoldState, final: OptunaBlend, result, parts: dict,
             fold_seconds: list, final_seconds: float) -> StageOutput:
     folds, ds = state.folds, state.ds
-    best, lopo = best_single(results_table(results(stage.out))[0])
+    listed = results(stage.out)
+    best, lopo = best_single(results_table(listed)[0])
     score = result.score()[0]
+    singles = _compare_singles(state, score,
+                               next(r for r in listed if r.label == best).score()[0])
     nested, tuned = float(score.score), float(final.best_score_)
     nested_tuned = [float(parts[folds.held_out(k)]["tuned"]) for k in range(folds.n_folds)]
     guards = [json.loads(str(parts[folds.held_out(k)]["settings"])).get("guard")
               for k in range(folds.n_folds)]
     search = stage.cfg.ensemble.search
+    nbs = singles["nested_best_single"]
     metrics = {
         "nested": nested, "tuned": tuned,
         "nested_fold_tuned_median": float(np.median(nested_tuned)),
         "best_single": {"model": best, "lopo": lopo},
         "beats_best_single": nested > lopo,
+        **singles,
         "n_candidates": len(state.models), "final_candidates": final.candidates_,
         "final_params": final.params_, "n_trials": stage.cfg.ensemble.n_trials,
         "search": search, "final_guard": final.guard_,
@@ -234,11 +271,24 @@ def _report(stage: Stage, state: FoldState, final: OptunaBlend, result, parts: d
         "score |",
         f"| nested folds' own tuned scores | {metrics['nested_fold_tuned_median']:.4f} "
         f"(median) | each nested study's kept trial on its {n - 1} participants |",
-        f"| best single model ({best}) | {lopo:.4f} | its LOPO score |",
+        f"| best single model ({best}) | {lopo:.4f} | its LOPO score (chosen in hindsight, "
+        f"on all {n} participants) |",
+        f"| nested best single model | {nbs['score']:.4f} | per fold, the candidate with the "
+        f"best score on the fold's {n - 1} training participants predicts the held-out one "
+        f"({_counts_text(nbs['counts'])}) |",
         "",
         f"The ensemble's nested score {verdict} the best single model's LOPO "
         f"({nested:.4f} vs {lopo:.4f}); stage 07 submits "
         + ("the ensemble." if metrics["beats_best_single"] else "the best single model."),
+        "",
+        "Ensemble (nested) minus the best single model: "
+        f"{_diff_text(metrics['ensemble_minus_best_single'])}; minus the nested best single "
+        f"model: {_diff_text(metrics['ensemble_minus_nested_best_single'])} (paired "
+        f"participant-bootstrap intervals, {N_BOOT} draws, `sleepemo.pipeline.intervals`). "
+        f"The best single model is picked after seeing the scores of all {n} participants "
+        "it is scored on, so its LOPO is optimistic (the highest of several noisy scores); "
+        "the nested best single model is picked in each fold without the held-out "
+        "participant, as the ensemble is tuned, so it is the like-for-like comparator.",
         "",
         "Final settings (normalisation `" + final.params_["norm"] + "`): " + ", ".join(
             f"`{m}` w {p['w']:.2f}, smooth {p['smooth']}, broadcast {p['broadcast']:.2f}"
@@ -251,8 +301,40 @@ def _report(stage: Stage, state: FoldState, final: OptunaBlend, result, parts: d
         lines.append(f"\nMedian seconds per nested study: {metrics['median_fold_seconds']:.1f}; "
                      f"final study: {final_seconds:.1f}.")
     summary = (f"ensemble: nested {nested:.4f}, tuned {tuned:.4f}; best single "
-               f"{best} {lopo:.4f}")
+               f"{best} {lopo:.4f}, nested best single {nbs['score']:.4f}")
     return StageOutput(metrics, summary, "\n".join(lines))
+
+
+def _compare_singles(state: FoldState, ensemble, hindsight) -> dict:
+    """The metrics comparing the ensemble with single models: the nested best single
+    model (:func:`nested_best_single`; its score, each fold's choice, how often each model
+    was chosen) and the ensemble's nested score minus the hindsight and the nested best
+    single model's, each ``{"value", "low", "high"}`` with its paired 95% participant-
+    bootstrap interval. ``ensemble``, ``hindsight``: their
+    :class:`~sleepemo.metric.WindowAUC`."""
+    folds = state.folds
+    oof, chosen = nested_best_single(state)
+    scores = {"ensemble": ensemble, "best_single": hindsight,
+              "nested_best_single": score_oof(oof, state.ds, folds)}  # (as the ensemble's)
+    out = {"nested_best_single": {
+        "score": float(scores["nested_best_single"].score),
+        "folds": [{"fold": k, "held_out": int(folds.held_out(k)), "model": m}
+                  for k, m in enumerate(chosen)],
+        "counts": dict(Counter(chosen).most_common())}}
+    for other in ("best_single", "nested_best_single"):
+        value, low, high = paired_difference(scores, "ensemble", other, state.ds.sfreq)
+        out[f"ensemble_minus_{other}"] = {"value": value, "low": low, "high": high,
+                                          "n_boot": N_BOOT}
+    return out
+
+
+def _diff_text(d: dict) -> str:
+    return f"{d['value']:+.4f}, 95% interval {d['low']:+.4f} to {d['high']:+.4f}"
+
+
+def _counts_text(counts: dict) -> str:
+    """How often each model was chosen, e.g. "`a` in 9 folds, `b` in 5 folds"."""
+    return ", ".join(f"`{m}` in {c} fold{'s' * (c != 1)}" for m, c in counts.items())
 
 
 SEARCH_TEXT = {
