@@ -191,7 +191,8 @@ class DeepAnchor(BaselineModel):
     def _logits(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Every crop's logit, (n_trials, n_crops), and the crops' centres in samples of
         the decimated trial."""
-        X = np.asarray(feats, dtype=np.float32)
+        # a writable copy: the features may be a read-only cache, which torch warns about
+        X = np.array(feats, dtype=np.float32)
         n_times, crop, stride = X.shape[-1], int(self.crop), int(self.stride)
         self._check(n_times)
         starts = list(range(0, n_times - crop + 1, stride))
