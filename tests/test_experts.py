@@ -204,20 +204,35 @@ def test_fold_workers_give_the_serial_results(smoke_stage, tmp_path):
                         ("oof.npy", "test.npy", "oof_experts.npy"))
 
 
-@pytest.mark.parametrize("variant", ["mae_fomaml", "mae_supervised", "random_fomaml",
-                                     "mae_fomaml_ea"])
-def test_held_out_labels_never_reach_the_fitted_experts(small_dir, tmp_path, variant):
+HELD_OUT_VARIANTS = ("mae_fomaml", "mae_supervised", "random_fomaml", "mae_fomaml_ea")
+TTA_VARIANTS = ("mae_fomaml", "mae_fomaml_ea")
+
+
+@pytest.fixture(scope="module")
+def every_variant(small_dir, tmp_path_factory):
+    """Stage 03's fold state (its data, band features and trainers) with every variant
+    and test-time adaptation for the MAE-initialised FOMAML ones: built once for the
+    held-out label checks, which train fold 0 themselves."""
+    from sleepemo.experts.stage import fold_state
+
+    stage, ds, folds = _stage(tmp_path_factory.mktemp("experts_variants"), small_dir,
+                              variants=f"[{', '.join(HELD_OUT_VARIANTS)}]",
+                              tta_variants=f"[{', '.join(TTA_VARIANTS)}]")
+    return fold_state(stage), ds, folds
+
+
+@pytest.mark.parametrize("variant", HELD_OUT_VARIANTS)
+def test_held_out_labels_never_reach_the_fitted_experts(every_variant, variant):
     """Fold 0 with the held-out participant's labels flipped gives bit-identical
     predictions, and a label dict that includes the held-out participant is refused.
     The trainer is the stage's (:func:`fold_state`: the aligned variant's reads the
     aligned band features)."""
-    from sleepemo.experts.stage import VARIANTS, fold_state, run_fold
+    from sleepemo.experts.stage import VARIANTS, run_fold
 
-    tta = variant in ("mae_fomaml", "mae_fomaml_ea")
-    stage, ds, folds = _stage(tmp_path, small_dir, variants=f"[{variant}]",
-                              tta_variants=f"[{variant}]" if tta else "[]")
+    tta = variant in TTA_VARIANTS
+    state, ds, folds = every_variant
     torch.set_num_threads(1)
-    trainer = fold_state(stage).trainer(variant)
+    trainer = state.trainer(variant)
     assert trainer.enc_cfg.n_times == 25  # 200 samples pooled by experts.stride 8
     held = folds.held_out(0)
 

@@ -50,6 +50,23 @@ FORMATS = {"v73_dense": "MATLAB v7.3 file (dense trials)",
 TIMEOUT_S = 30  # a read that takes this long is a hang
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _subnormal_floats():
+    """Hypothesis draws floats only where subnormal floats exist, and a PyTorch stage run
+    earlier in this process (``Stage.run`` -> ``flush_denormals``) leaves flush-to-zero
+    on process-wide: off for this module's tests, put back afterwards."""
+    import torch
+
+    def flushed(tiny=5e-324):  # (an argument: not folded at compile time)
+        return tiny * 1.0 == 0.0
+
+    was = flushed()
+    torch.set_flush_denormal(False)
+    assert not flushed()
+    yield
+    torch.set_flush_denormal(was)
+
+
 def fuzz(n: int, *strategies):
     """``@given(*strategies)`` with deterministic examples and a per-example deadline."""
     def wrap(fn):

@@ -17,6 +17,12 @@ from sleepemo.config import load_config
 from sleepemo.data.submission import validate_submission
 
 REPO = Path(__file__).resolve().parents[1]
+#: the smoke profile with less training where no assertion here depends on it (what the
+#: stages learn is checked by their own tests): one MAE epoch, 40 gradient steps per RL
+#: head instead of 80, four ensemble trials instead of six
+SETS = ("mae.epochs=1", "rl.env_steps=60", "rl.learning_starts=20", "rl.sac_env_steps=60",
+        "rl.sac_learning_starts=20", "ensemble.n_trials=4")
+SET_ARGS = [a for s in SETS for a in ("--set", s)]
 
 
 def run_sh(*args, cwd=REPO):
@@ -31,7 +37,7 @@ def run_sh(*args, cwd=REPO):
 def smoke_run(small_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("run")
     out = run_sh("--profile", "smoke", "--data-dir", small_dir, "--out", tmp / "out",
-                  "--submissions", tmp / "subs")
+                 "--submissions", tmp / "subs", *SET_ARGS)
     return tmp, out
 
 
@@ -47,7 +53,7 @@ def test_run_writes_a_valid_submission_and_report(smoke_run, small_dir):
     validate_submission(sub, {s: (t.n_trials, 200) for s, t in ds.test.items()})
     assert (tmp / "subs" / "latest.csv").read_bytes() == sub.read_bytes()
     table = pd.read_csv(tmp / "out" / "lopo.csv", index_col="model")
-    cfg = load_config("smoke")
+    cfg = load_config("smoke", list(SETS))
     assert set(table.index) == set(cfg.baselines.models) | {
         "mae_probe", "band_probe", "experts_mae_fomaml", "experts_mae_fomaml_tta"} | {
         f"fusion_{v}" for v in cfg.fusion.variants} | {
@@ -102,7 +108,7 @@ def test_rerun_skips_reproduces_and_keeps_earlier_submissions(smoke_run, small_d
     tmp, first = smoke_run
     table = (tmp / "out" / "lopo.csv").read_text()
     second = run_sh("--profile", "smoke", "--data-dir", small_dir, "--out", tmp / "out",
-                    "--submissions", tmp / "subs")
+                    "--submissions", tmp / "subs", *SET_ARGS)
     assert "unchanged, reusing" in second
     assert (tmp / "out" / "lopo.csv").read_text() == table
     a, b = _submission(first), _submission(second)
@@ -112,7 +118,8 @@ def test_rerun_skips_reproduces_and_keeps_earlier_submissions(smoke_run, small_d
     # (stages 02-06 are reproduced by their own tests: fold workers = serial, resume)
     fresh = tmp / "fresh"
     log = run_sh("--profile", "smoke", "--data-dir", small_dir, "--out", fresh,
-                 "--submissions", tmp / "subs2", "--set", "baselines.models=[shuffled,starter]",
+                 "--submissions", tmp / "subs2", *SET_ARGS,
+                 "--set", "baselines.models=[shuffled,starter]",
                  "--stages", "00,01,07")
     assert "== 02_mae" not in log and "== 07_submission" in log
     old = pd.read_csv(tmp / "out" / "lopo.csv", index_col="model")

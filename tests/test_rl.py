@@ -359,11 +359,21 @@ def test_predictor_reproduces_every_head_exactly(rl_run):
         load(run, fused)
 
 
+#: the label-shuffled run's training: 40 gradient steps of each head and twin, half the
+#: smoke profile's 80 (and 60 % of its time). NB: on medium_dir the heads do not learn the
+#: real labels either, at 40 or at 80 steps (unshuffled: DQN and twin 0.5, SAC and twin
+#: 0.51-0.52), so this check can only catch a leak that hands them the label outright
+SHUFFLED_RL = {"rl.shuffle_labels": "true", "rl.env_steps": "60", "rl.learning_starts": "20",
+               "rl.sac_env_steps": "60", "rl.sac_learning_starts": "20"}
+
+
 def test_label_shuffled_rl_stage_scores_about_chance(medium_dir, tmp_path):
     from sleepemo.rl import stage as rl_heads
 
-    stage, *_ = _rl_stage(tmp_path, medium_dir, **{"rl.shuffle_labels": "true"})
-    scores = stage.run(rl_heads.run).metrics["lopo_window_auc"]
+    stage, *_ = _rl_stage(tmp_path, medium_dir, **SHUFFLED_RL)
+    metrics = stage.run(rl_heads.run).metrics
+    assert metrics["gradient_steps"] == {"dqn": 40, "sac": 40}
+    scores = metrics["lopo_window_auc"]
     print("shuffled RL heads:", scores)
     assert set(scores) == {"rl_dqn_shuffled", "rl_dqn_twin_shuffled", "rl_sac_shuffled",
                            "rl_sac_twin_shuffled"}
@@ -464,13 +474,15 @@ def test_sac_and_its_twin_learn_a_separable_task():
     assert roc_auc_score(new_y, q[:, 3:7].mean(1)) > 0.9
 
 
-def test_sac_reads_fold_k_fused_tokens_once_stage_04_has_them(small_dir, tmp_path):
+def test_sac_reads_fold_k_fused_tokens_once_stage_04_has_them(rl_run, tmp_path):
     """Without stage 04 the SAC's prototypes are the run's, over the MAE's embeddings (and
     the report says so); once stage 04 has ``fusion_mae``, they are per fold, over fold
     k's fused tokens, whose shape is (trials, decisions, fusion.d_model), and the SAC
     retrains (its fingerprint names its source). sleepemo predict rebuilds each fold's
     fused tokens of a test participant and reproduces the SAC's test predictions bit for
-    bit (its twin reads the same code vectors)."""
+    bit (its twin reads the same code vectors). (Starts from a copy of the module's run:
+    its SAC, without stage 04, is the first state.)"""
+    import shutil
     from sleepemo.pipeline.artefacts import find
     from sleepemo.predict.base import Run
     from sleepemo.predict.load import load_predictor
@@ -478,6 +490,8 @@ def test_sac_reads_fold_k_fused_tokens_once_stage_04_has_them(small_dir, tmp_pat
     from sleepemo.fusion import stage as train_fusion
     from sleepemo.rl.stage import fold_state
 
+    small_dir = rl_run[0].data_dir
+    shutil.copytree(rl_run[0].out, tmp_path, dirs_exist_ok=True)
     sets = {"rl.heads": "[sac]", "fusion.variants": "[mae]"}
     stage, ds, folds = _rl_stage(tmp_path, small_dir, **sets)
     first = stage.run(rl_heads.run).metrics["prototypes"]
