@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from sleepemo import CHANNELS, N_TIMES, SFREQ
-from sleepemo.data.synth import SynthConfig, generate, generate_subset, write_mat73
+from sleepemo.data.synth import (TRAIN_COUNTS, SynthConfig, generate, generate_subset,
+                                 write_mat73)
 
 
 def pytest_configure(config):
@@ -244,9 +245,13 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def medium_dir(tmp_path_factory):
-    """Synthetic data at 30 % of the real counts: enough trials for score checks."""
-    return generate(tmp_path_factory.mktemp("data") / "medium",
-                    SynthConfig(seed=1, scale=0.3), progress=False)
+    """Synthetic data (seed 1) at 30 % of the real counts, all 14 training participants:
+    enough trials for the label-shuffled score checks. One test participant (1, the
+    smallest): those checks score out-of-fold rows only, which the test participants do
+    not change (stage 03's shuffled scores are the same bits with all three), and every
+    fold of a stage predicts each test participant."""
+    return generate_subset(tmp_path_factory.mktemp("data") / "medium", 0.3,
+                           tuple(TRAIN_COUNTS), (1,), seed=1)
 
 
 def random_trials(n_trials=6, n_chans=len(CHANNELS), n_times=N_TIMES, seed=0):
