@@ -20,8 +20,8 @@ ensembler is :class:`sleepemo.ensemble.blend.OptunaBlend` (its docstring has the
   scored on, so it is optimistic; the *nested best single model* is its honest twin
   (:func:`nested_best_single`): in fold k, the candidate with the best score on fold k's
   training participants predicts participant k (numpy only, recomputed by the report).
-  The report gives the ensemble's nested score minus each, with paired participant-
-  bootstrap 95% intervals (:func:`sleepemo.pipeline.intervals.paired_difference`).
+  The report gives the ensemble's nested score minus each; the interval of the first is
+  ``lopo.csv``'s (the bootstrap belongs to the report, so changing it re-tunes nothing).
 
 Every study is resumable (an SQLite file per study under ``06_ensemble/studies/`` by
 default, or ``ensemble.storage``, any SQLAlchemy URL); a finished fold is not tuned again.
@@ -48,7 +48,6 @@ from sleepemo.pipeline.artefacts import (Planned, ResultWriter, code_hash, finge
 from sleepemo.pipeline.evidence import plot_curves, pyplot, results_table, save_figure
 from sleepemo.pipeline.choice import best_single
 from sleepemo.pipeline.executor import run_folds
-from sleepemo.pipeline.intervals import N_BOOT, paired_difference
 from sleepemo.pipeline.stage import Stage, StageOutput
 from sleepemo.progress import bar
 
@@ -282,9 +281,9 @@ def _report(stage: Stage, state: FoldState, final: OptunaBlend, result, parts: d
         + ("the ensemble." if metrics["beats_best_single"] else "the best single model."),
         "",
         "Ensemble (nested) minus the best single model: "
-        f"{_diff_text(metrics['ensemble_minus_best_single'])}; minus the nested best single "
-        f"model: {_diff_text(metrics['ensemble_minus_nested_best_single'])} (paired "
-        f"participant-bootstrap intervals, {N_BOOT} draws, `sleepemo.pipeline.intervals`). "
+        f"{metrics['ensemble_minus_best_single']:+.4f} (its paired bootstrap interval: the "
+        "LOPO table's `minus best single` of `ensemble`); minus the nested best single "
+        f"model: {metrics['ensemble_minus_nested_best_single']:+.4f}. "
         f"The best single model is picked after seeing the scores of all {n} participants "
         "it is scored on, so its LOPO is optimistic (the highest of several noisy scores); "
         "the nested best single model is picked in each fold without the held-out "
@@ -309,9 +308,9 @@ def _compare_singles(state: FoldState, ensemble, hindsight) -> dict:
     """The metrics comparing the ensemble with single models: the nested best single
     model (:func:`nested_best_single`; its score, each fold's choice, how often each model
     was chosen) and the ensemble's nested score minus the hindsight and the nested best
-    single model's, each ``{"value", "low", "high"}`` with its paired 95% participant-
-    bootstrap interval. ``ensemble``, ``hindsight``: their
-    :class:`~sleepemo.metric.WindowAUC`."""
+    single model's (no interval here: the bootstrap, ``sleepemo.pipeline.intervals``,
+    belongs to the report, and a stage that reached it would re-tune when it changes).
+    ``ensemble``, ``hindsight``: their :class:`~sleepemo.metric.WindowAUC`."""
     folds = state.folds
     oof, chosen = nested_best_single(state)
     scores = {"ensemble": ensemble, "best_single": hindsight,
@@ -322,14 +321,9 @@ def _compare_singles(state: FoldState, ensemble, hindsight) -> dict:
                   for k, m in enumerate(chosen)],
         "counts": dict(Counter(chosen).most_common())}}
     for other in ("best_single", "nested_best_single"):
-        value, low, high = paired_difference(scores, "ensemble", other, state.ds.sfreq)
-        out[f"ensemble_minus_{other}"] = {"value": value, "low": low, "high": high,
-                                          "n_boot": N_BOOT}
+        out[f"ensemble_minus_{other}"] = float(scores["ensemble"].score
+                                               - scores[other].score)
     return out
-
-
-def _diff_text(d: dict) -> str:
-    return f"{d['value']:+.4f}, 95% interval {d['low']:+.4f} to {d['high']:+.4f}"
 
 
 def _counts_text(counts: dict) -> str:
