@@ -228,9 +228,10 @@ def _report(stage: Stage, state: FoldState, final: OptunaBlend, result, parts: d
     listed = results(stage.out)
     best, lopo = best_single(results_table(listed)[0])
     score = result.score()[0]
-    singles = _compare_singles(state, score,
-                               next(r for r in listed if r.label == best).score()[0])
     nested, tuned = float(score.score), float(final.best_score_)
+    # the hindsight model's own score, unrounded (``lopo`` is the table's, to 4 places)
+    singles = _compare_singles(state, nested, float(
+        next(r for r in listed if r.label == best).score()[0].score))
     nested_tuned = [float(parts[folds.held_out(k)]["tuned"]) for k in range(folds.n_folds)]
     guards = [json.loads(str(parts[folds.held_out(k)]["settings"])).get("guard")
               for k in range(folds.n_folds)]
@@ -304,26 +305,23 @@ def _report(stage: Stage, state: FoldState, final: OptunaBlend, result, parts: d
     return StageOutput(metrics, summary, "\n".join(lines))
 
 
-def _compare_singles(state: FoldState, ensemble, hindsight) -> dict:
+def _compare_singles(state: FoldState, ensemble: float, hindsight: float) -> dict:
     """The metrics comparing the ensemble with single models: the nested best single
     model (:func:`nested_best_single`; its score, each fold's choice, how often each model
     was chosen) and the ensemble's nested score minus the hindsight and the nested best
     single model's (no interval here: the bootstrap, ``sleepemo.pipeline.intervals``,
     belongs to the report, and a stage that reached it would re-tune when it changes).
-    ``ensemble``, ``hindsight``: their :class:`~sleepemo.metric.WindowAUC`."""
+    ``ensemble``, ``hindsight``: their window AUCs."""
     folds = state.folds
     oof, chosen = nested_best_single(state)
-    scores = {"ensemble": ensemble, "best_single": hindsight,
-              "nested_best_single": score_oof(oof, state.ds, folds)}  # (as the ensemble's)
-    out = {"nested_best_single": {
-        "score": float(scores["nested_best_single"].score),
-        "folds": [{"fold": k, "held_out": int(folds.held_out(k)), "model": m}
-                  for k, m in enumerate(chosen)],
-        "counts": dict(Counter(chosen).most_common())}}
-    for other in ("best_single", "nested_best_single"):
-        out[f"ensemble_minus_{other}"] = float(scores["ensemble"].score
-                                               - scores[other].score)
-    return out
+    nbs = float(score_oof(oof, state.ds, folds).score)  # scored as the ensemble's result
+    return {"nested_best_single": {
+                "score": nbs,
+                "folds": [{"fold": k, "held_out": int(folds.held_out(k)), "model": m}
+                          for k, m in enumerate(chosen)],
+                "counts": dict(Counter(chosen).most_common())},
+            "ensemble_minus_best_single": ensemble - hindsight,
+            "ensemble_minus_nested_best_single": ensemble - nbs}
 
 
 def _counts_text(counts: dict) -> str:
