@@ -187,6 +187,11 @@ def assert_same_results(stage, reference, names, arrays=("oof.npy", "test.npy"))
                                           err_msg=f"{name} {array}")
 
 
+#: 40 gradient steps per RL head and twin instead of the smoke profile's 80, for tests
+#: whose assertions do not depend on how far the heads learn
+FEWER_RL_STEPS = {"rl.env_steps": "60", "rl.learning_starts": "20",
+                  "rl.sac_env_steps": "60", "rl.sac_learning_starts": "20"}
+
 #: the folds a fold-worker test computes again with two workers (the others are loaded)
 WORKER_FOLDS = (0, 2)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import FEWER_RL_STEPS
 from sleepemo.config import load_config
 from sleepemo.data.submission import validate_submission
 
@@ -20,8 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 #: the smoke profile with less training where no assertion here depends on it (what the
 #: stages learn is checked by their own tests): one MAE epoch, 40 gradient steps per RL
 #: head instead of 80, four ensemble trials instead of six
-SETS = ("mae.epochs=1", "rl.env_steps=60", "rl.learning_starts=20", "rl.sac_env_steps=60",
-        "rl.sac_learning_starts=20", "ensemble.n_trials=4")
+SETS = ("mae.epochs=1", *(f"{k}={v}" for k, v in FEWER_RL_STEPS.items()),
+        "ensemble.n_trials=4")
 SET_ARGS = [a for s in SETS for a in ("--set", s)]
 
 

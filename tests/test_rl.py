@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import (assert_same_results, contract_arrays, copy_without_folds,
-                      stage_with_random_mae, with_flipped_labels)
+from conftest import (FEWER_RL_STEPS, assert_same_results, contract_arrays,
+                      copy_without_folds, stage_with_random_mae, with_flipped_labels)
 from sleepemo.rl.features import STATS, FoldFeatures, Signals, fit_fold, participant_signals
 
 
@@ -363,8 +363,7 @@ def test_predictor_reproduces_every_head_exactly(rl_run):
 #: smoke profile's 80 (and 60 % of its time). NB: on medium_dir the heads do not learn the
 #: real labels either, at 40 or at 80 steps (unshuffled: DQN and twin 0.5, SAC and twin
 #: 0.51-0.52), so this check can only catch a leak that hands them the label outright
-SHUFFLED_RL = {"rl.shuffle_labels": "true", "rl.env_steps": "60", "rl.learning_starts": "20",
-               "rl.sac_env_steps": "60", "rl.sac_learning_starts": "20"}
+SHUFFLED_RL = {"rl.shuffle_labels": "true", **FEWER_RL_STEPS}
 
 
 def test_label_shuffled_rl_stage_scores_about_chance(medium_dir, tmp_path):
