@@ -76,3 +76,36 @@ def test_no_anchor_no_section():
 
 def test_the_reports_anchor_names_are_the_familys():
     assert contrasts.ANCHOR_MODELS == ANCHORS
+
+
+def test_the_ensemble_section_scores_the_nested_best_single_from_the_chosen_curves():
+    """Participant s's curve of the nested best single model is that of the model its
+    fold chose (stage 06's metrics), scored as the metric scores; the section's two rows
+    are the paired differences of the ensemble against it and the hindsight best."""
+    from sleepemo.metric import score_from_curve
+    from sleepemo.pipeline.intervals import paired_difference
+
+    rng = np.random.default_rng(7)
+    bump = np.exp(-0.5 * ((np.arange(200) - 100) / 20) ** 2)
+    curves = {m: 0.5 + 0.02 * rng.standard_normal((8, 200)) + lift * bump
+              for m, lift in (("ensemble", 0.06), ("a", 0.05), ("b", 0.03))}
+    stages = {"ensemble": "ensemble", "a": "baselines", "b": "fusion"}
+    table, listed, scores = _run(curves, stages, {})
+    chosen = {s: ("a" if s % 3 else "b") for s in range(1, 9)}
+    nbs = contrasts.nested_single(scores, chosen, 200.0)
+    mine = np.stack([curves[chosen[s]][s - 1] for s in range(1, 9)])
+    np.testing.assert_array_equal(nbs.per_subject[3], curves["b"][2])
+    assert nbs.score == score_from_curve(mine.mean(0), 10)[0]
+    metrics = {"nested_best_single": {"folds": [{"fold": k, "held_out": s, "model": m}
+                                                for k, (s, m) in enumerate(chosen.items())]}}
+    text = contrasts.ensemble_section(table, scores, 200.0, metrics)
+    rows = [line for line in text.splitlines() if line.startswith(("| best", "| nested"))]
+    assert len(rows) == 2 and "`a` (hindsight)" in rows[0]
+    for row, other in zip(rows, (scores["a"], nbs)):
+        d, lo, hi = paired_difference({"ensemble": scores["ensemble"], "o": other},
+                                      "ensemble", "o", 200.0)
+        assert f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]" in row
+    # without the ensemble's metrics, or with a stale list of participants: no section
+    assert contrasts.ensemble_section(table, scores, 200.0, None) == ""
+    stale = {"nested_best_single": {"folds": metrics["nested_best_single"]["folds"][:5]}}
+    assert contrasts.ensemble_section(table, scores, 200.0, stale) == ""

@@ -11,10 +11,21 @@ participant-bootstrap difference (:func:`sleepemo.pipeline.intervals.paired_diff
 Euclidean-aligned result against its unaligned twin, :func:`aligned_twin`); each pair
 present in the run is shown with its paired difference, so the report says which
 ingredient helps, hurts or cannot be told apart on these participants.
+
+**The ensemble against single models** (:func:`ensemble_section`): stage 06's nested score
+minus the hindsight best single model and minus the *nested best single model* (each
+held-out participant scored by the model its fold chose without it, as listed in
+``06_ensemble/metrics.json``), both with paired intervals. The nested best single model's
+per-participant curves are those of the models chosen (:func:`nested_single`), so the
+report recomputes no choice and reads no label.
 """
 from __future__ import annotations
 
+import numpy as np
+
+from sleepemo.metric import WindowAUC, default_min_run, score_from_curve
 from sleepemo.pipeline import intervals
+from sleepemo.pipeline.choice import best_single
 
 #: (with, without, what the difference measures): pairs that differ by one ingredient
 CONTRASTS = (
@@ -108,3 +119,45 @@ def section(table, listed, scores: dict, sfreq: float) -> str:
                          f"| {_verdict(lo, hi)} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def nested_single(scores: dict, chosen: dict, sfreq: float) -> WindowAUC:
+    """The nested best single model as a score: participant -> the model chosen for it
+    (``chosen``), its curve that model's curve on that participant (``scores``: label ->
+    :class:`~sleepemo.metric.WindowAUC`), scored by the metric (window of the mean curve)."""
+    per_subject = {s: scores[m].per_subject[s] for s, m in chosen.items()}
+    curve = np.mean(list(per_subject.values()), axis=0)
+    value, window = score_from_curve(curve, default_min_run(sfreq))
+    return WindowAUC(float(value), curve, window, per_subject)
+
+
+def ensemble_section(table, scores: dict, sfreq: float, ensemble_metrics: dict | None,
+                     label: str = "ensemble") -> str:
+    """The report's Markdown paragraph on stage 06's ensemble against the hindsight and
+    the nested best single model (empty without the ensemble or its metrics)."""
+    best = best_single(table)
+    if label not in scores or not ensemble_metrics or best is None or \
+            "nested_best_single" not in ensemble_metrics:
+        return ""
+    folds = ensemble_metrics["nested_best_single"]["folds"]
+    order = list(scores[label].per_subject)
+    chosen = {f["held_out"]: f["model"] for f in folds}
+    if sorted(chosen) != sorted(order) or any(m not in scores for m in chosen.values()):
+        return ""  # (a stale metrics file: other participants or models)
+    both = {**scores, "nested best single": nested_single(
+        scores, {s: chosen[s] for s in order}, sfreq)}
+    rows = []
+    for what, other in ((f"best single model `{best[0]}` (hindsight)", best[0]),
+                        ("nested best single model", "nested best single")):
+        d, lo, hi = intervals.paired_difference(both, label, other, sfreq)
+        rows.append(f"| {what} | {both[other].score:.4f} | {d:+.4f} [{lo:+.4f}, {hi:+.4f}] "
+                    f"| {_verdict(lo, hi)} |")
+    return "\n".join([
+        "## The ensemble against single models", "",
+        f"Stage 06's nested score ({scores[label].score:.4f}) minus the best single model "
+        "chosen in hindsight (on the participants it is scored on: optimistic) and minus "
+        "the nested best single model (per fold, chosen without the held-out participant, "
+        "as the ensemble is tuned: the like-for-like comparator); paired participant-"
+        "bootstrap differences with their 95% intervals.", "",
+        "| against | its LOPO | ensemble minus it [95%] | |", "|---|---|---|---|",
+        *rows, ""])

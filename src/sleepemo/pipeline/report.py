@@ -190,8 +190,11 @@ def write_report(out: str | Path, extra_times: dict | None = None,
     write_table(table, out / "lopo.csv")
     plot_curves({m: scores[m] for m in table.index}, sfreq, out / "lopo_curves.png")
     plot_bars(table, out / "lopo_bars.png")
+    ens = out / "06_ensemble" / "metrics.json"
+    sections = [contrasts.section(table, listed, scores, sfreq), contrasts.ensemble_section(
+        table, scores, sfreq, read_json(ens) if ens.is_file() else None)]
     write_text(out / "report.md", render(out, table, extra_times,
-                                        contrasts.section(table, listed, scores, sfreq)))
+                                        "\n".join(s for s in sections if s)))
     return table, listed
 
 
