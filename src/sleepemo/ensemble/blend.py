@@ -19,9 +19,14 @@ What ``fit`` does, on its own trials only:
    1 = trial-level only). ``search`` sets how many of these a study chooses:
 
    - ``compact`` (the default; 4 parameters): ``norm``; ``n_models`` in 1..``top_k``, the
-     blend being the ``n_models`` best candidates (by the tuning participants' own
-     single-model scores) with equal weights, so "the best model alone" is one of its
-     choices; one ``smooth`` and one ``broadcast`` shared by those models.
+     blend being the ``n_models`` best models with equal weights, so "the best model
+     alone" is one of its choices; one ``smooth`` and one ``broadcast`` shared by those
+     models. **Leave-one-out ranking**: a trial's blend for tuning participant p is made of
+     the best models by the *other* tuning participants' single-model scores
+     (:func:`loo_orders`), so no trial's value on p includes choosing models by p's own
+     labels. Without it, "the best model alone" is scored on the participants that made it
+     the best (the highest of many noisy scores), and the study favours few models exactly
+     where the signal is too weak to rank them (docs/evaluation.md).
    - ``full`` (``1 + 4 * top_k`` parameters): per candidate ``use`` (inclusion), ``w``,
      ``smooth`` and ``broadcast``. With many candidates and a weak signal its studies fit
      the tuning participants' noise (see docs/evaluation.md).
@@ -32,18 +37,22 @@ What ``fit`` does, on its own trials only:
    equal weights, and the best candidate alone (``rank``, no smoothing, no broadcast).
 3. **Choice.** ``full``: the best trial (the tuned blend is never worse than the best
    single model on the tuning participants). ``compact``: the *one-standard-error rule*
-   (``guard_`` records it). Let B be the best completed trial (highest value, then lowest
-   number), with ``n_B`` models, and for each ``n < n_B`` that a completed trial used, C_n
-   the best completed trial with ``n`` models (same tie rule). For a trial, each tuning
-   participant's score is the mean of that participant's per-timepoint AUC curve over the
-   trial's window (the window of the participants' mean curve, as the metric's; so the
-   trial's value is the mean of these scores). With ``d_p = score_p(B) - score_p(C_n)``
-   over the P tuning participants, ``SE = std(d, ddof=1) / sqrt(P)`` (0 if P < 2). The
-   blend kept is C_n for the smallest ``n`` with ``mean(d) <= SE``, else B: the simplest
-   blend whose advantage the best one does not beat by more than its own participant-to-
-   participant noise. The rule has no randomness: the same study gives the same choice
-   (the study itself is seeded, see :mod:`sleepemo.ensemble.studies`). Since the best
-   candidate alone is queued, C_1 is never worse than it on the tuning participants.
+   toward the widest blend (``guard_`` records it). Let B be the best completed trial
+   (highest value, then lowest number), with ``n_B`` models, and for each ``n > n_B``
+   that a completed trial used, C_n the best completed trial with ``n`` models (same tie
+   rule). For a trial, each tuning participant's score is the mean of that participant's
+   per-timepoint AUC curve over the trial's window (the window of the participants' mean
+   curve, as the metric's; so the trial's value is the mean of these scores). With
+   ``d_p = score_p(B) - score_p(C_n)`` over the P tuning participants,
+   ``SE = std(d, ddof=1) / sqrt(P)`` (0 if P < 2). The blend kept is C_n for the largest
+   ``n`` with ``mean(d) <= SE``, else B: the equal-weight blend of the most models whose
+   score the best one does not beat by more than its own participant-to-participant
+   noise. More models is the steadier side (design choice): an equal-weight blend of n
+   models depends less on a noisy ranking as n grows, and an average of noisy, partly
+   independent predictors varies less than any one of them; where one model clearly leads
+   (its advantage beyond one SE), it is kept alone. The rule has no randomness: the same
+   study gives the same choice (the study itself is seeded, see
+   :mod:`sleepemo.ensemble.studies`).
 4. The kept trial's settings are ``params_`` (the same form for both searches: ``norm``
    and per model ``w``, ``smooth``, ``broadcast``); ``predict`` normalises the new trials
    per participant (label-free), blends, and ranks the blend within each participant
@@ -181,25 +190,57 @@ def _load_pack(folder: str) -> dict:
     return _PACKS[folder]
 
 
-def _participant_curves(pack, params: dict, models: list[str], parts: list) -> list:
-    """Each participant of ``parts``: the blend ``params``'s per-timepoint AUC curve (its
-    normalised outputs read from ``pack``: ``<norm>_<index in models>``)."""
+def loo_orders(curves: dict, parts: list, models: list[str], min_run: int) -> np.ndarray:
+    """Each participant's ranking of ``models`` by the *other* participants of ``parts``.
+
+    Row j holds the indices (into ``models``) of the models, best first, by their window
+    AUC (:func:`~sleepemo.metric.score_from_curve` of the mean curve, as
+    :meth:`OptunaBlend.fit` ranks its candidates; ties by name) on every participant of
+    ``parts`` but ``parts[j]``. A compact trial blends, for participant j, the first
+    ``n_models`` of row j, so its score on participant j does not include choosing the
+    models by participant j's own labels (see the module docstring)."""
+    out = np.zeros((len(parts), len(models)), dtype=np.int32)
+    for j, held in enumerate(parts):
+        others = [s for s in parts if s != held]
+        alone = {m: score_from_curve(np.mean([curves[m][s] for s in others], axis=0),
+                                     min_run)[0] for m in models}
+        ranked = sorted(models, key=lambda m: (-alone[m], m))
+        out[j] = [models.index(m) for m in ranked]
+    return out
+
+
+def _settings(pack, trial_params: dict, models: list[str], j: int) -> dict:
+    """Trial parameters -> the blend's settings for the pack's participant j: a compact
+    trial's models are the first ``n_models`` of that participant's leave-one-out ranking
+    when the pack has one (``loo``), else of ``models``."""
+    if "n_models" in trial_params and "loo" in pack:
+        return params_of(trial_params, [models[i] for i in pack["loo"][j]])
+    return params_of(trial_params, models)
+
+
+def _participant_curves(pack, trial_params: dict, models: list[str], parts: list) -> list:
+    """Each participant of ``parts``: the per-timepoint AUC curve of the blend of a trial's
+    parameters (:func:`_settings`; normalised outputs read from ``pack``: ``<norm>_<index
+    in models>``)."""
     subjects, y = pack["subjects"], pack["y"]
+    position = {s: j for j, s in enumerate(dict.fromkeys(np.asarray(subjects).tolist()))}
     curves = []
     for s in parts:
         idx = np.flatnonzero(subjects == s)
+        params = _settings(pack, trial_params, models, position[s])
         normed = {m: pack[f"{params['norm']}_{models.index(m)}"][idx]
                   for m in params["models"]}
         curves.append(per_timepoint_auc(y[idx], blend(normed, params)))
     return curves
 
 
-def participant_scores(pack, params: dict, models: list[str], min_run: int) -> np.ndarray:
-    """Per participant of ``pack`` (in order of appearance): the blend's AUC curve averaged
-    over the blend's window (that of the participants' mean curve); 0.5 without one. Their
-    mean is the blend's window AUC."""
+def participant_scores(pack, trial_params: dict, models: list[str], min_run: int
+                       ) -> np.ndarray:
+    """Per participant of ``pack`` (in order of appearance): the AUC curve of a trial's
+    blend (:func:`_participant_curves`) averaged over the window of the participants' mean
+    curve; 0.5 without one. Their mean is the trial's value."""
     parts = list(dict.fromkeys(np.asarray(pack["subjects"]).tolist()))
-    return window_means(_participant_curves(pack, params, models, parts), min_run)
+    return window_means(_participant_curves(pack, trial_params, models, parts), min_run)
 
 
 def window_means(curves, min_run: int) -> np.ndarray:
@@ -230,17 +271,18 @@ class BlendObjective:
     """The study's objective (picklable: it carries the pack's folder, not the arrays)."""
 
     def __init__(self, pack: str, models: list[str], smooth_choices, sfreq: float,
-                 min_run: int, search: str = "compact"):
+                 min_run: int, search: str = "compact", top_k: int | None = None):
         if search not in SEARCHES:
             raise ValueError(f"search {search!r}: use one of {SEARCHES}")
         self.pack, self.models = str(pack), list(models)
+        self.top_k = len(self.models) if top_k is None else int(top_k)
         self.smooth_choices = [int(s) for s in smooth_choices]
         self.sfreq, self.min_run, self.search = sfreq, min_run, search
 
     def suggest(self, trial) -> dict:
         if self.search == "compact":
             trial.suggest_categorical("norm", list(NORMS))
-            trial.suggest_int("n_models", 1, len(self.models))
+            trial.suggest_int("n_models", 1, min(self.top_k, len(self.models)))
             trial.suggest_categorical("smooth", self.smooth_choices)
             trial.suggest_float("broadcast", 0.0, 1.0)
             return params_of(trial.params, self.models)
@@ -257,14 +299,13 @@ class BlendObjective:
     def __call__(self, trial) -> float:
         import optuna
 
-        params = self.suggest(trial)
-        if not params["models"]:
+        if not self.suggest(trial)["models"]:
             raise optuna.TrialPruned("no model included")
         pack = _load_pack(self.pack)
         parts = list(dict.fromkeys(pack["subjects"].tolist()))
         curves = []
         for half, group in enumerate((parts[:len(parts) // 2], parts[len(parts) // 2:])):
-            curves += _participant_curves(pack, params, self.models, group)
+            curves += _participant_curves(pack, trial.params, self.models, group)
             value = score_from_curve(np.mean(curves, axis=0), self.min_run)[0]
             if half == 0 and len(parts) > 3:
                 trial.report(value, 0)
@@ -292,9 +333,9 @@ def params_of(trial_params: dict, models: list[str]) -> dict:
 
 def one_se_choice(trials: list, pack, models: list[str], min_run: int) -> tuple:
     """The compact search's choice among completed ``trials`` (the one-standard-error rule
-    of the module docstring): ``(kept trial, record)``; the record (JSON-ready) holds the
-    best trial, the kept one and, per simpler ``n`` tried, its best trial's value, the
-    mean paired difference to the best and its standard error."""
+    toward the widest blend, module docstring): ``(kept trial, record)``; the record
+    (JSON-ready) holds the best trial, the kept one and, per wider ``n`` tried, its best
+    trial's value, the mean paired difference to the best and its standard error."""
     def rank(t):
         return (-float(t.value), t.number)
 
@@ -304,26 +345,24 @@ def one_se_choice(trials: list, pack, models: list[str], min_run: int) -> tuple:
     by_n = {}
     for t in done:  # (best first: the first of each n is that n's best)
         by_n.setdefault(int(t.params["n_models"]), t)
-    scores_best = participant_scores(pack, params_of(best.params, models), models, min_run)
-    record = {"rule": "one_se", "n_participants": int(scores_best.size),
+    scores_best = participant_scores(pack, best.params, models, min_run)
+    record = {"rule": "one_se_widest", "n_participants": int(scores_best.size),
               "best_trial": best.number, "best_n": n_best, "best_value": float(best.value),
-              "simpler": {}}
+              "wider": {}}
     kept = best
-    for n in sorted(k for k in by_n if k < n_best):
+    for n in sorted((k for k in by_n if k > n_best), reverse=True):
         t = by_n[n]
-        d = scores_best - participant_scores(pack, params_of(t.params, models), models,
-                                             min_run)
+        d = scores_best - participant_scores(pack, t.params, models, min_run)
         se = float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else 0.0
         within = bool(d.mean() <= se)
-        record["simpler"][str(n)] = {"trial": t.number, "value": float(t.value),
-                                     "mean_diff": float(d.mean()), "se": se,
-                                     "within_one_se": within}
+        record["wider"][str(n)] = {"trial": t.number, "value": float(t.value),
+                                   "mean_diff": float(d.mean()), "se": se,
+                                   "within_one_se": within}
         if within:
             kept = t
             break
-    n_kept = int(kept.params["n_models"])
-    record.update(kept_trial=kept.number, kept_n=n_kept, kept_value=float(kept.value),
-                  fell_back_to_one=n_kept == 1 and n_best > 1)
+    record.update(kept_trial=kept.number, kept_n=int(kept.params["n_models"]),
+                  kept_value=float(kept.value))
     return kept, record
 
 
@@ -388,12 +427,16 @@ class OptunaBlend:
         self.candidates_ = order[:self.top_k]
         self.single_scores_ = {m: float(alone[m]) for m in order}
         arrays = {"y": y.astype(np.int8), "subjects": stack.subjects}
-        for i, m in enumerate(self.candidates_):
+        # compact: every model, each participant blending its leave-one-out ranking's best
+        packed = order if self.search == "compact" else self.candidates_
+        for i, m in enumerate(packed):
             for how in NORMS:
                 arrays[f"{how}_{i}"] = normalise(stack.preds[m], stack.subjects, how)
+        if self.search == "compact":
+            arrays["loo"] = loo_orders(curves, parts, packed, self.min_run)
         pack = _write_pack(self.folder / f"{self.study_name}.pack", arrays)
-        objective = BlendObjective(pack, self.candidates_, self.smooth_choices, self.sfreq,
-                                   self.min_run, self.search)
+        objective = BlendObjective(pack, packed, self.smooth_choices, self.sfreq,
+                                   self.min_run, self.search, self.top_k)
         url = studies.study_url(self.storage, self.folder, self.study_name,
                                 key="ensemble.storage")
         # the default SQLite file in the run folder is this run's alone (the run lock), so
@@ -416,8 +459,7 @@ class OptunaBlend:
             if self.search == "compact":
                 done = study.get_trials(deepcopy=False,
                                         states=(optuna.trial.TrialState.COMPLETE,))
-                kept, self.guard_ = one_se_choice(done, arrays, self.candidates_,
-                                                  self.min_run)
+                kept, self.guard_ = one_se_choice(done, arrays, packed, self.min_run)
             else:
                 kept, self.guard_ = study.best_trial, None
         finally:

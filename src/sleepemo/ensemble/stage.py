@@ -20,8 +20,10 @@ ensembler is :class:`sleepemo.ensemble.blend.OptunaBlend` (its docstring has the
   scored on, so it is optimistic; the *nested best single model* is its honest twin
   (:func:`nested_best_single`): in fold k, the candidate with the best score on fold k's
   training participants predicts participant k (numpy only, recomputed by the report).
-  The report gives the ensemble's nested score minus each; the interval of the first is
-  ``lopo.csv``'s (the bootstrap belongs to the report, so changing it re-tunes nothing).
+  ``metrics.json`` gives the ensemble's nested score minus each; the run report's section
+  "The ensemble against single models" gives both with paired intervals
+  (:func:`sleepemo.pipeline.contrasts.ensemble_section`: the bootstrap belongs to the
+  report, so changing it re-tunes nothing).
 
 Every study is resumable (an SQLite file per study under ``06_ensemble/studies/`` by
 default, or ``ensemble.storage``, any SQLAlchemy URL); a finished fold is not tuned again.
@@ -282,9 +284,10 @@ def _report(stage: Stage, state: FoldState, final: OptunaBlend, result, parts: d
         + ("the ensemble." if metrics["beats_best_single"] else "the best single model."),
         "",
         "Ensemble (nested) minus the best single model: "
-        f"{metrics['ensemble_minus_best_single']:+.4f} (its paired bootstrap interval: the "
-        "LOPO table's `minus best single` of `ensemble`); minus the nested best single "
-        f"model: {metrics['ensemble_minus_nested_best_single']:+.4f}. "
+        f"{metrics['ensemble_minus_best_single']:+.4f}; minus the nested best single "
+        f"model: {metrics['ensemble_minus_nested_best_single']:+.4f} (both with paired "
+        "bootstrap intervals in the run report's section \"The ensemble against single "
+        "models\"). "
         f"The best single model is picked after seeing the scores of all {n} participants "
         "it is scored on, so its LOPO is optimistic (the highest of several noisy scores); "
         "the nested best single model is picked in each fold without the held-out "
@@ -331,21 +334,24 @@ def _counts_text(counts: dict) -> str:
 
 SEARCH_TEXT = {
     "compact": "the n best candidates with equal weights, one smoothing and one broadcast "
-               "for them (4 parameters), then the simplest blend within one standard error "
-               "of the best trial (fewest models; the rule in `sleepemo.ensemble.blend`).",
+               "for them (4 parameters), each tuning participant's blend made of the best "
+               "models by the other tuning participants (leave-one-out ranking), then the "
+               "widest blend within one standard error of the best trial (most models; the "
+               "rule in `sleepemo.ensemble.blend`).",
     "full": "per-model inclusion, weight, smoothing and broadcast; the best trial kept.",
 }
 
 
 def _guard_counts(guards: list) -> dict | None:
     """The nested folds' one-standard-error choices: how many folds kept each number of
-    models, and how many fell back to one model (None without the rule: search full)."""
+    models, how many kept more models than their best trial and how many kept one model
+    (None without the rule: search full)."""
     if any(g is None for g in guards):
         return None
     kept = [int(g["kept_n"]) for g in guards]
     return {"kept_n": {str(n): kept.count(n) for n in sorted(set(kept))},
-            "fell_back_to_one": sum(bool(g["fell_back_to_one"]) for g in guards),
-            "simpler_than_best": sum(g["kept_n"] < g["best_n"] for g in guards)}
+            "one_model": kept.count(1),
+            "wider_than_best": sum(g["kept_n"] > g["best_n"] for g in guards)}
 
 
 def _guard_lines(final: dict | None, nested: dict | None, n: int) -> list[str]:
@@ -354,20 +360,20 @@ def _guard_lines(final: dict | None, nested: dict | None, n: int) -> list[str]:
         return []
     counts = ", ".join(f"{c} kept {k} model{'s' * (k != '1')}"
                        for k, c in nested["kept_n"].items())
-    if final["kept_n"] < final["best_n"]:
-        what = (f"the best trial (#{final['best_trial']}, {final['best_n']} models, "
-                f"{final['best_value']:.4f}) was not better than trial #{final['kept_trial']} "
-                f"with {final['kept_n']} model{'s' * (final['kept_n'] != 1)} "
-                f"({final['kept_value']:.4f}) by more than one standard error, so the "
-                "simpler one was kept" + (" (one model)" if final["fell_back_to_one"] else ""))
+    if final["kept_n"] > final["best_n"]:
+        what = (f"the best trial (#{final['best_trial']}, {final['best_n']} "
+                f"model{'s' * (final['best_n'] != 1)}, {final['best_value']:.4f}) was not "
+                f"better than trial #{final['kept_trial']} with {final['kept_n']} models "
+                f"({final['kept_value']:.4f}) by more than one standard error, so the wider "
+                "blend was kept")
     else:
         what = (f"the best trial (#{final['best_trial']}, {final['best_n']} "
                 f"model{'s' * (final['best_n'] != 1)}, {final['best_value']:.4f}) was kept"
-                + ("" if final["best_n"] == 1 else ": the best trial of each smaller "
-                   "number of models tried was more than one standard error below it"))
+                + ("" if not final["wider"] else ": the best trial of each larger number of "
+                   "models tried was more than one standard error below it"))
     return [f"One-standard-error choice. Final blend: {what}. Nested folds ({n}): {counts}; "
-            f"{nested['simpler_than_best']} kept fewer models than their best trial, "
-            f"{nested['fell_back_to_one']} of them falling back to one model.", ""]
+            f"{nested['wider_than_best']} kept more models than their best trial, "
+            f"{nested['one_model']} kept one model.", ""]
 
 
 def _plots(stage: Stage, final: OptunaBlend, score, ds) -> None:
