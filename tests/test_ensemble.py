@@ -521,10 +521,22 @@ def test_stage_resumes_a_lost_fold_and_reuses_a_finished_run(ens_run):
 
 
 def test_held_out_labels_never_reach_the_nested_tuner(ens_run, tmp_path):
-    """Fold 0 tuned twice from scratch, the second time with the held-out participant's
-    labels flipped: the same settings and the same held-out predictions."""
+    """Fold 0 tuned from scratch with the held-out participant's labels as they are and
+    flipped: the same nested study (every trial's parameters, value and pruning report),
+    the same settings record (candidates, single-model scores, kept blend, tuned score,
+    one-standard-error record) and the same held-out predictions.
+
+    The kept settings and predictions alone cannot see a leak here: `good` wins whatever
+    the held-out labels say (a tuner fed every participant's labels, or candidates ranked
+    by curves that include the held-out one, kept the same blend). The trial values and
+    single-model scores are computed from the tuning participants' labels only, so any
+    leak into the objective or the ranking changes them. Flipping a *tuning* participant's
+    labels instead must change them: the comparison is able to fail."""
     import shutil
 
+    import optuna
+
+    from conftest import flipped_labels
     from sleepemo.pipeline.stage import open_stage
     from sleepemo.ensemble.stage import fold_state, tune_fold
 
@@ -540,12 +552,26 @@ def test_held_out_labels_never_reach_the_nested_tuner(ens_run, tmp_path):
         shutil.rmtree(copy / "06_ensemble", ignore_errors=True)  # no study to resume
         state.__dict__.pop("curves", None)  # single-model curves from these labels
         tune_fold(state, 0, lambda: None)
-        return state.writer.load_fold(0)
+        db, = (copy / "06_ensemble" / "studies").glob("nested0-*.db")
+        study = optuna.load_study(study_name=db.stem, storage=f"sqlite:///{db}")
+        trials = [(t.number, t.state.name, t.params, t.value, t.intermediate_values)
+                  for t in study.trials]
+        fold = state.writer.load_fold(0)
+        return fold, json.loads(str(fold["settings"])), trials
 
-    first, second = with_flipped_labels(ds, held, fold0)
+    (first, settings, trials), (second, settings2, trials2) = \
+        with_flipped_labels(ds, held, fold0)
+    assert len(trials) == stage.cfg.ensemble.n_trials
+    assert sum(t[1] == "COMPLETE" for t in trials) >= 2  # (at least the two queued)
+    assert trials2 == trials
+    assert settings2 == settings
     np.testing.assert_array_equal(first["oof"], second["oof"])
-    assert json.loads(str(first["settings"]))["params"] == \
-        json.loads(str(second["settings"]))["params"]
+    np.testing.assert_array_equal(first["tuned"], second["tuned"])
+    # the same comparison sees a tuning participant's labels (fold 1's held-out one)
+    with flipped_labels(ds, folds.held_out(1)):
+        _, settings3, trials3 = fold0()
+    assert [t[3] for t in trials3] != [t[3] for t in trials]
+    assert settings3["single_scores"] != settings["single_scores"]
 
 
 def test_held_out_labels_never_reach_the_stages_nested_best_single(ens_run):
