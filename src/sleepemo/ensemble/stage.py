@@ -372,8 +372,7 @@ def _guard_lines(final: dict | None, nested: dict | None, n: int) -> list[str]:
                 + ("" if not final["wider"] else ": the best trial of each larger number of "
                    "models tried was more than one standard error below it"))
     return [f"One-standard-error choice. Final blend: {what}. Nested folds ({n}): {counts}; "
-            f"{nested['wider_than_best']} kept more models than their best trial, "
-            f"{nested['one_model']} kept one model.", ""]
+            f"{nested['wider_than_best']} kept more models than their best trial.", ""]
 
 
 def _plots(stage: Stage, final: OptunaBlend, score, ds) -> None:
