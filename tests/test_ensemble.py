@@ -634,3 +634,20 @@ def test_stage_07_submits_the_ensemble_only_when_its_nested_score_wins(ens_run, 
         min(nested, best) - 0.01, max(nested, best)
     assert choose_model(swapped) == "good"
     assert "does not beat" in ensemble_choice(swapped, listed)
+
+
+def test_a_journal_file_study_tunes_the_same_blend_as_the_sqlite_one(tmp_path):
+    """``ensemble.storage: journal`` (Optuna's journal file in the run folder, for NFS):
+    the same trials, choice and predictions as the default SQLite file."""
+    from sleepemo.ensemble.sim import simulated_stack
+
+    stack, y = simulated_stack({"a": 0.5, "b": 0.3, "c": 0.0}, n_subjects=6, seed=4)
+    fits = [OptunaBlend(tmp_path / str(storage), "j", n_trials=8, top_k=3, seed=0,
+                        sfreq=100.0, storage=storage).fit(stack, y)
+            for storage in (None, "journal")]
+    assert (tmp_path / "journal" / "j.journal").is_file()
+    assert not (tmp_path / "journal" / "j.db").exists()
+    assert [(t.params, t.value) for t in fits[0].study_.trials] == \
+        [(t.params, t.value) for t in fits[1].study_.trials]
+    assert fits[0].params_ == fits[1].params_ and fits[0].guard_ == fits[1].guard_
+    np.testing.assert_array_equal(fits[0].predict(stack), fits[1].predict(stack))

@@ -155,16 +155,21 @@ def finished_trials(study) -> list:
     return [(t.params, t.value) for t in study.get_trials(states=FINISHED)]
 
 
-@pytest.mark.parametrize("kill_after", [0, 1, 6, 11])
+@pytest.mark.parametrize("kill_after, storage", [(0, None), (1, None), (6, None),
+                                                 (11, None), (1, "journal"), (6, "journal")])
 def test_an_exclusive_study_killed_and_resumed_ends_as_an_uninterrupted_one(tmp_path,
-                                                                          kill_after):
+                                                                          kill_after, storage):
     """SIGKILL during the first (enqueued) trial, the second (enqueued), a random start-up
     trial and a TPE trial; the rerun comes at once (no grace period), and the study's
     finished trials (parameters and values, in order) and best trial are those of a run
-    never killed."""
-    straight = enqueue_then_optimize("s", study_url(None, tmp_path / "a", "s"), tmp_path / "a",
-                                     None)
-    url = study_url(None, tmp_path / "b", "s")
+    never killed. The same for a journal file in the run folder (``storage: journal``,
+    no heartbeat: recovered by the exclusive opening alone)."""
+    from sleepemo.ensemble.studies import exclusive
+
+    assert exclusive(storage)
+    straight = enqueue_then_optimize("s", study_url(storage, tmp_path / "a", "s"),
+                                     tmp_path / "a", None)
+    url = study_url(storage, tmp_path / "b", "s")
     child = multiprocessing.get_context("spawn").Process(
         target=enqueue_then_optimize, args=("s", url, tmp_path / "b", kill_after))
     child.start()
@@ -349,6 +354,26 @@ def test_study_url_refuses_bad_urls_without_showing_the_password(tmp_path, url, 
     message = str(e.value)
     assert message.startswith("ensemble.storage: ") and problem in message
     assert "hunter2" not in message and "\n" not in message
+
+
+def test_two_workers_share_a_journal_study(tmp_path):
+    """Optuna's journal file (no database server: for a run folder on NFS): two worker
+    processes append to one file; the study ends with exactly n_trials."""
+    url = study_url("journal", tmp_path / "run" / "06_ensemble", "two")
+    assert url == f"journal://{tmp_path}/run/06_ensemble/two.journal"
+    check_two_workers(url, tmp_path)
+    assert (tmp_path / "run" / "06_ensemble" / "two.journal").stat().st_size > 0
+
+
+def test_study_url_takes_a_journal_file_by_its_absolute_path_only(tmp_path):
+    from sleepemo.ensemble.studies import exclusive
+
+    given = f"journal://{tmp_path}/shared/studies.journal"
+    assert study_url(given, tmp_path / "x", "ens") == given and (tmp_path / "shared").is_dir()
+    assert not exclusive(given) and not exclusive("postgresql://u@h/db")
+    for bad in ("journal://relative/studies.journal", "journal://"):
+        with pytest.raises(ConfigError, match="absolute path"):
+            study_url(bad, tmp_path, "ens", key="ensemble.storage")
 
 
 def test_study_url_refuses_a_bad_study_name(tmp_path):

@@ -521,7 +521,9 @@ class EnsembleConfig:
                                  "in lopo.csv); diagnostic results are always left out")
     storage: str | None = setting(None, affects="nothing",
                                   help="SQLAlchemy URL of the studies' database (e.g. "
-                                  "postgresql://user@host/db); default one SQLite file per "
+                                  "postgresql://user@host/db), or journal (one Optuna journal "
+                                  "file per study, for a run folder on NFS) or "
+                                  "journal:///path/file.journal; default one SQLite file per "
                                   "study under <out>/06_ensemble/studies/")
     workers: int = setting(1, affects="nothing",
                            help="processes running the nested studies (one per fold), one each "

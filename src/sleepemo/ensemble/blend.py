@@ -439,9 +439,9 @@ class OptunaBlend:
                                    self.min_run, self.search, self.top_k)
         url = studies.study_url(self.storage, self.folder, self.study_name,
                                 key="ensemble.storage")
-        # the default SQLite file in the run folder is this run's alone (the run lock), so
-        # a killed study resumes to the uninterrupted result (studies: *Replay*)
-        exclusive = not self.storage
+        # the default SQLite (or journal) file in the run folder is this run's alone (the
+        # run lock), so a killed study resumes to the uninterrupted result (*Replay*)
+        exclusive = studies.exclusive(self.storage)
         study = studies.open_study(self.study_name, url, self.seed, exclusive=exclusive)
         searched = study.user_attrs.get("search", "full")  # (studies before the attr: full)
         if study.trials and searched != self.search:

@@ -41,6 +41,16 @@ no other process can own it), re-queues it only if its parameters were fixed by
 ``enqueue_trial`` (a drawn trial is drawn again, identically, from the same history), and
 starts a study that holds trials but no finished one over (its caller enqueues again).
 
+**Journal files** (``storage: journal``, or ``journal:///path``; :func:`study_url`).
+Optuna's :class:`~optuna.storages.JournalStorage` appends every change of a study to a
+file, with a lock file for writers (Optuna's default symlink lock, safe on NFS), so
+workers on machines that share the run folder can use it without a database server. It
+has no heartbeat, so a killed trial is recovered only by an exclusive opening
+(:func:`recover_killed`): the ``journal`` files in the run folder are exclusive like the
+default SQLite files (:func:`exclusive`), and resume after a SIGKILL exactly as they do;
+an explicit ``journal:///`` file may be shared by other runs, so its killed trials stay
+``RUNNING`` (the count of finished trials is unaffected).
+
 Passwords in URLs are never printed: every message shows :func:`mask_url`'s form.
 """
 from __future__ import annotations
@@ -73,6 +83,8 @@ GRACE_PERIOD = 60
 MAX_RETRY = 3
 #: seconds a SQLite connection waits for another process's write lock
 SQLITE_TIMEOUT = 60
+#: the URL scheme of a journal file storage: ``journal://`` + its absolute path
+JOURNAL = "journal://"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SECRET_KEY = re.compile(r"pass|secret|token", re.IGNORECASE)
@@ -115,13 +127,19 @@ def _scrub(text: str, url: str) -> str:
 
 
 def study_url(storage: str | None, folder: Path, name: str, key: str = "storage") -> str:
-    """The SQLAlchemy URL of study ``name``.
+    """The URL of study ``name``: a SQLAlchemy URL, or ``journal://<absolute path>`` for
+    Optuna's journal file storage.
 
     ``storage`` empty or None: ``sqlite:///<folder>/<name>.db`` (``folder`` is created).
-    Otherwise ``storage`` itself, checked: it must parse as a URL, name a known database
-    backend whose Python driver is installed, and not be an in-memory SQLite database (a
-    study must outlive its process to be shared or resumed). For a SQLite file URL the
-    file's folder is created. ``key`` names the setting in error messages.
+    ``journal``: ``journal://<folder>/<name>.journal``, one journal file per study beside
+    where the SQLite file would be: for run folders on a shared file system (NFS) where
+    SQLite's locking is unreliable; no database server (see *Journal files* in the module
+    docstring). ``journal:///absolute/path/file.journal``: that journal file (its folder
+    is created; a relative path is refused). Otherwise ``storage`` itself, checked: it
+    must parse as a URL, name a known database backend whose Python driver is installed,
+    and not be an in-memory SQLite database (a study must outlive its process to be shared
+    or resumed). For a SQLite file URL the file's folder is created. ``key`` names the
+    setting in error messages.
     """
     if not isinstance(name, str) or not _NAME.match(name):
         raise ConfigError(f"study name {name!r}: use letters, digits, '_', '.', '-'")
@@ -131,6 +149,17 @@ def study_url(storage: str | None, folder: Path, name: str, key: str = "storage"
         return f"sqlite:///{(folder / f'{name}.db').resolve()}"
     if not isinstance(storage, str):
         raise ConfigError(f"{key} must be a database URL (a string), not {type(storage).__name__}")
+    if storage.strip() == "journal":
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        return f"{JOURNAL}{(folder / f'{name}.journal').resolve()}"
+    if storage.strip().startswith(JOURNAL):
+        path = Path(storage.strip()[len(JOURNAL):]).expanduser()
+        if not path.is_absolute() or path.name in ("", ".", ".."):
+            raise ConfigError(f"{key}: {storage!r} must name a journal file by its absolute "
+                              "path: journal:///path/to/studies.journal (three slashes)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return f"{JOURNAL}{path.resolve()}"
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
@@ -158,6 +187,13 @@ def study_url(storage: str | None, folder: Path, name: str, key: str = "storage"
                               "be a file (sqlite:///path/study.db) or a server to be resumed")
         Path(u.database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
     return url
+
+
+def exclusive(storage: str | None) -> bool:
+    """Whether the studies of ``storage`` (a setting, as :func:`study_url` takes it) are
+    this run's alone: the default SQLite files and the ``journal`` files live in the run
+    folder, which the run lock (:mod:`sleepemo.pipeline.runlock`) keeps to one run."""
+    return storage is None or str(storage).strip() in ("", "journal")
 
 
 def _engine_kwargs(url: str) -> dict:
@@ -229,11 +265,17 @@ def _open_once(name, url, seed, direction, heartbeat_interval, grace_period, pru
     try:
         with warnings.catch_warnings():  # the heartbeat and its retry are "experimental"
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(
-                url, engine_kwargs=_engine_kwargs(url),
-                heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=MAX_RETRY))
+            if url.startswith(JOURNAL):
+                from optuna.storages.journal import JournalFileBackend
+
+                storage = optuna.storages.JournalStorage(
+                    JournalFileBackend(url[len(JOURNAL):]))
+            else:
+                storage = optuna.storages.RDBStorage(
+                    url, engine_kwargs=_engine_kwargs(url),
+                    heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                    heartbeat_stale_trial_callback=optuna.storages.
+                    RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
             study = optuna.create_study(
                 study_name=name, storage=storage, direction=direction, load_if_exists=True,
                 sampler=HistorySeededTPE(seed), pruner=pruner)
@@ -415,7 +457,8 @@ def optimize(name: str, url: str, objective: Callable, n_trials: int, n_workers:
     study, storage = _open(name, url, seed, **study_kwargs)  # created before any worker
     if exclusive:
         recover_killed(study, storage, restart=False)
-    fail_stale_trials(study, storage, grace_period)  # a killed earlier run's trials
+    if isinstance(storage, optuna.storages.RDBStorage):  # (a journal has no heartbeat)
+        fail_stale_trials(study, storage, grace_period)  # a killed earlier run's trials
     done = n_finished(study)
     todo = n_trials - done
     if todo <= 0:
