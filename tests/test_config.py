@@ -53,6 +53,7 @@ def test_overrides_are_parsed_as_yaml():
     ("fusion.variants=[nope]", "unknown fusion variant"),
     ("fusion.stride=6", "multiple of"),
     ("fusion.n_inner_val=0", "n_inner_val"),
+    ("executor=dask", "executor must be one of"),
 ])
 def test_bad_config_is_refused(override, message):
     with pytest.raises(ConfigError, match=message):

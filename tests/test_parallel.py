@@ -66,3 +66,26 @@ def test_parallel_folds_equal_serial_ones_and_report_every_step(tmp_path):
 def test_a_worker_error_reaches_the_parent(tmp_path):
     with pytest.raises(ValueError, match="fold 99 is broken"):
         run_folds(_stage(tmp_path), [1, 99, 2], _setup, _task, workers=2)
+
+
+def _ray_stage(tmp_path):
+    from sleepemo.config import load_config
+
+    return Stage(load_config("smoke", ["executor=ray"]), tmp_path, tmp_path, spec("fusion"),
+                 progress=False, log=lambda m: None)
+
+
+def test_ray_actors_give_the_local_results_and_report_every_step(tmp_path):
+    """executor=ray (a local Ray cluster started for the call, two actors): the folds'
+    results are bit-identical to the local executor's, computed outside this process,
+    every step reaches the progress bar, and a task's error reaches the caller."""
+    todo = [0, 3, 5, 6]
+    local, remote = Counter(), Counter()
+    one = run_folds(_stage(tmp_path), todo, _setup, _task, workers=2, progress=local)
+    ray = run_folds(_ray_stage(tmp_path), todo, _setup, _task, workers=2, progress=remote)
+    assert sorted(ray) == todo and local.n == remote.n == 3 * len(todo)
+    assert os.getpid() not in {pid for pid, _ in ray.values()}
+    for k in todo:
+        np.testing.assert_array_equal(one[k][1], ray[k][1])
+    with pytest.raises(ValueError, match="fold 99 is broken"):
+        run_folds(_ray_stage(tmp_path), [1, 99], _setup, _task, workers=2)

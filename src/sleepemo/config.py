@@ -38,6 +38,7 @@ CHECKOUT = (REPO / "pyproject.toml").is_file() and \
 #: The YAML profiles, shipped inside the package (package data).
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 PROFILES = ("smoke", "quick", "full")
+EXECUTORS = ("local", "ray")
 
 
 def project_dir() -> Path:
@@ -549,6 +550,10 @@ class EnsembleConfig:
 class Config:
     profile: str = "quick"
     seed: int = 0
+    #: where fold-parallel stages run their folds (sleepemo.pipeline.executor): ``local``
+    #: worker processes, or ``ray`` actors (RAY_ADDRESS's cluster, else a local one); the
+    #: results are the same either way
+    executor: str = "local"
     data: DataConfig = field(default_factory=DataConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     mae: MAEConfig = field(default_factory=MAEConfig)
@@ -568,6 +573,8 @@ class Config:
     def validate(self) -> "Config":
         _check(self.profile in PROFILES,
                f"profile must be one of {PROFILES}, not {self.profile!r}")
+        _check(self.executor in EXECUTORS,
+               f"executor must be one of {EXECUTORS}, not {self.executor!r}")
         for section in self.sections().values():
             section.validate(self)
         return self

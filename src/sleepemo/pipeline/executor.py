@@ -22,6 +22,19 @@ steps to the parent's progress bar. A worker's exception is raised in the parent
 worker's traceback) and the folds not yet started are cancelled; folds already written
 stay, so a rerun resumes. A fold's seeds do not depend on the process that trains it: with
 one thread, parallel results are bit-identical to serial ones (tests/test_parallel.py).
+
+**Ray** (``executor: ray``, :func:`_run_ray`). The same ``setup`` and ``task`` run in Ray
+actors instead of local processes: one actor per worker (``workers``; 0: one per CPU of the
+cluster), each building the stage's state once (as a local worker does) with one CPU and
+one torch thread, so the results are bit-identical to the local executor's. Folds are
+handed out as actors free up (:class:`ray.util.ActorPool`). The cluster is
+``RAY_ADDRESS``'s when set (``ray start --head`` on one machine, ``ray start
+--address=...`` on the others, the run folder and the checkout on a shared file system),
+else a local one started for the stage and stopped after it. An actor whose process or
+node dies is restarted elsewhere and its fold run again (``max_restarts``,
+``max_task_retries``): a fold writes its files atomically, so a retried fold equals an
+uninterrupted one. A task's exception is raised in the stage with the task's message.
+Each actor reports its steps with its fold's result, so the progress bar moves per fold.
 """
 from __future__ import annotations
 
@@ -65,6 +78,8 @@ def run_folds(stage, todo: list[int], setup: Callable, task: Callable, workers: 
     docstring). ``progress``: a bar whose ``update(1)`` is called per step; ``state``:
     the parent's own ``setup(stage)`` if it has one already (serial runs use it)."""
     step = (lambda: progress.update(1)) if progress is not None else (lambda: None)
+    if getattr(stage.cfg, "executor", "local") == "ray" and todo:
+        return _run_ray(stage, todo, setup, task, workers, step)
     n = resolve_workers(workers, len(todo))
     if n <= 1:
         state = setup(stage) if state is None else state
@@ -125,3 +140,84 @@ def _open_worker(opening: tuple, steps) -> None:
 def _run_task(task: Callable, k: int):
     steps = _STATE["steps"]
     return task(_STATE["state"], k, lambda: steps.put(1))
+
+
+# ------------------------------------------------------------------ Ray
+#: how often Ray restarts a lost actor and retries its fold (a node lost mid-fold)
+RAY_RETRIES = 3
+
+
+def ray_runtime_env() -> dict:
+    """What every Ray worker needs to import the stage's code: this checkout's ``src`` and
+    the driver's ``PYTHONPATH`` (a cluster's nodes see the same paths on a shared file
+    system), one OpenMP thread."""
+    src = str(Path(__file__).resolve().parents[2])
+    paths = [src] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return {"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths)),
+                         "OMP_NUM_THREADS": "1"}}
+
+
+def ray_connect(n_cpus: int) -> bool:
+    """Connect to ``RAY_ADDRESS``'s cluster, or start a local one with ``n_cpus`` CPUs;
+    returns whether this call started Ray (so the caller stops it)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    # (Ray's coming default: actors asking for no GPU keep the visible devices as they are)
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    address = os.environ.get("RAY_ADDRESS") or None
+    kwargs = {} if address else {"num_cpus": n_cpus, "include_dashboard": False}
+    ray.init(address=address, runtime_env=ray_runtime_env(), log_to_driver=False,
+             logging_level="WARNING", configure_logging=False, **kwargs)
+    return True
+
+
+class FoldActor:
+    """A Ray actor running one stage's folds: its state built once (:func:`_open_worker`,
+    one torch thread), then ``run(task, k)`` per fold."""
+
+    def __init__(self, opening: tuple):
+        _open_worker(opening, None)
+
+    def run(self, task: Callable, k: int) -> tuple:
+        steps = [0]
+
+        def step():
+            steps[0] += 1
+
+        return k, task(_STATE["state"], k, step), steps[0], os.getpid()
+
+
+def _run_ray(stage, todo: list[int], setup: Callable, task: Callable, workers: int,
+             step: Callable) -> dict[int, Any]:
+    """:func:`run_folds` on Ray actors (see the module docstring)."""
+    import ray
+    from ray.util import ActorPool
+
+    started = ray_connect(resolve_workers(workers, len(todo)))
+    actors: list = []
+    try:
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        n = max(1, min(workers or cpus, len(todo)))
+        actor = ray.remote(num_cpus=1, max_restarts=RAY_RETRIES,
+                           max_task_retries=RAY_RETRIES)(FoldActor)
+        opening = (stage.cfg, str(stage.data_dir), str(stage.out), stage.spec.name, setup)
+        stage.log(f"{stage.spec.name}: {len(todo)} folds on {n} Ray actors "
+                  f"({cpus} CPUs in the cluster), one thread each")
+        actors = [actor.remote(opening) for _ in range(n)]
+        pool = ActorPool(actors)
+        for k in todo:
+            pool.submit(lambda a, k: a.run.remote(task, k), k)
+        out: dict[int, Any] = {}
+        while pool.has_next():
+            k, result, steps, _ = pool.get_next_unordered()
+            for _ in range(steps):
+                step()
+            out[k] = result
+        return out
+    finally:
+        for a in actors:
+            ray.kill(a)
+        if started:
+            ray.shutdown()
