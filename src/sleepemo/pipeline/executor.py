@@ -148,11 +148,18 @@ RAY_RETRIES = 3
 
 
 def ray_runtime_env() -> dict:
-    """What every Ray worker needs to import the stage's code: this checkout's ``src`` and
-    the driver's ``PYTHONPATH`` (a cluster's nodes see the same paths on a shared file
-    system), one OpenMP thread."""
+    """What every Ray worker needs to import the stage's code: this checkout's ``src``,
+    the driver's ``PYTHONPATH`` and the folders on its ``sys.path`` outside the Python
+    installation (e.g. a test folder; a cluster's nodes see the same paths on a shared
+    file system), one OpenMP thread."""
+    import sys
+
     src = str(Path(__file__).resolve().parents[2])
-    paths = [src] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    installed = tuple({str(Path(p).resolve()) for p in (sys.prefix, sys.base_prefix)})
+    extra = [p for p in sys.path if p and Path(p).is_dir()
+             and not str(Path(p).resolve()).startswith(installed)]
+    paths = [src] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p] + \
+        [str(Path(p).resolve()) for p in extra]
     return {"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths)),
                          "OMP_NUM_THREADS": "1"}}
 
