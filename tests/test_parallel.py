@@ -89,3 +89,66 @@ def test_ray_actors_give_the_local_results_and_report_every_step(tmp_path):
         np.testing.assert_array_equal(one[k][1], ray[k][1])
     with pytest.raises(ValueError, match="fold 99 is broken"):
         run_folds(_ray_stage(tmp_path), [1, 99], _setup, _task, workers=2)
+
+
+def _gpu_setup(stage):
+    return {"dir": stage.out}
+
+
+def _gpu_task(state, k, step):
+    """What a fold worker was given: its visible CUDA devices (each worker's first fold
+    waits, up to 60 s, until two workers have started one, so both take folds)."""
+    import time
+
+    mine = state["dir"] / f"started-{os.getpid()}"
+    if not mine.exists():
+        mine.touch()
+        deadline = time.monotonic() + 60
+        while len(list(state["dir"].glob("started-*"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def test_local_workers_of_a_gpu_stage_are_spread_over_the_visible_gpus(tmp_path, monkeypatch):
+    """Two visible devices (simulated: the parent's list of GPUs replaced): each of two
+    worker processes sees one of them, both are used, and a CPU stage sets none."""
+    from sleepemo.pipeline import executor
+
+    stage = _stage(tmp_path)
+    import torch
+
+    assert executor.stage_gpus(stage) == [] or torch.cuda.is_available()  # auto: CPU here
+    monkeypatch.setattr(executor, "stage_gpus", lambda stage: ["0", "1"])
+    given = run_folds(stage, [0, 1, 2, 3], _gpu_setup, _gpu_task, workers=2)
+    assert set(given.values()) == {"0", "1"}
+    monkeypatch.setattr(executor, "stage_gpus", lambda stage: [])
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    (tmp_path / "cpu").mkdir()
+    assert set(run_folds(_stage(tmp_path / "cpu"), [0, 1], _gpu_setup, _gpu_task,
+                         workers=2).values()) == {None}
+
+
+def test_ray_places_the_actors_of_a_gpu_stage_on_both_gpus(tmp_path):
+    """A local Ray cluster declaring two GPUs (none exists: the placement is checked from
+    what each actor was given) and a stage on ``cuda``: with ``gpu_fraction`` 1 the two
+    actors get GPU 0 and GPU 1; with 0.5, two actors share one GPU."""
+    import ray
+
+    from sleepemo.config import load_config
+
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False,
+             configure_logging=False, runtime_env=__import__(
+                 "sleepemo.pipeline.executor", fromlist=["x"]).ray_runtime_env())
+    try:
+        for fraction, want in ((1.0, {"0", "1"}), (0.5, None)):
+            cfg = load_config("smoke", ["executor=ray", "fusion.device=cuda",
+                                        f"gpu_fraction={fraction}"])
+            out = tmp_path / str(fraction)
+            out.mkdir()
+            stage = Stage(cfg, out, out, spec("fusion"), progress=False, log=lambda m: None)
+            given = run_folds(stage, [0, 1, 2, 3], _gpu_setup, _gpu_task, workers=2)
+            assert all(v in ("0", "1") for v in given.values()), given
+            if want:
+                assert set(given.values()) == want
+    finally:
+        ray.shutdown()

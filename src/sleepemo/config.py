@@ -554,6 +554,8 @@ class Config:
     #: worker processes, or ``ray`` actors (RAY_ADDRESS's cluster, else a local one); the
     #: results are the same either way
     executor: str = "local"
+    #: the share of a GPU each Ray actor of a GPU stage asks for (0.5: two folds per GPU)
+    gpu_fraction: float = 1.0
     data: DataConfig = field(default_factory=DataConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     mae: MAEConfig = field(default_factory=MAEConfig)
@@ -575,6 +577,8 @@ class Config:
                f"profile must be one of {PROFILES}, not {self.profile!r}")
         _check(self.executor in EXECUTORS,
                f"executor must be one of {EXECUTORS}, not {self.executor!r}")
+        _check(0 < self.gpu_fraction <= 1,
+               f"gpu_fraction must be in (0, 1], not {self.gpu_fraction!r}")
         for section in self.sections().values():
             section.validate(self)
         return self

@@ -35,6 +35,12 @@ node dies is restarted elsewhere and its fold run again (``max_restarts``,
 ``max_task_retries``): a fold writes its files atomically, so a retried fold equals an
 uninterrupted one. A task's exception is raised in the stage with the task's message.
 Each actor reports its steps with its fold's result, so the progress bar moves per fold.
+
+**GPUs.** A stage on CUDA (its section's ``device``) spreads its workers over the GPUs:
+local worker i sees only GPU ``i mod n`` of the parent's visible ones
+(``CUDA_VISIBLE_DEVICES`` set before it touches CUDA, :func:`stage_gpus`); a Ray actor
+asks for ``gpu_fraction`` of a GPU (0.5: two folds per GPU) and Ray's placement sets its
+``CUDA_VISIBLE_DEVICES``. Either way ``cuda`` inside a worker is the device it was given.
 """
 from __future__ import annotations
 
@@ -45,7 +51,7 @@ import queue as queue_module
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable
-from sleepemo.pipeline.stage import Stage, flush_denormals, spec
+from sleepemo.pipeline.stage import Stage, choose_device, flush_denormals, spec
 
 
 @dataclasses.dataclass
@@ -93,11 +99,12 @@ def run_folds(stage, todo: list[int], setup: Callable, task: Callable, workers: 
     ctx = multiprocessing.get_context("spawn")
     steps = ctx.Queue()
     opening = (stage.cfg, str(stage.data_dir), str(stage.out), stage.spec.name, setup)
+    gpus = stage_gpus(stage)
     stage.log(f"{stage.spec.name}: {len(todo)} folds on {n} worker processes, "
-              "one thread each")
+              "one thread each" + (f", over GPUs {', '.join(gpus)}" if gpus else ""))
     out: dict[int, Any] = {}
     with ProcessPoolExecutor(n, mp_context=ctx, initializer=_open_worker,
-                             initargs=(opening, steps)) as pool:
+                             initargs=(opening, steps, gpus, ctx.Value("i", 0))) as pool:
         pending = {pool.submit(_run_task, task, k): k for k in todo}
         try:
             while pending:
@@ -125,10 +132,30 @@ def _quiet(_message: str) -> None:
     """A worker's log: the parent reports for it."""
 
 
-def _open_worker(opening: tuple, steps) -> None:
-    """A worker's start: one torch thread, denormals flushed, the stage and its state."""
+def stage_gpus(stage) -> list[str]:
+    """The GPUs a stage's local workers share: none when the stage runs on the CPU (its
+    section's ``device``), else the parent's visible ones (``CUDA_VISIBLE_DEVICES``'s
+    list, or every device torch counts)."""
+    setting = getattr(stage.section, "device", None)
+    if setting is None or choose_device(setting).type != "cuda":
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip()]
     import torch
 
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def _open_worker(opening: tuple, steps, gpus=(), counter=None) -> None:
+    """A worker's start: its GPU (the next of ``gpus`` by ``counter``, before CUDA starts),
+    one torch thread, denormals flushed, the stage and its state."""
+    if gpus:
+        with counter.get_lock():
+            i = counter.value
+            counter.value += 1
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
+    import torch
 
     cfg, data_dir, out, name, setup = opening
     flush_denormals()
@@ -180,6 +207,15 @@ def ray_connect(n_cpus: int) -> bool:
     return True
 
 
+def ray_gpu_share(stage, resources: dict) -> float:
+    """The GPU share an actor of ``stage`` asks Ray for: ``gpu_fraction`` when the stage's
+    ``device`` is ``cuda``, or ``auto`` on a cluster with GPUs; else 0."""
+    setting = getattr(stage.section, "device", None)
+    if setting == "cuda" or (setting == "auto" and resources.get("GPU", 0) > 0):
+        return float(getattr(stage.cfg, "gpu_fraction", 1.0))
+    return 0.0
+
+
 class FoldActor:
     """A Ray actor running one stage's folds: its state built once (:func:`_open_worker`,
     one torch thread), then ``run(task, k)`` per fold."""
@@ -205,13 +241,16 @@ def _run_ray(stage, todo: list[int], setup: Callable, task: Callable, workers: i
     started = ray_connect(resolve_workers(workers, len(todo)))
     actors: list = []
     try:
-        cpus = int(ray.cluster_resources().get("CPU", 1))
+        resources = ray.cluster_resources()
+        cpus = int(resources.get("CPU", 1))
         n = max(1, min(workers or cpus, len(todo)))
-        actor = ray.remote(num_cpus=1, max_restarts=RAY_RETRIES,
+        gpu = ray_gpu_share(stage, resources)
+        actor = ray.remote(num_cpus=1, num_gpus=gpu, max_restarts=RAY_RETRIES,
                            max_task_retries=RAY_RETRIES)(FoldActor)
         opening = (stage.cfg, str(stage.data_dir), str(stage.out), stage.spec.name, setup)
         stage.log(f"{stage.spec.name}: {len(todo)} folds on {n} Ray actors "
-                  f"({cpus} CPUs in the cluster), one thread each")
+                  f"({cpus} CPUs in the cluster), one thread each"
+                  + (f", {gpu:g} GPU each" if gpu else ""))
         actors = [actor.remote(opening) for _ in range(n)]
         pool = ActorPool(actors)
         for k in todo:
