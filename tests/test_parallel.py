@@ -68,17 +68,34 @@ def test_a_worker_error_reaches_the_parent(tmp_path):
         run_folds(_stage(tmp_path), [1, 99, 2], _setup, _task, workers=2)
 
 
-def _ray_stage(tmp_path):
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One local Ray for this module's tests (its start-up is most of their time), with
+    two CPUs and two declared GPUs (none exists: placement is read from what each actor
+    was given). run_folds uses it as it would RAY_ADDRESS's cluster."""
+    import ray
+
+    from sleepemo.pipeline.executor import ray_runtime_env
+
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # (as ray_connect)
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False,
+             configure_logging=False, runtime_env=ray_runtime_env())
+    yield ray
+    ray.shutdown()
+
+
+def _ray_stage(out, *overrides):
     from sleepemo.config import load_config
 
-    return Stage(load_config("smoke", ["executor=ray"]), tmp_path, tmp_path, spec("fusion"),
+    out.mkdir(parents=True, exist_ok=True)
+    return Stage(load_config("smoke", ["executor=ray", *overrides]), out, out, spec("fusion"),
                  progress=False, log=lambda m: None)
 
 
-def test_ray_actors_give_the_local_results_and_report_every_step(tmp_path):
-    """executor=ray (a local Ray cluster started for the call, two actors): the folds'
-    results are bit-identical to the local executor's, computed outside this process,
-    every step reaches the progress bar, and a task's error reaches the caller."""
+def test_ray_actors_give_the_local_results_and_report_every_step(tmp_path, ray_cluster):
+    """executor=ray (two actors): the folds' results are bit-identical to the local
+    executor's, computed outside this process, every step reaches the progress bar, and a
+    task's error reaches the caller."""
     todo = [0, 3, 5, 6]
     local, remote = Counter(), Counter()
     one = run_folds(_stage(tmp_path), todo, _setup, _task, workers=2, progress=local)
@@ -89,6 +106,7 @@ def test_ray_actors_give_the_local_results_and_report_every_step(tmp_path):
         np.testing.assert_array_equal(one[k][1], ray[k][1])
     with pytest.raises(ValueError, match="fold 99 is broken"):
         run_folds(_ray_stage(tmp_path), [1, 99], _setup, _task, workers=2)
+    assert ray_cluster.is_initialized()  # (a cluster it did not start is left running)
 
 
 def _gpu_setup(stage):
@@ -128,27 +146,17 @@ def test_local_workers_of_a_gpu_stage_are_spread_over_the_visible_gpus(tmp_path,
                          workers=2).values()) == {None}
 
 
-def test_ray_places_the_actors_of_a_gpu_stage_on_both_gpus(tmp_path):
-    """A local Ray cluster declaring two GPUs (none exists: the placement is checked from
-    what each actor was given) and a stage on ``cuda``: with ``gpu_fraction`` 1 the two
-    actors get GPU 0 and GPU 1; with 0.5, two actors share one GPU."""
-    import ray
-
-    from sleepemo.config import load_config
-
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False,
-             configure_logging=False, runtime_env=__import__(
-                 "sleepemo.pipeline.executor", fromlist=["x"]).ray_runtime_env())
-    try:
-        for fraction, want in ((1.0, {"0", "1"}), (0.5, None)):
-            cfg = load_config("smoke", ["executor=ray", "fusion.device=cuda",
-                                        f"gpu_fraction={fraction}"])
-            out = tmp_path / str(fraction)
-            out.mkdir()
-            stage = Stage(cfg, out, out, spec("fusion"), progress=False, log=lambda m: None)
-            given = run_folds(stage, [0, 1, 2, 3], _gpu_setup, _gpu_task, workers=2)
-            assert all(v in ("0", "1") for v in given.values()), given
-            if want:
-                assert set(given.values()) == want
-    finally:
-        ray.shutdown()
+def test_ray_places_the_actors_of_a_gpu_stage_on_both_gpus(tmp_path, ray_cluster):
+    """A stage on ``cuda`` on the cluster's two (declared) GPUs: with ``gpu_fraction`` 1
+    the two actors get GPU 0 and GPU 1; with 0.5 every actor still gets one of them; a
+    CPU stage asks for none."""
+    for fraction, want in ((1.0, {"0", "1"}), (0.5, None)):
+        stage = _ray_stage(tmp_path / str(fraction), "fusion.device=cuda",
+                           f"gpu_fraction={fraction}")
+        given = run_folds(stage, [0, 1, 2, 3], _gpu_setup, _gpu_task, workers=2)
+        assert all(v in ("0", "1") for v in given.values()), given
+        if want:
+            assert set(given.values()) == want
+    cpu = run_folds(_ray_stage(tmp_path / "cpu", "fusion.device=cpu"), [0, 1], _gpu_setup,
+                    _gpu_task, workers=2)
+    assert set(cpu.values()) <= {None, ""}, cpu
