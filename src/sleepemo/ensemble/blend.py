@@ -190,21 +190,26 @@ def _load_pack(folder: str) -> dict:
     return _PACKS[folder]
 
 
+def ranking(curves: dict, parts: list, models, min_run: int) -> dict:
+    """``models`` best first by their window AUC on ``parts``
+    (:func:`~sleepemo.metric.score_from_curve` of the mean of their per-participant curves;
+    ties by name): model -> that score."""
+    alone = {m: score_from_curve(np.mean([curves[m][s] for s in parts], axis=0),
+                                 min_run)[0] for m in models}
+    return {m: alone[m] for m in sorted(alone, key=lambda m: (-alone[m], m))}
+
+
 def loo_orders(curves: dict, parts: list, models: list[str], min_run: int) -> np.ndarray:
     """Each participant's ranking of ``models`` by the *other* participants of ``parts``.
 
-    Row j holds the indices (into ``models``) of the models, best first, by their window
-    AUC (:func:`~sleepemo.metric.score_from_curve` of the mean curve, as
-    :meth:`OptunaBlend.fit` ranks its candidates; ties by name) on every participant of
-    ``parts`` but ``parts[j]``. A compact trial blends, for participant j, the first
+    Row j holds the indices (into ``models``) of the models, best first, by
+    :func:`ranking` (as :meth:`OptunaBlend.fit` ranks its candidates) on every participant
+    of ``parts`` but ``parts[j]``. A compact trial blends, for participant j, the first
     ``n_models`` of row j, so its score on participant j does not include choosing the
     models by participant j's own labels (see the module docstring)."""
     out = np.zeros((len(parts), len(models)), dtype=np.int32)
     for j, held in enumerate(parts):
-        others = [s for s in parts if s != held]
-        alone = {m: score_from_curve(np.mean([curves[m][s] for s in others], axis=0),
-                                     min_run)[0] for m in models}
-        ranked = sorted(models, key=lambda m: (-alone[m], m))
+        ranked = ranking(curves, [s for s in parts if s != held], models, min_run)
         out[j] = [models.index(m) for m in ranked]
     return out
 
@@ -421,11 +426,10 @@ class OptunaBlend:
         if curves is None:
             curves = curves_of(stack, y)
         parts = stack.participants()
-        alone = {m: score_from_curve(np.mean([curves[m][s] for s in parts], axis=0),
-                                     self.min_run)[0] for m in stack.models}
-        order = sorted(alone, key=lambda m: (-alone[m], m))
+        alone = ranking(curves, parts, stack.models, self.min_run)
+        order = list(alone)
         self.candidates_ = order[:self.top_k]
-        self.single_scores_ = {m: float(alone[m]) for m in order}
+        self.single_scores_ = {m: float(v) for m, v in alone.items()}
         arrays = {"y": y.astype(np.int8), "subjects": stack.subjects}
         # compact: every model, each participant blending its leave-one-out ranking's best
         packed = order if self.search == "compact" else self.candidates_

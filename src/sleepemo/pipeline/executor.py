@@ -183,10 +183,9 @@ def ray_runtime_env() -> dict:
 
     src = str(Path(__file__).resolve().parents[2])
     installed = tuple({str(Path(p).resolve()) for p in (sys.prefix, sys.base_prefix)})
-    extra = [p for p in sys.path if p and Path(p).is_dir()
-             and not str(Path(p).resolve()).startswith(installed)]
+    found = [str(Path(p).resolve()) for p in sys.path if p and Path(p).is_dir()]
     paths = [src] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p] + \
-        [str(Path(p).resolve()) for p in extra]
+        [p for p in found if not p.startswith(installed)]
     return {"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths)),
                          "OMP_NUM_THREADS": "1"}}
 
@@ -229,7 +228,7 @@ class FoldActor:
         def step():
             steps[0] += 1
 
-        return k, task(_STATE["state"], k, step), steps[0], os.getpid()
+        return k, task(_STATE["state"], k, step), steps[0]
 
 
 def _run_ray(stage, todo: list[int], setup: Callable, task: Callable, workers: int,
@@ -257,7 +256,7 @@ def _run_ray(stage, todo: list[int], setup: Callable, task: Callable, workers: i
             pool.submit(lambda a, k: a.run.remote(task, k), k)
         out: dict[int, Any] = {}
         while pool.has_next():
-            k, result, steps, _ = pool.get_next_unordered()
+            k, result, steps = pool.get_next_unordered()
             for _ in range(steps):
                 step()
             out[k] = result
