@@ -175,3 +175,29 @@ def test_predict_reproduces_every_result_of_the_run(smoke_run, small_dir):
     assert {"mae_probe", "band_probe", "starter", "riemann", "experts_mae_fomaml",
             "experts_mae_fomaml_tta", "fusion_raw", "fusion_experts", "rl_dqn", "rl_dqn_twin",
             "rl_sac", "rl_sac_twin", "ensemble"} <= {r.label for r in listed}
+
+
+def _tree(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_fold_workers_state_only_reads_the_run_folder(smoke_run, small_dir):
+    """The storage rule of fold workers (sleepemo.pipeline.executor): what a worker builds
+    before its first fold, each fold stage's ``fold_state``, writes nothing once the
+    driver's has run (the stage runs it first), so workers on several machines never race
+    on a cache: no file of the run folder is created, removed or rewritten. (It found that
+    every worker of stage 03 rewrote the band features' ``settings.json``.)"""
+    from sleepemo.pipeline.stage import Stage, spec
+
+    tmp, _ = smoke_run
+    out = tmp / "out"
+    cfg = load_config("smoke", list(SETS))
+    before = _tree(out)
+    for name in ("experts", "fusion", "rl", "ensemble"):
+        stage = Stage(cfg, small_dir, out, spec(name), progress=False, log=lambda m: None)
+        state = stage.spec.trainer_module().fold_state(stage)
+        assert state.folds.n_folds == 5
+        after = _tree(out)
+        changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+        assert not changed, f"{name}'s fold_state wrote {changed}"

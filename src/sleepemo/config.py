@@ -75,8 +75,9 @@ def setting(default: Any = dataclasses.MISSING, *, affects: str = "weights",
     return field(default=default, metadata=meta)
 
 
-WORKERS_HELP = ("fold-parallel worker processes, one torch thread each (0: one per core); "
-                "with one thread, results are the same for any number")
+WORKERS_HELP = ("fold-parallel worker processes (Ray actors with executor=ray), one torch "
+                "thread each (0: one per core or cluster CPU); with one thread, results "
+                "are the same for any number")
 
 
 def fields_affecting(section, *kinds: str) -> dict:
@@ -129,8 +130,9 @@ class BaselinesConfig:
     #: variant of a registered model (as in :attr:`VARIANTS`)
     params: dict[str, dict] = field(default_factory=dict)
     workers: int = setting(1, affects="nothing",
-                           help="processes fitting folds at once (joblib; 0: one per core); "
-                                "each uses one BLAS thread")
+                           help="folds fitted at once (joblib processes, or Ray tasks with "
+                                "executor=ray; 0: one per core or cluster CPU); each uses "
+                                "one BLAS thread")
 
     #: named variants every profile knows (``params`` may add or replace them): the
     #: Euclidean-aligned twins, so that adding ``<model>_ea`` to ``models`` reports a
@@ -550,9 +552,9 @@ class EnsembleConfig:
 class Config:
     profile: str = "quick"
     seed: int = 0
-    #: where fold-parallel stages run their folds (sleepemo.pipeline.executor): ``local``
-    #: worker processes, or ``ray`` actors (RAY_ADDRESS's cluster, else a local one); the
-    #: results are the same either way
+    #: where fold-parallel stages (01, 03-06) and study workers run (sleepemo.pipeline.executor):
+    #: ``local`` worker processes, or ``ray`` actors and tasks (RAY_ADDRESS's cluster, else
+    #: a local one); the results are the same either way
     executor: str = "local"
     #: the share of a GPU each Ray actor of a GPU stage asks for (0.5: two folds per GPU)
     gpu_fraction: float = 1.0

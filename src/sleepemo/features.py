@@ -357,7 +357,8 @@ class BandFeatureCache:
         todo = [s for s in subjects if not self.path(s).is_file()]
         for s in bar(todo, desc=self.root.name.replace("_", " "), unit="participant", enabled=progress):
             write_npy(self.path(s), self.spec(subjects[s], sfreq))
-        write_json(self.dir / "settings.json", self.settings)
+        if todo or not (self.dir / "settings.json").is_file():  # (a built cache: read only)
+            write_json(self.dir / "settings.json", self.settings)
         return self
 
     def load(self, subject: int) -> np.ndarray:

@@ -19,14 +19,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from joblib import Parallel, delayed
-
 from sleepemo.baselines import REGISTRY, make_model
 from sleepemo.data.folds import Folds
 from sleepemo.data.reader import Dataset
 from sleepemo.io import atomic_path
 from sleepemo.pipeline.artefacts import Result, ResultWriter, code_hash, fingerprint
-from sleepemo.pipeline.executor import resolve_workers
+from sleepemo.pipeline.executor import map_unordered
 from sleepemo.progress import bar
 
 
@@ -98,7 +96,7 @@ def lopo_fingerprint(model_key: str, params: dict | None, seed: int, data: str,
 def run_lopo(name: str, ds: Dataset, folds: Folds, out: str | Path, stage: str,
              seed: int = 0, params: dict | None = None, progress: bool = True, log=print,
              model: str | None = None, features: dict | None = None,
-             feature_key: str | None = None, workers: int = 1,
+             feature_key: str | None = None, workers: int = 1, executor: str = "local",
              recipe: dict | None = None, code_from: tuple = ()) -> Result:
     """Train a registered model under LOPO and write its result (see the module
     docstring).
@@ -120,9 +118,11 @@ def run_lopo(name: str, ds: Dataset, folds: Folds, out: str | Path, stage: str,
         Modules whose code computed ``features`` (e.g. the calling stage's
         ``__name__``): their code, with what they import, enters the fingerprint
         (:func:`lopo_fingerprint`).
-    workers : int
-        Folds fitted at once in joblib processes (one BLAS thread each; 0: one per core).
-        The results do not depend on it beyond the last bits of floating-point sums.
+    workers, executor : int, str
+        Folds fitted at once (0: one per core, or per CPU of a Ray cluster), one BLAS
+        thread each, in joblib processes (``local``) or Ray tasks (``ray``;
+        :func:`sleepemo.pipeline.executor.map_unordered`). The results do not depend on
+        the executor, nor on ``workers`` beyond the last bits of floating-point sums.
     """
     folds.check(ds)
     params = dict(params or {})
@@ -156,18 +156,16 @@ def run_lopo(name: str, ds: Dataset, folds: Folds, out: str | Path, stage: str,
     def jobs():
         for k in todo:
             held, train = folds.held_out(k), folds.train_of(k)
-            yield delayed(fit_fold)(model_key, params, seed, k, [feats[s] for s in train],
-                                    [ds.train[s].y for s in train], feats[held],
-                                    ds.train[held].n_trials,
-                                    [feats[s] for s in folds.test_subjects], n_tests, n_times)
+            yield (model_key, params, seed, k, [feats[s] for s in train],
+                   [ds.train[s].y for s in train], feats[held], ds.train[held].n_trials,
+                   [feats[s] for s in folds.test_subjects], n_tests, n_times)
 
     progress_bar = bar(total=folds.n_folds, desc=f"{name}: LOPO folds", unit="fold",
                        enabled=progress)
     progress_bar.update(folds.n_folds - len(todo))
-    n_jobs = resolve_workers(workers, len(todo))
     # each fold is written as soon as it is done, in whatever order: a killed run resumes
-    for k, oof, test, m in (Parallel(n_jobs=n_jobs, return_as="generator_unordered")(jobs())
-                            if n_jobs > 1 else (job[0](*job[1], **job[2]) for job in jobs())):
+    for k, oof, test, m in map_unordered(executor, fit_fold, jobs(), workers,
+                                         lambda msg: log(f"{name}: {msg}")):
         save_fold_model(writer.folder, k, m)  # first: a fold is done when its npz is
         writer.save_fold(k, oof=oof, test=test)
         progress_bar.update(1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from sleepemo.baselines import REGISTRY
 from sleepemo.baselines.lopo import lopo_fingerprint, run_lopo
 from sleepemo.pipeline.artefacts import Planned, results
+from sleepemo.pipeline.executor import executor_session
 from sleepemo.pipeline.evidence import results_table, to_markdown
 from sleepemo.pipeline.stage import Stage, StageOutput
 
@@ -24,10 +25,12 @@ def run(stage: Stage) -> StageOutput:
     folds = stage.folds(ds)
     cfg = stage.cfg
     b = cfg.baselines
-    for name in b.models:
-        run_lopo(name, ds, folds, stage.out, stage.spec.name, seed=cfg.seed,
-                 model=b.registry_key(name), params=b.model_params(name),
-                 progress=stage.progress, log=stage.log, workers=b.workers)
+    with executor_session(cfg.executor):  # (one Ray session for every model)
+        for name in b.models:
+            run_lopo(name, ds, folds, stage.out, stage.spec.name, seed=cfg.seed,
+                     model=b.registry_key(name), params=b.model_params(name),
+                     progress=stage.progress, log=stage.log, workers=b.workers,
+                     executor=cfg.executor)
     listed = [r for r in results(stage.out, stage.spec.name)
               if r.name in cfg.baselines.models]
     table, _, _ = results_table(listed)

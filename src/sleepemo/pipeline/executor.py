@@ -23,17 +23,26 @@ worker's traceback) and the folds not yet started are cancelled; folds already w
 stay, so a rerun resumes. A fold's seeds do not depend on the process that trains it: with
 one thread, parallel results are bit-identical to serial ones (tests/test_parallel.py).
 
+Stage 01's folds need no per-worker state: :func:`map_unordered` runs ``fn(*job)`` for
+each job and yields the results as they finish, in joblib processes (local, as before) or
+in Ray tasks (one CPU each, retried on a lost node). The nested studies' trial workers
+(``ensemble.study_workers``, :func:`sleepemo.ensemble.studies.optimize`) run on the same
+two executors. Whatever the executor, only the stage's own process (the driver) holds the
+run's lock and builds caches; workers read them and write only their own fold's files,
+atomically.
+
 **Ray** (``executor: ray``, :func:`_run_ray`). The same ``setup`` and ``task`` run in Ray
 actors instead of local processes: one actor per worker (``workers``; 0: one per CPU of the
 cluster), each building the stage's state once (as a local worker does) with one CPU and
 one torch thread, so the results are bit-identical to the local executor's. Folds are
-handed out as actors free up (:class:`ray.util.ActorPool`). The cluster is
-``RAY_ADDRESS``'s when set (``ray start --head`` on one machine, ``ray start
---address=...`` on the others, the run folder and the checkout on a shared file system),
-else a local one started for the stage and stopped after it. An actor whose process or
-node dies is restarted elsewhere and its fold run again (``max_restarts``,
-``max_task_retries``): a fold writes its files atomically, so a retried fold equals an
-uninterrupted one. A task's exception is raised in the stage with the task's message.
+handed out as actors free up. The cluster is ``RAY_ADDRESS``'s when set (``ray start
+--head`` on one machine, ``ray start --address=...`` on the others, the run folder and
+the checkout on a shared file system), else a local one started for the stage and stopped
+after it. When an actor's process or node dies, its fold is handed to a new actor, which
+Ray places where there is room: a fold writes its files atomically and its seeds do not
+depend on where it runs, so a retried fold equals an uninterrupted one
+(tests/test_cluster.py kills a node mid-stage). A task's exception is raised in the stage
+with the task's message.
 Each actor reports its steps with its fold's result, so the progress bar moves per fold.
 
 **GPUs.** A stage on CUDA (its section's ``device``) spreads its workers over the GPUs:
@@ -44,13 +53,14 @@ asks for ``gpu_fraction`` of a GPU (0.5: two folds per GPU) and Ray's placement 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing
 import os
 import queue as queue_module
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 from sleepemo.pipeline.stage import Stage, choose_device, flush_denormals, spec
 
 
@@ -170,7 +180,8 @@ def _run_task(task: Callable, k: int):
 
 
 # ------------------------------------------------------------------ Ray
-#: how often Ray restarts a lost actor and retries its fold (a node lost mid-fold)
+#: how often a fold (stages 03-06, on a new actor) or a task (Ray's own retry) runs again
+#: after its worker or node was lost mid-fold
 RAY_RETRIES = 3
 
 
@@ -188,6 +199,94 @@ def ray_runtime_env() -> dict:
         [p for p in found if not p.startswith(installed)]
     return {"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths)),
                          "OMP_NUM_THREADS": "1"}}
+
+
+#: open :func:`executor_session` blocks: Ray started inside one is kept until it ends
+_HELD = [0]
+
+
+@contextlib.contextmanager
+def ray_session(workers: int):
+    """Ray for the duration of the block: :func:`ray_connect` (a local cluster gets
+    ``workers`` CPUs, 0: every core); a local cluster it started is stopped after the
+    block, unless an :func:`executor_session` holds it."""
+    import ray
+
+    started = ray_connect(workers or resolve_workers(0, 1 << 16))
+    try:
+        yield ray
+    finally:
+        if started and not _HELD[0]:
+            ray.shutdown()
+
+
+@contextlib.contextmanager
+def executor_session(executor: str):
+    """A block in which every map and fold run on ``executor`` shares one cluster: with
+    ``ray``, the local cluster the first of them starts (only if one does) is stopped at
+    the end of the block instead of after that one. Nothing for ``local``."""
+    if executor != "ray":
+        yield
+        return
+    import ray
+
+    was_running = ray.is_initialized()
+    _HELD[0] += 1
+    try:
+        yield
+    finally:
+        _HELD[0] -= 1
+        if not was_running and not _HELD[0] and ray.is_initialized():
+            ray.shutdown()
+
+
+def ray_slots(ray, workers: int, n_todo: int) -> int:
+    """How many tasks or actors run at once on the cluster: ``workers`` (0: one per CPU
+    of the cluster), never more than there are jobs."""
+    return max(1, min(workers or int(ray.cluster_resources().get("CPU", 1)), n_todo))
+
+
+def map_unordered(executor: str, fn: Callable, jobs: Iterable[tuple], workers: int,
+                  log: Callable = _quiet) -> Iterator:
+    """``fn(*job)`` for every job, yielded as each one finishes (in any order; a result
+    should say which job it belongs to). ``fn`` is module-level and its arguments and
+    result pickle. ``executor``: ``local`` runs ``workers`` joblib processes (0: one per
+    core; one BLAS thread each) or, with one worker, this process; ``ray`` runs Ray tasks
+    of one CPU, ``workers`` at once (0: one per CPU of the cluster), each retried on
+    another node if its node is lost (:data:`RAY_RETRIES`). A job's exception is raised
+    here; the jobs not yet finished are cancelled."""
+    jobs = list(jobs)
+    if executor == "ray" and jobs:
+        yield from _ray_map(fn, jobs, workers, log)
+        return
+    n = resolve_workers(workers, len(jobs))
+    if n <= 1:
+        for job in jobs:
+            yield fn(*job)
+        return
+    from joblib import Parallel, delayed
+
+    yield from Parallel(n_jobs=n, return_as="generator_unordered")(
+        delayed(fn)(*job) for job in jobs)
+
+
+def _ray_map(fn: Callable, jobs: list[tuple], workers: int, log: Callable) -> Iterator:
+    """:func:`map_unordered` on Ray: at most ``workers`` tasks running, the next job
+    submitted as one finishes."""
+    with ray_session(workers) as ray:
+        n = ray_slots(ray, workers, len(jobs))
+        log(f"{len(jobs)} folds as Ray tasks, {n} at once, one CPU each")
+        remote = ray.remote(num_cpus=1, max_retries=RAY_RETRIES)(fn)
+        waiting, running = list(reversed(jobs)), []
+        try:
+            while waiting or running:
+                while waiting and len(running) < n:
+                    running.append(remote.remote(*waiting.pop()))
+                done, running = ray.wait(running, num_returns=1)
+                yield ray.get(done[0])
+        finally:
+            for ref in running:
+                ray.cancel(ref, force=True)
 
 
 def ray_connect(n_cpus: int) -> bool:
@@ -223,46 +322,71 @@ class FoldActor:
         _open_worker(opening, None)
 
     def run(self, task: Callable, k: int) -> tuple:
+        """Fold ``k``'s result and its number of steps."""
         steps = [0]
 
         def step():
             steps[0] += 1
 
-        return k, task(_STATE["state"], k, step), steps[0]
+        return task(_STATE["state"], k, step), steps[0]
 
 
 def _run_ray(stage, todo: list[int], setup: Callable, task: Callable, workers: int,
              step: Callable) -> dict[int, Any]:
-    """:func:`run_folds` on Ray actors (see the module docstring)."""
-    import ray
-    from ray.util import ActorPool
+    """:func:`run_folds` on Ray actors (see the module docstring).
 
-    started = ray_connect(resolve_workers(workers, len(todo)))
+    A fold whose actor is lost (its process or node died: any :class:`RayActorError`,
+    including "unavailable", where the fold may or may not have run) is handed out again,
+    at most :data:`RAY_RETRIES` times, and its actor replaced by a new one, which Ray
+    places where there is room. An actor with no fold left to take is killed at once, so
+    that its CPU (or GPU share) is free for such a replacement, which would otherwise wait
+    for it forever. A fold's own exception is raised here."""
     actors: list = []
-    try:
-        resources = ray.cluster_resources()
-        cpus = int(resources.get("CPU", 1))
-        n = max(1, min(workers or cpus, len(todo)))
-        gpu = ray_gpu_share(stage, resources)
-        actor = ray.remote(num_cpus=1, num_gpus=gpu, max_restarts=RAY_RETRIES,
-                           max_task_retries=RAY_RETRIES)(FoldActor)
-        opening = (stage.cfg, str(stage.data_dir), str(stage.out), stage.spec.name, setup)
-        stage.log(f"{stage.spec.name}: {len(todo)} folds on {n} Ray actors "
-                  f"({cpus} CPUs in the cluster), one thread each"
-                  + (f", {gpu:g} GPU each" if gpu else ""))
-        actors = [actor.remote(opening) for _ in range(n)]
-        pool = ActorPool(actors)
-        for k in todo:
-            pool.submit(lambda a, k: a.run.remote(task, k), k)
-        out: dict[int, Any] = {}
-        while pool.has_next():
-            k, result, steps = pool.get_next_unordered()
-            for _ in range(steps):
-                step()
-            out[k] = result
-        return out
-    finally:
-        for a in actors:
-            ray.kill(a)
-        if started:
-            ray.shutdown()
+    with ray_session(workers) as ray:
+        from ray.exceptions import RayActorError
+
+        try:
+            resources = ray.cluster_resources()
+            n = ray_slots(ray, workers, len(todo))
+            gpu = ray_gpu_share(stage, resources)
+            actor = ray.remote(num_cpus=1, num_gpus=gpu)(FoldActor)
+            opening = (stage.cfg, str(stage.data_dir), str(stage.out), stage.spec.name,
+                       setup)
+            stage.log(f"{stage.spec.name}: {len(todo)} folds on {n} Ray actors "
+                      f"(CPUs in the cluster: {int(resources.get('CPU', 1))}), one thread "
+                      "each" + (f", {gpu:g} GPU each" if gpu else ""))
+            actors = [actor.remote(opening) for _ in range(n)]
+            idle, waiting, running = list(actors), list(reversed(todo)), {}
+            out: dict[int, Any] = {}
+            lost = dict.fromkeys(todo, 0)
+            while waiting or running:
+                while waiting and idle:
+                    a, k = idle.pop(), waiting.pop()
+                    running[a.run.remote(task, k)] = (a, k)
+                done, _ = ray.wait(list(running), num_returns=1)
+                a, k = running.pop(done[0])
+                try:
+                    result, steps = ray.get(done[0])
+                except RayActorError as e:
+                    lost[k] += 1
+                    if lost[k] > RAY_RETRIES:
+                        raise
+                    stage.log(f"{stage.spec.name}: fold {k}'s worker was lost "
+                              f"({type(e).__name__}); fold {k} runs again on a new one")
+                    ray.kill(a, no_restart=True)
+                    waiting.append(k)
+                    a = actor.remote(opening)
+                    actors.append(a)
+                    idle.append(a)
+                    continue
+                for _ in range(steps):
+                    step()
+                out[k] = result
+                if waiting:
+                    idle.append(a)
+                else:
+                    ray.kill(a)
+            return out
+        finally:
+            for a in actors:
+                ray.kill(a)
