@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sleepemo.config import load_config
-from sleepemo.pipeline.executor import resolve_workers, run_folds
+from sleepemo.pipeline.executor import map_unordered, resolve_workers, run_folds
 from sleepemo.pipeline.stage import Stage, spec
 
 
@@ -160,3 +160,77 @@ def test_ray_places_the_actors_of_a_gpu_stage_on_both_gpus(tmp_path, ray_cluster
     cpu = run_folds(_ray_stage(tmp_path / "cpu", "fusion.device=cpu"), [0, 1], _gpu_setup,
                     _gpu_task, workers=2)
     assert set(cpu.values()) <= {None, ""}, cpu
+
+
+def _square(x: int) -> tuple:
+    if x == 99:
+        raise ValueError(f"job {x} is broken")
+    return x, x * x, os.getpid()
+
+
+def test_a_map_gives_every_result_on_both_executors_and_raises_a_job_error(ray_cluster):
+    """map_unordered (stage 01's folds): every job's result on either executor, the Ray
+    ones computed outside this process; a job's error reaches the caller."""
+    jobs = [(x,) for x in (3, 1, 4, 5, 9)]
+    local = sorted(map_unordered("local", _square, jobs, workers=2))
+    ray = sorted(map_unordered("ray", _square, jobs, workers=2))
+    assert [r[:2] for r in local] == [r[:2] for r in ray] == sorted((x, x * x) for (x,) in jobs)
+    assert os.getpid() not in {r[2] for r in ray}
+    assert [r[2] for r in map_unordered("local", _square, jobs, workers=1)] == [os.getpid()] * 5
+    for executor in ("local", "ray"):
+        with pytest.raises(ValueError, match="job 99 is broken"):
+            list(map_unordered(executor, _square, [(1,), (99,), (2,)], workers=2))
+
+
+def test_stage01_folds_on_ray_equal_the_local_ones(small_dir, tmp_path, ray_cluster):
+    """A model's LOPO folds as Ray tasks (stage 01 with executor=ray) give the local joblib
+    processes' predictions bit for bit (one BLAS thread each either way)."""
+    from sleepemo.baselines.lopo import run_lopo
+    from sleepemo.data.folds import make_folds
+    from sleepemo.data.reader import load_dataset
+
+    ds = load_dataset(small_dir, progress=False)
+    folds = make_folds(ds)
+    quiet = dict(progress=False, log=lambda m: None, workers=2)
+    local = run_lopo("xdawn_ts", ds, folds, tmp_path / "local", "baselines", **quiet)
+    ray = run_lopo("xdawn_ts", ds, folds, tmp_path / "ray", "baselines", executor="ray",
+                   **quiet)
+    np.testing.assert_array_equal(ray.oof, local.oof)
+    np.testing.assert_array_equal(ray.test, local.test)
+
+
+def test_study_workers_on_ray_share_one_study(tmp_path, ray_cluster):
+    """ensemble.study_workers as Ray tasks on a journal file (a cluster's storage: no
+    database server): two workers outside this process run exactly the study's trials
+    (the counter in a Ray actor); a worker's error stops the study and reaches the caller
+    with its message."""
+    from test_studies import N_TRIALS, Quadratic, check_two_workers
+
+    from sleepemo.ensemble.studies import StudyError, n_finished, open_study, optimize, \
+        study_url
+
+    journal = study_url("journal", tmp_path / "studies", "two")
+    check_two_workers(journal, tmp_path, executor="ray")
+    assert (tmp_path / "studies" / "two.journal").stat().st_size > 0
+    url = study_url(None, tmp_path, "boom")
+    with pytest.raises(StudyError, match=r"worker \d failed: ValueError: boom in trial 2"):
+        optimize("boom", url, Quadratic(tmp_path, fail_at=2), n_trials=N_TRIALS, n_workers=2,
+                 seed=0, progress=False, executor="ray")
+    assert n_finished(open_study("boom", url, 0)) < N_TRIALS
+
+
+def test_a_study_worker_lost_on_ray_is_rerun_and_the_study_completes(tmp_path, ray_cluster):
+    """A Ray study worker whose process dies mid-trial (SIGKILL, as with its node): Ray
+    reruns the task, the trial it had claimed runs in the caller at the end, and the study
+    ends with exactly n_trials finished ones (the killed trial stays RUNNING)."""
+    from test_studies import N_TRIALS, Quadratic
+
+    from sleepemo.ensemble.studies import n_finished, optimize, study_url
+
+    url = study_url("journal", tmp_path / "studies", "lost")
+    study = optimize("lost", url, Quadratic(tmp_path, kill_after=3), n_trials=N_TRIALS,
+                     n_workers=2, seed=0, progress=False, executor="ray")
+    assert (tmp_path / "killed").exists()
+    assert n_finished(study) == N_TRIALS
+    running = [t for t in study.get_trials() if t.state.name == "RUNNING"]
+    assert len(running) == 1 and len(study.get_trials()) == N_TRIALS + 1

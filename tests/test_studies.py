@@ -76,9 +76,9 @@ class Quadratic:
             time.sleep(0.02)
 
 
-def check_two_workers(url: str, folder: Path) -> optuna.Study:
+def check_two_workers(url: str, folder: Path, **kwargs) -> optuna.Study:
     study = optimize("two", url, Quadratic(folder, meet=2), n_trials=N_TRIALS, n_workers=2,
-                     seed=3, progress=False)
+                     seed=3, progress=False, **kwargs)
     trials = study.get_trials()
     assert len(trials) == N_TRIALS  # none failed, none too many
     assert n_finished(study) == N_TRIALS
@@ -155,8 +155,9 @@ def finished_trials(study) -> list:
     return [(t.params, t.value) for t in study.get_trials(states=FINISHED)]
 
 
-@pytest.mark.parametrize("kill_after, storage", [(0, None), (1, None), (6, None),
-                                                 (11, None), (1, "journal"), (6, "journal")])
+@pytest.mark.parametrize("kill_after, storage", [
+    (0, None), (1, None), (6, None), (11, None), (6, "journal"),
+    pytest.param(1, "journal", marks=pytest.mark.slow)])  # (an enqueued trial: as SQLite's)
 def test_an_exclusive_study_killed_and_resumed_ends_as_an_uninterrupted_one(tmp_path,
                                                                           kill_after, storage):
     """SIGKILL during the first (enqueued) trial, the second (enqueued), a random start-up
@@ -356,6 +357,7 @@ def test_study_url_refuses_bad_urls_without_showing_the_password(tmp_path, url, 
     assert "hunter2" not in message and "\n" not in message
 
 
+@pytest.mark.slow  # (the default suite runs two Ray workers on a journal: test_parallel.py)
 def test_two_workers_share_a_journal_study(tmp_path):
     """Optuna's journal file (no database server: for a run folder on NFS): two worker
     processes append to one file; the study ends with exactly n_trials."""

@@ -385,8 +385,9 @@ class OptunaBlend:
     search : ``compact`` (default) or ``full``: the search space and the choice rule
     storage : str or None
         A SQLAlchemy URL; None: ``sqlite:///<folder>/<study_name>.db``.
-    n_workers : int
-        Worker processes on the one study (1: this process).
+    n_workers, executor : int, str
+        Workers on the one study (1: this process), local processes or Ray tasks
+        (:func:`sleepemo.ensemble.studies.optimize`).
     sfreq, min_run : the metric's sampling rate and shortest window
     """
 
@@ -394,7 +395,7 @@ class OptunaBlend:
                  top_k: int = 6, smooth_choices=(0, 2, 5, 10), seed: int = 0,
                  storage: str | None = None, n_workers: int = 1, sfreq: float = 200.0,
                  min_run: int | None = None, progress: bool = False,
-                 search: str = "compact"):
+                 search: str = "compact", executor: str = "local"):
         if search not in SEARCHES:
             raise ValueError(f"search {search!r}: use one of {SEARCHES}")
         self.folder, self.study_name = Path(folder), study_name
@@ -404,7 +405,7 @@ class OptunaBlend:
         self.storage, self.n_workers = storage, n_workers
         self.sfreq = sfreq
         self.min_run = default_min_run(sfreq) if min_run is None else min_run
-        self.progress = progress
+        self.progress, self.executor = progress, executor
 
     def get_params(self) -> dict:
         return {"search": self.search, "n_trials": self.n_trials, "top_k": self.top_k,
@@ -459,7 +460,7 @@ class OptunaBlend:
         try:
             study = studies.optimize(self.study_name, url, objective, self.n_trials,
                                      self.n_workers, self.seed, progress=self.progress,
-                                     exclusive=exclusive)
+                                     exclusive=exclusive, executor=self.executor)
             if self.search == "compact":
                 done = study.get_trials(deepcopy=False,
                                         states=(optuna.trial.TrialState.COMPLETE,))

@@ -134,7 +134,8 @@ def blender(state: FoldState, study: str, n_workers: int) -> OptunaBlend:
     cfg, stage = state.stage.cfg.ensemble, state.stage
     return OptunaBlend(stage.dir / "studies", f"{study}-{state.fp[:12]}", cfg.n_trials,
                        cfg.top_k, cfg.smooth_choices, stage.cfg.seed, cfg.storage,
-                       n_workers, state.ds.sfreq, progress=False, search=cfg.search)
+                       n_workers, state.ds.sfreq, progress=False, search=cfg.search,
+                       executor=stage.cfg.executor)
 
 
 def final_labels(state: FoldState) -> np.ndarray:

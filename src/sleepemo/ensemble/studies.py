@@ -71,7 +71,7 @@ import optuna
 from optuna.trial import TrialState
 
 from sleepemo.config import ConfigError
-from sleepemo.pipeline.executor import resolve_workers
+from sleepemo.pipeline.executor import RAY_RETRIES, ray_session, ray_slots, resolve_workers
 from sleepemo.progress import bar
 
 #: trial states that count towards ``n_trials``
@@ -374,23 +374,67 @@ class _Tagged:
         return self.objective(trial)
 
 
-def _claim(slots, stop) -> bool:
-    """Take one of the trials left to start; False if none is left or a worker failed."""
-    with slots.get_lock():
-        if stop.is_set() or slots.value <= 0:
+class _Claims:
+    """The trials still to start of one :func:`optimize` call, shared by its workers: a
+    counter and a stop flag in shared memory (local processes) or in a small Ray actor
+    (:class:`_RayClaims`)."""
+
+    def __init__(self, slots, stop):
+        self.slots, self.stop = slots, stop
+
+    def take(self) -> bool:
+        """Take one of the trials left to start; False if none is left or a worker failed."""
+        with self.slots.get_lock():
+            if self.stop.is_set() or self.slots.value <= 0:
+                return False
+            self.slots.value -= 1
+            return True
+
+    def halt(self) -> None:
+        self.stop.set()
+
+
+class _RayCounter:
+    """The Ray actor behind :class:`_RayClaims`."""
+
+    def __init__(self, slots: int):
+        self.slots, self.stopped = slots, False
+
+    def take(self) -> bool:
+        if self.stopped or self.slots <= 0:
             return False
-        slots.value -= 1
+        self.slots -= 1
         return True
+
+    def halt(self) -> None:
+        self.stopped = True
+
+
+class _RayClaims:
+    """:class:`_Claims` for Ray tasks: the counter lives in an actor they all call."""
+
+    def __init__(self, actor):
+        self.actor = actor
+
+    def take(self) -> bool:
+        import ray
+
+        return ray.get(self.actor.take.remote())
+
+    def halt(self) -> None:
+        import ray
+
+        ray.get(self.actor.halt.remote())
 
 
 class _ClaimNext:
     """After each trial: stop this worker unless it can take another trial."""
 
-    def __init__(self, slots, stop):
-        self.slots, self.stop = slots, stop
+    def __init__(self, claims):
+        self.claims = claims
 
     def __call__(self, study: optuna.Study, trial) -> None:
-        if not _claim(self.slots, self.stop):
+        if not self.claims.take():
             study.stop()
 
 
@@ -410,32 +454,39 @@ def _advance(progress, done: int) -> None:
 
 
 def _work(name: str, url: str, objective: Callable, n_trials: int, seed: int,
-          study_kwargs: dict, slots, stop, callbacks=()) -> None:
+          study_kwargs: dict, claims, callbacks=()) -> None:
     """One worker: open the study with sampler seed ``seed`` and run trials while it can
     claim them and the study (other machines included) holds fewer than ``n_trials``."""
     study = open_study(name, url, seed, **study_kwargs)  # (recovered by the parent)
-    if n_finished(study) >= n_trials or not _claim(slots, stop):
+    if n_finished(study) >= n_trials or not claims.take():
         return
     study.optimize(_Tagged(objective), gc_after_trial=False, callbacks=[
-        optuna.study.MaxTrialsCallback(n_trials, states=FINISHED), _ClaimNext(slots, stop),
+        optuna.study.MaxTrialsCallback(n_trials, states=FINISHED), _ClaimNext(claims),
         *callbacks])
 
 
-def _open_worker(slots, stop) -> None:
+def _open_worker(claims) -> None:
     """A worker process's start: the shared counter, quiet Optuna (the parent's progress
     bar reports; each trial is in the storage)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    _STATE.update(slots=slots, stop=stop)
+    _STATE.update(claims=claims)
 
 
 def _pool_work(*args) -> None:
-    _work(*args, slots=_STATE["slots"], stop=_STATE["stop"])
+    _work(*args, claims=_STATE["claims"])
+
+
+def _ray_work(*args) -> None:
+    """A Ray task's :func:`_work` (Optuna quiet, as in :func:`_open_worker`)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _work(*args)
 
 
 def optimize(name: str, url: str, objective: Callable, n_trials: int, n_workers: int,
              seed: int, progress: bool = True, *, direction: str = "maximize",
              heartbeat_interval: int = HEARTBEAT_INTERVAL,
-             grace_period: int = GRACE_PERIOD, exclusive: bool = False) -> optuna.Study:
+             grace_period: int = GRACE_PERIOD, exclusive: bool = False,
+             executor: str = "local") -> optuna.Study:
     """Run ``objective`` until study ``name`` at ``url`` holds ``n_trials`` finished trials.
 
     A study that already holds some (a killed or shorter earlier run) runs only the rest.
@@ -449,6 +500,13 @@ def optimize(name: str, url: str, objective: Callable, n_trials: int, n_workers:
     whose ``__cause__`` holds the worker's traceback); finished trials stay in the storage,
     so a rerun resumes. Returns the study, opened in this process. ``exclusive``: see
     :func:`open_study` (with one worker, a resumed study then ends as an uninterrupted one).
+
+    ``executor="ray"`` (:mod:`sleepemo.pipeline.executor`): the ``n_workers`` workers
+    (``0``: one per CPU of the cluster) are Ray tasks of one CPU instead, sharing the
+    counter through a Ray actor; the storage must then be one every node reaches (a
+    journal file or SQLite on a shared file system, or a database server). A task whose
+    node is lost is run again elsewhere; a trial it had claimed and not finished is run
+    in this process at the end, so the study still ends with ``n_trials``.
     """
     if n_trials < 0:
         raise ValueError(f"n_trials must be >= 0, got {n_trials}")
@@ -465,30 +523,67 @@ def optimize(name: str, url: str, objective: Callable, n_trials: int, n_workers:
         return study
     n = resolve_workers(n_workers, todo)
     ctx = multiprocessing.get_context("spawn")
-    slots, stop = ctx.Value("i", todo), ctx.Event()
+    claims = _Claims(ctx.Value("i", todo), ctx.Event())
     with bar(desc=f"study {name}", total=n_trials, unit="trial", enabled=progress) as pbar:
         pbar.update(done)
+        if executor == "ray" and n_workers != 1:
+            _run_ray(study, n_workers, pbar, [
+                (name, url, objective, n_trials, seed + i, study_kwargs)
+                for i in range(todo)])
+            claims = _Claims(ctx.Value("i", n_trials - n_finished(study)), ctx.Event())
+            n = 1  # (what a lost node left: here)
         if n == 1:
             verbosity = optuna.logging.get_verbosity()
             optuna.logging.set_verbosity(optuna.logging.WARNING)
             try:
-                _work(name, url, objective, n_trials, seed, study_kwargs, slots, stop,
+                _work(name, url, objective, n_trials, seed, study_kwargs, claims,
                       callbacks=[_Progress(pbar)])
             finally:
                 optuna.logging.set_verbosity(verbosity)
         else:
-            _run_pool(study, n, ctx, (slots, stop), pbar, [
+            _run_pool(study, n, ctx, claims, pbar, [
                 (name, url, objective, n_trials, seed + i, study_kwargs) for i in range(n)])
         _advance(pbar, n_finished(study))
     return study
 
 
-def _run_pool(study: optuna.Study, n: int, ctx, shared: tuple, pbar, jobs: list) -> None:
+def _run_ray(study: optuna.Study, workers: int, pbar, jobs: list) -> None:
+    """:func:`_run_pool` on Ray: ``workers`` tasks (0: one per CPU of the cluster) running
+    the first of ``jobs`` (one per trial still to start), the counter of those trials in
+    an actor; a task's failure stops the others after their current trial and is raised
+    as StudyError."""
+    with ray_session(workers) as ray:
+        n = ray_slots(ray, workers, len(jobs))
+        counter = ray.remote(num_cpus=0, max_restarts=RAY_RETRIES)(_RayCounter).remote(
+            len(jobs))
+        claims = _RayClaims(counter)
+        work = ray.remote(num_cpus=1, max_retries=RAY_RETRIES)(_ray_work)
+        pending = {work.remote(*job, claims): i for i, job in enumerate(jobs[:n])}
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+                _advance(pbar, n_finished(study))
+                for ref in done:
+                    i = pending.pop(ref)
+                    try:
+                        ray.get(ref)
+                    except ray.exceptions.RayTaskError as e:
+                        cause = e.cause  # (the task's own exception, its traceback in e)
+                        raise StudyError(f"study {study.study_name!r}: worker {i} failed: "
+                                         f"{type(cause).__name__}: {cause}") from e
+        except BaseException:
+            claims.halt()  # the other workers end after their current trial
+            ray.wait(list(pending), num_returns=len(pending), timeout=60)
+            raise
+        finally:
+            ray.kill(counter)
+
+
+def _run_pool(study: optuna.Study, n: int, ctx, claims: _Claims, pbar, jobs: list) -> None:
     """Run ``jobs`` (``_work`` arguments) in ``n`` processes, updating ``pbar`` from the
     storage; the first failure stops the other workers and is raised as StudyError."""
-    stop = shared[1]
     with ProcessPoolExecutor(n, mp_context=ctx, initializer=_open_worker,
-                             initargs=shared) as pool:
+                             initargs=(claims,)) as pool:
         pending = {pool.submit(_pool_work, *job): i for i, job in enumerate(jobs)}
         try:
             while pending:
@@ -507,6 +602,6 @@ def _run_pool(study: optuna.Study, n: int, ctx, shared: tuple, pbar, jobs: list)
                         raise StudyError(f"study {study.study_name!r}: worker {i} failed: "
                                          f"{type(e).__name__}: {e}") from e
         except BaseException:
-            stop.set()  # the other workers end after their current trial
+            claims.halt()  # the other workers end after their current trial
             pool.shutdown(wait=True, cancel_futures=True)
             raise
