@@ -263,21 +263,40 @@ def test_fine_tuned_experts_start_as_the_frozen_ones_and_are_trained(fusion_run)
     assert max(moved) > 1e-4
 
 
-def test_label_shuffled_stage_scores_about_chance(medium_dir, tmp_path):
+#: the label-shuffled check's training: the raw variant (no stage 03 needed), 20 steps
+ALARM = {"fusion.variants": "[raw]", "fusion.steps": "20", "fusion.eval_every": "5"}
+
+
+def test_label_shuffled_stage_scores_about_chance(evoked_dir, tmp_path):
     """Leakage alarm for the whole stage: labels permuted within each training
-    participant -> about 0.5 (raw inputs: no stage 03 needed)."""
+    participant -> about 0.5.
+
+    The alarm must be able to ring: on this data (:func:`conftest.evoked_dir`) the same
+    training with the labels as they are scores 0.780
+    (:func:`test_the_alarms_training_learns_the_true_labels`); on medium_dir, where this
+    test used to run, it learns nothing (0.507), so a shuffled 0.5 there said nothing.
+    Shuffled, this data scores 0.538 (seeds 1-3: 0.510, 0.506, 0.500: chance, whose
+    spread here is wider than the other stages' 0.03), hence the tolerance of 0.05."""
     from sleepemo.fusion import stage as train_fusion
 
-    stage, *_ = _stage(tmp_path, medium_dir, **{"fusion.shuffle_labels": "true",
-                                                "fusion.variants": "[raw]",
-                                                "fusion.steps": "20",
-                                                "fusion.eval_every": "5"})
+    stage, *_ = _stage(tmp_path, evoked_dir, **{"fusion.shuffle_labels": "true", **ALARM})
     scores = stage.run(train_fusion.run).metrics["lopo_window_auc"]
     print("shuffled fusion:", scores)
     assert set(scores) == {"fusion_raw_shuffled"}
-    assert abs(scores["fusion_raw_shuffled"] - 0.5) <= 0.03
+    assert abs(scores["fusion_raw_shuffled"] - 0.5) <= 0.05
     meta = json.loads((tmp_path / "04_fusion" / "fusion_raw_shuffled" / "meta.json").read_text())
     assert meta["diagnostic"]
+
+
+@pytest.mark.slow
+def test_the_alarms_training_learns_the_true_labels(evoked_dir, tmp_path):
+    """What makes the alarm above able to fail: its training, the labels as they are."""
+    from sleepemo.fusion import stage as train_fusion
+
+    stage, *_ = _stage(tmp_path, evoked_dir, **ALARM)
+    scores = stage.run(train_fusion.run).metrics["lopo_window_auc"]
+    print("fusion on the true labels:", scores)
+    assert scores["fusion_raw"] > 0.65, scores
 
 
 def test_training_participants_keep_a_label_free_subset(small_dir, tmp_path):
