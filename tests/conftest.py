@@ -267,18 +267,10 @@ def medium_dir(tmp_path_factory):
                            tuple(TRAIN_COUNTS), (1,), seed=1)
 
 
-@pytest.fixture(scope="session")
-def evoked_dir(tmp_path_factory):
+def _alarm_data(root, cfg: SynthConfig):
     """medium_dir's size, seed and participants (all 14 training participants at 30 % of
-    the real counts, test participant 1) in the evoked design with a strong effect (the
-    late evoked components 2.5-3.5 times larger in emotional trials, the same sign for
-    everyone): data on which the smoke profile's few training steps do learn the labels,
-    for label-shuffled checks that must be able to fail (stage 03 with the labels as they
-    are: 0.655; on medium_dir it learns nothing, 0.503, so a shuffled score of 0.5 there
-    says nothing about leaks)."""
-    root = generate(tmp_path_factory.mktemp("data") / "evoked",
-                    SynthConfig(seed=1, scale=0.3, design="evoked", evoked_effect=(1.5, 2.5)),
-                    progress=False)
+    the real counts, test participant 1) in the design of ``cfg``."""
+    root = generate(root, cfg, progress=False)
     for f in (root / "testing").glob("test_subject_*.mat"):
         if f.stem != "test_subject_1":
             f.unlink()
@@ -286,6 +278,32 @@ def evoked_dir(tmp_path_factory):
     kept = [r for r in rows if r.split(",", 1)[0] == "1"]
     (root / "solution.csv").write_text("\n".join([header, *kept]) + "\n")
     return root
+
+
+@pytest.fixture(scope="session")
+def evoked_dir(tmp_path_factory):
+    """medium_dir's size, seed and participants in the evoked design with a strong effect
+    (the late evoked components 2.5-3.5 times larger in emotional trials, the same sign
+    for everyone): data on which the smoke profile's few training steps do learn the
+    labels, for label-shuffled checks that must be able to fail (with the labels as they
+    are: stage 03 0.655, stage 04's raw fusion 0.780, stage 01's ERP-LDA 0.740; on
+    medium_dir they learn nothing, 0.50-0.51, so a shuffled score of 0.5 there says
+    nothing about leaks)."""
+    return _alarm_data(tmp_path_factory.mktemp("data") / "evoked",
+                       SynthConfig(seed=1, scale=0.3, design="evoked",
+                                   evoked_effect=(1.5, 2.5)))
+
+
+@pytest.fixture(scope="session")
+def theta_dir(tmp_path_factory):
+    """medium_dir's size, seed and participants in the theta design with a strong effect
+    of the same sign for everyone (medium_dir's has each participant's own sign, which
+    LOPO cannot learn): band power, what stage 05's DQN reads through its CSP, carries
+    the labels (the DQN learns them in 40 steps: 0.874; its twin 0.925), for stage 05's
+    label-shuffled check."""
+    return _alarm_data(tmp_path_factory.mktemp("data") / "theta",
+                       SynthConfig(seed=1, scale=0.3, p_up=1.0, shared_effect=0.5,
+                                   individual_effect=(1.0, 2.0)))
 
 
 def random_trials(n_trials=6, n_chans=len(CHANNELS), n_times=N_TIMES, seed=0):
