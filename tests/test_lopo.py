@@ -10,6 +10,8 @@ from sleepemo.data.reader import load_dataset
 from sleepemo.data.folds import make_folds, read_folds, write_folds
 from sleepemo.pipeline.artefacts import score_oof
 from sleepemo.baselines.lopo import run_lopo
+from sleepemo.baselines.stage import alarm_power
+from sleepemo.config import load_config
 from sleepemo.baselines.models import BaselineModel, SecondPlace
 
 
@@ -153,6 +155,40 @@ def test_the_alarms_base_model_learns_the_true_labels(evoked_dir, tmp_path):
     score = _evoked_lopo(evoked_dir, tmp_path, ALARM_BASE)
     print(f"{ALARM_BASE} on the true labels: {score:.4f}")
     assert score > 0.65, score
+
+
+def _alarms(scores: dict, *sets: str) -> list[str]:
+    return alarm_power(load_config("smoke", list(sets)).baselines, scores)
+
+
+def test_stage01_says_whether_its_leakage_alarm_could_ring():
+    """The evidence puts the shuffled model's base beside it: an alarm whose base learns
+    nothing (second_place on the evoked data: 0.502) shows nothing, and says which model
+    to wrap instead; one whose base learns is silent evidence; one off 0.5 is a warning."""
+    scores = {"constant": 0.5, "shuffled": 0.5037, "starter": 0.5076, "second_place": 0.5018,
+              "riemann": 0.5113, "xdawn_ts": 0.7126, "erp_lda": 0.5904}
+    [line] = _alarms(scores)
+    assert "shows nothing" in line and "0.5018" in line
+    assert "baselines.params={shuffled: {base: xdawn_ts}}" in line
+    [line] = _alarms(scores | {"second_place": 0.66})
+    assert "silent" in line and "0.6600" in line
+    [line] = _alarms(scores | {"shuffled": 0.56, "second_place": 0.66})
+    assert line.startswith("- **") and "0.5600" in line
+    # a wrapped base the run does not list with the true labels; no learner to suggest
+    [line] = _alarms(scores, "baselines.params={shuffled: {base: eegnet}}")
+    assert "`eegnet` on shuffled labels" in line and "unknown" in line
+    [line] = _alarms(scores | {"xdawn_ts": 0.52, "erp_lda": 0.51})
+    assert "shows nothing" in line and "--set" not in line
+    # a base with parameters is matched by the result with the same parameters only
+    models = "baselines.models=[shuffled, riemann_ea]"
+    [line] = _alarms({"shuffled": 0.51, "riemann_ea": 0.7}, models,
+                     "baselines.params={shuffled: {base: riemann, base_params: "
+                     "{align: euclidean}}}")
+    assert "silent" in line and "`riemann_ea`" in line
+    [line] = _alarms({"shuffled": 0.51, "riemann_ea": 0.7}, models,
+                     "baselines.params={shuffled: {base: riemann}}")
+    assert "unknown" in line
+    assert _alarms({"riemann": 0.6}, "baselines.models=[riemann]") == []
 
 
 def test_fold_workers_give_the_serial_result(small_dir, tmp_path, name="xdawn_ts"):

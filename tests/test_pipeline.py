@@ -88,6 +88,8 @@ def test_run_writes_a_valid_submission_and_report(smoke_run, small_dir):
     assert table.loc[best, "stage"] in ("baselines", "mae", "experts", "fusion", "rl",
                                         "ensemble")
     assert "(05_rl/learning_curves.png)" in report
+    # stage 01's leakage alarm, with its base model's score on the true labels beside it
+    assert re.search(r"- \*{0,2}`shuffled` \(`second_place` on shuffled labels\)", report)
     # stage 06: tuned and nested scores side by side; stage 07 says why it chose
     ens = json.loads((tmp / "out" / "06_ensemble" / "metrics.json").read_text())
     assert ens["nested"] == pytest.approx(table.loc["ensemble", "overall"], abs=1e-4)

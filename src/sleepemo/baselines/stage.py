@@ -1,7 +1,7 @@
 """Stage 01: every model of ``baselines.models`` (the registry) under LOPO."""
 from __future__ import annotations
 
-from sleepemo.baselines import REGISTRY
+from sleepemo.baselines import REGISTRY, make_model
 from sleepemo.baselines.lopo import lopo_fingerprint, run_lopo
 from sleepemo.pipeline.artefacts import Planned, results
 from sleepemo.pipeline.executor import executor_session
@@ -18,6 +18,48 @@ def fingerprints(stage: Stage, planned: dict | None = None) -> list[Planned]:
                 diagnostic=bool(getattr(REGISTRY.get(b.registry_key(name)), "diagnostic",
                                         False)))
             for name in b.models]
+
+
+#: how far from 0.5 a label-shuffled score may be by chance (the tests' tolerance); its
+#: base model "learns" when it scores more than twice that above 0.5 with the true labels
+ALARM_TOLERANCE = 0.03
+
+
+def alarm_power(b, scores: dict[str, float]) -> list[str]:
+    """What each label-shuffled result of ``b`` (a BaselinesConfig) can show, given this
+    run's scores (result -> overall): a leakage alarm rings only if its base model learns
+    the labels as they are, so its base's score with the true labels goes beside it, and
+    a warning when the alarm rings. One Markdown line per alarm."""
+    lines = []
+    for name in b.models:
+        if b.registry_key(name) != "shuffled" or name not in scores:
+            continue
+        alarm = make_model("shuffled", **b.model_params(name))
+        base_params = dict(alarm.base_params or {})
+        twins = [m for m in b.models if m in scores and b.registry_key(m) == alarm.base
+                 and b.model_params(m) == base_params]
+        shuffled, head = scores[name], f"`{name}` (`{alarm.base}` on shuffled labels)"
+        if abs(shuffled - 0.5) > ALARM_TOLERANCE:
+            lines.append(f"- **{head} scores {shuffled:.4f}, more than {ALARM_TOLERANCE} from "
+                         "0.5: labels may reach the held-out folds; check before trusting "
+                         "any score of this run.**")
+        elif not twins:
+            lines.append(f"- {head}: {shuffled:.4f}; `{alarm.base}` is not run with the "
+                         "true labels here, so whether this alarm could ring is unknown.")
+        elif scores[twins[0]] - 0.5 > 2 * ALARM_TOLERANCE:
+            lines.append(f"- {head}: {shuffled:.4f}, silent, while `{twins[0]}` learns the "
+                         f"true labels ({scores[twins[0]]:.4f}): no sign of a leak.")
+        else:
+            learners = sorted((m for m in scores if b.registry_key(m) == m
+                               and not getattr(REGISTRY[m], "diagnostic", False)),
+                              key=scores.get)
+            hint = (f"; wrap one that learns, e.g. `--set 'baselines.params={{{name}: "
+                    f"{{base: {learners[-1]}}}}}'`" if learners
+                    and scores[learners[-1]] - 0.5 > 2 * ALARM_TOLERANCE else "")
+            lines.append(f"- {head}: {shuffled:.4f}, but `{twins[0]}` scores "
+                         f"{scores[twins[0]]:.4f} with the true labels: an alarm whose model "
+                         f"learns nothing cannot ring, so this one shows nothing here{hint}.")
+    return lines
 
 
 def run(stage: Stage) -> StageOutput:
@@ -38,8 +80,14 @@ def run(stage: Stage) -> StageOutput:
         f"- `{name}`: {(REGISTRY[b.registry_key(name)].__doc__ or '').strip().splitlines()[0]}"
         + (f" ({b.model_params(name)})" if b.registry_key(name) != name else "")
         for name in b.models)
+    alarms = alarm_power(b, {r.name: float(table.loc[r.label, "overall"]) for r in listed})
+    for line in alarms:
+        if line.startswith("- **"):
+            stage.log("WARNING " + line.strip("-* "))
     evidence = f"Models run (registry `sleepemo.baselines`):\n\n{what}\n\n" + to_markdown(
-        table[["overall", "window_ms", "diagnostic"]])
+        table[["overall", "window_ms", "diagnostic"]]) + (
+        "\n\nLeakage alarms (a label-shuffled model must score about 0.5; it can ring only "
+        "if its model learns the true labels):\n\n" + "\n".join(alarms) if alarms else "")
     return StageOutput({"lopo_window_auc": {r.label: float(table.loc[r.label, "overall"])
                                             for r in listed}},
                        table.drop(columns=["diagnostic", "stage"]).to_string(), evidence)
