@@ -261,8 +261,9 @@ def test_label_shuffled_stage_scores_about_chance(evoked_dir, tmp_path):
 
     The alarm must be able to ring: on this data (:func:`conftest.evoked_dir`) the same
     stage with the labels as they are learns them in the smoke profile's budget (0.655;
-    seeds 1, 2: 0.656, 0.667), which the test checks, so a shuffled run that got the true
-    labels all the same would score well above 0.5. Mutation check: ``train_fold``
+    seeds 1, 2: 0.656, 0.667; :func:`test_the_alarms_training_learns_the_true_labels`,
+    slow), so a shuffled run that got the true labels all the same would score well above
+    0.5. Mutation check: ``train_fold``
     passing the unshuffled labels scored 0.655 here and failed; on medium_dir, where the
     experts learn nothing in this budget (0.503), it passed. Shuffled, this data scored
     0.500 (seeds 1-3: 0.511, 0.512, 0.521). What this budget cannot show: the held-out
@@ -281,12 +282,18 @@ def test_label_shuffled_stage_scores_about_chance(evoked_dir, tmp_path):
     for name, score in scores.items():
         assert abs(score - 0.5) <= tolerance, f"{name} scored {score:.4f}"
         assert read_json(tmp_path / "03_experts" / name / "meta.json")["diagnostic"]
-    # the same data, training and run folder (its band features), the labels as they are
-    # (zero-shot only, to save the adaptation's time)
+
+
+@pytest.mark.slow
+def test_the_alarms_training_learns_the_true_labels(evoked_dir, tmp_path):
+    """What makes the alarm above able to fail: the same stage and data with the labels as
+    they are (zero-shot only, to save the adaptation's time)."""
+    from sleepemo.experts import stage as train_experts
+
     real, *_ = _stage(tmp_path, evoked_dir, tta_variants="[]")
     learned = real.run(train_experts.run).metrics["lopo_window_auc"]
     print("experts on the true labels:", learned)
-    assert learned["experts_mae_fomaml"] > 0.5 + 3 * tolerance, learned
+    assert learned["experts_mae_fomaml"] > 0.5 + 3 * 0.03, learned
 
 
 # ---------------------------------------------------------------- sleepemo predict
