@@ -23,14 +23,15 @@ def pytest_configure(config):
         config._sleepemo_reliability = os.environ[ENV]
 
 
-#: the test files with the longest runs (./run.sh test lists the slowest tests), started
-#: first: two processes take files in this order, so that no long file starts last while
-#: the other process runs out of work
-LONGEST_FIRST = ("test_pipeline.py", "test_rl.py", "test_faults.py", "test_experts.py",
-                 "test_fusion.py", "test_predict.py", "test_fingerprint.py", "test_lopo.py",
-                 "test_ensemble.py", "test_studies.py", "test_mae.py", "test_kaggle_bundle.py",
-                 "test_cli.py", "test_evoked_baselines.py", "test_parallel.py",
-                 "test_fuzz_reader.py", "test_extending.py")
+#: the test files with the longest runs, longest first (each file's setup + call + teardown
+#: summed from `./run.sh test --durations=0`, at 574f272): two processes take files in this
+#: order, so that no long file starts last while the other process runs out of work
+LONGEST_FIRST = ("test_rl.py", "test_pipeline.py", "test_experts.py", "test_ensemble.py",
+                 "test_parallel.py", "test_fusion.py", "test_predict.py", "test_faults.py",
+                 "test_studies.py", "test_kaggle_bundle.py", "test_mae.py", "test_lopo.py",
+                 "test_fingerprint.py", "test_cli.py", "test_deep_anchors.py",
+                 "test_evoked_baselines.py", "test_extending.py", "test_fuzz_reader.py",
+                 "test_synth.py")
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -280,6 +280,8 @@ def test_on_a_strong_signal_the_default_still_blends_two_complementary_models(tm
     assert nested > max(singles.values()) + 0.01, (nested, singles)
 
 
+@pytest.mark.slow  # (31 s; the default suite keeps the nested loop's checks on pure noise:
+#   test_nested_score_removes_the_tuners_optimism_on_noise and the stage's shuffled run)
 def test_label_shuffled_simulated_stacks_give_a_nested_score_about_chance(tmp_path):
     """The weak design's 20 models with labels permuted within participant. The metric
     keeps the best window, so one noise model scores 0.517 +- 0.01 and the luckiest of 20
