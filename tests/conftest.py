@@ -259,11 +259,11 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def medium_dir(tmp_path_factory):
-    """Synthetic data (seed 1) at 30 % of the real counts, all 14 training participants:
-    enough trials for the label-shuffled score checks. One test participant (1, the
-    smallest): those checks score out-of-fold rows only, which the test participants do
-    not change (stage 03's shuffled scores are the same bits with all three), and every
-    fold of a stage predicts each test participant."""
+    """Synthetic data (seed 1) at 30 % of the real counts, all 14 training participants,
+    one test participant (1, the smallest): the default theta design at a size where each
+    participant's effect shows. The label-shuffled checks run on :func:`evoked_dir` and
+    :func:`theta_dir` of the same size instead, where their training learns the true
+    labels (here it does not: 0.50-0.51)."""
     return generate_subset(tmp_path_factory.mktemp("data") / "medium", 0.3,
                            tuple(TRAIN_COUNTS), (1,), seed=1)
 

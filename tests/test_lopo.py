@@ -172,8 +172,12 @@ def test_stage01_says_whether_its_leakage_alarm_could_ring():
     assert "baselines.params={shuffled: {base: xdawn_ts}}" in line
     [line] = _alarms(scores | {"second_place": 0.66})
     assert "silent" in line and "0.6600" in line
-    [line] = _alarms(scores | {"shuffled": 0.56, "second_place": 0.66})
-    assert line.startswith("- **") and "0.5600" in line
+    warned = []
+    [line] = alarm_power(load_config("smoke").baselines,
+                         scores | {"shuffled": 0.56, "second_place": 0.66}, warned.append)
+    assert line.startswith("- **") and "0.5600" in line and warned == [line.strip("-* ")]
+    assert alarm_power(load_config("smoke").baselines, scores, warned.append)
+    assert len(warned) == 1  # (an alarm that does not ring warns nobody)
     # a wrapped base the run does not list with the true labels; no learner to suggest
     [line] = _alarms(scores, "baselines.params={shuffled: {base: eegnet}}")
     assert "`eegnet` on shuffled labels" in line and "unknown" in line

@@ -25,11 +25,12 @@ def fingerprints(stage: Stage, planned: dict | None = None) -> list[Planned]:
 ALARM_TOLERANCE = 0.03
 
 
-def alarm_power(b, scores: dict[str, float]) -> list[str]:
+def alarm_power(b, scores: dict[str, float], warn=lambda message: None) -> list[str]:
     """What each label-shuffled result of ``b`` (a BaselinesConfig) can show, given this
     run's scores (result -> overall): a leakage alarm rings only if its base model learns
     the labels as they are, so its base's score with the true labels goes beside it, and
-    a warning when the alarm rings. One Markdown line per alarm."""
+    a warning (in bold, and passed to ``warn``) when the alarm rings. One Markdown line
+    per alarm."""
     lines = []
     for name in b.models:
         if b.registry_key(name) != "shuffled" or name not in scores:
@@ -40,9 +41,11 @@ def alarm_power(b, scores: dict[str, float]) -> list[str]:
                  and b.model_params(m) == base_params]
         shuffled, head = scores[name], f"`{name}` (`{alarm.base}` on shuffled labels)"
         if abs(shuffled - 0.5) > ALARM_TOLERANCE:
-            lines.append(f"- **{head} scores {shuffled:.4f}, more than {ALARM_TOLERANCE} from "
-                         "0.5: labels may reach the held-out folds; check before trusting "
-                         "any score of this run.**")
+            message = (f"{head} scores {shuffled:.4f}, more than {ALARM_TOLERANCE} from 0.5: "
+                       "labels may reach the held-out folds; check before trusting any "
+                       "score of this run.")
+            warn(message)
+            lines.append(f"- **{message}**")
         elif not twins:
             lines.append(f"- {head}: {shuffled:.4f}; `{alarm.base}` is not run with the "
                          "true labels here, so whether this alarm could ring is unknown.")
@@ -80,10 +83,8 @@ def run(stage: Stage) -> StageOutput:
         f"- `{name}`: {(REGISTRY[b.registry_key(name)].__doc__ or '').strip().splitlines()[0]}"
         + (f" ({b.model_params(name)})" if b.registry_key(name) != name else "")
         for name in b.models)
-    alarms = alarm_power(b, {r.name: float(table.loc[r.label, "overall"]) for r in listed})
-    for line in alarms:
-        if line.startswith("- **"):
-            stage.log("WARNING " + line.strip("-* "))
+    alarms = alarm_power(b, {r.name: float(table.loc[r.label, "overall"]) for r in listed},
+                         warn=lambda message: stage.log("WARNING " + message))
     evidence = f"Models run (registry `sleepemo.baselines`):\n\n{what}\n\n" + to_markdown(
         table[["overall", "window_ms", "diagnostic"]]) + (
         "\n\nLeakage alarms (a label-shuffled model must score about 0.5; it can ring only "
